@@ -1,0 +1,38 @@
+# Two entry points: `make demo` runs the seed experiment, `make test` runs every check.
+# Each creates .venv when it is missing and installs PyTorch's CPU build before nnreg.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint typecheck pytest clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(TORCH)
+	touch $@
+
+$(VENV)/.base: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@ $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(BIN)/nnreg train
+
+test: lint typecheck pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy src
+
+pytest: $(VENV)/.dev
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
