@@ -1,0 +1,59 @@
+"""Errors raised by nnreg.
+
+Every failure a user can cause raises one of these, with a message that names the problem
+and the fix. Each also subclasses the matching built-in, so callers that already catch
+``ValueError`` or ``FileNotFoundError`` keep working::
+
+    NnregError                                 anything nnreg raises on purpose
+    ├── ConfigError(ValueError)                a setting is invalid (a usage error)
+    ├── DataError(ValueError)                  a table or array cannot be used as given
+    │   └── DataFileError(FileNotFoundError)   a data file is missing, unreadable, unknown
+    ├── ModelFileError(ValueError)             a model folder is missing, corrupt or too new
+    ├── NotFittedError(sklearn's)              predict or save before fit
+    └── TrainingDivergedError(FloatingPointError)
+                                               the loss became NaN or infinite
+
+Soft problems are reported with :mod:`warnings`, never printed.
+"""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DataFileError",
+    "ModelFileError",
+    "NnregError",
+    "NotFittedError",
+    "TrainingDivergedError",
+]
+
+
+class NnregError(Exception):
+    """Base class of every error nnreg raises on purpose."""
+
+
+class ConfigError(NnregError, ValueError):
+    """A setting (hyperparameter, command-line option, config file entry) is invalid."""
+
+
+class DataError(NnregError, ValueError):
+    """Input data cannot be used: wrong shape, missing column, text, NaN, empty, ..."""
+
+
+class DataFileError(DataError, FileNotFoundError):
+    """A data file is missing, unreadable, empty or of a format nnreg does not read."""
+
+
+class ModelFileError(NnregError, ValueError):
+    """A model folder is missing, corrupt, tampered with or written by a newer nnreg."""
+
+
+class NotFittedError(NnregError, _SklearnNotFittedError):
+    """The estimator is used before ``fit`` was called."""
+
+
+class TrainingDivergedError(NnregError, FloatingPointError):
+    """The training loss became NaN or infinite."""

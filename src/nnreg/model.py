@@ -1,0 +1,120 @@
+"""The network: a frozen ``MLPConfig`` and the ``MLP`` it builds. Nothing about training here.
+
+The default configuration is the seed experiment's network::
+
+    Linear(2, 20) -> ReLU -> Linear(20, 20) -> ReLU -> Linear(20, 1)
+
+with Xavier-uniform hidden weights, zero hidden biases, and PyTorch's default initialisation
+for the output layer: 460 weights + 41 biases = 501 parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "INITS", "MLP", "MLPConfig", "count_parameters", "summary"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+INITS = ("xavier_uniform", "default")
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Architecture of a multilayer perceptron; a saved model is rebuilt from this alone."""
+
+    n_inputs: int = 2
+    hidden_sizes: tuple[int, ...] = field(default=(20, 20))
+    n_outputs: int = 1
+    activation: str = "relu"
+    init: str = "xavier_uniform"  # of the hidden layers; the output layer keeps PyTorch's default
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. from JSON) but store a tuple so the config stays hashable.
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MLPConfig:
+        return cls(**d)
+
+
+class MLP(nn.Module):
+    """A fully connected network built from an :class:`MLPConfig`.
+
+    Parameters
+    ----------
+    config : MLPConfig
+        The architecture. Layers are created in order (hidden layers, then output layer) and
+        the hidden layers are then initialised, so a given ``torch.manual_seed`` always gives
+        the same weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nnreg.model import MLP, MLPConfig
+    >>> net = MLP(MLPConfig())
+    >>> net(torch.zeros(5, 2)).shape
+    torch.Size([5, 1])
+    """
+
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.config = config
+        sizes = [config.n_inputs, *config.hidden_sizes, config.n_outputs]
+        linears = [nn.Linear(a, b) for a, b in pairwise(sizes)]  # draws default inits in order
+        if config.init == "xavier_uniform":
+            for layer in linears[:-1]:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.layers = nn.ModuleList(linears)
+        self.act = ACTIVATIONS[config.activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, n_inputs) -> (batch, n_outputs)
+        *hidden, out = self.layers
+        for layer in hidden:
+            x = self.act(layer(x))  # (batch, hidden)
+        return out(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars in ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def summary(config: MLPConfig) -> list[dict[str, Any]]:
+    """One row per layer: name, input and output width, weights, biases and parameters.
+
+    >>> rows = summary(MLPConfig())
+    >>> sum(r["params"] for r in rows)
+    501
+    """
+    sizes = [config.n_inputs, *config.hidden_sizes, config.n_outputs]
+    rows = []
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        last = i == len(sizes) - 2
+        rows.append(
+            {
+                "layer": f"Linear{'' if last else ' + ' + config.activation}",
+                "in": a,
+                "out": b,
+                "weights": a * b,
+                "biases": b,
+                "params": a * b + b,
+            }
+        )
+    return rows
