@@ -1,0 +1,64 @@
+"""Figures: the loss curve and predicted-against-actual values, written as PNG files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["loss_curve", "predicted_vs_actual"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve(history: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """Plot training (and any validation) loss per epoch; log scale when it spans decades."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
+        values = np.asarray(history.get(key, []), dtype=float)
+        if values.size:
+            ax.plot(np.arange(values.size), values, label=label)
+    losses = np.asarray(history.get("train_loss", []), dtype=float)
+    if losses.size and np.all(losses > 0) and losses.max() / max(losses.min(), 1e-300) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def predicted_vs_actual(
+    y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str = "Predicted vs actual"
+) -> Path:
+    """Scatter of predictions against true values, with the identity line."""
+    plt = _pyplot()
+    t = np.asarray(y_true, dtype=float).ravel()
+    p = np.asarray(y_pred, dtype=float).ravel()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(t, p, s=10, alpha=0.6)
+    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="perfect")
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)
