@@ -1,0 +1,3 @@
+from nnreg.cli import main
+
+main()

@@ -1,0 +1,618 @@
+"""The ``nnreg`` command: parses arguments, calls the public library, prints, sets exit codes.
+
+Library modules are imported inside the commands, so ``nnreg --help`` never loads PyTorch.
+Every error a user can cause is printed once, as ``error: ...``, with exit code 2 for usage
+errors and 1 otherwise; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from . import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .data import Table
+    from .estimator import Regressor
+
+# Command-line option -> Regressor parameter.
+OPTION_TO_PARAM = {
+    "epochs": "max_iter",
+    "lr": "learning_rate_init",
+    "hidden": "hidden_layer_sizes",
+    "batch_size": "batch_size",
+    "optimizer": "optimizer",
+    "activation": "activation",
+    "loss": "loss",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "seed": "random_state",
+}
+
+
+def _parse_hidden(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers like 20,20, got {value!r}"
+        ) from None
+    if any(s < 1 for s in sizes):
+        raise click.BadParameter(f"every hidden size must be at least 1, got {value!r}")
+    return sizes
+
+
+def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None or value in ("auto", "full"):
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a positive integer, 'auto' or 'full', got {value!r}"
+        ) from None
+    if size < 1:
+        raise click.BadParameter(f"must be at least 1, got {size}")
+    return size
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nnreg")
+@click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
+def cli(debug: bool) -> None:
+    """Train neural-network regressors on tables (CSV or Parquet) with PyTorch.
+
+    Run `nnreg train` with no arguments to reproduce the seed experiment.
+    """
+
+
+@cli.command()
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--target", "-t", help="Target column (several: a,b).")
+@click.option("--features", help="Feature columns, comma-separated (default: all but the target).")
+@click.option(
+    "--preset",
+    type=click.Choice(["seed", "recommended"]),
+    help="Base settings (default: seed without DATA, recommended with it).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
+@click.option("--hidden", callback=_parse_hidden, help="Hidden layer sizes, e.g. 20,20.")
+@click.option("--batch-size", callback=_parse_batch, help="Rows per step, 'auto' or 'full'.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]))
+@click.option("--activation", type=click.Choice(["relu", "gelu", "silu", "tanh"]))
+@click.option("--loss", type=click.Choice(["squared_error", "absolute_error", "huber"]))
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="SGD momentum.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    help="Random seed of the weights and batches (and the seed data). Default 0.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Model folder to write (default: runs/<name>/, a new one each run).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="TOML settings file, e.g. a model folder's config.toml; flags override it.",
+)
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    help="Print a progress line every N epochs (when not on a terminal).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the model folder's path.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def train(
+    data: Path | None,
+    target: str | None,
+    features: str | None,
+    preset: str | None,
+    config_path: Path | None,
+    out: Path | None,
+    log_every: int | None,
+    quiet: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train a model on DATA (CSV or Parquet) and write a model folder.
+
+    Without DATA, runs the seed experiment: 100 rows of y = sin(x1) + x2**2, a 2-20-20-1
+    ReLU network, full-batch SGD with learning rate 0.001 for 500 epochs.
+
+    \b
+    Examples:
+      nnreg train
+      nnreg train houses.csv --target price --epochs 100 --out runs/houses
+      nnreg train --config runs/houses/config.toml
+    """
+    from .estimator import PRESETS, Regressor
+    from .metrics import regression_metrics
+
+    file_settings = _read_config(config_path) if config_path else {}
+    run = dict(file_settings.get("data", {}))
+    if data is not None:
+        run = {"path": str(data)}
+    if target is not None:
+        run["target"] = target.split(",")
+    if features is not None:
+        run["features"] = features.split(",")
+    if options["seed"] is not None and run.get("source") == "seed_dataset":
+        run["random_state"] = options["seed"]
+    seed_experiment = "path" not in run
+
+    params: dict[str, Any]
+    if preset is not None or "model" not in file_settings:
+        preset = preset or ("seed" if seed_experiment else "recommended")
+        params = {**PRESETS[preset], "random_state": 0, **file_settings.get("model", {})}
+    else:
+        params = dict(file_settings["model"])
+    for option, param in OPTION_TO_PARAM.items():
+        if options[option] is not None:
+            params[param] = options[option]
+    if "hidden_layer_sizes" in params:
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+
+    if seed_experiment:
+        frame, run, source = _seed_frame(run, params.get("random_state"))
+    else:
+        frame, source = _read_frame(Path(run["path"]))
+        run["path"] = str(Path(run["path"]).resolve())
+        if "target" not in run:
+            raise click.UsageError("DATA needs --target COLUMN (the column to predict).")
+    table = _table(frame, run["target"], run.get("features"), source)
+    run["features"] = table.feature_names
+
+    y = _target_values(table)
+    reg = Regressor(**params)
+    report = _Report(quiet=quiet, as_json=as_json)
+    report.header(source, table, preset or "config", reg)
+    started = time.perf_counter()
+    with report.progress(reg.max_iter, log_every) as on_epoch:
+        reg.fit(_features_frame(table), y, callback=on_epoch)
+    seconds = time.perf_counter() - started
+    pred = reg.predict(_features_frame(table))
+    metrics = regression_metrics(y, pred)
+    first = (float(pred.reshape(len(pred), -1)[0, 0]), float(y.reshape(len(y), -1)[0, 0]))
+    out = out or _default_out(Path(run["path"]).stem if "path" in run else "seed")
+    reg.save(
+        out,
+        metrics={f"train_{k}": v for k, v in metrics.items()},
+        run_settings=run,
+        feature_dtypes=table.feature_dtypes,
+        target_names=table.target_names,
+    )
+    report.result(out, reg, metrics, first, seconds)
+
+
+def _seed_frame(run: dict[str, Any], seed: Any) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    from .data import seed_dataset
+
+    n = int(run.get("n", 100))
+    data_seed = int(run.get("random_state", seed if isinstance(seed, int) else 0))
+    run = {
+        "source": "seed_dataset",
+        "n": n,
+        "random_state": data_seed,
+        "target": ["y"],
+        "features": run.get("features", ["x1", "x2"]),
+    }
+    source = f"seed experiment: seed_dataset(n={n}, random_state={data_seed})"
+    return seed_dataset(n=n, random_state=data_seed), run, source
+
+
+def _read_frame(path: Path) -> tuple[pd.DataFrame, str]:
+    from .data import read_table
+
+    return read_table(path), str(path)
+
+
+def _table(frame: pd.DataFrame, target: Any, features: Any, source: str) -> Table:
+    from .data import table_from_frame
+
+    return table_from_frame(frame, target=target, features=features, source=source)
+
+
+def _features_frame(table: Table) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(table.X, columns=table.feature_names)
+
+
+def _target_values(table: Table) -> Any:
+    """The target as a 1-D array for one column, else 2-D (rows, targets)."""
+    assert table.y is not None  # tables built with a target always have y
+    return table.y[:, 0] if table.y.shape[1] == 1 else table.y
+
+
+def _default_out(stem: str) -> Path:
+    base = Path("runs")
+    candidate, k = base / stem, 2
+    while candidate.exists():
+        candidate, k = base / f"{stem}-{k}", k + 1
+    return candidate
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    from .estimator import Regressor
+    from .exceptions import ConfigError
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; check the path.")
+    try:
+        settings = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}.") from exc
+    allowed = {
+        "data": {"path", "source", "n", "random_state", "target", "features"},
+        "model": set(Regressor().get_params()),
+    }
+    for table, values in settings.items():
+        if table not in allowed or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown table [{table}]; use [data] and [model].")
+        unknown = sorted(set(values) - allowed[table])
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown setting {unknown[0]!r} in [{table}]; allowed: "
+                f"{', '.join(sorted(allowed[table]))}."
+            )
+    data = settings.get("data", {})
+    for key in ("target", "features"):
+        if isinstance(data.get(key), str):
+            data[key] = data[key].split(",")
+    return settings
+
+
+class _Report:
+    """What `nnreg train` prints: a header, progress, and the result (or JSON)."""
+
+    def __init__(self, quiet: bool, as_json: bool) -> None:
+        from rich.console import Console
+
+        self.quiet, self.as_json = quiet, as_json
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        # Progress goes to stderr when stdout carries JSON.
+        self.progress_console = self.err if as_json else self.out
+        self.show = not (quiet or as_json)
+
+    def header(self, source: str, table: Table, preset: str, reg: Regressor) -> None:
+        if not self.show:
+            return
+        from rich.table import Table as RichTable
+
+        from .model import MLPConfig, summary
+
+        batch = {"full": "full batch", "auto": "batch auto"}.get(
+            str(reg.batch_size), f"batch {reg.batch_size}"
+        )
+        self.out.print(f"[bold]nnreg {__version__}[/bold] · train")
+        self.out.print(
+            f"data    {source}: {table.X.shape[0]} rows, "
+            f"features {', '.join(table.feature_names)} -> "
+            f"target {', '.join(table.target_names)}"
+        )
+        self.out.print(
+            f"preset  {preset}: {reg.optimizer}, lr {reg.learning_rate_init:g}, "
+            f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}"
+        )
+        config = MLPConfig(
+            n_inputs=table.X.shape[1],
+            hidden_sizes=tuple(reg.hidden_layer_sizes),
+            n_outputs=len(table.target_names),
+            activation=reg.activation,
+        )
+        self.out.print(_layer_table(RichTable, summary(config)))
+
+    def progress(self, epochs: int, log_every: int | None) -> Any:
+        import contextlib
+
+        console = self.progress_console
+        if self.quiet or (self.as_json and not console.is_terminal):
+            return contextlib.nullcontext(None)
+        if console.is_terminal and log_every is None:
+            return _bar(console, epochs)
+        every = log_every or max(1, epochs // 10)
+
+        @contextlib.contextmanager
+        def lines() -> Any:
+            width = len(str(epochs))
+
+            def on_epoch(epoch: int, loss: float) -> None:
+                if epoch % every == 0 or epoch == epochs - 1:
+                    console.print(f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}")
+
+            yield on_epoch
+
+        return lines()
+
+    def result(
+        self,
+        out: Path,
+        reg: Regressor,
+        metrics: dict[str, float],
+        first: tuple[float, float],
+        seconds: float,
+    ) -> None:
+        if self.as_json:
+            summary = {
+                "model_dir": str(out),
+                "n_parameters": reg.n_parameters(),
+                "epochs": reg.n_iter_,
+                "final_train_loss": reg.loss_curve_[-1],
+                "train_metrics": metrics,
+                "first_observation": {"predicted": first[0], "actual": first[1]},
+                "seconds": round(seconds, 4),
+            }
+            print(json.dumps(summary, indent=2))
+            return
+        if self.quiet:
+            print(out)
+            return
+        self.out.print(
+            f"final training MSE: {metrics['mse']:.6g} (RMSE {metrics['rmse']:.4g}, "
+            f"R² {metrics['r2']:.4f}) after {reg.n_iter_} epochs in {seconds:.2f} s"
+        )
+        self.out.print(f"first observation: predicted {first[0]:.6g}, actual {first[1]:.6g}")
+        self.out.print(f"model folder: {out}")
+
+
+def _layer_table(table_cls: Any, rows: list[dict[str, Any]]) -> Any:
+    t = table_cls(title=None, show_edge=False, pad_edge=False)
+    for col, justify in (
+        ("layer", "left"),
+        ("shape", "right"),
+        ("weights", "right"),
+        ("biases", "right"),
+        ("params", "right"),
+    ):
+        t.add_column(col, justify=justify)
+    for r in rows:
+        t.add_row(
+            r["layer"],
+            f"{r['in']} -> {r['out']}",
+            str(r["weights"]),
+            str(r["biases"]),
+            str(r["params"]),
+        )
+    t.add_row(
+        "total",
+        "",
+        str(sum(r["weights"] for r in rows)),
+        str(sum(r["biases"] for r in rows)),
+        str(sum(r["params"] for r in rows)),
+        style="bold",
+    )
+    return t
+
+
+def _bar(console: Any, epochs: int) -> Any:
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar() -> Any:
+        columns = (
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("train", total=epochs, loss="-")
+
+            def on_epoch(epoch: int, loss: float) -> None:
+                progress.update(task, completed=epoch + 1, loss=f"{loss:.6g}")
+
+            yield on_epoch
+
+    return bar()
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="File to write (.csv or .parquet); default: CSV on stdout.",
+)
+def predict(model_dir: Path, data: Path, output: Path | None) -> None:
+    """Predict DATA with the model in MODEL_DIR.
+
+    Columns are chosen by the feature names saved with the model; other columns are ignored.
+    The output has one column per target, named <target>_pred, in the rows' order.
+
+    \b
+    Example:
+      nnreg predict runs/houses new_houses.csv -o predictions.csv
+    """
+    import pandas as pd
+
+    reg, table = _model_and_table(model_dir, data, with_target=False)
+    pred = reg.predict(_features_frame(table)).reshape(table.X.shape[0], -1)
+    names = [f"{t}_pred" for t in reg.model_info_["targets"]]
+    frame = pd.DataFrame(pred, columns=names)
+    if output is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    from .artifact import write_file_atomic
+
+    if output.suffix.lower() in (".parquet", ".pq"):
+        write_file_atomic(output, lambda p: frame.to_parquet(p, index=False))
+    else:
+        write_file_atomic(output, lambda p: frame.to_csv(p, index=False))
+    click.echo(f"wrote {len(frame)} predictions to {output}", err=True)
+
+
+def _model_and_table(model_dir: Path, data: Path, with_target: bool) -> tuple[Regressor, Table]:
+    from .data import read_table, table_from_frame
+    from .estimator import load
+
+    reg = load(model_dir)
+    frame = read_table(data)
+    features = [f["name"] for f in reg.model_info_["features"]]
+    table = table_from_frame(
+        frame,
+        target=reg.model_info_["targets"] if with_target else None,
+        features=features,
+        source=str(data),
+    )
+    return reg, table
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(model_dir: Path, data: Path, as_json: bool) -> None:
+    """Score the model in MODEL_DIR on DATA, which must hold the target column(s).
+
+    Prints MSE, RMSE, MAE and R².
+
+    \b
+    Example:
+      nnreg evaluate runs/houses test.csv --json
+    """
+    from .metrics import regression_metrics
+
+    reg, table = _model_and_table(model_dir, data, with_target=True)
+    metrics = regression_metrics(_target_values(table), reg.predict(_features_frame(table)))
+    if as_json:
+        click.echo(json.dumps({"rows": int(table.X.shape[0]), **metrics}, indent=2))
+        return
+    click.echo(f"rows  {table.X.shape[0]}")
+    for key in ("mse", "rmse", "mae", "r2"):
+        click.echo(f"{key.upper() if key != 'r2' else 'R²':<5} {metrics[key]:.6g}")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print model.json as it is.")
+def info(model_dir: Path, as_json: bool) -> None:
+    """Describe the model in MODEL_DIR: features, layers, settings, metrics.
+
+    \b
+    Example:
+      nnreg info runs/seed
+    """
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from .artifact import load
+    from .model import summary
+
+    saved = load(model_dir)
+    meta = saved.meta
+    if as_json:
+        click.echo(json.dumps({**meta, "architecture": saved.config.to_dict()}, indent=2))
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(
+        f"[bold]{model_dir}[/bold]  (nnreg {meta['nnreg_version']}, "
+        f"torch {meta['torch_version']}, created {meta['created']})"
+    )
+    out.print("features  " + ", ".join(f"{f['name']} ({f['dtype']})" for f in meta["features"]))
+    out.print("targets   " + ", ".join(meta["targets"]))
+    out.print(_layer_table(RichTable, summary(saved.config)))
+    params = meta["training"]["params"]
+    out.print("training  " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    out.print(f"epochs    {meta['training']['epochs_run']}")
+    out.print("metrics   " + ", ".join(f"{k}={v:.6g}" for k, v in meta["metrics"].items()))
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    help="Folder for the PNG files (default: MODEL_DIR).",
+)
+def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
+    """Draw the loss curve of MODEL_DIR, and predicted against actual values on DATA.
+
+    Writes loss.png, and pred_vs_actual.png when DATA (with the target) is given.
+
+    \b
+    Example:
+      nnreg plot runs/houses test.csv --out-dir figures
+    """
+    from .artifact import load, write_file_atomic
+    from .plot import loss_curve, predicted_vs_actual
+
+    out_dir = out_dir or model_dir
+    if data is not None:
+        reg, table = _model_and_table(model_dir, data, with_target=True)
+        saved_history = {"train_loss": reg.loss_curve_}
+    else:
+        saved_history = load(model_dir).history
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "loss.png"]
+    write_file_atomic(written[0], lambda p: loss_curve(saved_history, p))
+    if data is not None:
+        pred = reg.predict(_features_frame(table))
+        written.append(out_dir / "pred_vs_actual.png")
+        write_file_atomic(
+            written[1],
+            lambda p: predicted_vs_actual(
+                _target_values(table), pred, p, title=f"Predicted vs actual ({data.name})"
+            ),
+        )
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``nnreg`` command."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name="nnreg", standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        code = exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("error: interrupted", err=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the one place errors become messages
+        from .exceptions import ConfigError, NnregError
+
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, NnregError):
+            click.echo(f"error: {exc}", err=True)
+            code = 2 if isinstance(exc, ConfigError) else 1
+        else:
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug "
+                "for the traceback)",
+                err=True,
+            )
+            code = 1
+    sys.exit(code if isinstance(code, int) else 0)
