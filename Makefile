@@ -26,7 +26,7 @@ demo: $(VENV)/.base
 test: lint typecheck pytest
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy src
