@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine import FastMLP, FlatOptimizer, epoch_batches, supports, thread_policy
 from .exceptions import TrainingDivergedError
 
 __all__ = ["LOSSES", "OPTIMIZERS", "History", "TrainConfig", "fit", "loss_function"]
@@ -39,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int | None = None  # None: one full-batch step per epoch
     loss: str = "squared_error"
+    engine: str = "auto"  # "fast" (hand-derived gradients), "autograd", or "auto": fast if it can
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,24 +110,90 @@ def fit(
 ) -> History:
     """Train ``model`` in place on ``X`` (rows, inputs) and ``y`` (rows, outputs).
 
+    Uses the hand-derived kernels of :mod:`nnreg.engine` when they cover the model and recipe,
+    autograd otherwise; both visit the same minibatches in the same order.
     ``callback(epoch, train_loss)`` is called after every epoch. Raises
     :class:`TrainingDivergedError` when an epoch's loss is NaN or infinite.
     """
+    activation = getattr(getattr(model, "config", None), "activation", "")
+    fast = config.engine == "fast" or (
+        config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
+    )
+    widest = max(p.shape[0] for p in model.parameters())
+    with thread_policy(min(config.batch_size or X.shape[0], X.shape[0]), widest):
+        epochs = (
+            _fast_epochs(model, activation, X, y, sample_weight, config, generator)
+            if fast
+            else _autograd_epochs(model, X, y, sample_weight, config, generator)
+        )
+        history = History()
+        for epoch, loss in enumerate(epochs):
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {epoch} (loss is {loss}); lower the learning "
+                    f"rate (now {config.lr:g}) or scale the data."
+                )
+            history.train_loss.append(loss)
+            if callback is not None:
+                callback(epoch, loss)
+    return history
+
+
+def _autograd_epochs(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    config: TrainConfig,
+    generator: torch.Generator | None,
+) -> Iterator[float]:
     optimizer = make_optimizer(model.parameters(), config)
     loss_fn = loss_function(config.loss)
-    history = History()
     model.train()
-    for epoch in range(config.epochs):
-        loss = run_epoch(model, X, y, sample_weight, optimizer, loss_fn, config, generator)
-        if not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"training diverged at epoch {epoch} (loss is {loss}); lower the learning rate "
-                f"(now {config.lr:g}) or scale the data."
-            )
-        history.train_loss.append(loss)
-        if callback is not None:
-            callback(epoch, loss)
-    return history
+    for _ in range(config.epochs):
+        yield run_epoch(model, X, y, w, optimizer, loss_fn, config, generator)
+
+
+def _fast_epochs(
+    model: nn.Module,
+    activation: str,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    config: TrainConfig,
+    generator: torch.Generator | None,
+) -> Iterator[float]:
+    """The same epochs as :func:`_autograd_epochs`, on :class:`nnreg.engine.FastMLP`."""
+    net = FastMLP(model, activation, config.loss)
+    optimizer = FlatOptimizer(
+        net.params, net.grads, config.optimizer, config.lr, config.momentum, config.nesterov,
+        config.weight_decay,
+    )  # fmt: skip
+    n = X.shape[0]
+    X1 = torch.cat([X, X.new_ones(n, 1)], dim=1)  # (rows, inputs + 1): ones meet the bias
+    batches = epoch_batches(n, config.batch_size)
+    try:
+        if len(batches) == 1:
+            full = net.prepare(X1, y, w)
+            for _ in range(config.epochs):
+                loss = net.loss_and_grad(full)
+                optimizer.step()
+                yield loss.item() * full.factor  # the epoch's one host sync
+            return
+        for _ in range(config.epochs):
+            perm = torch.randperm(n, generator=generator, device=X.device)
+            Xe, ye = X1[perm], y[perm]
+            we = None if w is None else w[perm]
+            total = X.new_zeros(())
+            for start, stop in batches:
+                wb = None if we is None else we[start:stop]
+                batch = net.prepare(Xe[start:stop], ye[start:stop], wb)
+                loss = net.loss_and_grad(batch)
+                optimizer.step()
+                total.add_(loss, alpha=batch.factor * (stop - start))
+            yield total.item() / n  # the epoch's one host sync
+    finally:
+        net.copy_to(model)
 
 
 def run_epoch(

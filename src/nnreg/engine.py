@@ -1,0 +1,318 @@
+"""The fast training kernel: hand-derived gradients of an MLP, no autograd, no allocations.
+
+Tiny networks on a CPU are bound by per-operation overhead, so every step here is a short,
+fixed list of PyTorch kernels writing into preallocated buffers:
+
+* Each layer's weight and bias live together as one ``(out, in + 1)`` matrix ``[W | b]``, a
+  view into one flat parameter buffer; gradients mirror that in one flat gradient buffer. The
+  whole optimiser update is then a couple of operations on two flat tensors.
+* Activations are kept transposed, ``(width + 1, batch)``, with a last row of ones, so that
+  ``W_aug @ A`` applies weight and bias in one matrix product, ``dZ @ A.T`` yields the weight
+  *and* bias gradients in one product, and each layer writes into a contiguous row block.
+* Losses are accumulated as tensors and read once per epoch (one host sync per epoch).
+
+:func:`supports` says whether a model and recipe are covered; :mod:`nnreg.train` falls back to
+autograd otherwise. The tests check every covered combination against autograd in float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from itertools import pairwise
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["Batch", "FastMLP", "FlatOptimizer", "epoch_batches", "supports", "thread_policy"]
+
+FAST_ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
+FAST_LOSSES = ("squared_error", "absolute_error", "huber")
+FAST_OPTIMIZERS = ("sgd", "adam", "adamw")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+
+
+def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bool:
+    """True when :class:`FastMLP` computes exactly what autograd would for this recipe."""
+    layers = getattr(model, "layers", None)
+    return (
+        isinstance(layers, nn.ModuleList)
+        and all(type(m) is nn.Linear and m.bias is not None for m in layers)
+        and activation in FAST_ACTIVATIONS
+        and loss in FAST_LOSSES
+        and optimizer in FAST_OPTIMIZERS
+    )
+
+
+@contextlib.contextmanager
+def thread_policy(batch: int, widest: int) -> Iterator[None]:
+    """Use one intra-op thread for small matrices, where threading costs more than it saves.
+
+    Measured on a 2-core machine (benchmarks/speed.py): for batches of a few hundred rows and
+    layers up to a few hundred units, one thread is faster; larger products keep the default.
+    """
+    before = torch.get_num_threads()
+    small = batch * widest <= 256 * 512
+    if small and before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+class _Buffers:
+    """Preallocated activations and their gradients for one batch size."""
+
+    def __init__(self, widths: list[int], batch: int, keep_z: bool, like: torch.Tensor) -> None:
+        hidden = widths[1:-1]
+        # A[l]: (width_l + 1, batch), last row ones; act[l] is its first width_l rows.
+        self.A = [like.new_empty(h + 1, batch) for h in hidden]
+        for a in self.A:
+            a[-1].fill_(1.0)
+        self.act = [a[:-1] for a in self.A]
+        self.AT = [a.t() for a in self.A]  # (batch, width_l + 1)
+        self.Z = [like.new_empty(h, batch) for h in hidden] if keep_z else self.act
+        self.dZ = [like.new_empty(h, batch) for h in hidden]
+        self.out = like.new_empty(widths[-1], batch)  # (outputs, batch)
+        self.D = like.new_empty(widths[-1], batch)  # residual, then dLoss/dout
+        self.D_flat = self.D.view(-1)
+
+
+class Batch(NamedTuple):
+    """One minibatch, as views prepared once so that a step creates no tensors."""
+
+    X: torch.Tensor  # (batch, inputs + 1), last column ones
+    XT: torch.Tensor  # (inputs + 1, batch)
+    YT: torch.Tensor  # (outputs, batch)
+    weights: torch.Tensor | None  # (batch,) per-row loss weights, summing to 1/outputs
+    grad_scale: torch.Tensor  # d(loss)/d(elementwise loss), 0-d or (batch,)
+    factor: float  # the returned loss times this is the batch's mean loss
+    buf: _Buffers
+
+
+class FastMLP:
+    """An MLP's parameters packed for hand-derived training; see the module docstring.
+
+    Parameters
+    ----------
+    model : nn.Module
+        An :class:`nnreg.model.MLP` (``layers`` of ``nn.Linear``); its weights are copied in.
+    activation, loss : str
+        As in :class:`nnreg.model.MLPConfig` and :class:`nnreg.train.TrainConfig`.
+    """
+
+    def __init__(self, model: nn.Module, activation: str, loss: str) -> None:
+        layers = list(model.layers)  # type: ignore[arg-type]
+        first = layers[0].weight
+        self.widths = [layers[0].in_features] + [m.out_features for m in layers]
+        self.activation, self.loss = activation, loss
+        shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
+        total = sum(r * c for r, c in shapes)
+        self.params = torch.empty(total, dtype=first.dtype, device=first.device)
+        self.grads = torch.zeros_like(self.params)
+        self.W: list[torch.Tensor] = []  # (out, in + 1) views of params: [weight | bias]
+        self.G: list[torch.Tensor] = []  # matching views of grads
+        start = 0
+        for r, c in shapes:
+            self.W.append(self.params[start : start + r * c].view(r, c))
+            self.G.append(self.grads[start : start + r * c].view(r, c))
+            start += r * c
+        self.WT = [w[:, :-1].t() for w in self.W]  # (in, out): weights only, for backprop
+        with torch.no_grad():
+            for w, layer in zip(self.W, layers, strict=True):
+                w[:, :-1].copy_(layer.weight)
+                w[:, -1].copy_(layer.bias)
+        self._buffers: dict[int, _Buffers] = {}
+        self._act, self._act_backward = _ACTIVATIONS[activation]
+        self._loss = _LOSSES[loss]
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the trained parameters back into ``model``'s ``nn.Linear`` layers."""
+        with torch.no_grad():
+            for w, layer in zip(self.W, model.layers, strict=True):  # type: ignore[arg-type]
+                layer.weight.copy_(w[:, :-1])
+                layer.bias.copy_(w[:, -1])
+
+    def buffers(self, batch: int) -> _Buffers:
+        if batch not in self._buffers:
+            keep_z = self.activation in ("gelu", "silu")  # their backward needs the input
+            self._buffers[batch] = _Buffers(self.widths, batch, keep_z, self.params)
+        return self._buffers[batch]
+
+    def prepare(self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> Batch:
+        """Views and scales for a batch: ``X`` (batch, inputs + 1), ``Y`` (batch, outputs)."""
+        rows, n_out = Y.shape
+        factor = 2.0 if self.loss == "squared_error" else 1.0  # d(r**2)/dr = 2r
+        if w is None:
+            weights, factor_out = None, 1.0 / (rows * n_out)
+            grad_scale = X.new_full((), factor * factor_out)
+        else:
+            weights, factor_out = w / (w.sum() * n_out), 1.0
+            grad_scale = weights * factor
+        return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, self.buffers(rows))
+
+    @torch.no_grad()
+    def loss_and_grad(self, batch: Batch) -> torch.Tensor:
+        """Forward and backward on one batch; gradients land in ``self.grads``.
+
+        Returns the batch loss as a 0-d tensor (not synchronised); times ``batch.factor`` it
+        is the batch's mean loss.
+        """
+        buf = batch.buf
+        n_hidden = len(buf.A)
+        inputs = batch.XT
+        for i in range(n_hidden):
+            torch.mm(self.W[i], inputs, out=buf.Z[i])  # (width, batch)
+            self._act(buf.Z[i], buf.act[i])
+            inputs = buf.A[i]  # (width + 1, batch)
+        torch.mm(self.W[-1], inputs, out=buf.out)  # (outputs, batch)
+
+        loss = self._loss(buf.out, batch)  # buf.D <- dLoss/dout
+        # Backward: layer i's gradient is dZ @ input.T; its input's gradient is W.T @ dZ.
+        dZ = buf.D
+        for i in range(n_hidden, 0, -1):
+            torch.mm(dZ, buf.AT[i - 1], out=self.G[i])
+            torch.mm(self.WT[i], dZ, out=buf.dZ[i - 1])
+            self._act_backward(buf.dZ[i - 1], buf.Z[i - 1], buf.act[i - 1])
+            dZ = buf.dZ[i - 1]
+        torch.mm(dZ, batch.X, out=self.G[0])
+        return loss
+
+
+def _relu(z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.relu_(a)  # z is a: the product was written straight into the activation rows
+
+
+def _relu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.ops.aten.threshold_backward.grad_input(g, a, 0.0, grad_input=g)
+
+
+def _tanh(z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.tanh_(a)
+
+
+def _tanh_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.ops.aten.tanh_backward.grad_input(g, a, grad_input=g)
+
+
+def _gelu(z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.ops.aten.gelu.out(z, out=a)
+
+
+def _gelu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.ops.aten.gelu_backward.grad_input(g, z, approximate="none", grad_input=g)
+
+
+def _silu(z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.ops.aten.silu.out(z, out=a)
+
+
+def _silu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
+    torch.ops.aten.silu_backward.grad_input(g, z, grad_input=g)
+
+
+Act = Callable[[torch.Tensor, torch.Tensor], None]
+ActBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+_ACTIVATIONS: dict[str, tuple[Act, ActBackward]] = {
+    "relu": (_relu, _relu_backward),
+    "tanh": (_tanh, _tanh_backward),
+    "gelu": (_gelu, _gelu_backward),
+    "silu": (_silu, _silu_backward),
+}
+
+
+def _squared(out: torch.Tensor, batch: Batch) -> torch.Tensor:
+    D = batch.buf.D
+    torch.sub(out, batch.YT, out=D)  # (outputs, batch)
+    if batch.weights is None:
+        loss = torch.dot(batch.buf.D_flat, batch.buf.D_flat)  # unscaled: times batch.factor
+    else:
+        loss = (D.square() * batch.weights).sum()
+    D.mul_(batch.grad_scale)
+    return loss
+
+
+def _absolute(out: torch.Tensor, batch: Batch) -> torch.Tensor:
+    D = batch.buf.D
+    torch.sub(out, batch.YT, out=D)
+    loss = D.abs().sum() if batch.weights is None else (D.abs() * batch.weights).sum()
+    D.sign_().mul_(batch.grad_scale)
+    return loss
+
+
+def _huber(out: torch.Tensor, batch: Batch) -> torch.Tensor:
+    D = batch.buf.D
+    torch.sub(out, batch.YT, out=D)
+    r = D.abs()
+    elementwise = torch.where(r < 1.0, 0.5 * D.square(), r - 0.5)  # delta = 1
+    loss = elementwise.sum() if batch.weights is None else (elementwise * batch.weights).sum()
+    D.clamp_(-1.0, 1.0).mul_(batch.grad_scale)
+    return loss
+
+
+LossKernel = Callable[[torch.Tensor, "Batch"], torch.Tensor]
+_LOSSES: dict[str, LossKernel] = {
+    "squared_error": _squared,
+    "absolute_error": _absolute,
+    "huber": _huber,
+}
+
+
+class FlatOptimizer:
+    """SGD (momentum, Nesterov), Adam and AdamW on one flat parameter buffer.
+
+    Matches ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` step for step (default betas and eps;
+    weight decay as those classes apply it, to every parameter).
+    """
+
+    def __init__(
+        self,
+        params: torch.Tensor,
+        grads: torch.Tensor,
+        kind: str,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.params, self.grads, self.kind = params, grads, kind
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.weight_decay = weight_decay
+        if kind == "sgd":
+            self.buf = torch.zeros_like(params) if momentum else None
+        else:
+            self.exp_avg = torch.zeros_like(params)
+            self.exp_avg_sq = torch.zeros_like(params)
+            self.step_t = torch.zeros((), dtype=torch.float32, device=params.device)
+            self._fused = torch._fused_adam_ if kind == "adam" else torch._fused_adamw_
+
+    @torch.no_grad()
+    def step(self) -> None:
+        p, g = self.params, self.grads
+        if self.kind != "sgd":
+            self.step_t.add_(1.0)
+            self._fused(
+                [p], [g], [self.exp_avg], [self.exp_avg_sq], [], [self.step_t],
+                lr=self.lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
+                weight_decay=self.weight_decay, eps=ADAM_EPS, amsgrad=False, maximize=False,
+            )  # fmt: skip
+            return
+        if self.weight_decay:
+            g.add_(p, alpha=self.weight_decay)
+        if self.buf is not None:
+            self.buf.mul_(self.momentum).add_(g)
+            if self.nesterov:
+                g.add_(self.buf, alpha=self.momentum)
+            else:
+                g = self.buf
+        p.add_(g, alpha=-self.lr)
+
+
+def epoch_batches(n: int, batch: int | None) -> list[tuple[int, int]]:
+    """(start, stop) of each minibatch of an epoch; one full batch when ``batch`` is None."""
+    if batch is None or batch >= n:
+        return [(0, n)]
+    return [(s, min(s + batch, n)) for s in range(0, n, batch)]
