@@ -45,17 +45,24 @@ def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bo
     )
 
 
-@contextlib.contextmanager
-def thread_policy(batch: int, widest: int) -> Iterator[None]:
-    """Use one intra-op thread for small matrices, where threading costs more than it saves.
+# Batch x width**2 (a step's arithmetic, roughly) up to which one intra-op thread is as fast
+# as two; measured by benchmarks/threads.py (benchmarks/results/threads.md).
+ONE_THREAD_MAX_WORK = 2**21  # between 1M (one thread won) and 4M (two won)
 
-    Measured on a 2-core machine (benchmarks/speed.py): for batches of a few hundred rows and
-    layers up to a few hundred units, one thread is faster; larger products keep the default.
+
+@contextlib.contextmanager
+def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, or by measurement when None.
+
+    Small matrix products finish before a second thread is worth waking, so steps whose
+    ``batch * widest**2`` is at most :data:`ONE_THREAD_MAX_WORK` use one thread; larger ones
+    keep torch's setting. The previous setting is restored afterwards.
     """
     before = torch.get_num_threads()
-    small = batch * widest <= 256 * 512
-    if small and before != 1:
-        torch.set_num_threads(1)
+    if threads is None:
+        threads = 1 if batch * widest**2 <= ONE_THREAD_MAX_WORK else before
+    if threads != before:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:

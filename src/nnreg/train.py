@@ -41,6 +41,7 @@ class TrainConfig:
     batch_size: int | None = None  # None: one full-batch step per epoch
     loss: str = "squared_error"
     engine: str = "auto"  # "fast" (hand-derived gradients), "autograd", or "auto": fast if it can
+    threads: int | None = None  # intra-op threads; None: engine.thread_policy decides
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +121,8 @@ def fit(
         config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
     )
     widest = max(p.shape[0] for p in model.parameters())
-    with thread_policy(min(config.batch_size or X.shape[0], X.shape[0]), widest):
+    batch = min(config.batch_size or X.shape[0], X.shape[0])
+    with thread_policy(batch, widest, config.threads):
         epochs = (
             _fast_epochs(model, activation, X, y, sample_weight, config, generator)
             if fast
