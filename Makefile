@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest bench clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.dev: $(VENV)/.torch pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@ $(VENV)/.base
 
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/python -m pip install -e '.[dev,bench]' $(TORCH)
+	touch $@
+
 demo: $(VENV)/.base
 	$(BIN)/nnreg train
 
@@ -33,6 +37,11 @@ typecheck: $(VENV)/.dev
 
 pytest: $(VENV)/.dev
 	$(BIN)/pytest
+
+# Peers (skorch, Lightning, ...) come from the `bench` extra; results land in benchmarks/results/.
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/threads.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
