@@ -46,7 +46,7 @@ def test_folder_contents(tmp_path: Path, fitted) -> None:
     assert doc["metrics"]["train_mse"] == 0.5
     assert [f["name"] for f in doc["features"]] == ["a", "b", "c"]
     assert len(doc["weights"]["sha256"]) == 64
-    assert (path / "history.csv").read_text().splitlines()[0] == "epoch,train_loss"
+    assert (path / "history.csv").read_text().splitlines()[0] == "epoch,train_loss,val_loss,lr"
     assert len((path / "history.csv").read_text().splitlines()) == 11
     assert (path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

@@ -216,7 +216,13 @@ def _write(tmp_path: Path, name: str, text: str) -> str:
             "target column 'price' not found",
         ),
         ({"t.csv": "a,y\n1,2\n"}, ["train", "t.csv"], 2, "needs --target"),
-        ({"t.csv": "a,b,y\n1,x,2\n2,y,3\n"}, ["train", "t.csv", "--target", "y"], 1, "holds text"),
+        ({"t.csv": "a,y\n1,x\n2,3\n"}, ["train", "t.csv", "--target", "y"], 1, "holds text"),
+        (
+            {"t.csv": "a,y\n" + "".join(f"{i},{i}\n" for i in range(20)) + "oops,3\n"},
+            ["train", "t.csv", "--target", "y"],
+            1,
+            "holds numbers but also text",
+        ),
         ({"t.csv": "a,y\n1,2\n,3\n"}, ["train", "t.csv", "--target", "y"], 1, "missing values"),
         ({"t.csv": "a,y\n1,2\ninf,3\n"}, ["train", "t.csv", "--target", "y"], 1, "infinite"),
         ({"t.csv": ""}, ["train", "t.csv", "--target", "y"], 1, "is empty"),
@@ -299,3 +305,35 @@ def test_python_dash_m_runs_the_command() -> None:
         [sys.executable, "-m", "nnreg", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and nnreg.__version__ in result.stdout
+
+
+def test_categorical_columns_and_impute_through_the_cli(capsys, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame(
+        {
+            "city": rng.choice(["Paris", "Oslo", "Rome"], size=n),
+            "rooms": rng.integers(1, 6, size=n).astype(float),
+            "zone": rng.integers(1, 4, size=n),
+        }
+    )
+    frame["price"] = frame["rooms"] * 2 + frame["city"].map({"Paris": 3, "Oslo": 2, "Rome": 1})
+    frame.loc[::9, "rooms"] = np.nan
+    frame.to_csv(tmp_path / "houses.csv", index=False)
+    code, _, err = run(["train", "houses.csv", "--target", "price", "--epochs", "5"], capsys)
+    assert code == 1 and "--impute" in err
+    code, out, err = run(["train", "houses.csv", "--target", "price", "--epochs", "30",
+                          "--impute", "--categorical", "zone", "--out", "m"], capsys)  # fmt: skip
+    assert code == 0, err
+    pre = json.loads((tmp_path / "m" / "model.json").read_text())["preprocessing"]["inputs"]
+    assert pre["categorical"] == ["city", "zone"] and pre["indicators"] == ["rooms"]
+    frame.assign(city=["Tokyo"] * n).to_csv(tmp_path / "new.csv", index=False)
+    code, out, err = run(["predict", "m", "new.csv"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == n + 1
+    # The config file keeps --impute and --categorical: the rerun is identical.
+    code, _, err = run(["train", "--config", "m/config.toml", "--out", "m2", "-q"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "m" / "history.csv").read_text() == (
+        tmp_path / "m2" / "history.csv"
+    ).read_text()

@@ -156,3 +156,34 @@ def test_fast_path_leaves_the_thread_count_as_it_found_it() -> None:
     before = torch.get_num_threads()
     fit(MLP(MLPConfig()), torch.randn(10, 2), torch.randn(10, 1), TrainConfig(epochs=2))
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dropout_gradients_match_autograd_with_the_same_mask(activation: str) -> None:
+    torch.manual_seed(6)
+    net = MLP(MLPConfig(n_inputs=3, hidden_sizes=(8, 6), activation=activation, dropout=0.3))
+    net = net.double()
+    X, Y = torch.randn(17, 3, dtype=torch.float64), torch.randn(17, 1, dtype=torch.float64)
+    fast = FastMLP(net, activation, "squared_error", 0.3, torch.Generator().manual_seed(0))
+    X1 = torch.cat([X, torch.ones(17, 1, dtype=torch.float64)], dim=1)
+    batch = fast.prepare(X1, Y, None)
+    loss = fast.loss_and_grad(batch).item() * batch.factor
+    masks = [m.t().clone() for m in batch.buf.mask]  # (batch, width), values 0 or 1/0.7
+    assert all(set(torch.unique(m).tolist()) <= {0.0, 1 / 0.7} for m in masks)
+
+    act = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
+           "silu": torch.nn.functional.silu}[activation]  # fmt: skip
+    net.zero_grad()
+    h = X
+    for layer, mask in zip(net.layers[:-1], masks, strict=True):
+        h = act(layer(h)) * mask
+    ref = torch.nn.functional.mse_loss(net.layers[-1](h), Y)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    for got, layer in zip(fast.G, net.layers, strict=True):
+        want = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # Evaluation never drops units.
+    eval_batch = fast.prepare(X1, Y, None, train=False)
+    expected = torch.nn.functional.mse_loss(net.eval()(X), Y).item()
+    assert fast.evaluate(eval_batch).item() * eval_batch.factor == pytest.approx(expected)

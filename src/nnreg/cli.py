@@ -35,6 +35,12 @@ OPTION_TO_PARAM = {
     "loss": "loss",
     "momentum": "momentum",
     "weight_decay": "weight_decay",
+    "dropout": "dropout",
+    "schedule": "learning_rate",
+    "early_stopping": "early_stopping",
+    "validation_fraction": "validation_fraction",
+    "patience": "n_iter_no_change",
+    "scaling": "scaling",
     "seed": "random_state",
 }
 
@@ -97,6 +103,30 @@ def cli(debug: bool) -> None:
 @click.option("--loss", type=click.Choice(["squared_error", "absolute_error", "huber"]))
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="SGD momentum.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="Weight decay.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout rate.")
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine", "plateau"]),
+    help="Learning-rate schedule.",
+)
+@click.option(
+    "--early-stopping/--no-early-stopping",
+    default=None,
+    help="Hold out --validation-fraction of the rows; stop when their loss stalls.",
+)
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--patience", type=click.IntRange(min=1), help="Epochs without improvement.")
+@click.option("--scaling", type=click.Choice(["standard", "robust", "none"]))
+@click.option(
+    "--impute",
+    is_flag=True,
+    default=None,
+    help="Fill missing values (median + indicator; a category for text) instead of failing.",
+)
+@click.option(
+    "--categorical",
+    help="Columns to treat as categorical even if they hold numbers, comma-separated.",
+)
 @click.option(
     "--seed",
     type=click.IntRange(0, 2**32 - 1),
@@ -125,6 +155,8 @@ def train(
     data: Path | None,
     target: str | None,
     features: str | None,
+    categorical: str | None,
+    impute: bool | None,
     preset: str | None,
     config_path: Path | None,
     out: Path | None,
@@ -155,6 +187,8 @@ def train(
         run["target"] = target.split(",")
     if features is not None:
         run["features"] = features.split(",")
+    if categorical is not None:
+        run["categorical"] = categorical.split(",")
     if options["seed"] is not None and run.get("source") == "seed_dataset":
         run["random_state"] = options["seed"]
     seed_experiment = "path" not in run
@@ -168,6 +202,8 @@ def train(
     for option, param in OPTION_TO_PARAM.items():
         if options[option] is not None:
             params[param] = options[option]
+    if impute:
+        params["missing"] = "impute"
     if "hidden_layer_sizes" in params:
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
 
@@ -178,7 +214,7 @@ def train(
         run["path"] = str(Path(run["path"]).resolve())
         if "target" not in run:
             raise click.UsageError("DATA needs --target COLUMN (the column to predict).")
-    table = _table(frame, run["target"], run.get("features"), source)
+    table = _table(frame, run["target"], run.get("features"), source, run.get("categorical"))
     run["features"] = table.feature_names
 
     y = _target_values(table)
@@ -186,10 +222,10 @@ def train(
     report = _Report(quiet=quiet, as_json=as_json)
     report.header(source, table, preset or "config", reg)
     started = time.perf_counter()
-    with report.progress(reg.max_iter, log_every) as on_epoch:
-        reg.fit(_features_frame(table), y, callback=on_epoch)
+    with report.progress(reg, log_every) as on_epoch:
+        reg.fit(table.features, y, callback=on_epoch)
     seconds = time.perf_counter() - started
-    pred = reg.predict(_features_frame(table))
+    pred = reg.predict(table.features)
     metrics = regression_metrics(y, pred)
     first = (float(pred.reshape(len(pred), -1)[0, 0]), float(y.reshape(len(y), -1)[0, 0]))
     out = out or _default_out(Path(run["path"]).stem if "path" in run else "seed")
@@ -197,7 +233,6 @@ def train(
         out,
         metrics={f"train_{k}": v for k, v in metrics.items()},
         run_settings=run,
-        feature_dtypes=table.feature_dtypes,
         target_names=table.target_names,
     )
     report.result(out, reg, metrics, first, seconds)
@@ -225,16 +260,17 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, str]:
     return read_table(path), str(path)
 
 
-def _table(frame: pd.DataFrame, target: Any, features: Any, source: str) -> Table:
+def _table(
+    frame: pd.DataFrame, target: Any, features: Any, source: str, categorical: Any = None
+) -> Table:
     from .data import table_from_frame
+    from .exceptions import DataError
 
+    for name in categorical or []:
+        if name not in frame.columns:
+            raise DataError(f"--categorical column {name!r} not found in {source}.")
+        frame = frame.assign(**{name: frame[name].astype(str).astype("category")})
     return table_from_frame(frame, target=target, features=features, source=source)
-
-
-def _features_frame(table: Table) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame(table.X, columns=table.feature_names)
 
 
 def _target_values(table: Table) -> Any:
@@ -266,7 +302,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from exc
     allowed = {
-        "data": {"path", "source", "n", "random_state", "target", "features"},
+        "data": {"path", "source", "n", "random_state", "target", "features", "categorical"},
         "model": set(Regressor().get_params()),
     }
     for table, values in settings.items():
@@ -279,7 +315,7 @@ def _read_config(path: Path) -> dict[str, Any]:
                 f"{', '.join(sorted(allowed[table]))}."
             )
     data = settings.get("data", {})
-    for key in ("target", "features"):
+    for key in ("target", "features", "categorical"):
         if isinstance(data.get(key), str):
             data[key] = data[key].split(",")
     return settings
@@ -301,16 +337,12 @@ class _Report:
     def header(self, source: str, table: Table, preset: str, reg: Regressor) -> None:
         if not self.show:
             return
-        from rich.table import Table as RichTable
-
-        from .model import MLPConfig, summary
-
         batch = {"full": "full batch", "auto": "batch auto"}.get(
             str(reg.batch_size), f"batch {reg.batch_size}"
         )
         self.out.print(f"[bold]nnreg {__version__}[/bold] · train")
         self.out.print(
-            f"data    {source}: {table.X.shape[0]} rows, "
+            f"data    {source}: {len(table.features)} rows, "
             f"features {', '.join(table.feature_names)} -> "
             f"target {', '.join(table.target_names)}"
         )
@@ -318,31 +350,38 @@ class _Report:
             f"preset  {preset}: {reg.optimizer}, lr {reg.learning_rate_init:g}, "
             f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}"
         )
-        config = MLPConfig(
-            n_inputs=table.X.shape[1],
-            hidden_sizes=tuple(reg.hidden_layer_sizes),
-            n_outputs=len(table.target_names),
-            activation=reg.activation,
-        )
-        self.out.print(_layer_table(RichTable, summary(config)))
 
-    def progress(self, epochs: int, log_every: int | None) -> Any:
+    def layers(self, reg: Regressor) -> None:
+        """The layer table, printed once the network exists (its input width depends on the
+        fitted encoding of categorical columns)."""
+        from rich.table import Table as RichTable
+
+        from .model import summary
+
+        if self.show:
+            self.out.print(_layer_table(RichTable, summary(reg.model_.config)))
+
+    def progress(self, reg: Regressor, log_every: int | None) -> Any:
         import contextlib
 
+        epochs = reg.max_iter
         console = self.progress_console
         if self.quiet or (self.as_json and not console.is_terminal):
             return contextlib.nullcontext(None)
         if console.is_terminal and log_every is None:
-            return _bar(console, epochs)
+            return _bar(console, epochs, lambda: self.layers(reg))
         every = log_every or max(1, epochs // 10)
 
         @contextlib.contextmanager
         def lines() -> Any:
             width = len(str(epochs))
 
-            def on_epoch(epoch: int, loss: float) -> None:
+            def on_epoch(epoch: int, loss: float, val: float | None) -> None:
+                if epoch == 0:
+                    self.layers(reg)
                 if epoch % every == 0 or epoch == epochs - 1:
-                    console.print(f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}")
+                    extra = "" if val is None else f"  val {val:.6g}"
+                    console.print(f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}{extra}")
 
             yield on_epoch
 
@@ -408,7 +447,7 @@ def _layer_table(table_cls: Any, rows: list[dict[str, Any]]) -> Any:
     return t
 
 
-def _bar(console: Any, epochs: int) -> Any:
+def _bar(console: Any, epochs: int, before: Any) -> Any:
     import contextlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -425,8 +464,11 @@ def _bar(console: Any, epochs: int) -> Any:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("train", total=epochs, loss="-")
 
-            def on_epoch(epoch: int, loss: float) -> None:
-                progress.update(task, completed=epoch + 1, loss=f"{loss:.6g}")
+            def on_epoch(epoch: int, loss: float, val: float | None) -> None:
+                if epoch == 0:
+                    before()
+                shown = f"{loss:.6g}" if val is None else f"{loss:.6g}  val {val:.6g}"
+                progress.update(task, completed=epoch + 1, loss=shown)
 
             yield on_epoch
 
@@ -455,7 +497,7 @@ def predict(model_dir: Path, data: Path, output: Path | None) -> None:
     import pandas as pd
 
     reg, table = _model_and_table(model_dir, data, with_target=False)
-    pred = reg.predict(_features_frame(table)).reshape(table.X.shape[0], -1)
+    pred = reg.predict(table.features).reshape(len(table.features), -1)
     names = [f"{t}_pred" for t in reg.model_info_["targets"]]
     frame = pd.DataFrame(pred, columns=names)
     if output is None:
@@ -502,11 +544,11 @@ def evaluate(model_dir: Path, data: Path, as_json: bool) -> None:
     from .metrics import regression_metrics
 
     reg, table = _model_and_table(model_dir, data, with_target=True)
-    metrics = regression_metrics(_target_values(table), reg.predict(_features_frame(table)))
+    metrics = regression_metrics(_target_values(table), reg.predict(table.features))
     if as_json:
-        click.echo(json.dumps({"rows": int(table.X.shape[0]), **metrics}, indent=2))
+        click.echo(json.dumps({"rows": len(table.features), **metrics}, indent=2))
         return
-    click.echo(f"rows  {table.X.shape[0]}")
+    click.echo(f"rows  {len(table.features)}")
     for key in ("mse", "rmse", "mae", "r2"):
         click.echo(f"{key.upper() if key != 'r2' else 'R²':<5} {metrics[key]:.6g}")
 
@@ -569,14 +611,14 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
     out_dir = out_dir or model_dir
     if data is not None:
         reg, table = _model_and_table(model_dir, data, with_target=True)
-        saved_history = {"train_loss": reg.loss_curve_}
+        saved_history = reg.history_.to_dict()
     else:
         saved_history = load(model_dir).history
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "loss.png"]
     write_file_atomic(written[0], lambda p: loss_curve(saved_history, p))
     if data is not None:
-        pred = reg.predict(_features_frame(table))
+        pred = reg.predict(table.features)
         written.append(out_dir / "pred_vs_actual.png")
         write_file_atomic(
             written[1],

@@ -1,7 +1,7 @@
-"""The seed dataset, and reading CSV/Parquet files and DataFrames into validated arrays.
+"""The seed dataset, and reading CSV/Parquet files into validated tables.
 
-Data is checked here, once, at the public entry points (2-D, numeric, finite, non-empty, the
-right columns) and trusted everywhere after.
+Files and column selections are checked here (the file exists and parses, the columns exist,
+the target is finite numbers); feature values are checked by the estimator at fit and predict.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .exceptions import DataError, DataFileError
 
-__all__ = ["Table", "read_table", "seed_dataset", "table_from_frame", "to_matrix"]
+__all__ = ["Table", "read_table", "seed_dataset", "table_from_frame"]
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -97,13 +96,12 @@ def _refuse_duplicate_columns(path: Path, kind: str, frame: pd.DataFrame) -> Non
 
 @dataclass(frozen=True)
 class Table:
-    """Validated model inputs: float64 matrices with their column names."""
+    """Features as given (numeric and categorical columns) and validated numeric targets."""
 
-    X: np.ndarray  # (rows, features)
+    features: pd.DataFrame  # (rows, features)
     y: np.ndarray | None  # (rows, targets), or None when no target was asked for
     feature_names: list[str]
     target_names: list[str]
-    feature_dtypes: list[str]
 
 
 def table_from_frame(
@@ -112,9 +110,10 @@ def table_from_frame(
     features: Sequence[str] | None = None,
     source: str = "the data",
 ) -> Table:
-    """Select and validate the feature and target columns of a DataFrame.
+    """Select the feature and target columns of a DataFrame; targets must be finite numbers.
 
-    Without ``features``, every column that is not a target is a feature.
+    Without ``features``, every column that is not a target is a feature. Feature values are
+    checked by the estimator, which knows numeric from categorical columns.
     """
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
@@ -128,17 +127,15 @@ def table_from_frame(
         overlap = sorted(set(feats) & set(targets))
         if overlap:
             raise DataError(
-                f"column {overlap[0]!r} is both a feature and the target; drop it "
-                "from the features."
+                f"column {overlap[0]!r} is both a feature and the target; drop it from the "
+                "features."
             )
     if not feats:
         raise DataError(f"{source} has no feature columns besides the target; add at least one.")
     if len(frame) == 0:
         raise DataError(f"{source} has no rows; it needs at least one.")
-    X = _numeric_block(frame, feats, source, role="feature")
-    y = _numeric_block(frame, targets, source, role="target") if targets else None
-    dtypes = [str(frame[c].dtype) for c in feats]
-    return Table(X=X, y=y, feature_names=feats, target_names=targets, feature_dtypes=dtypes)
+    y = _numeric_targets(frame, targets, source) if targets else None
+    return Table(features=frame[feats], y=y, feature_names=feats, target_names=targets)
 
 
 def _require_columns(wanted: list[str], columns: list[str], source: str, what: str) -> None:
@@ -150,60 +147,25 @@ def _require_columns(wanted: list[str], columns: list[str], source: str, what: s
         )
 
 
-def _numeric_block(frame: pd.DataFrame, names: list[str], source: str, role: str) -> np.ndarray:
+def _numeric_targets(frame: pd.DataFrame, names: list[str], source: str) -> np.ndarray:
     for name in names:
         col = frame[name]
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
-            bad = _first_non_numeric(col)
+            values = col.dropna()
+            bad = values[pd.to_numeric(values, errors="coerce").isna()]
+            example = bad.iloc[0] if len(bad) else None
             raise DataError(
-                f"{role} column {name!r} in {source} holds text (e.g. {bad!r}), but nnreg needs "
-                f"numbers there; convert it or leave it out of the {role}s."
+                f"target column {name!r} in {source} holds text (e.g. {example!r}), but a "
+                "regression target must be numbers; convert it or choose another target."
             )
     block = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    _require_finite(block, names, source)
-    return block
-
-
-def _first_non_numeric(col: pd.Series) -> Any:
-    values = pd.to_numeric(col, errors="coerce")
-    bad = col[values.isna() & col.notna()]
-    return bad.iloc[0] if len(bad) else col.iloc[0]
-
-
-def _require_finite(block: np.ndarray, names: Sequence[str], source: str) -> None:
     finite = np.isfinite(block)
-    if finite.all():
-        return
-    row, col = map(int, np.argwhere(~finite)[0])
-    kind = "missing values (NaN)" if np.isnan(block[row, col]) else "infinite values"
-    count = int((~finite[:, col]).sum())
-    raise DataError(
-        f"column {names[col]!r} in {source} has {count} {kind} (first at row {row}); "
-        "fill or drop them before training."
-    )
-
-
-def to_matrix(X: Any, name: str = "X") -> np.ndarray:
-    """Convert array-like input to a finite 2-D float64 array, or raise a DataError."""
-    if isinstance(X, pd.DataFrame):
-        return table_from_frame(X, source=f"the DataFrame {name}").X
-    try:
-        arr = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    if not finite.all():
+        row, col = map(int, np.argwhere(~finite)[0])
+        kind = "missing values (NaN)" if np.isnan(block[row, col]) else "infinite values"
+        count = int((~finite[:, col]).sum())
         raise DataError(
-            f"{name} must hold numbers only; converting it to floats failed ({exc})."
-        ) from exc
-    if arr.ndim == 1:
-        raise DataError(
-            f"{name} must be 2-D (rows, features) but is 1-D with {arr.shape[0]} values; "
-            "use X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single row."
+            f"target column {names[col]!r} in {source} has {count} {kind} (first at row "
+            f"{row}); drop those rows before training."
         )
-    if arr.ndim != 2:
-        raise DataError(f"{name} must be 2-D (rows, features) but has {arr.ndim} dimensions.")
-    if arr.shape[0] == 0:
-        raise DataError(f"{name} has 0 rows; at least one is needed.")
-    if arr.shape[1] == 0:
-        raise DataError(f"{name} has 0 features; at least one is needed.")
-    names = [f"{name}[:, {j}]" for j in range(arr.shape[1])]
-    _require_finite(arr, names, name)
-    return arr
+    return block

@@ -71,9 +71,17 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
 
 
 class _Buffers:
-    """Preallocated activations and their gradients for one batch size."""
+    """Preallocated activations and their gradients for one batch size.
 
-    def __init__(self, widths: list[int], batch: int, keep_z: bool, like: torch.Tensor) -> None:
+    Per hidden layer: ``Z`` the pre-activation, ``H`` the activation, ``act`` what the next
+    layer reads (``H`` after dropout), stored as the first rows of ``A`` whose last row is
+    ones. Buffers are shared where no information is lost: without dropout ``H`` is ``act``,
+    and for ReLU and tanh (whose derivatives need only the output) ``Z`` is ``H`` too.
+    """
+
+    def __init__(
+        self, widths: list[int], batch: int, keep_z: bool, dropout: bool, like: torch.Tensor
+    ) -> None:
         hidden = widths[1:-1]
         # A[l]: (width_l + 1, batch), last row ones; act[l] is its first width_l rows.
         self.A = [like.new_empty(h + 1, batch) for h in hidden]
@@ -81,7 +89,9 @@ class _Buffers:
             a[-1].fill_(1.0)
         self.act = [a[:-1] for a in self.A]
         self.AT = [a.t() for a in self.A]  # (batch, width_l + 1)
-        self.Z = [like.new_empty(h, batch) for h in hidden] if keep_z else self.act
+        self.H = [like.new_empty(h, batch) for h in hidden] if dropout else self.act
+        self.mask = [like.new_empty(h, batch) for h in hidden] if dropout else []
+        self.Z = [like.new_empty(h, batch) for h in hidden] if keep_z else self.H
         self.dZ = [like.new_empty(h, batch) for h in hidden]
         self.out = like.new_empty(widths[-1], batch)  # (outputs, batch)
         self.D = like.new_empty(widths[-1], batch)  # residual, then dLoss/dout
@@ -111,11 +121,19 @@ class FastMLP:
         As in :class:`nnreg.model.MLPConfig` and :class:`nnreg.train.TrainConfig`.
     """
 
-    def __init__(self, model: nn.Module, activation: str, loss: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        activation: str,
+        loss: str,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         layers = list(model.layers)  # type: ignore[arg-type]
         first = layers[0].weight
         self.widths = [layers[0].in_features] + [m.out_features for m in layers]
         self.activation, self.loss = activation, loss
+        self.dropout, self.generator = dropout, generator
         shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
         total = sum(r * c for r, c in shapes)
         self.params = torch.empty(total, dtype=first.dtype, device=first.device)
@@ -143,13 +161,18 @@ class FastMLP:
                 layer.weight.copy_(w[:, :-1])
                 layer.bias.copy_(w[:, -1])
 
-    def buffers(self, batch: int) -> _Buffers:
-        if batch not in self._buffers:
-            keep_z = self.activation in ("gelu", "silu")  # their backward needs the input
-            self._buffers[batch] = _Buffers(self.widths, batch, keep_z, self.params)
-        return self._buffers[batch]
+    def buffers(self, batch: int, train: bool = True) -> _Buffers:
+        key = batch if train else -batch  # evaluation buffers never apply dropout
+        if key not in self._buffers:
+            dropout = train and self.dropout > 0
+            # GELU and SiLU need their input to differentiate; so does anything after dropout.
+            keep_z = self.activation in ("gelu", "silu") or dropout
+            self._buffers[key] = _Buffers(self.widths, batch, keep_z, dropout, self.params)
+        return self._buffers[key]
 
-    def prepare(self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> Batch:
+    def prepare(
+        self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, train: bool = True
+    ) -> Batch:
         """Views and scales for a batch: ``X`` (batch, inputs + 1), ``Y`` (batch, outputs)."""
         rows, n_out = Y.shape
         factor = 2.0 if self.loss == "squared_error" else 1.0  # d(r**2)/dr = 2r
@@ -159,7 +182,8 @@ class FastMLP:
         else:
             weights, factor_out = w / (w.sum() * n_out), 1.0
             grad_scale = weights * factor
-        return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, self.buffers(rows))
+        buf = self.buffers(rows, train)
+        return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
 
     @torch.no_grad()
     def loss_and_grad(self, batch: Batch) -> torch.Tensor:
@@ -169,28 +193,46 @@ class FastMLP:
         is the batch's mean loss.
         """
         buf = batch.buf
-        n_hidden = len(buf.A)
-        inputs = batch.XT
-        for i in range(n_hidden):
-            torch.mm(self.W[i], inputs, out=buf.Z[i])  # (width, batch)
-            self._act(buf.Z[i], buf.act[i])
-            inputs = buf.A[i]  # (width + 1, batch)
-        torch.mm(self.W[-1], inputs, out=buf.out)  # (outputs, batch)
-
+        self._forward(batch)
         loss = self._loss(buf.out, batch)  # buf.D <- dLoss/dout
         # Backward: layer i's gradient is dZ @ input.T; its input's gradient is W.T @ dZ.
         dZ = buf.D
-        for i in range(n_hidden, 0, -1):
+        for i in range(len(buf.A), 0, -1):
             torch.mm(dZ, buf.AT[i - 1], out=self.G[i])
-            torch.mm(self.WT[i], dZ, out=buf.dZ[i - 1])
-            self._act_backward(buf.dZ[i - 1], buf.Z[i - 1], buf.act[i - 1])
-            dZ = buf.dZ[i - 1]
+            g = buf.dZ[i - 1]
+            torch.mm(self.WT[i], dZ, out=g)  # gradient of the next layer's input
+            if buf.mask:
+                g.mul_(buf.mask[i - 1])
+            self._act_backward(g, buf.Z[i - 1], buf.H[i - 1])
+            dZ = g
         torch.mm(dZ, batch.X, out=self.G[0])
         return loss
 
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> torch.Tensor:
+        """The loss on a batch prepared with ``train=False``: no dropout, no gradients."""
+        self._forward(batch)
+        return self._loss(batch.buf.out, batch)
+
+    def _forward(self, batch: Batch) -> None:
+        buf = batch.buf
+        inputs = batch.XT
+        keep = 1.0 - self.dropout
+        for i in range(len(buf.A)):
+            torch.mm(self.W[i], inputs, out=buf.Z[i])  # (width, batch)
+            self._act(buf.Z[i], buf.H[i])
+            if buf.mask:  # inverted dropout: zero with probability p, scale the rest by 1/(1-p)
+                buf.mask[i].bernoulli_(keep, generator=self.generator).div_(keep)
+                torch.mul(buf.H[i], buf.mask[i], out=buf.act[i])
+            inputs = buf.A[i]  # (width + 1, batch)
+        torch.mm(self.W[-1], inputs, out=buf.out)  # (outputs, batch)
+
 
 def _relu(z: torch.Tensor, a: torch.Tensor) -> None:
-    torch.relu_(a)  # z is a: the product was written straight into the activation rows
+    if z is a:  # the product was written straight into the activation rows
+        torch.relu_(a)
+    else:
+        torch.clamp(z, min=0.0, out=a)
 
 
 def _relu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
@@ -198,7 +240,10 @@ def _relu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
 
 
 def _tanh(z: torch.Tensor, a: torch.Tensor) -> None:
-    torch.tanh_(a)
+    if z is a:
+        torch.tanh_(a)
+    else:
+        torch.tanh(z, out=a)
 
 
 def _tanh_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_array, validate_data
 
 from . import artifact
-from .data import to_matrix
-from .exceptions import ConfigError, DataError, NotFittedError
+from .exceptions import ConfigError, DataError, DataTypeError, NotFittedError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, count_parameters
-from .preprocess import Standardizer
-from .train import LOSSES, OPTIMIZERS, History, TrainConfig
-from .train import fit as train_fit
+from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
+from .train import LOSSES, OPTIMIZERS, SCHEDULES, EpochCallback, History, TrainConfig, Trainer
 
 __all__ = ["PRESETS", "Regressor", "load"]
 
@@ -27,31 +27,37 @@ SEED_PRESET: dict[str, Any] = {
     "hidden_layer_sizes": (20, 20),
     "activation": "relu",
     "init": "xavier_uniform",
+    "dropout": 0.0,
     "optimizer": "sgd",
     "learning_rate_init": 0.001,
+    "learning_rate": "constant",
     "momentum": 0.0,
     "nesterovs_momentum": False,
     "weight_decay": 0.0,
     "batch_size": "full",
     "max_iter": 500,
     "loss": "squared_error",
-    "scale_inputs": False,
+    "early_stopping": False,
+    "scaling": "none",
     "scale_target": False,
 }
-# The estimator's defaults; the accuracy benchmark is what tunes them.
+# The estimator's defaults; benchmarks/accuracy.py is what tunes them.
 RECOMMENDED_PRESET: dict[str, Any] = {
     "hidden_layer_sizes": (128, 128),
     "activation": "relu",
     "init": "xavier_uniform",
+    "dropout": 0.0,
     "optimizer": "adam",
     "learning_rate_init": 0.001,
+    "learning_rate": "constant",
     "momentum": 0.9,
     "nesterovs_momentum": False,
     "weight_decay": 0.0,
     "batch_size": "auto",
     "max_iter": 200,
     "loss": "squared_error",
-    "scale_inputs": True,
+    "early_stopping": False,
+    "scaling": "standard",
     "scale_target": True,
 }
 PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
@@ -65,12 +71,18 @@ def _positive_int(v: Any) -> bool:
     return _is_int(v) and int(v) >= 1
 
 
-def _real(lo: float, v: Any, *, open_lo: bool = False) -> bool:
+def _real(v: Any, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         return False
     x = float(v)
-    return math.isfinite(x) and (x > lo if open_lo else x >= lo)
+    return math.isfinite(x) and (x > lo if open_lo else x >= lo) and x < hi
 
+
+def _one_of(options: tuple[str, ...] | list[str]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in options), f"one of {list(options)}"
+
+
+BOOL = (lambda v: isinstance(v, (bool, np.bool_)), "True or False")
 
 # One table of hyperparameter checks: name -> (test, what is allowed).
 PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -78,21 +90,30 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, (tuple, list)) and all(_positive_int(h) for h in v),
         "a tuple of positive integers, e.g. (64, 64); () for a linear model",
     ),
-    "activation": (lambda v: v in ACTIVATIONS, f"one of {sorted(ACTIVATIONS)}"),
-    "init": (lambda v: v in INITS, f"one of {list(INITS)}"),
-    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-    "learning_rate_init": (lambda v: _real(0, v, open_lo=True), "a finite number > 0"),
-    "momentum": (lambda v: _real(0, v) and v < 1, "a number in [0, 1)"),
-    "nesterovs_momentum": (lambda v: isinstance(v, bool), "True or False"),
-    "weight_decay": (lambda v: _real(0, v), "a finite number >= 0"),
+    "activation": _one_of(sorted(ACTIVATIONS)),
+    "init": _one_of(INITS),
+    "dropout": (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)"),
+    "optimizer": _one_of(OPTIMIZERS),
+    "learning_rate_init": (lambda v: _real(v, 0.0, open_lo=True), "a finite number > 0"),
+    "learning_rate": _one_of(SCHEDULES),
+    "momentum": (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)"),
+    "nesterovs_momentum": BOOL,
+    "weight_decay": (lambda v: _real(v, 0.0), "a finite number >= 0"),
     "batch_size": (
         lambda v: v in ("auto", "full") or _positive_int(v),
         "a positive integer, 'auto' (min(256, rows)) or 'full' (one step per epoch)",
     ),
     "max_iter": (_positive_int, "a positive integer (epochs)"),
-    "loss": (lambda v: v in LOSSES, f"one of {list(LOSSES)}"),
-    "scale_inputs": (lambda v: isinstance(v, bool), "True or False"),
-    "scale_target": (lambda v: isinstance(v, bool), "True or False"),
+    "loss": _one_of(LOSSES),
+    "early_stopping": BOOL,
+    "validation_fraction": (lambda v: _real(v, 0.0, 1.0, open_lo=True), "a number in (0, 1)"),
+    "n_iter_no_change": (_positive_int, "a positive integer (epochs)"),
+    "tol": (lambda v: _real(v, 0.0), "a finite number >= 0"),
+    "scaling": _one_of(SCALINGS),
+    "scale_target": BOOL,
+    "missing": _one_of(MISSING),
+    "max_categories": (_positive_int, "a positive integer"),
+    "dtype": _one_of(("float32", "float64")),
     "random_state": (
         lambda v: (
             v is None
@@ -101,6 +122,7 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         ),
         "None, an integer in [0, 2**32) or a numpy RandomState",
     ),
+    "warm_start": BOOL,
     "device": (
         lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps"),
         "'cpu', 'cuda', 'cuda:N' or 'mps'",
@@ -119,22 +141,48 @@ class Regressor(RegressorMixin, BaseEstimator):
     init : {'xavier_uniform', 'default'}, default='xavier_uniform'
         Initialisation of the hidden layers' weights (biases zero); the output layer always
         keeps PyTorch's default.
+    dropout : float, default=0.0
+        Probability of zeroing each hidden unit during training.
     optimizer : {'sgd', 'adam', 'adamw'}, default='adam'
     learning_rate_init : float, default=0.001
+    learning_rate : {'constant', 'cosine', 'plateau'}, default='constant'
+        Schedule: fixed; cosine decay to 0 over ``max_iter`` epochs (per step); or divided by
+        5 whenever the monitored loss (validation if any, else training) stalls for
+        ``n_iter_no_change // 2`` epochs.
     momentum : float, default=0.9
         Momentum of SGD; ignored by the other optimisers.
     nesterovs_momentum : bool, default=False
     weight_decay : float, default=0.0
+        L2 penalty as ``torch.optim`` applies it (decoupled for 'adamw').
     batch_size : int, 'auto' or 'full', default='auto'
         Rows per step; 'auto' is ``min(256, rows)``, 'full' one full-batch step per epoch.
     max_iter : int, default=200
-        Number of epochs.
+        Number of epochs (at most, with early stopping).
     loss : {'squared_error', 'absolute_error', 'huber'}, default='squared_error'
-    scale_inputs, scale_target : bool, default=True
-        Standardise inputs / targets before training; predictions are returned in the
-        target's own units.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows, stop when their loss has not improved
+        by ``tol`` for ``n_iter_no_change`` epochs, and keep the best epoch's weights.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=10
+    tol : float, default=1e-4
+    scaling : {'standard', 'robust', 'none'}, default='standard'
+        Numeric inputs: mean/std, median/IQR with a smooth clip, or unchanged.
+    scale_target : bool, default=True
+        Standardise the target; predictions are always in the target's own units.
+    missing : {'error', 'impute'}, default='error'
+        Missing values raise an error naming the column, or are imputed: numeric ones by the
+        median plus a missing-indicator column, categorical ones as a category of their own.
+    max_categories : int, default=32
+        One-hot columns per categorical feature (most frequent first; the rest share one).
+        Categorical features are DataFrame columns of strings, objects or ``category`` dtype;
+        categories first seen at prediction share that column too.
+    dtype : {'float32', 'float64'}, default='float32'
+        Precision of the weights and of training.
     random_state : int, RandomState or None, default=None
-        Seeds the initial weights and the minibatch order; an int gives identical fits.
+        Seeds the initial weights, the validation split, the minibatch order and dropout; an
+        int gives bitwise-identical fits on the CPU.
+    warm_start : bool, default=False
+        ``fit`` continues from the current weights and preprocessing instead of starting over.
     device : str, default='cpu'
 
     Attributes
@@ -142,9 +190,15 @@ class Regressor(RegressorMixin, BaseEstimator):
     model_ : MLP
         The trained network.
     history_ : History
-        Per-epoch training loss (on the standardised target when ``scale_target``).
+        Per epoch: training loss, validation loss and learning rate (losses on the
+        standardised target when ``scale_target``).
     loss_curve_ : list of float
+    validation_scores_ : list of float
+        Validation loss per epoch; only with ``early_stopping``.
     n_iter_ : int
+        Epochs trained.
+    best_epoch_ : int
+        Epoch whose weights were kept (the last one without early stopping).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` was a DataFrame with string column names.
@@ -161,39 +215,61 @@ class Regressor(RegressorMixin, BaseEstimator):
     """
 
     feature_names_in_: np.ndarray
+    n_outputs_: int
+    _trainer: Trainer | None = None  # kept between partial_fit calls
 
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] = (128, 128),
         activation: str = "relu",
         init: str = "xavier_uniform",
+        dropout: float = 0.0,
         optimizer: str = "adam",
         learning_rate_init: float = 0.001,
+        learning_rate: str = "constant",
         momentum: float = 0.9,
         nesterovs_momentum: bool = False,
         weight_decay: float = 0.0,
         batch_size: int | str = "auto",
         max_iter: int = 200,
         loss: str = "squared_error",
-        scale_inputs: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-4,
+        scaling: str = "standard",
         scale_target: bool = True,
+        missing: str = "error",
+        max_categories: int = 32,
+        dtype: str = "float32",
         random_state: int | np.random.RandomState | None = None,
+        warm_start: bool = False,
         device: str = "cpu",
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.init = init
+        self.dropout = dropout
         self.optimizer = optimizer
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.loss = loss
-        self.scale_inputs = scale_inputs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.scaling = scaling
         self.scale_target = scale_target
+        self.missing = missing
+        self.max_categories = max_categories
+        self.dtype = dtype
         self.random_state = random_state
+        self.warm_start = warm_start
         self.device = device
 
     @classmethod
@@ -207,72 +283,135 @@ class Regressor(RegressorMixin, BaseEstimator):
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.input_tags.allow_nan = self.missing == "impute"
+        tags.input_tags.categorical = True
+        return tags
+
     # -- fitting -------------------------------------------------------------------------------
 
     def fit(
-        self,
-        X: Any,
-        y: Any,
-        sample_weight: Any = None,
-        *,
-        callback: Callable[[int, float], None] | None = None,
+        self, X: Any, y: Any, sample_weight: Any = None, *, callback: EpochCallback | None = None
     ) -> Regressor:
         """Train on ``X`` (rows, features) and ``y`` (rows,) or (rows, targets); returns self.
 
-        ``callback(epoch, train_loss)``, when given, is called after every epoch.
+        ``callback(epoch, train_loss, val_loss)``, when given, is called after every epoch
+        (``val_loss`` is None without early stopping).
         """
         self._check_params()
-        X_arr = self._check_X(X, reset=True)
-        y_arr = self._check_y(y, X_arr.shape[0])
-        w = self._check_sample_weight(sample_weight, X_arr.shape[0])
-        self.seed_ = self._resolve_seed()
-        self.x_scaler_ = Standardizer(self.scale_inputs).fit(X_arr, w)
-        self.y_scaler_ = Standardizer(self.scale_target).fit(y_arr, w)
-        self.n_outputs_ = y_arr.shape[1]
+        warm = self.warm_start and self.__sklearn_is_fitted__()
+        frame = self._check_X(X, reset=not warm)
+        y_arr = self._check_y(y, len(frame), reset=not warm)
+        w = self._check_sample_weight(sample_weight, len(frame))
+        frame, y_arr, w = _drop_zero_weights(frame, y_arr, w)
+        if not warm:
+            self.seed_ = self._resolve_seed()
+        val_rows, train_rows = self._validation_split(len(frame))
+        train_frame = frame.iloc[train_rows] if val_rows is not None else frame
+        w_train = None if w is None or val_rows is None else w[train_rows]
+        if not warm:
+            self._init_model(train_frame, y_arr if val_rows is None else y_arr[train_rows],
+                             w if val_rows is None else w_train)  # fmt: skip
+        X_all = self._tensor(self.preprocessor_.transform(frame))  # (rows, encoded)
+        y_all = self._tensor(self.y_scaler_.transform(y_arr))  # (rows, targets)
+        w_all = None if w is None else self._tensor(w)
+        validation = None
+        if val_rows is not None:
+            validation = (X_all[val_rows], y_all[val_rows],
+                          None if w_all is None else w_all[val_rows])  # fmt: skip
+            X_all, y_all = X_all[train_rows], y_all[train_rows]
+            w_all = None if w_all is None else w_all[train_rows]
+        previous = self.history_ if warm else History()
+        trainer = Trainer(self.model_, self._train_config(X_all.shape[0]), self._generator())
+        trainer.run(X_all, y_all, w_all, validation=validation, callback=callback)
+        self._set_fitted(self.model_, _concat(previous, trainer.history))
+        self.best_epoch_ = trainer.best_epoch + len(previous)
+        self._trainer = None  # partial_fit starts a fresh optimiser after fit
+        return self
 
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
+        """One epoch over ``X, y``, continuing the weights and optimiser state of earlier calls.
+
+        The first call fits the preprocessing on its data and builds the network.
+        """
+        first = self._trainer is None or not self.__sklearn_is_fitted__()
+        if first:
+            self._check_params()
+        frame = self._check_X(X, reset=first)
+        y_arr = self._check_y(y, len(frame), reset=first)
+        w = self._check_sample_weight(sample_weight, len(frame))
+        frame, y_arr, w = _drop_zero_weights(frame, y_arr, w)
+        if first:
+            self.seed_ = self._resolve_seed()
+            self._init_model(frame, y_arr, w)
+            config = self._train_config(len(frame))
+            self._trainer = Trainer(self.model_, config, self._generator())
+        X_t = self._tensor(self.preprocessor_.transform(frame))
+        y_t = self._tensor(self.y_scaler_.transform(y_arr))
+        trainer = self._trainer
+        assert trainer is not None  # made by the first call
+        trainer.run(X_t, y_t, None if w is None else self._tensor(w), epochs=1)
+        self._set_fitted(self.model_, trainer.history)
+        self.best_epoch_ = len(trainer.history) - 1
+        return self
+
+    def _init_model(self, frame: pd.DataFrame, y: np.ndarray, w: np.ndarray | None) -> None:
+        self.preprocessor_ = TablePreprocessor(
+            scaling=self.scaling, missing=self.missing, max_categories=int(self.max_categories)
+        ).fit(frame, w)
+        self.y_scaler_ = Standardizer(self.scale_target).fit(y, w)
         config = MLPConfig(
-            n_inputs=X_arr.shape[1],
-            hidden_sizes=tuple(self.hidden_layer_sizes),
-            n_outputs=self.n_outputs_,
+            n_inputs=len(self.preprocessor_.output_names),
+            hidden_sizes=tuple(int(h) for h in self.hidden_layer_sizes),
+            n_outputs=y.shape[1],
             activation=self.activation,
             init=self.init,
+            dropout=float(self.dropout),
         )
-        device = torch.device(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             model = MLP(config)
-        model.to(device)
-        generator = torch.Generator(device=device).manual_seed(self.seed_)
-        history = train_fit(
-            model,
-            self._tensor(self.x_scaler_.transform(X_arr)),
-            self._tensor(self.y_scaler_.transform(y_arr)),
-            self._train_config(X_arr.shape[0]),
-            sample_weight=None if w is None else self._tensor(w),
-            generator=generator,
-            callback=callback,
-        )
-        self._set_fitted(model.eval(), history)
-        return self
+        self.model_ = model.to(device=self.device, dtype=_DTYPES[self.dtype])
+
+    def _generator(self) -> torch.Generator:
+        # Minibatch order and dropout draw from their own stream, seeded like the weights.
+        return torch.Generator(device=self.device).manual_seed(self.seed_ + 1)
 
     def _set_fitted(self, model: MLP, history: History) -> None:
-        self.model_ = model
+        self.model_ = model.eval()
         self.history_ = history
         self.loss_curve_ = list(history.train_loss)
+        if self.early_stopping:
+            self.validation_scores_ = list(history.val_loss)
         self.n_iter_ = len(history)
+
+    def _validation_split(self, n: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """Row indices (validation, training); (None, all) without early stopping."""
+        everything = np.arange(n)
+        if not self.early_stopping or n < 2:
+            return None, everything
+        n_val = min(n - 1, max(1, round(self.validation_fraction * n)))
+        perm = np.random.default_rng(self.seed_).permutation(n)
+        return np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
     def _train_config(self, n_rows: int) -> TrainConfig:
         batch = self.batch_size
         batch_size = None if batch == "full" else min(256, n_rows) if batch == "auto" else batch
         return TrainConfig(
-            epochs=self.max_iter,
+            epochs=int(self.max_iter),
             lr=float(self.learning_rate_init),
             optimizer=self.optimizer,
             momentum=float(self.momentum),
-            nesterov=self.nesterovs_momentum,
+            nesterov=bool(self.nesterovs_momentum),
             weight_decay=float(self.weight_decay),
             batch_size=None if batch_size is None else int(batch_size),
             loss=self.loss,
+            schedule=self.learning_rate,
+            early_stopping=bool(self.early_stopping),
+            n_iter_no_change=int(self.n_iter_no_change),
+            tol=float(self.tol),
         )
 
     def _check_params(self) -> None:
@@ -300,51 +439,53 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     # -- input checks --------------------------------------------------------------------------
 
-    def _check_X(self, X: Any, *, reset: bool) -> np.ndarray:
-        if isinstance(X, pd.DataFrame):
-            names = [str(c) for c in X.columns]
-            if not reset and hasattr(self, "feature_names_in_"):
-                X = _select_columns(X, list(self.feature_names_in_))
-            elif reset and all(isinstance(c, str) for c in X.columns):
-                self.feature_names_in_ = np.asarray(names, dtype=object)
-            elif reset and hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        elif reset and hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        arr = to_matrix(X, "X")
-        if reset:
-            self.n_features_in_ = arr.shape[1]
-        elif arr.shape[1] != self.n_features_in_:
-            raise DataError(
-                f"X has {arr.shape[1]} features, but Regressor is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        return arr
+    def _check_X(self, X: Any, *, reset: bool) -> pd.DataFrame:
+        """Validate X once, here; returns a DataFrame with string column names."""
+        with _as_data_errors():
+            if isinstance(X, pd.DataFrame):
+                validate_data(self, X, reset=reset, skip_check_array=True)
+                if X.shape[0] == 0:
+                    raise DataError(
+                        f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
+                        "is required: X has no rows."
+                    )
+                return X.set_axis([str(c) for c in X.columns], axis=1)
+            arr = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False)
+        _require_finite(arr, "X", allow_nan=self.missing == "impute")
+        return pd.DataFrame(arr, columns=[f"x{j}" for j in range(arr.shape[1])], copy=False)
 
-    def _check_y(self, y: Any, n_rows: int) -> np.ndarray:
-        if y is None:
-            raise DataError("y is required: Regressor needs a target to fit.")
-        if isinstance(y, (pd.Series, pd.DataFrame)):
-            y = y.to_numpy()
-        try:
-            arr = np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"y must hold numbers only ({exc}).") from exc
-        if arr.ndim not in (1, 2):
-            raise DataError(f"y must be 1-D or 2-D, but has {arr.ndim} dimensions.")
-        self._y_1d = arr.ndim == 1
-        arr = arr.reshape(arr.shape[0], -1)
+    def _check_y(self, y: Any, n_rows: int, *, reset: bool) -> np.ndarray:
+        with _as_data_errors():
+            if y is None:
+                raise DataError(
+                    "Regressor requires y to be passed, but the target y is None; give the "
+                    "target values to fit."
+                )
+            arr = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y",
+                              ensure_all_finite=False)  # fmt: skip
+        _require_finite(arr, "y", allow_nan=False)
         if arr.shape[0] != n_rows:
             raise DataError(f"X has {n_rows} rows but y has {arr.shape[0]}; they must match.")
-        return to_matrix(arr, "y")
+        y_1d = arr.ndim == 1
+        arr = arr.reshape(n_rows, -1)
+        if reset:
+            self._y_1d = y_1d
+        elif arr.shape[1] != self.n_outputs_:
+            raise DataError(
+                f"y has {arr.shape[1]} targets, but this Regressor was fitted on {self.n_outputs_}."
+            )
+        self.n_outputs_ = arr.shape[1]
+        return arr
 
     def _check_sample_weight(self, sample_weight: Any, n_rows: int) -> np.ndarray | None:
         if sample_weight is None:
             return None
-        w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-        if w.shape[0] != n_rows:
+        with _as_data_errors():
+            w = check_array(sample_weight, ensure_2d=False, dtype=np.float64,
+                            input_name="sample_weight")  # fmt: skip
+        if w.ndim != 1 or w.shape[0] != n_rows:
             raise DataError(
-                f"sample_weight has {w.shape[0]} values but X has {n_rows} rows; they must match."
+                f"sample_weight.shape == {w.shape}, expected ({n_rows},): one weight per row."
             )
         if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise DataError("sample_weight must be finite, non-negative and not all zero.")
@@ -352,7 +493,7 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         # A copy: pandas may hand out read-only arrays, which torch refuses to share.
-        return torch.tensor(a, dtype=torch.float32, device=self.device)
+        return torch.tensor(a, dtype=_DTYPES[self.dtype], device=self.device)
 
     # -- prediction ----------------------------------------------------------------------------
 
@@ -360,13 +501,16 @@ class Regressor(RegressorMixin, BaseEstimator):
         return hasattr(self, "model_")
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predictions in the target's units: (rows,) for one target, (rows, targets) otherwise."""
+        """Predictions in the target's units: (rows,) for one target, (rows, targets) otherwise.
+
+        Computed in float64, so a row's prediction does not depend on the other rows.
+        """
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before predict.")
-        X_arr = self._check_X(X, reset=False)
-        with torch.no_grad():
-            out = self.model_(self._tensor(self.x_scaler_.transform(X_arr)))  # (rows, targets)
-        pred = self.y_scaler_.inverse_transform(out.cpu().numpy().astype(np.float64))
+        frame = self._check_X(X, reset=False)
+        Z = torch.from_numpy(self.preprocessor_.transform(frame)).to(self.device)
+        out = self.model_.predict_float64(Z).cpu().numpy()  # (rows, targets)
+        pred = self.y_scaler_.inverse_transform(out)
         return pred.ravel() if self._y_1d else pred
 
     def n_parameters(self) -> int:
@@ -383,7 +527,6 @@ class Regressor(RegressorMixin, BaseEstimator):
         *,
         metrics: dict[str, float] | None = None,
         run_settings: dict[str, Any] | None = None,
-        feature_dtypes: list[str] | None = None,
         target_names: list[str] | None = None,
     ) -> Path:
         """Write the fitted model as a folder (see :mod:`nnreg.artifact`); returns its path.
@@ -393,32 +536,26 @@ class Regressor(RegressorMixin, BaseEstimator):
         """
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before save.")
-        names = (
-            list(self.feature_names_in_)
-            if hasattr(self, "feature_names_in_")
-            else [f"x{j}" for j in range(self.n_features_in_)]
+        pre = self.preprocessor_
+        targets = target_names or (
+            ["y"] if self.n_outputs_ == 1 else [f"y{j}" for j in range(self.n_outputs_)]
         )
-        targets = target_names or [
-            "y" if self.n_outputs_ == 1 else f"y{j}" for j in range(self.n_outputs_)
-        ]
-        params = self.get_params()
+        params = _jsonable(self.get_params())
         params["random_state"] = self.seed_  # the seed actually used, so a rerun repeats exactly
         meta = {
-            "features": [
-                {"name": n, "dtype": d}
-                for n, d in zip(names, feature_dtypes or ["float64"] * len(names), strict=True)
-            ],
+            "features": [{"name": n, "dtype": pre.dtypes[n]} for n in pre.columns],
             "feature_names_given": hasattr(self, "feature_names_in_"),
             "targets": targets,
             "target_1d": self._y_1d,
-            "preprocessing": {
-                "inputs": self.x_scaler_.to_dict(),
-                "target": self.y_scaler_.to_dict(),
-            },
-            "training": {"params": _jsonable(params), "epochs_run": self.n_iter_},
+            "preprocessing": {"inputs": pre.to_dict(), "target": self.y_scaler_.to_dict()},
+            "training": {
+                "params": params,
+                "epochs_run": self.n_iter_,
+                "best_epoch": self.best_epoch_,
+            },  # fmt: skip
             "metrics": {"final_train_loss": self.loss_curve_[-1], **(metrics or {})},
         }
-        settings = {"model": _jsonable(params)}
+        settings = {"model": params}
         if run_settings:
             settings = {"data": run_settings, **settings}
         return artifact.save(
@@ -433,22 +570,23 @@ class Regressor(RegressorMixin, BaseEstimator):
     @classmethod
     def _from_saved(cls, saved: artifact.SavedModel) -> Regressor:
         meta = saved.meta
-        params = dict(meta["training"]["params"])
+        params = {k: v for k, v in meta["training"]["params"].items() if k in _PARAM_NAMES}
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         params["device"] = "cpu"
         reg = cls(**params)
-        model = MLP(saved.config)
+        model = MLP(saved.config).to(dtype=_DTYPES[reg.dtype])
         model.load_state_dict(saved.state_dict)
         reg.seed_ = params["random_state"]
-        reg.x_scaler_ = Standardizer.from_dict(meta["preprocessing"]["inputs"])
+        reg.preprocessor_ = TablePreprocessor.from_dict(meta["preprocessing"]["inputs"])
         reg.y_scaler_ = Standardizer.from_dict(meta["preprocessing"]["target"])
         reg.n_outputs_ = saved.config.n_outputs
-        reg.n_features_in_ = saved.config.n_inputs
+        reg.n_features_in_ = len(meta["features"])
         reg._y_1d = bool(meta["target_1d"])
         if meta.get("feature_names_given"):
             reg.feature_names_in_ = np.asarray([f["name"] for f in meta["features"]], dtype=object)
         reg.model_info_ = meta
-        reg._set_fitted(model.eval(), History(train_loss=list(saved.history["train_loss"])))
+        reg._set_fitted(model, History.from_dict(saved.history))
+        reg.best_epoch_ = int(meta["training"].get("best_epoch", reg.n_iter_ - 1))
         return reg
 
 
@@ -462,30 +600,74 @@ def load(path: str | Path) -> Regressor:
     return Regressor._from_saved(artifact.load(path))
 
 
-def _select_columns(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    columns = [str(c) for c in frame.columns]
-    missing = [n for n in names if n not in columns]
-    if missing:
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_PARAM_NAMES = set(Regressor().get_params())
+
+
+@contextlib.contextmanager
+def _as_data_errors() -> Iterator[None]:
+    """Re-raise scikit-learn's validation errors as nnreg's, as one line each."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(_one_line(exc)) from exc
+    except TypeError as exc:
+        raise DataTypeError(_one_line(exc)) from exc
+
+
+def _one_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines()]
+    text = " ".join(line for line in lines if line and not line.startswith("array="))
+    if "could not convert" in text or "argument must be" in text:
+        text += "; X must hold numbers (pass a DataFrame to use text columns as categories)"
+    return text
+
+
+def _require_finite(a: np.ndarray, name: str, allow_nan: bool) -> None:
+    bad = np.isinf(a) if allow_nan else ~np.isfinite(a)
+    if not bad.any():
+        return
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    if np.isnan(a[where]):
         raise DataError(
-            f"X is missing the feature {missing[0]!r} seen in fit; it must have the columns "
-            f"{', '.join(names)}."
+            f"{name} contains {int(np.isnan(a).sum())} NaN values (first at index {where}); "
+            "fill or drop them, or use missing='impute' to fill them with the median."
+            if name == "X"
+            else f"{name} contains NaN (first at index {where}); drop those rows."
         )
-    extra = [c for c in columns if c not in names]
-    if extra:
-        raise DataError(
-            f"X has the column {extra[0]!r} that was not seen in fit; drop it (fitted features: "
-            f"{', '.join(names)})."
-        )
-    return frame.set_axis(columns, axis=1)[names]
+    raise DataError(f"{name} contains infinite values (inf, first at index {where}); "
+                    "replace or drop them.")  # fmt: skip
+
+
+def _drop_zero_weights(
+    frame: pd.DataFrame, y: np.ndarray, w: np.ndarray | None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """Rows of weight 0 cannot change the fit: drop them, so that weighting is exactly like
+    repeating and removing rows; equal weights then change nothing and are dropped too."""
+    if w is None:
+        return frame, y, None
+    keep = w > 0
+    if not keep.all():
+        rows = np.flatnonzero(keep)
+        frame, y, w = frame.iloc[rows], y[rows], w[rows]
+    return frame, y, (None if np.all(w == w[0]) else w)
+
+
+def _concat(a: History, b: History) -> History:
+    return History(a.train_loss + b.train_loss, a.val_loss + b.val_loss, a.lr + b.lr)
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in params.items():
         if isinstance(v, tuple):
-            v = list(v)
+            v = [int(h) for h in v]
         elif isinstance(v, np.integer):
             v = int(v)
+        elif isinstance(v, np.floating):
+            v = float(v)
         elif isinstance(v, np.random.RandomState):
             v = None
         out[k] = v

@@ -7,6 +7,7 @@ and the fix. Each also subclasses the matching built-in, so callers that already
     NnregError                                 anything nnreg raises on purpose
     ├── ConfigError(ValueError)                a setting is invalid (a usage error)
     ├── DataError(ValueError)                  a table or array cannot be used as given
+    │   ├── DataTypeError(TypeError)           values of a type nnreg cannot read (dict, ...)
     │   └── DataFileError(FileNotFoundError)   a data file is missing, unreadable, unknown
     ├── ModelFileError(ValueError)             a model folder is missing, corrupt or too new
     ├── NotFittedError(sklearn's)              predict or save before fit
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataFileError",
+    "DataTypeError",
     "ModelFileError",
     "NnregError",
     "NotFittedError",
@@ -41,6 +43,10 @@ class ConfigError(NnregError, ValueError):
 
 class DataError(NnregError, ValueError):
     """Input data cannot be used: wrong shape, missing column, text, NaN, empty, ..."""
+
+
+class DataTypeError(DataError, TypeError):
+    """Input holds values of a type that cannot be turned into numbers or categories."""
 
 
 class DataFileError(DataError, FileNotFoundError):

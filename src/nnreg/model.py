@@ -15,6 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ACTIVATIONS", "INITS", "MLP", "MLPConfig", "count_parameters", "summary"]
@@ -37,6 +38,7 @@ class MLPConfig:
     n_outputs: int = 1
     activation: str = "relu"
     init: str = "xavier_uniform"  # of the hidden layers; the output layer keeps PyTorch's default
+    dropout: float = 0.0  # after each hidden activation, in training mode
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store a tuple so the config stays hashable.
@@ -82,13 +84,25 @@ class MLP(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.layers = nn.ModuleList(linears)
         self.act = ACTIVATIONS[config.activation]()
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n_inputs) -> (batch, n_outputs)
         *hidden, out = self.layers
         for layer in hidden:
-            x = self.act(layer(x))  # (batch, hidden)
+            x = self.drop(self.act(layer(x)))  # (batch, hidden)
         return out(x)
+
+    @torch.no_grad()
+    def predict_float64(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference in float64 whatever the parameters' dtype: results do not depend on how
+        rows are grouped into batches, and the model itself is left untouched."""
+        x = x.double()
+        act = self.act
+        *hidden, out = [m for m in self.layers if isinstance(m, nn.Linear)]
+        for layer in hidden:
+            x = act(F.linear(x, layer.weight.double(), layer.bias.double()))
+        return F.linear(x, out.weight.double(), out.bias.double())
 
 
 def count_parameters(model: nn.Module) -> int:

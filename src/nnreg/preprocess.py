@@ -1,7 +1,17 @@
 """Fitted input and target transforms, kept as plain JSON-able state.
 
-A :class:`Standardizer` either centres and scales each column (``enabled=True``) or passes
-data through unchanged (the seed experiment trains on raw values).
+:class:`TablePreprocessor` turns a table of numeric and categorical columns into the float
+matrix the network sees:
+
+* numeric columns: optional median imputation with a missing-indicator column, then
+  ``"standard"`` scaling (mean/std), ``"robust"`` scaling (median/IQR followed by a smooth
+  clip to about +-3, as in RealMLP) or ``"none"``;
+* categorical columns (strings, objects, pandas categories): one-hot over the most frequent
+  categories seen in fit; rarer ones share an ``other`` column, and so do categories first
+  seen at prediction.
+
+:class:`Standardizer` centres and scales targets. Statistics honour sample weights, so an
+integer weight acts exactly like repeating a row.
 """
 
 from __future__ import annotations
@@ -10,8 +20,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["Standardizer"]
+from .exceptions import DataError
+
+__all__ = ["SCALINGS", "Standardizer", "TablePreprocessor", "is_categorical"]
+
+SCALINGS = ("standard", "robust", "none")
+MISSING = ("error", "impute")
+SMOOTH_CLIP = 3.0  # robust-scaled values are squashed smoothly towards +-3
+OTHER = "__other__"
+MISSING_CATEGORY = "__missing__"
+
+
+def is_categorical(col: pd.Series) -> bool:
+    """Strings, objects, booleans-as-objects and pandas categories are categorical."""
+    return not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col))
+
+
+def _weighted_quantiles(a: np.ndarray, q: list[float], w: np.ndarray | None) -> np.ndarray:
+    # "inverted_cdf" is the method numpy supports with weights; with integer weights it gives
+    # exactly what the repeated rows would.
+    return np.quantile(a, q, axis=0, weights=w, method="inverted_cdf")
 
 
 @dataclass
@@ -49,3 +79,199 @@ class Standardizer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardizer:
         return cls(enabled=bool(d["enabled"]), mean=list(d["mean"]), scale=list(d["scale"]))
+
+
+@dataclass
+class TablePreprocessor:
+    """Fitted transform from a DataFrame of raw features to a float matrix.
+
+    Parameters
+    ----------
+    scaling : {'standard', 'robust', 'none'}
+    missing : {'error', 'impute'}
+        What to do with NaN (numeric) or missing (categorical) entries: raise a
+        :class:`DataError` that names the column, or fill numeric ones with the median plus a
+        0/1 indicator column, and treat categorical ones as a category of their own.
+    max_categories : int
+        One-hot columns per categorical feature, most frequent first; the rest share one.
+    """
+
+    scaling: str = "standard"
+    missing: str = "error"
+    max_categories: int = 32
+    columns: list[str] = field(default_factory=list)  # as given to fit, in order
+    dtypes: dict[str, str] = field(default_factory=dict)
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    center: list[float] = field(default_factory=list)  # per numeric column
+    scale: list[float] = field(default_factory=list)
+    fill: list[float] = field(default_factory=list)  # median of each numeric column
+    indicators: list[str] = field(default_factory=list)  # numeric columns with NaN in fit
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    def fit(
+        self, frame: pd.DataFrame, sample_weight: np.ndarray | None = None
+    ) -> TablePreprocessor:
+        self.columns = [str(c) for c in frame.columns]
+        self.dtypes = {c: str(frame[c].dtype) for c in self.columns}
+        self.numeric = [c for c in self.columns if not is_categorical(frame[c])]
+        self.categorical = [c for c in self.columns if is_categorical(frame[c])]
+        for c in self.categorical:
+            _refuse_stray_text(frame[c])
+        num = self._numeric_block(frame)  # (rows, numeric)
+        w = sample_weight
+        nan = np.isnan(num)
+        self.indicators = [c for c, has in zip(self.numeric, nan.any(axis=0), strict=True) if has]
+        fill = []
+        for j in range(num.shape[1]):
+            ok = ~nan[:, j]
+            col_w = None if w is None else w[ok]
+            if not ok.any() or (col_w is not None and col_w.sum() <= 0):
+                fill.append(0.0)
+            else:
+                fill.append(float(_weighted_quantiles(num[ok, j], [0.5], col_w)[0]))
+        self.fill = fill
+        num = np.where(nan, np.asarray(fill), num)
+        self.center, self.scale = self._fit_scaling(num, w)
+        self.categories = {c: self._fit_categories(frame[c], w) for c in self.categorical}
+        return self
+
+    def _fit_scaling(
+        self, num: np.ndarray, w: np.ndarray | None
+    ) -> tuple[list[float], list[float]]:
+        d = num.shape[1]
+        if self.scaling == "none" or d == 0:
+            return [0.0] * d, [1.0] * d
+        if self.scaling == "standard":
+            st = Standardizer().fit(num, w)
+            return st.mean, st.scale
+        q25, q50, q75 = _weighted_quantiles(num, [0.25, 0.5, 0.75], w)
+        spread = (q75 - q25) / 1.349  # the IQR of a normal distribution is 1.349 sigma
+        std = np.sqrt(np.average((num - np.average(num, axis=0, weights=w)) ** 2, axis=0,
+                                 weights=w))  # fmt: skip
+        spread = np.where(spread > 0, spread, np.where(std > 0, std, 1.0))
+        return q50.tolist(), spread.tolist()
+
+    def _fit_categories(self, col: pd.Series, w: np.ndarray | None) -> list[str]:
+        values = self._category_values(col)
+        weights = np.ones(len(values)) if w is None else w
+        counts = pd.Series(weights).groupby(values).sum()
+        # Most frequent first, ties by name, so the encoding does not depend on row order.
+        order = sorted(counts.index, key=lambda v: (-counts[v], v))
+        kept = order[: self.max_categories]
+        return kept + ([OTHER] if len(order) > len(kept) else [])
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """(rows, features) raw -> (rows, n_outputs) float64."""
+        num = self._numeric_block(frame)
+        nan = np.isnan(num)
+        parts = []
+        if self.numeric:
+            filled = np.where(nan, np.asarray(self.fill), num)
+            z = (filled - np.asarray(self.center)) / np.asarray(self.scale)
+            if self.scaling == "robust":
+                z = z / np.sqrt(1.0 + (z / SMOOTH_CLIP) ** 2)
+            parts.append(z)
+        if self.indicators:
+            idx = [self.numeric.index(c) for c in self.indicators]
+            parts.append(nan[:, idx].astype(np.float64))
+        for c in self.categorical:
+            cats = self.categories[c]
+            values = self._category_values(frame[c])
+            codes = pd.Index(cats).get_indexer(values)  # -1: not among cats
+            if OTHER in cats:
+                codes = np.where(codes < 0, cats.index(OTHER), codes)
+            onehot = np.zeros((len(values), len(cats)))
+            rows = np.flatnonzero(codes >= 0)
+            onehot[rows, codes[rows]] = 1.0
+            parts.append(onehot)
+        return np.hstack(parts) if parts else np.zeros((len(frame), 0))
+
+    @property
+    def output_names(self) -> list[str]:
+        names = list(self.numeric) + [f"{c}__missing" for c in self.indicators]
+        for c in self.categorical:
+            names += [f"{c}={v}" for v in self.categories[c]]
+        return names
+
+    def _numeric_block(self, frame: pd.DataFrame) -> np.ndarray:
+        if not self.numeric:
+            return np.zeros((len(frame), 0))
+        for c in self.numeric:
+            if is_categorical(frame[c]):
+                raise DataError(
+                    f"column {c!r} was numeric when the model was fitted but now holds text "
+                    f"(e.g. {_first_text(frame[c])!r}); give it numbers."
+                )
+        block = frame[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isinf(block).any():
+            row, col = map(int, np.argwhere(np.isinf(block))[0])
+            raise DataError(
+                f"column {self.numeric[col]!r} has infinite values (first at row {row}); "
+                "replace or drop them."
+            )
+        if self.missing == "error" and np.isnan(block).any():
+            row, col = map(int, np.argwhere(np.isnan(block))[0])
+            count = int(np.isnan(block[:, col]).sum())
+            raise DataError(
+                f"column {self.numeric[col]!r} has {count} missing values (first at row {row}); "
+                "fill or drop them, or use missing='impute' (command line: --impute) to fill "
+                "them with the median and add a missing-indicator column."
+            )
+        return block
+
+    def _category_values(self, col: pd.Series) -> np.ndarray:
+        missing = col.isna().to_numpy()
+        if missing.any() and self.missing == "error":
+            row = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"categorical column {col.name!r} has {int(missing.sum())} missing values "
+                f"(first at row {row}); fill them, or use missing='impute' (command line: "
+                "--impute) to treat missing as a category of its own."
+            )
+        values = col.astype(object).to_numpy()
+        values = np.where(missing, MISSING_CATEGORY, values)
+        return np.asarray([str(v) for v in values], dtype=object)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scaling": self.scaling,
+            "missing": self.missing,
+            "max_categories": self.max_categories,
+            "columns": list(self.columns),
+            "dtypes": dict(self.dtypes),
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "center": list(self.center),
+            "scale": list(self.scale),
+            "fill": list(self.fill),
+            "indicators": list(self.indicators),
+            "categories": {k: list(v) for k, v in self.categories.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TablePreprocessor:
+        return cls(**d)
+
+
+def _first_text(col: pd.Series) -> Any:
+    values = col.dropna()
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna()]
+    return bad.iloc[0] if len(bad) else (values.iloc[0] if len(values) else None)
+
+
+def _refuse_stray_text(col: pd.Series) -> None:
+    """A column of numbers with a few words in it is a typo, not a categorical feature."""
+    values = col.dropna()
+    if len(values) < 5 or isinstance(col.dtype, pd.CategoricalDtype):
+        return
+    numbers = pd.to_numeric(values.astype(str), errors="coerce")
+    text = numbers.isna()
+    if 0 < text.sum() <= 0.05 * len(values):
+        row = int(np.flatnonzero(text.to_numpy())[0])
+        raise DataError(
+            f"column {col.name!r} holds numbers but also text (e.g. {values[text].iloc[0]!r} at "
+            f"row {row}); fix those entries, or make it categorical on purpose by storing it "
+            "as pandas 'category' dtype."
+        )

@@ -1,8 +1,10 @@
-"""The training loop: fit -> epoch -> step. Knows nothing about files or the command line.
+"""The training loop: run -> epoch -> step. Knows nothing about files or the command line.
 
-The model trains in training mode, the loss is called as ``loss(prediction, target)``, and the
-loss of every epoch is recorded in a :class:`History`. Data arrives as tensors already on the
-device; minibatches are slices of a per-epoch permutation.
+The model trains in training mode, the loss is called as ``loss(prediction, target)``, and
+every epoch's losses are recorded in a :class:`History`. Data arrives as tensors already on
+the device; minibatches are slices of a per-epoch permutation. The per-step math runs on the
+hand-derived kernels of :mod:`nnreg.engine` when they cover the model and recipe, and on
+autograd otherwise; both visit the same minibatches in the same order.
 """
 
 from __future__ import annotations
@@ -19,13 +21,27 @@ from torch import nn
 from .engine import FastMLP, FlatOptimizer, epoch_batches, supports, thread_policy
 from .exceptions import TrainingDivergedError
 
-__all__ = ["LOSSES", "OPTIMIZERS", "History", "TrainConfig", "fit", "loss_function"]
+__all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "EarlyStopping",
+    "History",
+    "TrainConfig",
+    "Trainer",
+    "fit",
+    "loss_function",
+]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
+SCHEDULES = ("constant", "cosine", "plateau")
+PLATEAU_FACTOR = 0.2  # reduce-on-plateau multiplies the learning rate by this
+EVAL_CHUNK = 8192  # rows per forward pass when scoring validation data
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-EpochCallback = Callable[[int, float], None]
+EpochCallback = Callable[[int, float, "float | None"], None]
+Validation = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int | None = None  # None: one full-batch step per epoch
     loss: str = "squared_error"
+    schedule: str = "constant"  # per-step cosine decay to 0, or reduce-on-plateau
+    early_stopping: bool = False  # stop when the validation loss stalls; keep the best weights
+    n_iter_no_change: int = 10
+    tol: float = 1e-4
     engine: str = "auto"  # "fast" (hand-derived gradients), "autograd", or "auto": fast if it can
     threads: int | None = None  # intra-op threads; None: engine.thread_policy decides
 
@@ -49,28 +69,51 @@ class TrainConfig:
 
 @dataclass
 class History:
-    """Per-epoch record of training: the mean training loss of each epoch."""
+    """Per-epoch record: mean training loss, validation loss (NaN without one), learning rate."""
 
     train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.train_loss)
 
     def to_dict(self) -> dict[str, list[Any]]:
-        return {"epoch": list(range(len(self))), "train_loss": list(self.train_loss)}
+        return {
+            "epoch": list(range(len(self))),
+            "train_loss": list(self.train_loss),
+            "val_loss": list(self.val_loss),
+            "lr": list(self.lr),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[Any]]) -> History:
+        n = len(d["train_loss"])
+        return cls(
+            train_loss=[float(v) for v in d["train_loss"]],
+            val_loss=[float(v) for v in d.get("val_loss", [math.nan] * n)],
+            lr=[float(v) for v in d.get("lr", [math.nan] * n)],
+        )
 
 
-Pointwise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ELEMENTWISE: dict[str, Pointwise] = {
-    "squared_error": lambda p, t: (p - t).square(),
-    "absolute_error": lambda p, t: (p - t).abs(),
-    "huber": lambda p, t: F.huber_loss(p, t, reduction="none", delta=1.0),
-}
-MEAN: dict[str, Pointwise] = {
-    "squared_error": lambda p, t: F.mse_loss(p, t),
-    "absolute_error": lambda p, t: F.l1_loss(p, t),
-    "huber": lambda p, t: F.huber_loss(p, t, delta=1.0),
-}
+class EarlyStopping:
+    """Tracks the best score and the epochs since it improved by more than ``tol``."""
+
+    def __init__(self, patience: int, tol: float) -> None:
+        self.patience, self.tol = patience, tol
+        self.best, self.best_epoch, self.misses = math.inf, -1, 0
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record an epoch's score; True when it is a new best."""
+        if score < self.best - self.tol:
+            self.best, self.best_epoch, self.misses = score, epoch, 0
+            return True
+        self.misses += 1
+        return False
+
+    @property
+    def stalled(self) -> bool:
+        return self.misses >= self.patience
 
 
 def loss_function(name: str) -> LossFn:
@@ -86,17 +129,229 @@ def loss_function(name: str) -> LossFn:
     return loss
 
 
+Pointwise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ELEMENTWISE: dict[str, Pointwise] = {
+    "squared_error": lambda p, t: (p - t).square(),
+    "absolute_error": lambda p, t: (p - t).abs(),
+    "huber": lambda p, t: F.huber_loss(p, t, reduction="none", delta=1.0),
+}
+MEAN: dict[str, Pointwise] = {
+    "squared_error": lambda p, t: F.mse_loss(p, t),
+    "absolute_error": lambda p, t: F.l1_loss(p, t),
+    "huber": lambda p, t: F.huber_loss(p, t, delta=1.0),
+}
+
+
 def make_optimizer(params: Iterator[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
             weight_decay=config.weight_decay,
-        )
+        )  # fmt: skip
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class Trainer:
+    """Training state that lives across calls: weights, optimiser state, history.
+
+    ``run`` trains for some epochs and may be called again (``partial_fit``); the model's
+    ``nn.Linear`` layers hold the current weights whenever ``run`` returns.
+    """
+
+    def __init__(
+        self, model: nn.Module, config: TrainConfig, generator: torch.Generator | None = None
+    ) -> None:
+        self.model, self.config, self.generator = model, config, generator
+        model_config = getattr(model, "config", None)
+        activation = getattr(model_config, "activation", "")
+        dropout = float(getattr(model_config, "dropout", 0.0))
+        self.fast = config.engine == "fast" or (
+            config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
+        )
+        self.net: FastMLP | None = None
+        if self.fast:
+            self.net = FastMLP(model, activation, config.loss, dropout, generator)
+            self.optimizer: Any = FlatOptimizer(
+                self.net.params, self.net.grads, config.optimizer, config.lr, config.momentum,
+                config.nesterov, config.weight_decay,
+            )  # fmt: skip
+        else:
+            self.optimizer = make_optimizer(model.parameters(), config)
+            self.loss_fn = loss_function(config.loss)
+        self.history = History()
+        self.lr_scale = 1.0  # lowered by reduce-on-plateau
+        self.best_epoch = -1
+
+    def run(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        sample_weight: torch.Tensor | None = None,
+        *,
+        epochs: int | None = None,
+        validation: Validation | None = None,
+        callback: EpochCallback | None = None,
+    ) -> History:
+        """Train on ``X`` (rows, inputs), ``y`` (rows, outputs) for ``epochs`` epochs.
+
+        With ``validation`` data the validation loss is recorded every epoch; with
+        ``early_stopping`` training stops once it has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs, and the weights of the best epoch are restored.
+        ``callback(epoch, train_loss, val_loss)`` is called after every epoch.
+        """
+        cfg = self.config
+        epochs = cfg.epochs if epochs is None else epochs
+        n = X.shape[0]
+        batches = epoch_batches(n, cfg.batch_size)
+        total_steps = max(1, epochs * len(batches))
+        stopper = EarlyStopping(cfg.n_iter_no_change, cfg.tol)
+        plateau = EarlyStopping(max(1, cfg.n_iter_no_change // 2), cfg.tol)
+        best: Any = None
+        first = len(self.history)
+        widest = max(p.shape[0] for p in self.model.parameters())
+        with thread_policy(min(cfg.batch_size or n, n), widest, cfg.threads):
+            epoch_losses = self._epochs(X, y, sample_weight, batches, epochs, total_steps)
+            for i, train_loss in enumerate(epoch_losses):
+                epoch = first + i
+                val_loss = self._validation_loss(validation) if validation else math.nan
+                checked = (train_loss, val_loss) if validation else (train_loss,)
+                if not all(math.isfinite(v) for v in checked):
+                    raise TrainingDivergedError(
+                        f"training diverged at epoch {epoch} (loss is {train_loss}); lower "
+                        f"the learning rate (now {cfg.lr:g}) or scale the data."
+                    )
+                self.history.train_loss.append(train_loss)
+                self.history.val_loss.append(val_loss)
+                self.history.lr.append(self._lr(i * len(batches), total_steps))
+                monitored = val_loss if validation else train_loss
+                if cfg.schedule == "plateau" and not plateau.update(epoch, monitored):
+                    self._maybe_reduce_lr(plateau)
+                stopping = cfg.early_stopping and validation is not None
+                if stopping and stopper.update(epoch, val_loss):
+                    best = self._snapshot()
+                    self.best_epoch = epoch
+                if callback is not None:
+                    callback(epoch, train_loss, val_loss if validation else None)
+                if stopping and stopper.stalled:
+                    break
+            if best is not None:
+                self._restore(best)
+        if self.net is not None:
+            self.net.copy_to(self.model)
+        if self.best_epoch < first:
+            self.best_epoch = len(self.history) - 1
+        return self.history
+
+    def _maybe_reduce_lr(self, plateau: EarlyStopping) -> None:
+        if plateau.stalled:
+            self.lr_scale *= PLATEAU_FACTOR
+            plateau.misses = 0
+
+    def _lr(self, step: int, total_steps: int) -> float:
+        lr = self.config.lr * self.lr_scale
+        if self.config.schedule == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+        return lr
+
+    def _set_lr(self, lr: float) -> None:
+        if self.net is not None:
+            self.optimizer.lr = lr
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def _epochs(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+        batches: list[tuple[int, int]],
+        epochs: int,
+        total_steps: int,
+    ) -> Iterator[float]:
+        """Yield each epoch's mean training loss: one host sync per epoch."""
+        n = X.shape[0]
+        step_lr = self.config.schedule == "cosine"
+        if self.net is not None:
+            X = torch.cat([X, X.new_ones(n, 1)], dim=1)  # (rows, inputs + 1): ones meet the bias
+        else:
+            self.model.train()
+        full = self.net.prepare(X, y, w) if self.net is not None and len(batches) == 1 else None
+        for epoch in range(epochs):
+            self._set_lr(self._lr(epoch * len(batches), total_steps))
+            if full is not None:  # the seed experiment's path: nothing but the step itself
+                assert self.net is not None
+                loss = self.net.loss_and_grad(full)
+                self.optimizer.step()
+                yield loss.item() * full.factor
+                continue
+            Xe, ye, we = X, y, w
+            if len(batches) > 1:
+                perm = torch.randperm(n, generator=self.generator, device=X.device)
+                Xe, ye = X[perm], y[perm]
+                we = None if w is None else w[perm]
+            total = X.new_zeros(())
+            for b, (start, stop) in enumerate(batches):
+                if step_lr and b:
+                    self._set_lr(self._lr(epoch * len(batches) + b, total_steps))
+                wb = None if we is None else we[start:stop]
+                loss, factor = self._step(Xe[start:stop], ye[start:stop], wb)
+                total.add_(loss, alpha=factor * (stop - start))
+            yield total.item() / n
+
+    def _step(
+        self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None
+    ) -> tuple[torch.Tensor, float]:
+        """One update; returns the batch loss (0-d) and the factor that makes it a mean."""
+        if self.net is not None:
+            batch = self.net.prepare(xb, yb, wb)
+            loss = self.net.loss_and_grad(batch)
+            self.optimizer.step()
+            return loss, batch.factor
+        pred = self.model(xb)  # (batch, outputs)
+        loss = self.loss_fn(pred, yb, wb)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), 1.0
+
+    @torch.no_grad()
+    def _validation_loss(self, validation: Validation) -> float:
+        X, y, w = validation
+        n = X.shape[0]
+        weight_total = None if w is None else float(w.sum())
+        total = 0.0
+        for start in range(0, n, EVAL_CHUNK):
+            xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+            wb = None if w is None else w[start : start + EVAL_CHUNK]
+            if self.net is not None:
+                xb = torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1)
+                batch = self.net.prepare(xb, yb, wb, train=False)
+                loss = self.net.evaluate(batch).item() * batch.factor
+            else:
+                self.model.eval()
+                loss = self.loss_fn(self.model(xb), yb, wb).item()
+                self.model.train()
+            # Chunks count by their rows, or by their share of the total sample weight.
+            share = (
+                xb.shape[0] / n
+                if wb is None or not weight_total
+                else float(wb.sum()) / weight_total
+            )
+            total += loss * share
+        return total
+
+    def _snapshot(self) -> Any:
+        if self.net is not None:
+            return self.net.params.clone()
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def _restore(self, state: Any) -> None:
+        if self.net is not None:
+            self.net.params.copy_(state)
+        else:
+            self.model.load_state_dict(state)
 
 
 def fit(
@@ -107,133 +362,12 @@ def fit(
     *,
     sample_weight: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    validation: Validation | None = None,
     callback: EpochCallback | None = None,
 ) -> History:
     """Train ``model`` in place on ``X`` (rows, inputs) and ``y`` (rows, outputs).
 
-    Uses the hand-derived kernels of :mod:`nnreg.engine` when they cover the model and recipe,
-    autograd otherwise; both visit the same minibatches in the same order.
-    ``callback(epoch, train_loss)`` is called after every epoch. Raises
-    :class:`TrainingDivergedError` when an epoch's loss is NaN or infinite.
+    Raises :class:`TrainingDivergedError` when an epoch's loss is NaN or infinite.
     """
-    activation = getattr(getattr(model, "config", None), "activation", "")
-    fast = config.engine == "fast" or (
-        config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
-    )
-    widest = max(p.shape[0] for p in model.parameters())
-    batch = min(config.batch_size or X.shape[0], X.shape[0])
-    with thread_policy(batch, widest, config.threads):
-        epochs = (
-            _fast_epochs(model, activation, X, y, sample_weight, config, generator)
-            if fast
-            else _autograd_epochs(model, X, y, sample_weight, config, generator)
-        )
-        history = History()
-        for epoch, loss in enumerate(epochs):
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"training diverged at epoch {epoch} (loss is {loss}); lower the learning "
-                    f"rate (now {config.lr:g}) or scale the data."
-                )
-            history.train_loss.append(loss)
-            if callback is not None:
-                callback(epoch, loss)
-    return history
-
-
-def _autograd_epochs(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor | None,
-    config: TrainConfig,
-    generator: torch.Generator | None,
-) -> Iterator[float]:
-    optimizer = make_optimizer(model.parameters(), config)
-    loss_fn = loss_function(config.loss)
-    model.train()
-    for _ in range(config.epochs):
-        yield run_epoch(model, X, y, w, optimizer, loss_fn, config, generator)
-
-
-def _fast_epochs(
-    model: nn.Module,
-    activation: str,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor | None,
-    config: TrainConfig,
-    generator: torch.Generator | None,
-) -> Iterator[float]:
-    """The same epochs as :func:`_autograd_epochs`, on :class:`nnreg.engine.FastMLP`."""
-    net = FastMLP(model, activation, config.loss)
-    optimizer = FlatOptimizer(
-        net.params, net.grads, config.optimizer, config.lr, config.momentum, config.nesterov,
-        config.weight_decay,
-    )  # fmt: skip
-    n = X.shape[0]
-    X1 = torch.cat([X, X.new_ones(n, 1)], dim=1)  # (rows, inputs + 1): ones meet the bias
-    batches = epoch_batches(n, config.batch_size)
-    try:
-        if len(batches) == 1:
-            full = net.prepare(X1, y, w)
-            for _ in range(config.epochs):
-                loss = net.loss_and_grad(full)
-                optimizer.step()
-                yield loss.item() * full.factor  # the epoch's one host sync
-            return
-        for _ in range(config.epochs):
-            perm = torch.randperm(n, generator=generator, device=X.device)
-            Xe, ye = X1[perm], y[perm]
-            we = None if w is None else w[perm]
-            total = X.new_zeros(())
-            for start, stop in batches:
-                wb = None if we is None else we[start:stop]
-                batch = net.prepare(Xe[start:stop], ye[start:stop], wb)
-                loss = net.loss_and_grad(batch)
-                optimizer.step()
-                total.add_(loss, alpha=batch.factor * (stop - start))
-            yield total.item() / n  # the epoch's one host sync
-    finally:
-        net.copy_to(model)
-
-
-def run_epoch(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor | None,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    config: TrainConfig,
-    generator: torch.Generator | None,
-) -> float:
-    """One pass over the data; returns the epoch's row-weighted mean training loss."""
-    n = X.shape[0]
-    if config.batch_size is None or config.batch_size >= n:
-        return step(model, X, y, w, optimizer, loss_fn).item()
-    perm = torch.randperm(n, generator=generator, device=X.device)
-    total = torch.zeros((), device=X.device)
-    for start in range(0, n, config.batch_size):
-        idx = perm[start : start + config.batch_size]
-        wb = None if w is None else w[idx]
-        loss = step(model, X[idx], y[idx], wb, optimizer, loss_fn)
-        total += loss * idx.shape[0]
-    return (total / n).item()  # the epoch's one host sync
-
-
-def step(
-    model: nn.Module,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    wb: torch.Tensor | None,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-) -> torch.Tensor:
-    """Forward, loss, clear gradients, backward, update; returns the (detached) batch loss."""
-    pred = model(xb)  # (batch, outputs)
-    loss = loss_fn(pred, yb, wb)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    trainer = Trainer(model, config, generator)
+    return trainer.run(X, y, sample_weight, validation=validation, callback=callback)
