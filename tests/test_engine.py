@@ -88,6 +88,7 @@ def test_gradient_matches_finite_differences() -> None:
         {"optimizer": "adam"},
         {"optimizer": "adam", "weight_decay": 0.05},
         {"optimizer": "adamw", "weight_decay": 0.05},
+        {"optimizer": "adam", "betas": (0.8, 0.95), "eps": 1e-6},
     ],
 )
 def test_flat_optimizer_matches_torch_optim(options: dict) -> None:
@@ -98,8 +99,10 @@ def test_flat_optimizer_matches_torch_optim(options: dict) -> None:
     flat = torch.cat([p.detach().reshape(-1) for p in ref]).clone()
     grads = torch.zeros_like(flat)
     opt = make_optimizer(iter(ref), config)
-    mine = FlatOptimizer(flat, grads, config.optimizer, config.lr, config.momentum,
-                         config.nesterov, config.weight_decay)  # fmt: skip
+    mine = FlatOptimizer(
+        flat, grads, config.optimizer, config.lr, config.momentum, config.nesterov,
+        config.weight_decay, config.betas, config.eps,
+    )  # fmt: skip
     for _ in range(6):
         g = torch.randn(19, dtype=torch.float64)
         ref[0].grad, ref[1].grad = g[:15].view(5, 3).clone(), g[15:].clone()

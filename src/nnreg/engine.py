@@ -30,7 +30,6 @@ __all__ = ["Batch", "FastMLP", "FlatOptimizer", "epoch_batches", "supports", "th
 FAST_ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
 FAST_LOSSES = ("squared_error", "absolute_error", "huber")
 FAST_OPTIMIZERS = ("sgd", "adam", "adamw")
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
 
 def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bool:
@@ -316,8 +315,8 @@ _LOSSES: dict[str, LossKernel] = {
 class FlatOptimizer:
     """SGD (momentum, Nesterov), Adam and AdamW on one flat parameter buffer.
 
-    Matches ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` step for step (default betas and eps;
-    weight decay as those classes apply it, to every parameter).
+    Matches ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` step for step (weight decay as those
+    classes apply it, to every parameter).
     """
 
     def __init__(
@@ -329,8 +328,11 @@ class FlatOptimizer:
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ) -> None:
         self.params, self.grads, self.kind = params, grads, kind
+        self.betas, self.eps = betas, eps
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
         self.weight_decay = weight_decay
         if kind == "sgd":
@@ -348,8 +350,8 @@ class FlatOptimizer:
             self.step_t.add_(1.0)
             self._fused(
                 [p], [g], [self.exp_avg], [self.exp_avg_sq], [], [self.step_t],
-                lr=self.lr, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
-                weight_decay=self.weight_decay, eps=ADAM_EPS, amsgrad=False, maximize=False,
+                lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+                weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
             )  # fmt: skip
             return
         if self.weight_decay:

@@ -99,6 +99,9 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "momentum": (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)"),
     "nesterovs_momentum": BOOL,
     "weight_decay": (lambda v: _real(v, 0.0), "a finite number >= 0"),
+    "beta_1": (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)"),
+    "beta_2": (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)"),
+    "epsilon": (lambda v: _real(v, 0.0, open_lo=True), "a finite number > 0"),
     "batch_size": (
         lambda v: v in ("auto", "full") or _positive_int(v),
         "a positive integer, 'auto' (min(256, rows)) or 'full' (one step per epoch)",
@@ -154,6 +157,8 @@ class Regressor(RegressorMixin, BaseEstimator):
     nesterovs_momentum : bool, default=False
     weight_decay : float, default=0.0
         L2 penalty as ``torch.optim`` applies it (decoupled for 'adamw').
+    beta_1, beta_2, epsilon : float, default=0.9, 0.999, 1e-8
+        Adam's moment decay rates and its numerical-stability term.
     batch_size : int, 'auto' or 'full', default='auto'
         Rows per step; 'auto' is ``min(256, rows)``, 'full' one full-batch step per epoch.
     max_iter : int, default=200
@@ -230,6 +235,9 @@ class Regressor(RegressorMixin, BaseEstimator):
         momentum: float = 0.9,
         nesterovs_momentum: bool = False,
         weight_decay: float = 0.0,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
         batch_size: int | str = "auto",
         max_iter: int = 200,
         loss: str = "squared_error",
@@ -256,6 +264,9 @@ class Regressor(RegressorMixin, BaseEstimator):
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
         self.weight_decay = weight_decay
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.loss = loss
@@ -406,6 +417,8 @@ class Regressor(RegressorMixin, BaseEstimator):
             momentum=float(self.momentum),
             nesterov=bool(self.nesterovs_momentum),
             weight_decay=float(self.weight_decay),
+            betas=(float(self.beta_1), float(self.beta_2)),
+            eps=float(self.epsilon),
             batch_size=None if batch_size is None else int(batch_size),
             loss=self.loss,
             schedule=self.learning_rate,

@@ -54,6 +54,8 @@ class TrainConfig:
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    eps: float = 1e-8
     batch_size: int | None = None  # None: one full-batch step per epoch
     loss: str = "squared_error"
     schedule: str = "constant"  # per-step cosine decay to 0, or reduce-on-plateau
@@ -149,7 +151,9 @@ def make_optimizer(params: Iterator[nn.Parameter], config: TrainConfig) -> torch
             weight_decay=config.weight_decay,
         )  # fmt: skip
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(
+        params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+    )
 
 
 class Trainer:
@@ -174,7 +178,7 @@ class Trainer:
             self.net = FastMLP(model, activation, config.loss, dropout, generator)
             self.optimizer: Any = FlatOptimizer(
                 self.net.params, self.net.grads, config.optimizer, config.lr, config.momentum,
-                config.nesterov, config.weight_decay,
+                config.nesterov, config.weight_decay, config.betas, config.eps,
             )  # fmt: skip
         else:
             self.optimizer = make_optimizer(model.parameters(), config)
