@@ -37,6 +37,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
 PLATEAU_FACTOR = 0.2  # reduce-on-plateau multiplies the learning rate by this
+PLATEAU_MIN_SCALE = 1e-3  # ... but never below this fraction of the initial rate
 EVAL_CHUNK = 8192  # rows per forward pass when scoring validation data
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -249,7 +250,7 @@ class Trainer:
 
     def _maybe_reduce_lr(self, plateau: EarlyStopping) -> None:
         if plateau.stalled:
-            self.lr_scale *= PLATEAU_FACTOR
+            self.lr_scale = max(self.lr_scale * PLATEAU_FACTOR, PLATEAU_MIN_SCALE)
             plateau.misses = 0
 
     def _lr(self, step: int, total_steps: int) -> float:
