@@ -18,7 +18,8 @@ autograd otherwise. The tests check every covered combination against autograd i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -250,7 +251,10 @@ def _tanh_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
 
 
 def _gelu(z: torch.Tensor, a: torch.Tensor) -> None:
-    torch.ops.aten.gelu.out(z, out=a)
+    if a.is_contiguous():
+        torch.ops.aten.gelu.out(z, out=a)
+    else:  # gelu.out writes a strided output as if it were contiguous (torch 2.13)
+        a.copy_(torch.nn.functional.gelu(z))
 
 
 def _gelu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
@@ -370,3 +374,216 @@ def epoch_batches(n: int, batch: int | None) -> list[tuple[int, int]]:
     if batch is None or batch >= n:
         return [(0, n)]
     return [(s, min(s + batch, n)) for s in range(0, n, batch)]
+
+
+class BatchedMLP:
+    """K MLPs of one architecture trained as one computation: the batched twin of FastMLP.
+
+    Parameters live in one ``(K, P)`` buffer, one row per member, so each member's weights are
+    contiguous (its optimiser state, learning rate and weight decay are rows too); layer ``l``
+    of all members is a ``(K, out, in + 1)`` view and each step is a handful of batched
+    matrix products (``torch.bmm``) instead of K Python-level training loops.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        activation: str,
+        loss: str,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        first = list(members[0].layers)  # type: ignore[arg-type]
+        like = first[0].weight
+        self.K = len(members)
+        self.widths = [first[0].in_features] + [m.out_features for m in first]
+        self.activation, self.loss = activation, loss
+        self.dropout, self.generator = dropout, generator
+        shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
+        total = sum(r * c for r, c in shapes)
+        self.params = like.new_empty(self.K, total)  # (K, P)
+        self.grads = torch.zeros_like(self.params)
+        self.W: list[torch.Tensor] = []  # (K, out, in + 1) views: [weight | bias]
+        self.G: list[torch.Tensor] = []
+        start = 0
+        for r, c in shapes:
+            self.W.append(self.params[:, start : start + r * c].view(self.K, r, c))
+            self.G.append(self.grads[:, start : start + r * c].view(self.K, r, c))
+            start += r * c
+        self.WT = [w[:, :, :-1].transpose(1, 2) for w in self.W]  # (K, in, out)
+        with torch.no_grad():
+            for k, member in enumerate(members):
+                for w, layer in zip(self.W, member.layers, strict=True):  # type: ignore[arg-type]
+                    w[k, :, :-1].copy_(layer.weight)
+                    w[k, :, -1].copy_(layer.bias)
+        self._act, self._act_backward = _ACTIVATIONS[activation]
+        self._buffers: dict[tuple[int, bool], _BatchedBuffers] = {}
+
+    def copy_to(self, members: Sequence[nn.Module]) -> None:
+        with torch.no_grad():
+            for k, member in enumerate(members):
+                for w, layer in zip(self.W, member.layers, strict=True):  # type: ignore[arg-type]
+                    layer.weight.copy_(w[k, :, :-1])
+                    layer.bias.copy_(w[k, :, -1])
+
+    def buffers(self, batch: int, train: bool = True) -> _BatchedBuffers:
+        key = (batch, train)
+        if key not in self._buffers:
+            dropout = train and self.dropout > 0
+            keep_z = self.activation in ("gelu", "silu") or dropout
+            self._buffers[key] = _BatchedBuffers(
+                self.widths, self.K, batch, keep_z, dropout, self.params
+            )
+        return self._buffers[key]
+
+    @torch.no_grad()
+    def loss_and_grad(
+        self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One step's forward and backward for every member; returns the (K,) batch losses.
+
+        ``X`` is (K, batch, inputs + 1) with a last column of ones, ``Y`` (K, batch, outputs)
+        and ``w`` (K, batch) per-member row weights, or None. Gradients land in ``grads``.
+        """
+        buf = self.buffers(X.shape[1])
+        self._forward(X, buf)
+        scale = self._scale(Y, w)
+        losses = self._loss(buf, Y.transpose(1, 2), scale, w is None)
+        dZ = buf.D
+        for i in range(len(buf.A), 0, -1):
+            torch.bmm(dZ, buf.AT[i - 1], out=self.G[i])
+            g = buf.dZ[i - 1]
+            torch.bmm(self.WT[i], dZ, out=g)
+            if buf.mask:
+                g.mul_(buf.mask[i - 1])
+            self._act_backward(g, buf.Z[i - 1], buf.H[i - 1])
+            dZ = g
+        torch.bmm(dZ, X, out=self.G[0])
+        return losses
+
+    @torch.no_grad()
+    def predict(self, X: torch.Tensor) -> torch.Tensor:
+        """(K, rows, inputs + 1) -> (K, outputs, rows), without dropout."""
+        buf = self.buffers(X.shape[1], train=False)
+        self._forward(X, buf)
+        return buf.out
+
+    def _forward(self, X: torch.Tensor, buf: _BatchedBuffers) -> None:
+        inputs = X.transpose(1, 2)  # (K, inputs + 1, batch)
+        keep = 1.0 - self.dropout
+        for i in range(len(buf.A)):
+            torch.bmm(self.W[i], inputs, out=buf.Z[i])  # (K, width, batch)
+            self._act(buf.Z[i], buf.H[i])
+            if buf.mask:
+                buf.mask[i].bernoulli_(keep, generator=self.generator).div_(keep)
+                torch.mul(buf.H[i], buf.mask[i], out=buf.act[i])
+            inputs = buf.A[i]
+        torch.bmm(self.W[-1], inputs, out=buf.out)  # (K, outputs, batch)
+
+    def _scale(self, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """Per-element loss weight, (K, 1, batch): 1/(batch*outputs), or w / (sum w * outputs)."""
+        rows, n_out = Y.shape[1], Y.shape[2]
+        if w is None:
+            return Y.new_full((1, 1, 1), 1.0 / (rows * n_out))
+        total = w.sum(dim=1, keepdim=True).clamp_(min=1e-12)  # (K, 1); all-zero: no gradient
+        return (w / (total * n_out)).unsqueeze(1)
+
+    def _loss(
+        self, buf: _BatchedBuffers, YT: torch.Tensor, scale: torch.Tensor, plain: bool
+    ) -> torch.Tensor:
+        D = buf.D
+        torch.sub(buf.out, YT, out=D)  # (K, outputs, batch)
+        if self.loss == "squared_error":
+            elementwise = D.square()
+            D.mul_(scale * 2.0)
+        elif self.loss == "absolute_error":
+            elementwise = D.abs()
+            D.sign_().mul_(scale)
+        else:  # huber, delta = 1
+            r = D.abs()
+            elementwise = torch.where(r < 1.0, 0.5 * D.square(), r - 0.5)
+            D.clamp_(-1.0, 1.0).mul_(scale)
+        return (elementwise * scale).sum(dim=(1, 2))  # (K,)
+
+
+class _BatchedBuffers:
+    """_Buffers with a leading member dimension: activations are (K, width + 1, batch)."""
+
+    def __init__(
+        self,
+        widths: list[int],
+        K: int,
+        batch: int,
+        keep_z: bool,
+        dropout: bool,
+        like: torch.Tensor,
+    ) -> None:
+        hidden = widths[1:-1]
+        self.A = [like.new_empty(K, h + 1, batch) for h in hidden]
+        for a in self.A:
+            a[:, -1].fill_(1.0)
+        self.act = [a[:, :-1] for a in self.A]
+        self.AT = [a.transpose(1, 2) for a in self.A]  # (K, batch, width + 1)
+        self.H = [like.new_empty(K, h, batch) for h in hidden] if dropout else self.act
+        self.mask = [like.new_empty(K, h, batch) for h in hidden] if dropout else []
+        self.Z = [like.new_empty(K, h, batch) for h in hidden] if keep_z else self.H
+        self.dZ = [like.new_empty(K, h, batch) for h in hidden]
+        self.out = like.new_empty(K, widths[-1], batch)
+        self.D = like.new_empty(K, widths[-1], batch)
+
+
+class BatchedOptimizer:
+    """SGD, Adam and AdamW over a (K, P) parameter buffer, with per-member learning rates and
+    weight decays; a member whose learning rate is zero stops changing.
+
+    The update for each row is the one ``torch.optim`` makes (checked in the tests).
+    """
+
+    def __init__(
+        self,
+        params: torch.Tensor,
+        grads: torch.Tensor,
+        kind: str,
+        lr: torch.Tensor,
+        weight_decay: torch.Tensor,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.params, self.grads, self.kind = params, grads, kind
+        self.lr = lr.reshape(-1, 1).to(params)  # (K, 1)
+        self.weight_decay = weight_decay.reshape(-1, 1).to(params)  # (K, 1)
+        self.momentum, self.nesterov, self.betas, self.eps = momentum, nesterov, betas, eps
+        self.scale = 1.0  # the schedule's factor, applied to every member
+        self.active = torch.ones_like(self.lr)  # 0 freezes a member
+        self.t = 0
+        if kind == "sgd":
+            self.buf = torch.zeros_like(params) if momentum else None
+        else:
+            self.exp_avg = torch.zeros_like(params)
+            self.exp_avg_sq = torch.zeros_like(params)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        p, g = self.params, self.grads
+        lr = self.lr * self.active  # (K, 1)
+        self.t += 1
+        if self.kind == "sgd":
+            if self.weight_decay.any():
+                g.addcmul_(p, self.weight_decay)
+            if self.buf is not None:
+                self.buf.mul_(self.momentum).add_(g)
+                g = g.add(self.buf, alpha=self.momentum) if self.nesterov else self.buf
+            p.addcmul_(g, lr, value=-self.scale)
+            return
+        b1, b2 = self.betas
+        if self.kind == "adam" and self.weight_decay.any():
+            g = g.addcmul(p, self.weight_decay)  # L2 penalty folded into the gradient
+        elif self.kind == "adamw":
+            p.mul_(1.0 - self.scale * lr * self.weight_decay)  # decoupled decay
+        self.exp_avg.lerp_(g, 1.0 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        bias1, bias2 = 1.0 - b1**self.t, 1.0 - b2**self.t
+        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(bias2)).add_(self.eps)
+        p.addcmul_(self.exp_avg / denom, lr, value=-self.scale / bias1)

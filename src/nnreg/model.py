@@ -132,3 +132,31 @@ def summary(config: MLPConfig) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+class MLPEnsemble(nn.Module):
+    """K MLPs of one configuration (the members of an ensemble), saved and loaded together.
+
+    >>> ens = MLPEnsemble(MLPConfig(), [MLP(MLPConfig()) for _ in range(3)])
+    >>> ens.predict_float64(torch.zeros(5, 2)).shape
+    torch.Size([3, 5, 1])
+    """
+
+    def __init__(self, config: MLPConfig, members: list[MLP]) -> None:
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(members)
+
+    @classmethod
+    def empty(cls, config: MLPConfig, n_models: int) -> MLPEnsemble:
+        return cls(config, [MLP(config) for _ in range(n_models)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, n_inputs) -> (K, batch, n_outputs)
+        return torch.stack([m(x) for m in self.members])
+
+    @torch.no_grad()
+    def predict_float64(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's float64 prediction: (K, batch, n_outputs)."""
+        return torch.stack([m.predict_float64(x) for m in self.members  # type: ignore[operator]
+                            ])  # fmt: skip

@@ -1,0 +1,113 @@
+"""Batched ensembles against separate fits, per-member settings, intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nnreg.ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
+from nnreg.model import MLP, MLPConfig
+from nnreg.train import TrainConfig, Trainer
+
+
+def make_members(seeds: list[int], config: MLPConfig) -> list[MLP]:
+    members = []
+    for s in seeds:
+        torch.manual_seed(s)
+        members.append(MLP(config))
+    return members
+
+
+def data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g)
+    y = torch.sin(X[:, :1]) + X[:, 1:2] ** 2 + 0.1 * torch.randn(n, 1, generator=g)
+    return X, y
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "batch_size", "loss", "activation", "weighted"),
+    [
+        ("sgd", None, "squared_error", "relu", False),
+        ("adam", 32, "squared_error", "silu", False),
+        ("adamw", 25, "huber", "tanh", True),
+        ("sgd", 40, "absolute_error", "gelu", True),
+    ],
+)
+def test_batched_ensemble_equals_separate_fits(
+    optimizer: str, batch_size: int | None, loss: str, activation: str, weighted: bool
+) -> None:
+    X, y = data()
+    w = torch.rand(120, generator=torch.Generator().manual_seed(9)) + 0.5 if weighted else None
+    model_config = MLPConfig(n_inputs=3, hidden_sizes=(16, 8), activation=activation)
+    config = TrainConfig(epochs=15, lr=0.01, optimizer=optimizer, momentum=0.5,
+                         batch_size=batch_size, loss=loss, weight_decay=0.01,
+                         schedule="cosine")  # fmt: skip
+    seeds = member_seeds(3, 4)
+    members = make_members(seeds, model_config)
+    EnsembleTrainer(members, config, seeds).run(X, y, w)
+    for member, s in zip(members, seeds, strict=True):
+        (single,) = make_members([s], model_config)
+        Trainer(single, config, torch.Generator().manual_seed(s + 1)).run(X, y, w)
+        for a, b in zip(member.parameters(), single.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_per_member_learning_rates_and_decay_really_differ() -> None:
+    X, y = data()
+    model_config = MLPConfig(n_inputs=3, hidden_sizes=(16,))
+    config = TrainConfig(epochs=20, optimizer="adam", batch_size=None)
+    members = make_members([0, 0, 0], model_config)  # identical starts
+    trainer = EnsembleTrainer(members, config, [0, 0, 0], lr=[1e-4, 1e-2, 1e-2],
+                              weight_decay=[0.0, 0.0, 0.5])  # fmt: skip
+    trainer.run(X, y)
+    final = trainer.record.train_loss[-1]
+    assert final[1] < final[0]  # a larger learning rate went further
+    assert final[1] != final[2]  # weight decay changed the path
+    # Each matches a single model trained with its own settings.
+    for k, (lr, wd) in enumerate([(1e-4, 0.0), (1e-2, 0.0), (1e-2, 0.5)]):
+        (single,) = make_members([0], model_config)
+        cfg = TrainConfig(epochs=20, optimizer="adam", batch_size=None, lr=lr, weight_decay=wd)
+        Trainer(single, cfg).run(X, y)
+        for a, b in zip(members[k].parameters(), single.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopped_members_stop_changing() -> None:
+    X, y = data(200)
+    Xv, yv = data(60, seed=1)
+    model_config = MLPConfig(n_inputs=3, hidden_sizes=(64, 64))
+    config = TrainConfig(epochs=150, lr=0.02, optimizer="adam", batch_size=32,
+                         early_stopping=True, n_iter_no_change=5)  # fmt: skip
+    seeds = member_seeds(0, 4)
+    members = make_members(seeds, model_config)
+    trainer = EnsembleTrainer(members, config, seeds, lr=[0.05, 0.02, 0.001, 0.0005])
+    snapshots: list[torch.Tensor] = []
+    trainer.run(X, y, validation=(Xv, yv, None),
+                callback=lambda e, t, v: snapshots.append(trainer.net.params.clone()))  # fmt: skip
+    stopped = trainer.record.stopped_at
+    assert any(s >= 0 for s in stopped)
+    for k, epoch in enumerate(stopped):
+        if 0 <= epoch < len(snapshots) - 1:  # frozen from the epoch it stalled on
+            for later in snapshots[epoch + 1 :]:
+                torch.testing.assert_close(later[k], snapshots[epoch][k], rtol=0, atol=0)
+    # Each member ends on the weights of its best validation epoch.
+    val = trainer.validation_losses((Xv, yv, None))
+    best = torch.tensor(trainer.record.val_loss).min(dim=0).values
+    torch.testing.assert_close(val, best.to(val.dtype), rtol=1e-5, atol=1e-7)
+
+
+def test_conformal_intervals_cover_exchangeable_rows() -> None:
+    rng = np.random.default_rng(0)
+    n = 4000
+    mean = rng.normal(size=(n, 1))
+    std = rng.uniform(0.5, 2.0, size=(n, 1))
+    y = mean + std * rng.normal(size=(n, 1))
+    cal = ConformalCalibrator.fit(y[:1000], mean[:1000], std[:1000])
+    half = cal.halfwidth(std[1000:], 0.9)
+    covered = np.abs(y[1000:] - mean[1000:]) <= half
+    assert 0.88 < covered.mean() < 0.92
+    assert ConformalCalibrator.from_dict(cal.to_dict()).halfwidth(std[:5], 0.9) == pytest.approx(
+        cal.halfwidth(std[:5], 0.9)
+    )
