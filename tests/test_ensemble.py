@@ -111,3 +111,59 @@ def test_conformal_intervals_cover_exchangeable_rows() -> None:
     assert ConformalCalibrator.from_dict(cal.to_dict()).halfwidth(std[:5], 0.9) == pytest.approx(
         cal.halfwidth(std[:5], 0.9)
     )
+
+
+def test_regressor_ensemble_mean_spread_and_calibrated_intervals(tmp_path) -> None:
+    import nnreg
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    X = rng.uniform(-2, 2, size=(n, 2))
+    noise = 0.1 + 0.4 * (X[:, 0] > 0)  # heteroscedastic: wider on the right
+    y = np.sin(2 * X[:, 0]) + X[:, 1] + noise * rng.normal(size=n)
+    train, test = slice(0, 2000), slice(2000, n)
+    reg = nnreg.Regressor(n_models=6, max_iter=30, validation_fraction=0.2, random_state=0)
+    reg.fit(X[train], y[train])
+    assert (
+        len(reg.model_.members) == 6
+        and reg.n_parameters()
+        == 6 * nnreg.Regressor(max_iter=1, random_state=0).fit(X[:50], y[:50]).n_parameters()
+    )
+    mean, std = reg.predict(X[test], return_std=True)
+    np.testing.assert_array_equal(mean, reg.predict(X[test]))
+    assert mean.shape == std.shape == (1000,) and (std > 0).all()
+    members = np.stack([m.predict_float64(torch.from_numpy(
+        reg.preprocessor_.transform(reg._check_X(X[test], reset=False)))).numpy()[:, 0]
+        for m in reg.model_.members])  # fmt: skip
+    np.testing.assert_allclose(
+        mean, reg.y_scaler_.inverse_transform(members.mean(0)[:, None])[:, 0]
+    )
+    lower, upper = reg.predict_interval(X[test], coverage=0.9)
+    covered = np.mean((lower <= y[test]) & (y[test] <= upper))
+    assert 0.85 <= covered <= 0.95
+    # Not wider than needed: close to the width a constant interval would need on test rows.
+    needed = 2 * np.quantile(np.abs(y[test] - mean), 0.9)
+    assert (upper - lower).mean() < 1.3 * needed
+    # The model folder keeps every member and the calibration.
+    loaded = nnreg.load(reg.save(tmp_path / "ens"))
+    np.testing.assert_array_equal(loaded.predict(X[test]), mean)
+    for a, b in zip(loaded.predict_interval(X[test], 0.8), reg.predict_interval(X[test], 0.8),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+
+
+def test_single_model_intervals_need_held_out_rows() -> None:
+    import nnreg
+    from nnreg.exceptions import ConfigError
+
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    y = X[:, 0]
+    with pytest.raises(ConfigError, match="n_models > 1 or early_stopping"):
+        nnreg.Regressor(max_iter=2).fit(X, y).predict_interval(X)
+    with pytest.raises(ConfigError, match="return_std=True needs an ensemble"):
+        nnreg.Regressor(max_iter=2).fit(X, y).predict(X, return_std=True)
+    reg = nnreg.Regressor(max_iter=5, early_stopping=True, random_state=0).fit(X, y)
+    lower, upper = reg.predict_interval(X, coverage=0.5)
+    assert (upper > lower).all()
+    with pytest.raises(ConfigError, match="coverage must be"):
+        reg.predict_interval(X, coverage=1.5)

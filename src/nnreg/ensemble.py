@@ -229,7 +229,8 @@ class EnsembleTrainer:
 class ConformalCalibrator:
     """Split-conformal intervals from held-out rows, scaled by the ensemble's spread.
 
-    The score of a held-out row is ``|y - mean| / (std + floor)``; an interval of coverage
+    The score of a held-out row is ``|y - mean| / (std + floor)``, ``floor`` the median
+    spread on those rows; an interval of coverage
     ``c`` is ``mean +- q * (std + floor)`` with ``q`` the ``ceil((n + 1) c) / n`` empirical
     quantile of the scores, which covers a new exchangeable row with probability >= c.
     Everything is per target and in the model's (standardised) target units.
@@ -241,7 +242,9 @@ class ConformalCalibrator:
     @classmethod
     def fit(cls, y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> ConformalCalibrator:
         # y, mean, std: (rows, targets)
-        floor = np.maximum(1e-3 * np.median(std, axis=0), 1e-12)
+        # The members' spread measures the model's uncertainty, not the noise; adding its
+        # median keeps the scaling from blowing up rows where the members happen to agree.
+        floor = np.maximum(np.median(std, axis=0), 1e-12)
         scores = np.sort(np.abs(y - mean) / (std + floor), axis=0)
         return cls(scores=scores.T.tolist(), floor=floor.tolist())
 

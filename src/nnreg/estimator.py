@@ -16,8 +16,9 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_array, validate_data
 
 from . import artifact
-from .exceptions import ConfigError, DataError, DataTypeError, NotFittedError
-from .model import ACTIVATIONS, INITS, MLP, MLPConfig, count_parameters
+from .ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
+from .exceptions import ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError
+from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble, count_parameters
 from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
 from .train import LOSSES, OPTIMIZERS, SCHEDULES, EpochCallback, History, TrainConfig, Trainer
 
@@ -131,6 +132,7 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "None, an integer in [0, 2**32) or a numpy RandomState",
     ),
     "warm_start": BOOL,
+    "n_models": (_positive_int, "a positive integer (ensemble members)"),
     "device": (
         lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps"),
         "'cpu', 'cuda', 'cuda:N' or 'mps'",
@@ -196,6 +198,12 @@ class Regressor(RegressorMixin, BaseEstimator):
         int gives bitwise-identical fits on the CPU.
     warm_start : bool, default=False
         ``fit`` continues from the current weights and preprocessing instead of starting over.
+    n_models : int, default=1
+        Members of an ensemble trained together as one batched computation, each with its own
+        initial weights, minibatch order and (with ``early_stopping``) stopping epoch.
+        ``predict`` returns their mean; ``predict(X, return_std=True)`` their spread too.
+        Ensembles hold out ``validation_fraction`` of the rows to calibrate
+        :meth:`predict_interval`.
     device : str, default='cpu'
 
     Attributes
@@ -229,6 +237,7 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     feature_names_in_: np.ndarray
     n_outputs_: int
+    calibrator_: ConformalCalibrator
     _trainer: Trainer | None = None  # kept between partial_fit calls
 
     def __init__(
@@ -260,6 +269,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         dtype: str = "float32",
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
+        n_models: int = 1,
         device: str = "cpu",
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -289,6 +299,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.warm_start = warm_start
+        self.n_models = n_models
         self.device = device
 
     @classmethod
@@ -320,6 +331,8 @@ class Regressor(RegressorMixin, BaseEstimator):
         (``val_loss`` is None without early stopping).
         """
         self._check_params()
+        if self.warm_start and self.n_models > 1:
+            raise ConfigError("warm_start is not available with n_models > 1.")
         warm = self.warm_start and self.__sklearn_is_fitted__()
         frame = self._check_X(X, reset=not warm)
         y_arr = self._check_y(y, len(frame), reset=not warm)
@@ -343,12 +356,44 @@ class Regressor(RegressorMixin, BaseEstimator):
             X_all, y_all = X_all[train_rows], y_all[train_rows]
             w_all = None if w_all is None else w_all[train_rows]
         previous = self.history_ if warm else History()
-        trainer = Trainer(self.model_, self._train_config(X_all.shape[0]), self._generator())
-        trainer.run(X_all, y_all, w_all, validation=validation, callback=callback)
-        self._set_fitted(self.model_, _concat(previous, trainer.history))
-        self.best_epoch_ = trainer.best_epoch + len(previous)
+        config = self._train_config(X_all.shape[0])
+        if isinstance(self.model_, MLPEnsemble):
+            members = list(self.model_.members)
+            seeds = member_seeds(self.seed_, len(members))
+            ensemble = EnsembleTrainer(members, config, seeds, dropout_seed=self.seed_ + 2)  # type: ignore[arg-type]
+            history = ensemble.run(X_all, y_all, w_all, validation=validation, callback=callback)
+            record = ensemble.record
+            best = max(record.best_epoch) if validation is not None and self.early_stopping else -1
+            self._set_fitted(self.model_, history)
+            self.best_epoch_ = best if best >= 0 else len(history) - 1
+            self.member_best_epochs_ = [b if b >= 0 else len(history) - 1
+                                        for b in record.best_epoch]  # fmt: skip
+        else:
+            trainer = Trainer(self.model_, config, self._generator())
+            trainer.run(X_all, y_all, w_all, validation=validation, callback=callback)
+            self._set_fitted(self.model_, _concat(previous, trainer.history))
+            self.best_epoch_ = trainer.best_epoch + len(previous)
+        self._calibrate(validation)
         self._trainer = None  # partial_fit starts a fresh optimiser after fit
         return self
+
+    def _calibrate(self, validation: Any) -> None:
+        """Keep the held-out rows' conformity scores, for predict_interval."""
+        if validation is None:
+            if hasattr(self, "calibrator_"):
+                del self.calibrator_
+            return
+        X_val, y_val, _ = validation
+        mean, std = self._moments(X_val)
+        self.calibrator_ = ConformalCalibrator.fit(y_val.cpu().double().numpy(), mean, std)
+
+    def _moments(self, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and spread of the members' predictions, (rows, targets) each, in the model's
+        standardised target units; a single model has spread 1 (plain conformal residuals)."""
+        out = self.model_.predict_float64(Z).cpu().numpy()
+        if isinstance(self.model_, MLPEnsemble):  # out: (K, rows, targets)
+            return out.mean(axis=0), out.std(axis=0, ddof=1)
+        return out, np.ones_like(out)
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
         """One epoch over ``X, y``, continuing the weights and optimiser state of earlier calls.
@@ -359,6 +404,8 @@ class Regressor(RegressorMixin, BaseEstimator):
         first = self._trainer is None or not self.__sklearn_is_fitted__()
         if first:
             self._check_params()
+            if self.n_models > 1:
+                raise ConfigError("partial_fit trains one model; use n_models=1.")
         frame = self._check_X(X, reset=first)
         y_arr = self._check_y(y, len(frame), reset=first)
         w = self._check_sample_weight(sample_weight, len(frame))
@@ -390,16 +437,18 @@ class Regressor(RegressorMixin, BaseEstimator):
             init=self.init,
             dropout=float(self.dropout),
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed_)
-            model = MLP(config)
-        self.model_ = model.to(device=self.device, dtype=_DTYPES[self.dtype])
+        members = []
+        for seed in member_seeds(self.seed_, int(self.n_models)):  # member 0 uses seed_ itself
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                members.append(MLP(config).to(device=self.device, dtype=_DTYPES[self.dtype]))
+        self.model_ = members[0] if len(members) == 1 else MLPEnsemble(config, members)
 
     def _generator(self) -> torch.Generator:
         # Minibatch order and dropout draw from their own stream, seeded like the weights.
         return torch.Generator(device=self.device).manual_seed(self.seed_ + 1)
 
-    def _set_fitted(self, model: MLP, history: History) -> None:
+    def _set_fitted(self, model: MLP | MLPEnsemble, history: History) -> None:
         self.model_ = model.eval()
         self.history_ = history
         self.loss_curve_ = list(history.train_loss)
@@ -408,9 +457,10 @@ class Regressor(RegressorMixin, BaseEstimator):
         self.n_iter_ = len(history)
 
     def _validation_split(self, n: int) -> tuple[np.ndarray | None, np.ndarray]:
-        """Row indices (validation, training); (None, all) without early stopping."""
+        """Row indices (validation, training): held out for early stopping, and for ensembles
+        always (they calibrate prediction intervals); (None, all) otherwise."""
         everything = np.arange(n)
-        if not self.early_stopping or n < 2:
+        if not (self.early_stopping or self.n_models > 1) or n < 2:
             return None, everything
         n_val = min(n - 1, max(1, round(self.validation_fraction * n)))
         perm = np.random.default_rng(self.seed_).permutation(n)
@@ -522,18 +572,50 @@ class Regressor(RegressorMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Any, return_std: bool = False) -> Any:
         """Predictions in the target's units: (rows,) for one target, (rows, targets) otherwise.
 
-        Computed in float64, so a row's prediction does not depend on the other rows.
+        An ensemble predicts its members' mean; with ``return_std=True`` it also returns their
+        standard deviation (same shape). Computed in float64, so a row's prediction does not
+        depend on the other rows.
         """
+        mean, std = self._predict_moments(X)
+        pred = self.y_scaler_.inverse_transform(mean)
+        if not return_std:
+            return self._shape(pred)
+        if not isinstance(self.model_, MLPEnsemble):
+            raise ConfigError("return_std=True needs an ensemble: fit with n_models > 1.")
+        return self._shape(pred), self._shape(std * np.asarray(self.y_scaler_.scale))
+
+    def predict_interval(self, X: Any, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) bounds that contain the true value with probability ``coverage``.
+
+        Split-conformal: calibrated on the rows held out in ``fit`` (ensembles always hold
+        out ``validation_fraction``; a single model does with ``early_stopping``), and scaled
+        by the members' spread, so that uncertain rows get wider intervals.
+        """
+        if not _real(coverage, 0.0, 1.0, open_lo=True):
+            raise ConfigError(f"coverage must be a number in (0, 1), got {coverage!r}.")
+        mean, std = self._predict_moments(X)
+        if not hasattr(self, "calibrator_"):
+            raise ConfigError(
+                "predict_interval needs rows held out during fit: use n_models > 1 or "
+                "early_stopping=True."
+            )
+        half = self.calibrator_.halfwidth(std, float(coverage))
+        lower = self.y_scaler_.inverse_transform(mean - half)
+        upper = self.y_scaler_.inverse_transform(mean + half)
+        return self._shape(lower), self._shape(upper)
+
+    def _predict_moments(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before predict.")
         frame = self._check_X(X, reset=False)
         Z = torch.from_numpy(self.preprocessor_.transform(frame)).to(self.device)
-        out = self.model_.predict_float64(Z).cpu().numpy()  # (rows, targets)
-        pred = self.y_scaler_.inverse_transform(out)
-        return pred.ravel() if self._y_1d else pred
+        return self._moments(Z)  # (rows, targets) each, standardised units
+
+    def _shape(self, a: np.ndarray) -> np.ndarray:
+        return a.ravel() if self._y_1d else a
 
     def n_parameters(self) -> int:
         """Number of trainable parameters of the fitted network."""
@@ -576,7 +658,10 @@ class Regressor(RegressorMixin, BaseEstimator):
                 "best_epoch": self.best_epoch_,
             },  # fmt: skip
             "metrics": {"final_train_loss": self.loss_curve_[-1], **(metrics or {})},
+            "n_models": len(self.model_.members) if isinstance(self.model_, MLPEnsemble) else 1,
         }
+        if hasattr(self, "calibrator_"):
+            meta["calibration"] = self.calibrator_.to_dict()
         settings = {"model": params}
         if run_settings:
             settings = {"data": run_settings, **settings}
@@ -596,8 +681,19 @@ class Regressor(RegressorMixin, BaseEstimator):
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         params["device"] = "cpu"
         reg = cls(**params)
-        model = MLP(saved.config).to(dtype=_DTYPES[reg.dtype])
-        model.load_state_dict(saved.state_dict)
+        n_models = int(meta.get("n_models", 1))
+        model: MLP | MLPEnsemble = (
+            MLP(saved.config) if n_models == 1 else MLPEnsemble.empty(saved.config, n_models)
+        )
+        model = model.to(dtype=_DTYPES[reg.dtype])
+        try:
+            model.load_state_dict(saved.state_dict)
+        except RuntimeError as exc:
+            raise ModelFileError(
+                f"{saved.path}: the weights do not fit the architecture in model.json ({exc})"
+            ) from exc
+        if "calibration" in meta:
+            reg.calibrator_ = ConformalCalibrator.from_dict(meta["calibration"])
         reg.seed_ = params["random_state"]
         reg.preprocessor_ = TablePreprocessor.from_dict(meta["preprocessing"]["inputs"])
         reg.y_scaler_ = Standardizer.from_dict(meta["preprocessing"]["target"])
