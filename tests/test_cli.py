@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -337,3 +338,23 @@ def test_categorical_columns_and_impute_through_the_cli(capsys, tmp_path: Path) 
     assert (tmp_path / "m" / "history.csv").read_text() == (
         tmp_path / "m2" / "history.csv"
     ).read_text()
+
+
+def test_ensemble_training_and_prediction_intervals(
+    capsys, tmp_path: Path, table_csv: Path
+) -> None:
+    code, out, err = run(["train", str(table_csv), "--target", "y", "--epochs", "10",
+                          "--n-models", "4", "--out", "ens", "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((tmp_path / "ens" / "model.json").read_text())
+    assert doc["n_models"] == 4 and "calibration" in doc
+    code, out, err = run(["predict", "ens", str(table_csv), "--interval", "0.9"], capsys)
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame.columns) == ["y_pred", "y_lower", "y_upper"]
+    assert (frame["y_lower"] <= frame["y_pred"]).all() and (
+        frame["y_pred"] <= frame["y_upper"]
+    ).all()
+    code, _, err = run(["predict", str(tmp_path / "ens"), str(table_csv), "--interval", "2"],
+                       capsys)  # fmt: skip
+    assert code == 2 and "--interval" in err

@@ -41,6 +41,7 @@ OPTION_TO_PARAM = {
     "validation_fraction": "validation_fraction",
     "patience": "n_iter_no_change",
     "scaling": "scaling",
+    "n_models": "n_models",
     "seed": "random_state",
 }
 
@@ -117,6 +118,11 @@ def cli(debug: bool) -> None:
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--patience", type=click.IntRange(min=1), help="Epochs without improvement.")
 @click.option("--scaling", type=click.Choice(["standard", "robust", "none"]))
+@click.option(
+    "--n-models",
+    type=click.IntRange(min=1),
+    help="Train an ensemble of N members at once (mean prediction, calibrated intervals).",
+)
 @click.option(
     "--impute",
     is_flag=True,
@@ -479,27 +485,43 @@ def _bar(console: Any, epochs: int, before: Any) -> Any:
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
+    "--interval",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Also write <target>_lower and <target>_upper bounds with this coverage, e.g. 0.9.",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(path_type=Path),
     help="File to write (.csv or .parquet); default: CSV on stdout.",
 )
-def predict(model_dir: Path, data: Path, output: Path | None) -> None:
+def predict(model_dir: Path, data: Path, interval: float | None, output: Path | None) -> None:
     """Predict DATA with the model in MODEL_DIR.
 
     Columns are chosen by the feature names saved with the model; other columns are ignored.
-    The output has one column per target, named <target>_pred, in the rows' order.
+    The output has one column per target, named <target>_pred, in the rows' order; with
+    --interval, also <target>_lower and <target>_upper.
 
     \b
-    Example:
+    Examples:
       nnreg predict runs/houses new_houses.csv -o predictions.csv
+      nnreg predict runs/houses-ensemble new_houses.csv --interval 0.9 -o predictions.csv
     """
     import pandas as pd
 
     reg, table = _model_and_table(model_dir, data, with_target=False)
-    pred = reg.predict(table.features).reshape(len(table.features), -1)
-    names = [f"{t}_pred" for t in reg.model_info_["targets"]]
-    frame = pd.DataFrame(pred, columns=names)
+    rows = len(table.features)
+    targets = reg.model_info_["targets"]
+    columns = {
+        f"{t}_pred": v
+        for t, v in zip(targets, reg.predict(table.features).reshape(rows, -1).T, strict=True)
+    }
+    if interval is not None:
+        lower, upper = reg.predict_interval(table.features, coverage=interval)
+        for t, lo, hi in zip(targets, lower.reshape(rows, -1).T, upper.reshape(rows, -1).T,
+                             strict=True):  # fmt: skip
+            columns[f"{t}_lower"], columns[f"{t}_upper"] = lo, hi
+    frame = pd.DataFrame(columns)
     if output is None:
         frame.to_csv(sys.stdout, index=False)
         return
