@@ -10,6 +10,8 @@ fixed list of PyTorch kernels writing into preallocated buffers:
   ``W_aug @ A`` applies weight and bias in one matrix product, ``dZ @ A.T`` yields the weight
   *and* bias gradients in one product, and each layer writes into a contiguous row block.
 * Losses are accumulated as tensors and read once per epoch (one host sync per epoch).
+* No autograd graph is ever built: the buffers are plain tensors, and the trainers run the
+  whole loop under one ``torch.no_grad()`` (decorating every step would cost microseconds).
 
 :func:`supports` says whether a model and recipe are covered; :mod:`nnreg.train` falls back to
 autograd otherwise. The tests check every covered combination against autograd in float64.
@@ -185,7 +187,6 @@ class FastMLP:
         buf = self.buffers(rows, train)
         return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
 
-    @torch.no_grad()
     def loss_and_grad(self, batch: Batch) -> torch.Tensor:
         """Forward and backward on one batch; gradients land in ``self.grads``.
 
@@ -347,7 +348,6 @@ class FlatOptimizer:
             self.step_t = torch.zeros((), dtype=torch.float32, device=params.device)
             self._fused = torch._fused_adam_ if kind == "adam" else torch._fused_adamw_
 
-    @torch.no_grad()
     def step(self) -> None:
         p, g = self.params, self.grads
         if self.kind != "sgd":
@@ -411,6 +411,10 @@ class BatchedMLP:
             self.G.append(self.grads[:, start : start + r * c].view(self.K, r, c))
             start += r * c
         self.WT = [w[:, :, :-1].transpose(1, 2) for w in self.W]  # (K, in, out)
+        # bmm writes a strided output (member rows P apart) through a slow per-matrix loop, so
+        # gradients land in contiguous blocks first and are copied into ``grads``.
+        self.G_blocks = [torch.empty_like(g, memory_format=torch.contiguous_format)
+                         for g in self.G]  # fmt: skip
         with torch.no_grad():
             for k, member in enumerate(members):
                 for w, layer in zip(self.W, member.layers, strict=True):  # type: ignore[arg-type]
@@ -430,13 +434,13 @@ class BatchedMLP:
         key = (batch, train)
         if key not in self._buffers:
             dropout = train and self.dropout > 0
-            keep_z = self.activation in ("gelu", "silu") or dropout
+            # Products always land in their own contiguous buffer: bmm into the strided
+            # activation rows (member blocks width + 1 rows apart) takes a slow per-matrix path.
             self._buffers[key] = _BatchedBuffers(
-                self.widths, self.K, batch, keep_z, dropout, self.params
+                self.widths, self.K, batch, True, dropout, self.params
             )
         return self._buffers[key]
 
-    @torch.no_grad()
     def loss_and_grad(
         self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None
     ) -> torch.Tensor:
@@ -451,14 +455,16 @@ class BatchedMLP:
         losses = self._loss(buf, Y.transpose(1, 2), scale, w is None)
         dZ = buf.D
         for i in range(len(buf.A), 0, -1):
-            torch.bmm(dZ, buf.AT[i - 1], out=self.G[i])
+            torch.bmm(dZ, buf.AT[i - 1], out=self.G_blocks[i])
             g = buf.dZ[i - 1]
             torch.bmm(self.WT[i], dZ, out=g)
             if buf.mask:
                 g.mul_(buf.mask[i - 1])
             self._act_backward(g, buf.Z[i - 1], buf.H[i - 1])
             dZ = g
-        torch.bmm(dZ, X, out=self.G[0])
+        torch.bmm(dZ, X, out=self.G_blocks[0])
+        for block, view in zip(self.G_blocks, self.G, strict=True):
+            view.copy_(block)
         return losses
 
     @torch.no_grad()
@@ -564,7 +570,6 @@ class BatchedOptimizer:
             self.exp_avg = torch.zeros_like(params)
             self.exp_avg_sq = torch.zeros_like(params)
 
-    @torch.no_grad()
     def step(self) -> None:
         p, g = self.params, self.grads
         lr = self.lr * self.active  # (K, 1)

@@ -128,7 +128,7 @@ class EnsembleTrainer:
         misses = torch.zeros(K, dtype=torch.long)
         self.record = MemberRecord(best_epoch=[-1] * K, stopped_at=[-1] * K)
         widest = max(self.net.widths)
-        with thread_policy(K * min(cfg.batch_size or n, n), widest, cfg.threads):
+        with thread_policy(K * min(cfg.batch_size or n, n), widest, cfg.threads), torch.no_grad():
             for epoch in range(cfg.epochs):
                 if len(batches) == 1:
                     Xe, ye, we = X1.expand(K, n, -1), y.expand(K, n, -1), w
@@ -147,7 +147,9 @@ class EnsembleTrainer:
                     self.optimizer.step()
                     total.add_(losses, alpha=stop - start)
                 train = (total / n).cpu()  # the epoch's one host sync
-                val = self.validation_losses(validation) if validation else None
+                # Validation losses are only needed per epoch to stop early; an ensemble
+                # without early stopping uses its held-out rows for calibration alone.
+                val = self.validation_losses(validation) if validation and early else None
                 self._record(epoch, train, val)
                 if early:
                     assert val is not None and best is not None
@@ -162,16 +164,18 @@ class EnsembleTrainer:
         self.net.copy_to(self.members)
         return self.history
 
-    def _record(self, epoch: int, train: torch.Tensor, val: torch.Tensor | None) -> None:
-        if not torch.isfinite(train).all() or (val is not None and not torch.isfinite(val).all()):
+    def _record(self, epoch: int, train_t: torch.Tensor, val: torch.Tensor | None) -> None:
+        train = train_t.tolist()
+        finite = all(map(math.isfinite, train))
+        if not finite or (val is not None and not torch.isfinite(val).all()):
             raise TrainingDivergedError(
                 f"training diverged at epoch {epoch} (a member's loss is not finite); lower "
                 f"the learning rate (now {self.config.lr:g}) or scale the data."
             )
-        self.history.train_loss.append(float(train.mean()))
+        self.history.train_loss.append(sum(train) / len(train))
         self.history.val_loss.append(math.nan if val is None else float(val.mean()))
         self.history.lr.append(self.config.lr * self.optimizer.scale)
-        self.record.train_loss.append(train.tolist())
+        self.record.train_loss.append(train)
         if val is not None:
             self.record.val_loss.append(val.tolist())
 

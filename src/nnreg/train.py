@@ -9,6 +9,7 @@ autograd otherwise; both visit the same minibatches in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -215,7 +216,8 @@ class Trainer:
         best: Any = None
         first = len(self.history)
         widest = max(p.shape[0] for p in self.model.parameters())
-        with thread_policy(min(cfg.batch_size or n, n), widest, cfg.threads):
+        no_graph = torch.no_grad() if self.net is not None else contextlib.nullcontext()
+        with thread_policy(min(cfg.batch_size or n, n), widest, cfg.threads), no_graph:
             epoch_losses = self._epochs(X, y, sample_weight, batches, epochs, total_steps)
             for i, train_loss in enumerate(epoch_losses):
                 epoch = first + i
