@@ -17,11 +17,11 @@ $(VENV)/.base: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,onnx]' $(TORCH)
 	touch $@ $(VENV)/.base
 
 $(VENV)/.bench: $(VENV)/.dev
-	$(BIN)/python -m pip install -e '.[dev,bench]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,bench]' $(TORCH)
 	touch $@
 
 demo: $(VENV)/.base

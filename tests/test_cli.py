@@ -358,3 +358,23 @@ def test_ensemble_training_and_prediction_intervals(
     code, _, err = run(["predict", str(tmp_path / "ens"), str(table_csv), "--interval", "2"],
                        capsys)  # fmt: skip
     assert code == 2 and "--interval" in err
+
+
+def test_export_writes_an_onnx_file_that_predicts_the_same(
+    capsys, tmp_path: Path, model_dir: Path, table_csv: Path, table_frame: pd.DataFrame
+) -> None:
+    import onnxruntime as ort
+
+    from nnreg.export import onnx_inputs
+
+    code, out, err = run(["export", str(model_dir), "m.onnx"], capsys)
+    assert code == 0, err
+    assert "m.onnx" in out
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    (got,) = session.run(None, onnx_inputs(tmp_path / "m.onnx", table_frame))
+    expected = nnreg.load(model_dir).predict(table_frame[["a", "b", "c"]])
+    np.testing.assert_allclose(got[:, 0], expected,
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    code, _, err = run(["export", "nowhere", "m2.onnx"], capsys)
+    assert code == 1 and "model folder not found" in err
+    assert not (tmp_path / "m2.onnx").exists()

@@ -652,6 +652,26 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
         click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--opset", type=click.IntRange(13, 25), default=17, show_default=True)
+def export(model_dir: Path, output: Path, opset: int) -> None:
+    """Write the model in MODEL_DIR as an ONNX file, preprocessing included (needs nnreg[onnx]).
+
+    The graph takes `numeric` (float64) and `categorical` (string) inputs and returns
+    `predictions` in the target's units; the file's metadata says how to feed it.
+
+    \b
+    Example:
+      nnreg export runs/houses houses.onnx
+    """
+    from .export import export_onnx
+
+    path = export_onnx(model_dir, output, opset=opset)
+    click.echo(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``nnreg`` command."""
     args = sys.argv[1:] if argv is None else argv

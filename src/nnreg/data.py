@@ -85,7 +85,9 @@ def _refuse_duplicate_columns(path: Path, kind: str, frame: pd.DataFrame) -> Non
         names = [str(c) for c in frame.columns]
     else:
         sep = "\t" if kind == "tsv" else ","
-        names = [str(v) for v in pd.read_csv(path, sep=sep, header=None, nrows=1).iloc[0]]
+        # Read the header as text: parsed as data, "1" and "01" (or "NA" and "nan") collide.
+        header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+        names = [str(v) for v in header.iloc[0]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataFileError(

@@ -58,7 +58,7 @@ class Standardizer:
             self.mean, self.scale = [0.0] * a.shape[1], [1.0] * a.shape[1]
             return self
         mean = np.average(a, axis=0, weights=sample_weight)
-        std = np.sqrt(np.average((a - mean) ** 2, axis=0, weights=sample_weight))
+        std = _spread(a, mean, sample_weight)
         std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
         self.mean, self.scale = mean.tolist(), std.tolist()
         return self
@@ -147,9 +147,14 @@ class TablePreprocessor:
             return st.mean, st.scale
         q25, q50, q75 = _weighted_quantiles(num, [0.25, 0.5, 0.75], w)
         spread = (q75 - q25) / 1.349  # the IQR of a normal distribution is 1.349 sigma
-        std = np.sqrt(np.average((num - np.average(num, axis=0, weights=w)) ** 2, axis=0,
-                                 weights=w))  # fmt: skip
-        spread = np.where(spread > 0, spread, np.where(std > 0, std, 1.0))
+        flat = spread <= 0
+        if flat.any():  # more than half the values equal: fall back to the std, then to 1
+            std = _spread(num[:, flat], np.average(num[:, flat], axis=0, weights=w), w)
+            spread[flat] = np.where(std > 0, std, 1.0)
+        # A spread tiny next to the data's range would scale outliers past float64's range;
+        # bounding |z| by 1e12 keeps the smooth clip finite (it maps them to ~3 anyway).
+        peak = np.max(np.abs(num - q50), axis=0)
+        spread = np.maximum(spread, 1e-12 * peak)
         return q50.tolist(), spread.tolist()
 
     def _fit_categories(self, col: pd.Series, w: np.ndarray | None) -> list[str]:
@@ -252,6 +257,14 @@ class TablePreprocessor:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TablePreprocessor:
         return cls(**d)
+
+
+def _spread(a: np.ndarray, mean: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """Weighted standard deviation per column, computed without overflow for huge values."""
+    centered = a - mean  # (rows, columns)
+    peak = np.max(np.abs(centered), axis=0) if len(a) else np.zeros(a.shape[1])
+    unit = np.where(peak > 0, peak, 1.0)
+    return unit * np.sqrt(np.average((centered / unit) ** 2, axis=0, weights=w))
 
 
 def _first_text(col: pd.Series) -> Any:
