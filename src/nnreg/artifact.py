@@ -34,7 +34,19 @@ from . import __version__
 from .exceptions import ModelFileError
 from .model import MLPConfig
 
-__all__ = ["FORMAT_VERSION", "SavedModel", "atomic_folder", "load", "save", "write_file_atomic"]
+__all__ = [
+    "CHECKPOINT",
+    "FORMAT_VERSION",
+    "SavedModel",
+    "atomic_folder",
+    "load",
+    "load_checkpoint",
+    "save",
+    "save_checkpoint",
+    "write_file_atomic",
+]
+
+CHECKPOINT = "checkpoint.safetensors"
 
 FORMAT = "nnreg-model"
 FORMAT_VERSION = 1
@@ -135,6 +147,39 @@ def load(path: str | Path) -> SavedModel:
     return SavedModel(path=path, config=config, state_dict=state_dict, meta=meta, history=history)
 
 
+def save_checkpoint(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Write a training checkpoint atomically: safetensors, with the scalars as JSON metadata."""
+    from safetensors.torch import save_file
+
+    document = {"format": "nnreg-checkpoint", "format_version": FORMAT_VERSION, **meta}
+    write_file_atomic(
+        Path(path),
+        lambda tmp: save_file(tensors, str(tmp), metadata={"nnreg": json.dumps(document)}),
+    )
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` (no code is ever executed)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"no checkpoint at {path}; was the run started with --checkpoint-every?"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["nnreg"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise ModelFileError(f"{path} is not a readable nnreg checkpoint ({exc}).") from exc
+    if meta.get("format") != "nnreg-checkpoint" or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path} is not a checkpoint this nnreg can read.")
+    return tensors, meta
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -192,8 +237,9 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     in ``--out`` cannot delete unrelated files.
     """
     dest = Path(dest)
+    ours = (MODEL_JSON, CHECKPOINT)  # a model folder, or a run that has only checkpointed
     if dest.exists() and not (
-        dest.is_dir() and (not any(dest.iterdir()) or (dest / MODEL_JSON).is_file())
+        dest.is_dir() and (not any(dest.iterdir()) or any((dest / f).is_file() for f in ours))
     ):
         raise ModelFileError(
             f"{dest} exists and is not an nnreg model folder; choose another output path."

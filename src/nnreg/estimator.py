@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -323,16 +324,34 @@ class Regressor(RegressorMixin, BaseEstimator):
     # -- fitting -------------------------------------------------------------------------------
 
     def fit(
-        self, X: Any, y: Any, sample_weight: Any = None, *, callback: EpochCallback | None = None
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any = None,
+        *,
+        callback: EpochCallback | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 0,
+        checkpoint_info: dict[str, Any] | None = None,
+        resume: str | Path | None = None,
+        stop: threading.Event | None = None,
     ) -> Regressor:
         """Train on ``X`` (rows, features) and ``y`` (rows,) or (rows, targets); returns self.
 
         ``callback(epoch, train_loss, val_loss)``, when given, is called after every epoch
-        (``val_loss`` is None without early stopping).
+        (``val_loss`` is None without early stopping). Every ``checkpoint_every`` epochs the
+        full training state (weights, optimiser, random generators, history, early-stopping
+        state, plus ``checkpoint_info``) is written atomically to ``checkpoint``;
+        ``resume=path`` continues such a run, given the same data and parameters, to the
+        bitwise-same result on the CPU. Setting ``stop`` ends training after the current
+        step (``interrupted_`` is then True). A diverging run keeps its last finite weights
+        and raises :class:`~nnreg.exceptions.TrainingDivergedError`.
         """
         self._check_params()
         if self.warm_start and self.n_models > 1:
             raise ConfigError("warm_start is not available with n_models > 1.")
+        if self.n_models > 1 and (checkpoint is not None or resume is not None):
+            raise ConfigError("checkpoints are available for single models (n_models=1).")
         warm = self.warm_start and self.__sklearn_is_fitted__()
         frame = self._check_X(X, reset=not warm)
         y_arr = self._check_y(y, len(frame), reset=not warm)
@@ -370,9 +389,25 @@ class Regressor(RegressorMixin, BaseEstimator):
                                         for b in record.best_epoch]  # fmt: skip
         else:
             trainer = Trainer(self.model_, config, self._generator())
-            trainer.run(X_all, y_all, w_all, validation=validation, callback=callback)
-            self._set_fitted(self.model_, _concat(previous, trainer.history))
-            self.best_epoch_ = trainer.best_epoch + len(previous)
+            trainer.stop = stop
+            if resume is not None:
+                tensors, meta = artifact.load_checkpoint(resume)
+                trainer.load_state_dict(tensors, meta["trainer"])
+            write = None
+            if checkpoint is not None:
+                info = checkpoint_info or {}
+
+                def write(t: Trainer) -> None:
+                    tensors, meta = t.state_dict()
+                    artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **info})
+
+            try:
+                trainer.run(X_all, y_all, w_all, validation=validation, callback=callback,
+                            checkpoint=write, checkpoint_every=checkpoint_every)  # fmt: skip
+            finally:  # also after divergence: the last finite weights stay usable
+                self._set_fitted(self.model_, _concat(previous, trainer.history))
+                self.best_epoch_ = max(0, trainer.best_epoch + len(previous))
+        self.interrupted_ = stop is not None and stop.is_set()
         self._calibrate(validation)
         self._trainer = None  # partial_fit starts a fresh optimiser after fit
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -188,6 +189,12 @@ class Trainer:
         self.history = History()
         self.lr_scale = 1.0  # lowered by reduce-on-plateau
         self.best_epoch = -1
+        self.best: Any = None  # weights of the best validation epoch, with early stopping
+        self.run_epoch = 0  # epochs done in the current run (its schedule's position)
+        self.stopper = EarlyStopping(config.n_iter_no_change, config.tol)
+        self.plateau = EarlyStopping(max(1, config.n_iter_no_change // 2), config.tol)
+        self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
+        self.resuming = False  # set by load_state_dict: the next run continues that one
 
     def run(
         self,
@@ -198,57 +205,165 @@ class Trainer:
         epochs: int | None = None,
         validation: Validation | None = None,
         callback: EpochCallback | None = None,
+        checkpoint: Callable[[Trainer], None] | None = None,
+        checkpoint_every: int = 0,
     ) -> History:
         """Train on ``X`` (rows, inputs), ``y`` (rows, outputs) for ``epochs`` epochs.
 
         With ``validation`` data the validation loss is recorded every epoch; with
         ``early_stopping`` training stops once it has not improved by ``tol`` for
         ``n_iter_no_change`` epochs, and the weights of the best epoch are restored.
-        ``callback(epoch, train_loss, val_loss)`` is called after every epoch.
+        ``callback(epoch, train_loss, val_loss)`` is called after every epoch, and
+        ``checkpoint(trainer)`` after every ``checkpoint_every`` epochs (see ``state_dict``).
+        Setting ``stop_requested`` (e.g. from a signal handler) ends training after the
+        current step, keeping the best weights so far. A NaN or infinite loss restores the
+        last finite weights and raises :class:`TrainingDivergedError`.
         """
         cfg = self.config
         epochs = cfg.epochs if epochs is None else epochs
         n = X.shape[0]
         batches = epoch_batches(n, cfg.batch_size)
         total_steps = max(1, epochs * len(batches))
-        stopper = EarlyStopping(cfg.n_iter_no_change, cfg.tol)
-        plateau = EarlyStopping(max(1, cfg.n_iter_no_change // 2), cfg.tol)
-        best: Any = None
-        first = len(self.history)
+        if not self.resuming:  # a fresh run: its own schedule, stopping state and best weights
+            self.run_epoch, self.best = 0, None
+            self.stopper = EarlyStopping(cfg.n_iter_no_change, cfg.tol)
+            self.plateau = EarlyStopping(max(1, cfg.n_iter_no_change // 2), cfg.tol)
+        self.resuming = False
+        start = self.run_epoch
+        first = len(self.history) - start
         widest = max(p.shape[0] for p in self.model.parameters())
         no_graph = torch.no_grad() if self.net is not None else contextlib.nullcontext()
         with thread_policy(min(cfg.batch_size or n, n), widest, cfg.threads), no_graph:
-            epoch_losses = self._epochs(X, y, sample_weight, batches, epochs, total_steps)
-            for i, train_loss in enumerate(epoch_losses):
+            good = self._snapshot()  # the last finite weights
+            epoch_losses = self._epochs(X, y, sample_weight, batches, start, epochs, total_steps)
+            for i, train_loss in enumerate(epoch_losses, start=start):
                 epoch = first + i
                 val_loss = self._validation_loss(validation) if validation else math.nan
                 checked = (train_loss, val_loss) if validation else (train_loss,)
                 if not all(math.isfinite(v) for v in checked):
+                    self._restore(good)
+                    self._finish()
                     raise TrainingDivergedError(
                         f"training diverged at epoch {epoch} (loss is {train_loss}); lower "
-                        f"the learning rate (now {cfg.lr:g}) or scale the data."
+                        f"the learning rate (now {cfg.lr:g}) or scale the data; the weights "
+                        "of the last finite epoch are kept."
                     )
+                self._copy_into(good)
+                self.run_epoch = i + 1
                 self.history.train_loss.append(train_loss)
                 self.history.val_loss.append(val_loss)
                 self.history.lr.append(self._lr(i * len(batches), total_steps))
                 monitored = val_loss if validation else train_loss
-                if cfg.schedule == "plateau" and not plateau.update(epoch, monitored):
-                    self._maybe_reduce_lr(plateau)
+                if cfg.schedule == "plateau" and not self.plateau.update(epoch, monitored):
+                    self._maybe_reduce_lr(self.plateau)
                 stopping = cfg.early_stopping and validation is not None
-                if stopping and stopper.update(epoch, val_loss):
-                    best = self._snapshot()
+                if stopping and self.stopper.update(epoch, val_loss):
+                    self.best = self._snapshot()
                     self.best_epoch = epoch
                 if callback is not None:
                     callback(epoch, train_loss, val_loss if validation else None)
-                if stopping and stopper.stalled:
+                if self.stop_requested or (stopping and self.stopper.stalled):
                     break
-            if best is not None:
-                self._restore(best)
-        if self.net is not None:
-            self.net.copy_to(self.model)
+                if (
+                    checkpoint is not None
+                    and checkpoint_every
+                    and self.run_epoch % checkpoint_every == 0
+                ):
+                    checkpoint(self)
+            if self.best is not None:
+                self._restore(self.best)
+        self._finish()
         if self.best_epoch < first:
             self.best_epoch = len(self.history) - 1
         return self.history
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _finish(self) -> None:
+        if self.net is not None:
+            self.net.copy_to(self.model)
+
+    def _copy_into(self, snapshot: Any) -> None:
+        if self.net is not None:
+            snapshot.copy_(self.net.params)
+        else:
+            for k, v in self.model.state_dict().items():
+                snapshot[k].copy_(v)
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything needed to continue bitwise: (tensors, JSON-able scalars)."""
+        tensors: dict[str, torch.Tensor] = {}
+        if self.net is not None:
+            tensors["params"] = self.net.params
+            for name in ("buf", "exp_avg", "exp_avg_sq", "step_t"):
+                value = getattr(self.optimizer, name, None)
+                if value is not None:
+                    tensors[f"optimizer.{name}"] = value
+            optimizer_meta: dict[str, Any] = {}
+        else:
+            tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+            state = self.optimizer.state_dict()
+            for index, entry in state["state"].items():
+                for key, value in entry.items():
+                    tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
+            optimizer_meta = {"param_groups": state["param_groups"]}
+        if self.generator is not None:
+            tensors["generator"] = self.generator.get_state()
+        if self.best is not None:
+            best = self.best if self.net is not None else None
+            if best is not None:
+                tensors["best"] = best
+            else:
+                tensors.update({f"best.{k}": v for k, v in self.best.items()})
+        meta = {
+            "run_epoch": self.run_epoch,
+            "history": self.history.to_dict(),
+            "lr_scale": self.lr_scale,
+            "best_epoch": self.best_epoch,
+            "stopper": dict(vars(self.stopper)),
+            "plateau": dict(vars(self.plateau)),
+            "fast": self.net is not None,
+            "optimizer": optimizer_meta,
+        }
+        return {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta  # a snapshot
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (same model, data and config)."""
+        if bool(meta["fast"]) != (self.net is not None):
+            raise ValueError("the checkpoint was written by the other training engine")
+        with torch.no_grad():
+            if self.net is not None:
+                self.net.params.copy_(tensors["params"])
+                for name in ("buf", "exp_avg", "exp_avg_sq", "step_t"):
+                    if f"optimizer.{name}" in tensors:
+                        getattr(self.optimizer, name).copy_(tensors[f"optimizer.{name}"])
+                if "best" in tensors:
+                    self.best = tensors["best"].clone()
+            else:
+                self.model.load_state_dict(
+                    {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+                )
+                state: dict[int, dict[str, torch.Tensor]] = {}
+                for key, value in tensors.items():
+                    if key.startswith("optimizer."):
+                        _, index, name = key.split(".", 2)
+                        state.setdefault(int(index), {})[name] = value
+                self.optimizer.load_state_dict(
+                    {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+                )
+                best = {k[5:]: v.clone() for k, v in tensors.items() if k.startswith("best.")}
+                self.best = best or None
+        if self.generator is not None and "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
+        self.run_epoch = int(meta["run_epoch"])
+        self.history = History.from_dict(meta["history"])
+        self.lr_scale = float(meta["lr_scale"])
+        self.best_epoch = int(meta["best_epoch"])
+        vars(self.stopper).update(meta["stopper"])
+        vars(self.plateau).update(meta["plateau"])
+        self.resuming = True
 
     def _maybe_reduce_lr(self, plateau: EarlyStopping) -> None:
         if plateau.stalled:
@@ -274,6 +389,7 @@ class Trainer:
         y: torch.Tensor,
         w: torch.Tensor | None,
         batches: list[tuple[int, int]],
+        start: int,
         epochs: int,
         total_steps: int,
     ) -> Iterator[float]:
@@ -285,7 +401,7 @@ class Trainer:
         else:
             self.model.train()
         full = self.net.prepare(X, y, w) if self.net is not None and len(batches) == 1 else None
-        for epoch in range(epochs):
+        for epoch in range(start, epochs):
             self._set_lr(self._lr(epoch * len(batches), total_steps))
             if full is not None:  # the seed experiment's path: nothing but the step itself
                 assert self.net is not None
@@ -299,13 +415,17 @@ class Trainer:
                 Xe, ye = X[perm], y[perm]
                 we = None if w is None else w[perm]
             total = X.new_zeros(())
-            for b, (start, stop) in enumerate(batches):
+            rows = 0
+            for b, (lo, hi) in enumerate(batches):
                 if step_lr and b:
                     self._set_lr(self._lr(epoch * len(batches) + b, total_steps))
-                wb = None if we is None else we[start:stop]
-                loss, factor = self._step(Xe[start:stop], ye[start:stop], wb)
-                total.add_(loss, alpha=factor * (stop - start))
-            yield total.item() / n
+                wb = None if we is None else we[lo:hi]
+                loss, factor = self._step(Xe[lo:hi], ye[lo:hi], wb)
+                total.add_(loss, alpha=factor * (hi - lo))
+                rows += hi - lo
+                if self.stop_requested:  # a signal: end the epoch after this step
+                    break
+            yield total.item() / rows
 
     def _step(
         self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None
