@@ -7,7 +7,9 @@ errors and 1 otherwise; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import time
 import traceback
@@ -151,6 +153,16 @@ def cli(debug: bool) -> None:
     help="TOML settings file, e.g. a model folder's config.toml; flags override it.",
 )
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    help="Write the full training state to OUT/checkpoint.safetensors every N epochs.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    help="Continue the run whose folder holds a checkpoint (same data and settings).",
+)
+@click.option(
     "--log-every",
     type=click.IntRange(min=1),
     help="Print a progress line every N epochs (when not on a terminal).",
@@ -166,6 +178,8 @@ def train(
     preset: str | None,
     config_path: Path | None,
     out: Path | None,
+    checkpoint_every: int | None,
+    resume: Path | None,
     log_every: int | None,
     quiet: bool,
     as_json: bool,
@@ -183,9 +197,17 @@ def train(
       nnreg train --config runs/houses/config.toml
     """
     from .estimator import PRESETS, Regressor
-    from .metrics import regression_metrics
+    from .exceptions import TrainingDivergedError
 
     file_settings = _read_config(config_path) if config_path else {}
+    checkpoint_every = checkpoint_every or 0
+    if resume is not None:
+        from .artifact import CHECKPOINT, load_checkpoint
+
+        saved = load_checkpoint(resume / CHECKPOINT)[1]
+        file_settings, preset = saved["settings"], saved["preset"]
+        checkpoint_every = checkpoint_every or int(saved["checkpoint_every"])
+        out = resume
     run = dict(file_settings.get("data", {}))
     if data is not None:
         run = {"path": str(data)}
@@ -225,23 +247,94 @@ def train(
 
     y = _target_values(table)
     reg = Regressor(**params)
+    out = out or _default_out(Path(run["path"]).stem if "path" in run else "seed")
+    checkpointing = _checkpointing(out, checkpoint_every, run, params, preset)
     report = _Report(quiet=quiet, as_json=as_json)
     report.header(source, table, preset or "config", reg)
     started = time.perf_counter()
-    with report.progress(reg, log_every) as on_epoch:
-        reg.fit(table.features, y, callback=on_epoch)
+    stop, received = _stop_on_signals()
+    try:
+        with report.progress(reg, log_every) as on_epoch:
+            reg.fit(table.features, y, callback=on_epoch, stop=stop,
+                    resume=None if resume is None else out / "checkpoint.safetensors",
+                    **checkpointing)  # fmt: skip
+    except TrainingDivergedError as exc:
+        _save(reg, out, run, table, y)  # with the last finite weights
+        raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
+    finally:
+        _restore_signals(received)
     seconds = time.perf_counter() - started
+    metrics, first = _save(reg, out, run, table, y)
+    report.result(out, reg, metrics, first, seconds)
+    if reg.interrupted_:
+        signum = received["signal"]
+        name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+        click.echo(f"interrupted by {name} after epoch {reg.n_iter_ - 1}; the model folder "
+                   f"{out} holds the best weights so far", err=True)  # fmt: skip
+        raise click.exceptions.Exit(128 + int(signum))
+
+
+def _save(
+    reg: Regressor, out: Path, run: dict[str, Any], table: Table, y: Any
+) -> tuple[dict[str, float], tuple[float, float]]:
+    from .metrics import regression_metrics
+
     pred = reg.predict(table.features)
     metrics = regression_metrics(y, pred)
     first = (float(pred.reshape(len(pred), -1)[0, 0]), float(y.reshape(len(y), -1)[0, 0]))
-    out = out or _default_out(Path(run["path"]).stem if "path" in run else "seed")
     reg.save(
         out,
         metrics={f"train_{k}": v for k, v in metrics.items()},
         run_settings=run,
         target_names=table.target_names,
     )
-    report.result(out, reg, metrics, first, seconds)
+    return metrics, first
+
+
+def _checkpointing(
+    out: Path, every: int, run: dict[str, Any], params: dict[str, Any], preset: str | None
+) -> dict[str, Any]:
+    """fit's checkpoint arguments; the run's settings travel in the file, for --resume."""
+    if not every:
+        return {}
+    from .artifact import CHECKPOINT, MODEL_JSON
+    from .estimator import _jsonable
+
+    if (
+        out.exists()
+        and any(out.iterdir())
+        and not any((out / f).is_file() for f in (MODEL_JSON, CHECKPOINT))
+    ):
+        raise click.UsageError(
+            f"{out} exists and is not an nnreg run folder; choose another --out."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"settings": {"data": run, "model": _jsonable(params)}, "preset": preset,
+            "checkpoint_every": every}  # fmt: skip
+    return {"checkpoint": out / CHECKPOINT, "checkpoint_every": every, "checkpoint_info": info}
+
+
+def _stop_on_signals() -> tuple[Any, dict[str, Any]]:
+    """An event that SIGINT and SIGTERM set, so training stops after the current step."""
+    import threading
+
+    stop = threading.Event()
+    received: dict[str, Any] = {"previous": {}}
+
+    def handler(signum: int, frame: Any) -> None:
+        received["signal"] = signum
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Outside the main thread (e.g. embedded) signals cannot be caught: leave them be.
+        with contextlib.suppress(ValueError):
+            received["previous"][sig] = signal.signal(sig, handler)
+    return stop, received
+
+
+def _restore_signals(received: dict[str, Any]) -> None:
+    for sig, previous in received["previous"].items():
+        signal.signal(sig, previous)
 
 
 def _seed_frame(run: dict[str, Any], seed: Any) -> tuple[pd.DataFrame, dict[str, Any], str]:

@@ -1,0 +1,113 @@
+"""Killed, interrupted and diverging runs through the command line, as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from nnreg.artifact import CHECKPOINT, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def big_csv(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    n = 6000
+    frame = pd.DataFrame(rng.normal(size=(n, 6)), columns=[f"f{i}" for i in range(6)])
+    frame["y"] = np.sin(frame["f0"]) + frame["f1"] ** 2 + 0.1 * rng.normal(size=n)
+    path = tmp_path / "big.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def nnreg_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nnreg", *args]
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(nnreg_cmd(*args), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_checkpoint(path: Path, epochs: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.is_file():
+            try:
+                if load_checkpoint(path)[1]["trainer"]["run_epoch"] >= epochs:
+                    return
+            except Exception:  # noqa: BLE001 - being renamed into place; try again
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_gives_bitwise_the_uninterrupted_weights(
+    tmp_path: Path, big_csv: Path
+) -> None:
+    common = ["train", str(big_csv), "--target", "y", "--epochs", "40", "--seed", "3", "-q"]
+    full = subprocess.run(nnreg_cmd(*common, "--out", "full"), cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert full.returncode == 0, full.stderr
+    proc = start([*common, "--out", "run", "--checkpoint-every", "5"], tmp_path)
+    wait_for_checkpoint(tmp_path / "run" / CHECKPOINT, 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()  # reaps it and closes its pipes
+    assert not (tmp_path / "run" / "model.json").exists()  # it really died mid-run
+    resumed = subprocess.run(nnreg_cmd("train", "--resume", "run", "-q"), cwd=tmp_path,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "full" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "run" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert (tmp_path / "full" / "history.csv").read_text() == (
+        tmp_path / "run" / "history.csv"
+    ).read_text()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()  # a finished run leaves no checkpoint
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_stop_save_the_best_weights_and_exit_with_their_code(
+    tmp_path: Path, big_csv: Path, sig: int, code: int
+) -> None:
+    proc = start(["train", str(big_csv), "--target", "y", "--epochs", "400", "--out", "m",
+                  "--checkpoint-every", "1", "--log-every", "1"], tmp_path)  # fmt: skip
+    wait_for_checkpoint(tmp_path / "m" / CHECKPOINT, 2, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+    assert f"interrupted by {name}" in err and "Traceback" not in err
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert 2 <= doc["training"]["epochs_run"] < 400
+
+
+def test_a_diverging_run_exits_1_and_keeps_the_last_finite_weights(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": np.linspace(0, 1e4, 50), "y": np.linspace(0, 1e8, 50)})
+    frame.to_csv(tmp_path / "wild.csv", index=False)
+    result = subprocess.run(
+        nnreg_cmd("train", "wild.csv", "--target", "y", "--preset", "seed", "--lr", "1",
+                  "--out", "m"),
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    err = result.stderr.strip()
+    assert err.startswith("error: training diverged") and "lower the learning rate" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    weights = load_file(str(tmp_path / "m" / "weights.safetensors"))
+    assert all(np.isfinite(v).all() for v in weights.values())
+    assert os.path.isfile(tmp_path / "m" / "model.json")
