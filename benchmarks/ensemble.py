@@ -1,0 +1,203 @@
+"""Ensembles: the cost of K members trained as one batched computation, and what they buy.
+
+Part 1, speed (one process, best of ``--repeats``): the seed experiment's network and recipe
+trained as 1 member, as K=32 members batched (``Regressor(n_models=32)``), as 32 sequential
+fits with the same engine, and as 32 scikit-learn MLPRegressor fits for reference.
+
+Part 2, accuracy: on the accuracy panel (``benchmarks/accuracy.py``'s tables, splits and
+seeds), the recommended single model against the recommended preset with ``n_models=K`` and
+RealMLP-TD; and the empirical coverage of the ensemble's 90% prediction intervals on each
+test split.
+
+    python benchmarks/ensemble.py                 # what results/ensemble.md was made with
+    python benchmarks/ensemble.py --members 4 --seeds 0 --datasets seed,mpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import accuracy  # noqa: E402 - the panel's datasets, splits and peers
+
+import nnreg  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SPEED_MEMBERS = 32
+
+
+def best_of(repeats: int, run: Callable[[], Any]) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def speed_section(repeats: int) -> str:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+
+    df = nnreg.seed_dataset(n=100, random_state=0)
+    X, y = df[["x1", "x2"]].to_numpy(copy=True), df["y"].to_numpy(copy=True)
+    K = SPEED_MEMBERS
+
+    def one() -> None:
+        nnreg.Regressor.from_preset("seed", random_state=0).fit(X, y)
+
+    def batched() -> None:
+        nnreg.Regressor.from_preset("seed", n_models=K, random_state=0).fit(X, y)
+
+    def sequential() -> None:
+        for k in range(K):
+            nnreg.Regressor.from_preset("seed", random_state=k).fit(X, y)
+
+    def sklearn() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for k in range(K):
+                MLPRegressor(
+                    hidden_layer_sizes=(20, 20), solver="sgd", learning_rate_init=0.002,
+                    momentum=0.0, batch_size=100, max_iter=500, alpha=0.0, tol=0.0,
+                    n_iter_no_change=10**9, shuffle=False, random_state=k,
+                ).fit(X, y)  # fmt: skip
+
+    rows = [
+        ("1 member (nnreg)", best_of(repeats, one)),
+        (f"{K} members batched (nnreg, n_models={K})", best_of(repeats, batched)),
+        (f"{K} sequential fits (nnreg)", best_of(repeats, sequential)),
+        (f"{K} MLPRegressor fits (scikit-learn)", best_of(repeats, sklearn)),
+    ]
+    base = rows[0][1]
+    lines = [
+        "## Speed: the seed experiment's network, 500 full-batch SGD epochs per member",
+        "",
+        "Batched members hold out 10% of the rows to calibrate intervals; the others train on",
+        "all 100.",
+        "",
+        "| run | time (s) | time / 1 member |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {t:.4f} | {t / base:.2f}x |" for name, t in rows]
+    batched_t, sequential_t = rows[1][1], rows[2][1]
+    lines += [
+        "",
+        f"- {K} batched members: {batched_t / base:.2f}x the time of one member "
+        f"({'PASS' if batched_t <= 4 * base else 'FAIL'}: needs <= 4x).",
+        f"- {K} sequential fits take {sequential_t / batched_t:.1f}x as long as the batched "
+        f"run ({'PASS' if sequential_t >= 8 * batched_t else 'FAIL'}: needs >= 8x).",
+    ]
+    for line in lines[-2:]:
+        print(line)
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_section(datasets: list[str], seeds: list[int], members: int, realmlp: bool) -> str:
+    models: dict[str, Callable[[int], Any]] = {
+        "single": lambda s: nnreg.Regressor(random_state=s),
+        "ensemble": lambda s: nnreg.Regressor(n_models=members, random_state=s),
+    }
+    if realmlp:
+        models["realmlp"] = lambda s: accuracy.realmlp_td(s, [])
+    rmse: dict[tuple[str, str], list[float]] = {}
+    secs: dict[str, float] = {m: 0.0 for m in models}
+    coverage: dict[str, list[float]] = {}
+    for d in datasets:
+        for s in seeds:
+            X_tr, X_te, y_tr, y_te = accuracy.load_dataset(d, s)
+            for name, make in models.items():
+                accuracy.seed_everything(s)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = make(s)
+                    start = time.perf_counter()
+                    model.fit(X_tr.copy(), y_tr)
+                    secs[name] += time.perf_counter() - start
+                    pred = model.predict(X_te.copy())
+                rmse.setdefault((d, name), []).append(accuracy.rmse(y_te, pred))
+                if name == "ensemble":
+                    lo, hi = model.predict_interval(X_te.copy(), coverage=0.9)
+                    coverage.setdefault(d, []).append(float(np.mean((lo <= y_te) & (y_te <= hi))))
+                print(f"{d} seed {s} {name}: RMSE {rmse[(d, name)][-1]:.4g}", flush=True)
+    mean = {k: float(np.mean(v)) for k, v in rmse.items()}
+    names = {"single": "nnreg recommended", "ensemble": f"nnreg recommended, n_models={members}",
+             "realmlp": "RealMLP-TD"}  # fmt: skip
+    header = "| dataset | " + " | ".join(names[m] for m in models) + " | 90% interval coverage |"
+    lines = [
+        f"## Accuracy: test RMSE, mean over split seeds {', '.join(map(str, seeds))}",
+        "",
+        header,
+        "|---|" + "---:|" * (len(models) + 1),
+    ]
+    for d in datasets:
+        cells = " | ".join(f"{mean[(d, m)]:.4g}" for m in models)
+        lines.append(f"| {d} | {cells} | {np.mean(coverage[d]):.3f} |")
+    times = " | ".join(f"{secs[m]:.1f}" for m in models)
+    lines += [f"| **training time, all fits (s)** | {times} | |", ""]
+    worse = [d for d in datasets if mean[(d, "ensemble")] > mean[(d, "single")]]
+    lines.append(
+        f"- {'PASS' if not worse else 'FAIL'}: the ensemble's RMSE is no worse than the single "
+        f"model's on every dataset{'' if not worse else ' (worse on ' + ', '.join(worse) + ')'}."
+    )
+    if realmlp:
+        ratios = {d: mean[(d, "ensemble")] / mean[(d, "realmlp")] for d in datasets}
+        ok = all(r <= 1.03 for r in ratios.values())
+        shown = ", ".join(f"{d} {r:.3f}" for d, r in ratios.items())
+        lines.append(f"- {'PASS' if ok else 'FAIL'}: within 1.03x of RealMLP-TD: {shown}.")
+        faster = secs["ensemble"] < secs["realmlp"]
+        lines.append(
+            f"- {'PASS' if faster else 'FAIL'}: trains faster than RealMLP-TD "
+            f"({secs['ensemble']:.1f} s vs {secs['realmlp']:.1f} s)."
+        )
+    inside = all(0.85 <= np.mean(coverage[d]) <= 0.95 for d in datasets)
+    lines.append(
+        f"- {'PASS' if inside else 'FAIL'}: the 90% intervals' test coverage lies in "
+        "[0.85, 0.95] on every dataset (mean over seeds)."
+    )
+    for line in lines[-4:]:
+        print(line)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, default=4, help="K of the accuracy ensemble")
+    parser.add_argument("--datasets", default=",".join(accuracy.DATASETS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-realmlp", action="store_true", help="skip the RealMLP-TD column")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ensemble.md")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = time.perf_counter()
+    speed = speed_section(args.repeats)
+    acc = accuracy_section(datasets, seeds, args.members, not args.no_realmlp)
+    wall = time.perf_counter() - start
+    command = " ".join(["python benchmarks/ensemble.py", *sys.argv[1:]])
+    header = (
+        "# Ensembles\n\n"
+        f"Made by `{command}` on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, nnreg {nnreg.__version__}, in "
+        f"{wall / 60:.1f} min; load average {os.getloadavg()[0]:.2f} at the end.\n"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(header + "\n" + speed + "\n" + acc)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
