@@ -11,15 +11,8 @@ import pandas as pd
 import pytest
 
 import nnreg
-from nnreg.cli import main
+from cli_helpers import run
 from nnreg.exceptions import ConfigError, DataError, ModelFileError
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 @pytest.fixture(autouse=True)

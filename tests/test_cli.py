@@ -14,14 +14,7 @@ import pandas as pd
 import pytest
 
 import nnreg
-from nnreg.cli import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+from cli_helpers import run
 
 
 @pytest.fixture(autouse=True)

@@ -31,15 +31,7 @@ def loss_curve(history: Mapping[str, Sequence[float]], path: str | Path) -> Path
     losses = np.asarray(history.get("train_loss", []), dtype=float)
     if losses.size and np.all(losses > 0) and losses.max() / max(losses.min(), 1e-300) > 100:
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, ax, ("epoch", "loss", "Training loss"), path)
 
 
 def predicted_vs_actual(
@@ -53,12 +45,17 @@ def predicted_vs_actual(
     ax.scatter(t, p, s=10, alpha=0.6)
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="perfect")
-    ax.set_xlabel("actual")
-    ax.set_ylabel("predicted")
-    ax.set_title(title)
+    return _finish(plt, fig, ax, ("actual", "predicted", title), path)
+
+
+def _finish(plt: Any, fig: Any, ax: Any, labels: tuple[str, str, str], path: str | Path) -> Path:
+    """Label, grid and legend the axes, then write the figure as PNG and free it."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png")  # by content, not by the (temporary) file's suffix
     plt.close(fig)
     return Path(path)
