@@ -97,10 +97,13 @@ def mse(predict: Callable[[np.ndarray], np.ndarray], job: Job) -> float:
 
 
 def run_nnreg(job: Job) -> Callable:
-    reg = nnreg.Regressor(
-        hidden_layer_sizes=job.hidden, optimizer=job.optimizer, learning_rate_init=job.lr,
-        momentum=0.0, batch_size="full" if job.batch >= len(job.X) else job.batch,
-        max_iter=job.epochs, scale_inputs=False, scale_target=False, random_state=0,
+    # The seed preset (ReLU, no dropout, no weight decay, constant rate, raw inputs) with the
+    # job's architecture and optimiser; Adam with torch's default betas, as the peers use.
+    reg = nnreg.Regressor.from_preset(
+        "seed", hidden_layer_sizes=job.hidden, optimizer=job.optimizer,
+        learning_rate_init=job.lr, beta_2=0.999,
+        batch_size="full" if job.batch >= len(job.X) else job.batch,
+        max_iter=job.epochs, random_state=0,
     )  # fmt: skip
     reg.fit(job.X, job.y)
     return reg.predict

@@ -247,3 +247,12 @@ def test_pipeline_grid_search_cross_validation_and_clone(table_frame: pd.DataFra
 
 def test_defaults_are_the_recommended_preset() -> None:
     assert nnreg.Regressor().get_params() == nnreg.Regressor.from_preset("recommended").get_params()
+
+
+def test_impute_fills_columns_that_had_no_missing_values_in_fit() -> None:
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"a": rng.normal(size=100), "b": rng.normal(size=100)})
+    reg = nnreg.Regressor(max_iter=3, missing="impute", random_state=0).fit(X, X["a"])
+    new = pd.DataFrame({"a": [np.nan, 0.5], "b": [0.1, np.nan]})
+    filled = pd.DataFrame({"a": [np.median(X["a"]), 0.5], "b": [0.1, np.median(X["b"])]})
+    np.testing.assert_allclose(reg.predict(new), reg.predict(filled), rtol=1e-12)

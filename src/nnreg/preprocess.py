@@ -125,13 +125,17 @@ class TablePreprocessor:
         fill = []
         for j in range(num.shape[1]):
             ok = ~nan[:, j]
+            if self.missing != "impute":  # NaN is refused before it could need a fill
+                fill.append(0.0)
+                continue
             col_w = None if w is None else w[ok]
             if not ok.any() or (col_w is not None and col_w.sum() <= 0):
                 fill.append(0.0)
             else:
                 fill.append(float(_weighted_quantiles(num[ok, j], [0.5], col_w)[0]))
         self.fill = fill
-        num = np.where(nan, np.asarray(fill), num)
+        if self.missing == "impute":
+            num = np.where(nan, np.asarray(fill), num)
         self.center, self.scale = self._fit_scaling(num, w)
         self.categories = {c: self._fit_categories(frame[c], w) for c in self.categorical}
         return self
@@ -172,8 +176,9 @@ class TablePreprocessor:
         nan = np.isnan(num)
         parts = []
         if self.numeric:
-            filled = np.where(nan, np.asarray(self.fill), num)
-            z = (filled - np.asarray(self.center)) / np.asarray(self.scale)
+            z = np.where(nan, np.asarray(self.fill), num) if self.missing == "impute" else num
+            if self.scaling != "none":  # "none" keeps the raw values (center 0, scale 1)
+                z = (z - np.asarray(self.center)) / np.asarray(self.scale)
             if self.scaling == "robust":
                 z = z / np.sqrt(1.0 + (z / SMOOTH_CLIP) ** 2)
             parts.append(z)
