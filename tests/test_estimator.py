@@ -254,5 +254,7 @@ def test_impute_fills_columns_that_had_no_missing_values_in_fit() -> None:
     X = pd.DataFrame({"a": rng.normal(size=100), "b": rng.normal(size=100)})
     reg = nnreg.Regressor(max_iter=3, missing="impute", random_state=0).fit(X, X["a"])
     new = pd.DataFrame({"a": [np.nan, 0.5], "b": [0.1, np.nan]})
-    filled = pd.DataFrame({"a": [np.median(X["a"]), 0.5], "b": [0.1, np.median(X["b"])]})
+    a_fill, b_fill = reg.preprocessor_.fill  # the (weighted, lower) medians from fit
+    assert a_fill == pytest.approx(np.median(X["a"]), abs=0.1)
+    filled = pd.DataFrame({"a": [a_fill, 0.5], "b": [0.1, b_fill]})
     np.testing.assert_allclose(reg.predict(new), reg.predict(filled), rtol=1e-12)
