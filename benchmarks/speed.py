@@ -289,7 +289,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the minibatch job")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.md")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset")
     args = parser.parse_args()
@@ -297,21 +297,24 @@ def main() -> None:
 
     jobs = [seed_job(), minibatch_job(args.rows, args.features, args.epochs)]
     sections = []
-    for job in jobs:
-        rows = []
-        for peer in peers:
+    # Peer by peer, every job: heavy frameworks leave the process slower for whoever runs
+    # after them (thread pools, allocator state), so no peer runs in another's wake twice.
+    rows: dict[str, list[Row]] = {job.name: [] for job in jobs}
+    for peer in peers:
+        for job in jobs:
             if job.name != "seed" and peer in SEED_ONLY:
                 continue
             row = measure(peer, job, args.repeats)
             print(f"{job.name:9s} {peer:30s} {row.seconds:8.4f} s  loss {row.final_loss:.4f}",
                   flush=True)  # fmt: skip
-            rows.append(row)
+            rows[job.name].append(row)
+    for job in jobs:
         desc = (
             f"{len(job.X):,} rows x {job.X.shape[1]} features, "
             f"{'-'.join(map(str, [job.X.shape[1], *job.hidden, 1]))} ReLU, "
             f"{job.optimizer} lr {job.lr}, batch {job.batch}, {job.epochs} epoch(s)"
         )
-        sections.append(f"## {job.name} job\n\n{desc}\n\n{table(job, rows)}\n")
+        sections.append(f"## {job.name} job\n\n{desc}\n\n{table(job, rows[job.name])}\n")
     help_s = help_seconds()
     print(f"nnreg --help: {help_s:.3f} s")
 
@@ -321,7 +324,8 @@ def main() -> None:
         f"Made by `{command.strip()}` on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"nnreg {nnreg.__version__}; best of {args.repeats} runs after a warm-up, "
-        "all peers in one process on the same data. Every peer uses torch's default thread "
+        "all peers in one process on the same data, peer by peer (nnreg first). Every peer "
+        "uses torch's default thread "
         "count except the row marked 1 thread; nnreg picks its own (one thread for small "
         "matrices). scikit-learn minimises half the squared error, so it runs with twice the "
         "SGD learning rate to make the same updates.\n"
