@@ -167,3 +167,15 @@ def test_single_model_intervals_need_held_out_rows() -> None:
     assert (upper > lower).all()
     with pytest.raises(ConfigError, match="coverage must be"):
         reg.predict_interval(X, coverage=1.5)
+
+
+def test_a_stop_request_ends_an_ensemble_after_the_epoch() -> None:
+    import threading
+
+    import nnreg
+
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    stop = threading.Event()
+    reg = nnreg.Regressor(n_models=3, max_iter=50, random_state=0)
+    reg.fit(X, X[:, 0], stop=stop, callback=lambda e, *_: stop.set() if e == 2 else None)
+    assert reg.interrupted_ and reg.n_iter_ == 3

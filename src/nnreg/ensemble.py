@@ -10,6 +10,7 @@ coverage holds by construction (split conformal, scaled by the members' spread).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,7 @@ class EnsembleTrainer:
         )  # fmt: skip
         self.history = History()
         self.record = MemberRecord()
+        self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
 
     def run(
         self,
@@ -159,6 +161,8 @@ class EnsembleTrainer:
                 if callback is not None:
                     mean_val = None if val is None else float(val.mean())
                     callback(epoch, float(train.mean()), mean_val)
+                if self.stop is not None and self.stop.is_set():
+                    break
             if best is not None:
                 self.net.params.copy_(best)
         self.net.copy_to(self.members)

@@ -377,9 +377,10 @@ class Regressor(RegressorMixin, BaseEstimator):
         previous = self.history_ if warm else History()
         config = self._train_config(X_all.shape[0])
         if isinstance(self.model_, MLPEnsemble):
-            members = list(self.model_.members)
+            members = [m for m in self.model_.members if isinstance(m, MLP)]
             seeds = member_seeds(self.seed_, len(members))
-            ensemble = EnsembleTrainer(members, config, seeds, dropout_seed=self.seed_ + 2)  # type: ignore[arg-type]
+            ensemble = EnsembleTrainer(members, config, seeds, dropout_seed=self.seed_ + 2)
+            ensemble.stop = stop
             history = ensemble.run(X_all, y_all, w_all, validation=validation, callback=callback)
             record = ensemble.record
             best = max(record.best_epoch) if validation is not None and self.early_stopping else -1
