@@ -512,13 +512,15 @@ def _first_error(results: Results, dataset: str, model: str, seeds: Sequence[int
     return None
 
 
+def _table_head(models: Sequence[str]) -> list[str]:
+    return ["| dataset | " + " | ".join(LABELS[m] for m in models) + " |",
+            "|---|" + "---:|" * len(models)]  # fmt: skip
+
+
 def rmse_table(
     results: Results, datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int]
 ) -> str:
-    lines = [
-        "| dataset | " + " | ".join(LABELS[m] for m in models) + " |",
-        "|---|" + "---:|" * len(models),
-    ]
+    lines = _table_head(models)
     for d in datasets:
         means = {m: mean_rmse(results, d, m, seeds) for m in models}
         known = [v for v in means.values() if v is not None]
@@ -539,10 +541,7 @@ def rmse_table(
 def seconds_table(
     results: Results, datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int]
 ) -> str:
-    lines = [
-        "| dataset | " + " | ".join(LABELS[m] for m in models) + " |",
-        "|---|" + "---:|" * len(models),
-    ]
+    lines = _table_head(models)
     for d in datasets:
         cells = []
         for m in models:
