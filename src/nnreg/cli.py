@@ -196,13 +196,14 @@ def train(
       nnreg train houses.csv --target price --epochs 100 --out runs/houses
       nnreg train --config runs/houses/config.toml
     """
+    from .artifact import CHECKPOINT
     from .estimator import PRESETS, Regressor
     from .exceptions import TrainingDivergedError
 
     file_settings = _read_config(config_path) if config_path else {}
     checkpoint_every = checkpoint_every or 0
     if resume is not None:
-        from .artifact import CHECKPOINT, load_checkpoint
+        from .artifact import load_checkpoint
 
         saved = load_checkpoint(resume / CHECKPOINT)[1]
         file_settings, preset = saved["settings"], saved["preset"]
@@ -256,7 +257,7 @@ def train(
     try:
         with report.progress(reg, log_every) as on_epoch:
             reg.fit(table.features, y, callback=on_epoch, stop=stop,
-                    resume=None if resume is None else out / "checkpoint.safetensors",
+                    resume=None if resume is None else out / CHECKPOINT,
                     **checkpointing)  # fmt: skip
     except TrainingDivergedError as exc:
         _save(reg, out, run, table, y)  # with the last finite weights

@@ -21,12 +21,9 @@ import torch
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports, thread_policy
 from .exceptions import ConfigError, TrainingDivergedError
 from .model import MLP
-from .train import ELEMENTWISE, History, TrainConfig
+from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig
 
 __all__ = ["ConformalCalibrator", "EnsembleTrainer", "member_seeds"]
-
-EVAL_CHUNK = 8192
-
 
 def member_seeds(seed: int, n_models: int) -> list[int]:
     """Seeds of the members: the first is ``seed`` itself, so member 0 is the single model."""
