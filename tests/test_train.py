@@ -140,3 +140,56 @@ def test_fixed_random_state_gives_bitwise_identical_fits(table_frame: pd.DataFra
     np.testing.assert_array_equal(first.predict(X), second.predict(X))
     third = nnreg.Regressor(max_iter=5, batch_size=64, random_state=4).fit(X, y)
     assert not np.array_equal(first.predict(X), third.predict(X))
+
+
+class SliceSource:
+    """A BatchSource over in-memory tensors: fixed minibatches, no shuffling."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        self.X, self.y, self.batch = X, y, batch
+        self.steps_per_epoch = -(-X.shape[0] // batch)
+
+    def epoch(self, epoch: int):  # type: ignore[no-untyped-def]
+        for lo in range(0, self.X.shape[0], self.batch):
+            yield self.X[lo : lo + self.batch], self.y[lo : lo + self.batch], None
+
+
+class SoloSync:
+    """A one-process GradientSync that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def average_(self, tensor: torch.Tensor) -> None:
+        self.calls += 1
+
+    def sum_(self, tensor: torch.Tensor) -> None:
+        self.calls += 1
+
+
+@pytest.mark.parametrize("engine", ["fast", "autograd"])
+@pytest.mark.parametrize("sync", [False, True])
+def test_batch_source_matches_in_memory_training(engine: str, sync: bool) -> None:
+    """A source yielding the same minibatches (full batch, so no shuffling) trains the same
+    weights, with or without a (one-process) gradient sync in the step."""
+    from nnreg.train import Trainer
+
+    frame = nnreg.seed_dataset(64, random_state=3)
+    X = torch.tensor(frame[["x1", "x2"]].to_numpy(), dtype=torch.float64)
+    y = torch.tensor(frame[["y"]].to_numpy(), dtype=torch.float64)
+    config = TrainConfig(epochs=20, lr=0.01, optimizer="adam", engine=engine, schedule="cosine")
+    torch.manual_seed(0)
+    a = MLP(MLPConfig(2, (8, 8), 1)).double()
+    b = MLP(MLPConfig(2, (8, 8), 1)).double()
+    b.load_state_dict(a.state_dict())
+    ta, tb = Trainer(a, config), Trainer(b, config)
+    if sync:
+        tb.sync = SoloSync()
+    ta.run(X, y)
+    tb.run(SliceSource(X, y, 64))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ta.history.train_loss, tb.history.train_loss, rtol=1e-12)
+    np.testing.assert_allclose(ta.history.lr, tb.history.lr)
+    if sync:
+        assert isinstance(tb.sync, SoloSync) and tb.sync.calls >= 20

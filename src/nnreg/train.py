@@ -14,7 +14,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ __all__ = [
     "History",
     "TrainConfig",
     "Trainer",
+    "BatchSource",
+    "GradientSync",
     "fit",
     "loss_function",
 ]
@@ -45,6 +47,32 @@ EVAL_CHUNK = 8192  # rows per forward pass when scoring validation data
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 EpochCallback = Callable[[int, float, "float | None"], None]
 Validation = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+Minibatch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # X, y, sample weights
+
+
+class BatchSource(Protocol):
+    """Minibatches that are not one in-memory table: a streamed file, or one rank's shard.
+
+    ``epoch(i)`` yields epoch ``i``'s minibatches ``(X, y, weights or None)`` as tensors on
+    the training device, already preprocessed; ``steps_per_epoch`` is how many it yields
+    (the cosine schedule needs it in advance).
+    """
+
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int) -> Iterator[Minibatch]: ...
+
+
+class GradientSync(Protocol):
+    """How the processes of a distributed run agree (see :mod:`nnreg.distributed`).
+
+    ``average_`` replaces a gradient tensor by its mean over the processes; ``sum_`` replaces
+    a tensor of counts or totals by their sum. Both work in place.
+    """
+
+    def average_(self, tensor: torch.Tensor) -> None: ...
+
+    def sum_(self, tensor: torch.Tensor) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -194,12 +222,13 @@ class Trainer:
         self.stopper = EarlyStopping(config.n_iter_no_change, config.tol)
         self.plateau = EarlyStopping(max(1, config.n_iter_no_change // 2), config.tol)
         self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
+        self.sync: GradientSync | None = None  # set for distributed runs: gradients averaged
         self.resuming = False  # set by load_state_dict: the next run continues that one
 
     def run(
         self,
-        X: torch.Tensor,
-        y: torch.Tensor,
+        X: torch.Tensor | BatchSource,
+        y: torch.Tensor | None = None,
         sample_weight: torch.Tensor | None = None,
         *,
         epochs: int | None = None,
@@ -209,6 +238,9 @@ class Trainer:
         checkpoint_every: int = 0,
     ) -> History:
         """Train on ``X`` (rows, inputs), ``y`` (rows, outputs) for ``epochs`` epochs.
+
+        ``X`` may instead be a :class:`BatchSource` (then ``y`` and ``sample_weight`` stay
+        None): its minibatches are trained on in the order it yields them.
 
         With ``validation`` data the validation loss is recorded every epoch; with
         ``early_stopping`` training stops once it has not improved by ``tol`` for
@@ -221,9 +253,16 @@ class Trainer:
         """
         cfg = self.config
         epochs = cfg.epochs if epochs is None else epochs
-        n = X.shape[0]
-        batches = epoch_batches(n, cfg.batch_size)
-        total_steps = max(1, epochs * len(batches))
+        if isinstance(X, torch.Tensor):
+            assert y is not None, "in-memory training needs targets"
+            n = X.shape[0]
+            batches = epoch_batches(n, cfg.batch_size)
+            steps_per_epoch = len(batches)
+            batch_rows = min(cfg.batch_size or n, n)
+        else:
+            steps_per_epoch = max(1, X.steps_per_epoch)
+            batch_rows = cfg.batch_size or EVAL_CHUNK
+        total_steps = max(1, epochs * steps_per_epoch)
         if not self.resuming:  # a fresh run: its own schedule, stopping state and best weights
             self.run_epoch, self.best = 0, None
             self.stopper = EarlyStopping(cfg.n_iter_no_change, cfg.tol)
@@ -233,9 +272,14 @@ class Trainer:
         first = len(self.history) - start
         widest = max(p.shape[0] for p in self.model.parameters())
         no_graph = torch.no_grad() if self.net is not None else contextlib.nullcontext()
-        with thread_policy(min(cfg.batch_size or n, n), widest, cfg.threads), no_graph:
+        with thread_policy(batch_rows, widest, cfg.threads), no_graph:
             good = self._snapshot()  # the last finite weights
-            epoch_losses = self._epochs(X, y, sample_weight, batches, start, epochs, total_steps)
+            if isinstance(X, torch.Tensor):
+                assert y is not None
+                epoch_losses = self._epochs(X, y, sample_weight, batches, start, epochs,
+                                            total_steps)  # fmt: skip
+            else:
+                epoch_losses = self._source_epochs(X, start, epochs, total_steps)
             for i, train_loss in enumerate(epoch_losses, start=start):
                 epoch = first + i
                 val_loss = self._validation_loss(validation) if validation else math.nan
@@ -252,7 +296,7 @@ class Trainer:
                 self.run_epoch = i + 1
                 self.history.train_loss.append(train_loss)
                 self.history.val_loss.append(val_loss)
-                self.history.lr.append(self._lr(i * len(batches), total_steps))
+                self.history.lr.append(self._lr(i * steps_per_epoch, total_steps))
                 monitored = val_loss if validation else train_loss
                 if cfg.schedule == "plateau" and not self.plateau.update(epoch, monitored):
                     self._maybe_reduce_lr(self.plateau)
@@ -403,7 +447,7 @@ class Trainer:
         full = self.net.prepare(X, y, w) if self.net is not None and len(batches) == 1 else None
         for epoch in range(start, epochs):
             self._set_lr(self._lr(epoch * len(batches), total_steps))
-            if full is not None:  # the seed experiment's path: nothing but the step itself
+            if full is not None and self.sync is None:  # the seed experiment's path: just the step
                 assert self.net is not None
                 loss = self.net.loss_and_grad(full)
                 self.optimizer.step()
@@ -425,7 +469,44 @@ class Trainer:
                 rows += hi - lo
                 if self.stop_requested:  # a signal: end the epoch after this step
                     break
-            yield total.item() / rows
+            yield self._epoch_mean(total, rows)
+
+    def _source_epochs(
+        self, source: BatchSource, start: int, epochs: int, total_steps: int
+    ) -> Iterator[float]:
+        """Like ``_epochs``, for minibatches that a :class:`BatchSource` yields."""
+        step_lr = self.config.schedule == "cosine"
+        steps = max(1, source.steps_per_epoch)
+        if self.net is None:
+            self.model.train()
+        for epoch in range(start, epochs):
+            self._set_lr(self._lr(epoch * steps, total_steps))
+            total: torch.Tensor | None = None
+            rows = 0
+            for b, (xb, yb, wb) in enumerate(source.epoch(epoch)):
+                if step_lr and b:
+                    self._set_lr(self._lr(epoch * steps + b, total_steps))
+                if self.net is not None:
+                    xb = torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1)
+                loss, factor = self._step(xb, yb, wb)
+                if total is None:
+                    total = loss.new_zeros(())
+                total.add_(loss, alpha=factor * xb.shape[0])
+                rows += xb.shape[0]
+                if self.stop_requested:
+                    break
+            if total is None:
+                total = torch.zeros((), dtype=next(self.model.parameters()).dtype)
+            yield self._epoch_mean(total, rows)
+
+    def _epoch_mean(self, total: torch.Tensor, rows: int) -> float:
+        """The epoch's mean training loss over every row (of every process): one host sync."""
+        if self.sync is not None:
+            both = torch.stack([total.detach(), total.new_tensor(float(rows))])
+            self.sync.sum_(both)
+            total_all, rows_all = both.tolist()
+            return total_all / rows_all if rows_all else math.nan
+        return total.item() / rows if rows else math.nan
 
     def _step(
         self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None
@@ -434,12 +515,18 @@ class Trainer:
         if self.net is not None:
             batch = self.net.prepare(xb, yb, wb)
             loss = self.net.loss_and_grad(batch)
+            if self.sync is not None:
+                self.sync.average_(self.net.grads)
             self.optimizer.step()
             return loss, batch.factor
         pred = self.model(xb)  # (batch, outputs)
         loss = self.loss_fn(pred, yb, wb)
         self.optimizer.zero_grad()
         loss.backward()
+        if self.sync is not None:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    self.sync.average_(p.grad)
         self.optimizer.step()
         return loss.detach(), 1.0
 
