@@ -25,6 +25,7 @@ from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig
 
 __all__ = ["ConformalCalibrator", "EnsembleTrainer", "member_seeds"]
 
+
 def member_seeds(seed: int, n_models: int) -> list[int]:
     """Seeds of the members: the first is ``seed`` itself, so member 0 is the single model."""
     return [(seed + 7919 * k) % (2**31 - 1) for k in range(n_models)]
