@@ -575,6 +575,220 @@ def _bar(console: Any, epochs: int, before: Any) -> Any:
     return bar()
 
 
+def _parse_numbers(kind: type) -> Any:
+    """A callback parsing comma-separated numbers of ``kind`` (int or float)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return [kind(v) for v in value.split(",")]
+        except ValueError:
+            noun = "integers" if kind is int else "numbers"
+            raise click.BadParameter(
+                f"expected comma-separated {noun} like {'0,1,2' if kind is int else '1e-3,3e-3'}"
+                f", got {value!r}"
+            ) from None
+
+    return parse
+
+
+def _parse_hidden_list(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    return [_parse_hidden(ctx, param, v) for v in value] or None
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--target", "-t", required=True, help="Target column (several: a,b).")
+@click.option("--features", help="Feature columns, comma-separated (default: all but the target).")
+@click.option("--categorical", help="Columns to treat as categorical, comma-separated.")
+@click.option("--impute", is_flag=True, help="Fill missing values instead of failing.")
+@click.option(
+    "--preset",
+    type=click.Choice(["seed", "recommended"]),
+    default="recommended",
+    show_default=True,
+    help="Settings the sweep does not vary.",
+)
+@click.option(
+    "--hidden",
+    multiple=True,
+    callback=_parse_hidden_list,
+    help="Hidden sizes to try; repeat the option: --hidden 64,64 --hidden 128,128.",
+)
+@click.option("--lr", callback=_parse_numbers(float), help="Learning rates, e.g. 1e-3,3e-3.")
+@click.option("--weight-decay", callback=_parse_numbers(float), help="Weight decays, e.g. 0,0.02.")
+@click.option("--seeds", callback=_parse_numbers(int), help="Seeds, e.g. 0,1,2 (default 0).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
+@click.option("--batch-size", callback=_parse_batch, help="Rows per step, 'auto' or 'full'.")
+@click.option("--early-stopping", is_flag=True, default=None, help="Stop each model early.")
+@click.option(
+    "--validation-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of rows held out to rank the configurations (default 0.1).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Save the best configuration, or the best N of its architecture as an ensemble.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Model folder for the best model (default: runs/<name>-sweep/); sweep.csv goes in it.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the model folder's path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
+def sweep(
+    data: Path,
+    target: str,
+    features: str | None,
+    categorical: str | None,
+    impute: bool,
+    preset: str,
+    hidden: list[tuple[int, ...]] | None,
+    lr: list[float] | None,
+    weight_decay: list[float] | None,
+    seeds: list[int] | None,
+    epochs: int | None,
+    batch_size: Any,
+    early_stopping: bool | None,
+    validation_fraction: float | None,
+    top: int,
+    out: Path | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Train a grid of configurations on DATA and keep the best by validation RMSE.
+
+    Every combination of --hidden, --lr, --weight-decay and --seeds trains on the same rows
+    and is scored on the same held-out rows; configurations with the same hidden sizes train
+    together as one batch. Prints the ranking, writes it to OUT/sweep.csv, and saves the best
+    model (or, with --top N, the best N of its architecture as an ensemble) in OUT.
+
+    \b
+    Examples:
+      nnreg sweep houses.csv --target price --lr 1e-3,3e-3,1e-2 --weight-decay 0,0.02
+      nnreg sweep houses.csv -t price --hidden 64,64 --hidden 128,128,128 --seeds 0,1,2 --top 3
+    """
+    from .artifact import write_file_atomic
+    from .estimator import PRESETS, Regressor
+    from .sweep import Sweep, grid
+
+    params: dict[str, Any] = {**PRESETS[preset], "random_state": 0}
+    for param, value in (("max_iter", epochs), ("batch_size", batch_size),
+                         ("early_stopping", early_stopping),
+                         ("validation_fraction", validation_fraction)):  # fmt: skip
+        if value is not None:
+            params[param] = value
+    if impute:
+        params["missing"] = "impute"
+    base = Regressor(**params)
+    trials = grid(
+        hidden=hidden or [tuple(base.hidden_layer_sizes)],
+        lr=lr or [base.learning_rate_init],
+        weight_decay=weight_decay or [base.weight_decay],
+        seeds=seeds or [0],
+    )
+    frame, source = _read_frame(data)
+    table = _table(frame, target.split(","), features.split(",") if features else None,
+                   source, categorical.split(",") if categorical else None)  # fmt: skip
+    y = _target_values(table)
+    runner = Sweep(base, trials)
+    report = _Report(quiet=quiet, as_json=as_json)
+    if report.show:
+        n_arch = len({t.hidden for t in trials})
+        report.out.print(f"[bold]nnreg {__version__}[/bold] · sweep")
+        report.out.print(
+            f"data    {source}: {len(table.features)} rows, features "
+            f"{', '.join(table.feature_names)} -> target {', '.join(table.target_names)}"
+        )
+        report.out.print(
+            f"grid    {len(trials)} configurations in {n_arch} batch{'es' if n_arch > 1 else ''}"
+            f" (one per architecture), preset {preset}, {base.max_iter} epochs"
+        )
+    stop, received = _stop_on_signals()
+    runner.stop = stop
+    try:
+        with _sweep_progress(report) as progress:
+            runner.fit(table.features, y, progress=progress)
+    finally:
+        _restore_signals(received)
+    ranking = runner.table()
+    reg = runner.regressor(top=top)
+    out = out or _default_out(f"{data.stem}-sweep")
+    run = {"path": str(data.resolve()), "target": table.target_names,
+           "features": table.feature_names}  # fmt: skip
+    if categorical:
+        run["categorical"] = categorical.split(",")
+    _save(reg, out, run, table, y)
+    write_file_atomic(out / "sweep.csv", lambda tmp: ranking.to_csv(tmp, index=False))
+    if as_json:
+        print(json.dumps({"model_dir": str(out), "ranking": ranking.to_dict(orient="records")},
+                         indent=2))  # fmt: skip
+    elif quiet:
+        print(out)
+    else:
+        report.out.print(_ranking_table(ranking))
+        kept = "the best configuration" if top == 1 else f"the best {top} as an ensemble"
+        report.out.print(f"model folder: {out} ({kept}); ranking: {out / 'sweep.csv'}")
+    if runner.interrupted_:
+        signum = received["signal"]
+        click.echo(f"interrupted after {len(ranking)} of {len(trials)} configurations; "
+                   f"{out} holds the best so far", err=True)  # fmt: skip
+        raise click.exceptions.Exit(128 + int(signum))
+
+
+SWEEP_ROWS_SHOWN = 20
+
+
+def _sweep_progress(report: _Report) -> Any:
+    import contextlib
+
+    console = report.progress_console
+
+    @contextlib.contextmanager
+    def bar() -> Any:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns = (TextColumn("sweeping"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("epochs"), TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("sweep", total=None)
+
+            def update(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            yield update
+
+    if report.show and console.is_terminal:
+        return bar()
+    return contextlib.nullcontext(None)
+
+
+def _ranking_table(ranking: pd.DataFrame) -> Any:
+    from rich.table import Table as RichTable
+
+    t = RichTable(show_edge=False, pad_edge=False)
+    for col in ("rank", "hidden", "lr", "weight decay", "seed", "val RMSE", "val MAE", "epochs"):
+        t.add_column(col, justify="left" if col == "hidden" else "right")
+    for r in ranking.head(SWEEP_ROWS_SHOWN).itertuples():
+        t.add_row(str(r.rank), r.hidden, f"{r.lr:g}", f"{r.weight_decay:g}", str(r.seed),
+                  f"{r.val_rmse:.5g}", f"{r.val_mae:.5g}", str(r.epochs))  # fmt: skip
+    if len(ranking) > SWEEP_ROWS_SHOWN:
+        t.caption = f"{len(ranking) - SWEEP_ROWS_SHOWN} more rows in sweep.csv"
+    return t
+
+
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))

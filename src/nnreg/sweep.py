@@ -1,0 +1,315 @@
+"""Hyperparameter sweeps: a grid of configurations, ranked by validation RMSE.
+
+Every configuration (hidden sizes, learning rate, weight decay, seed) trains on the same
+training rows and is scored on the same held-out rows, with the preprocessing fitted once on
+the training rows. Configurations that share hidden sizes train as one batched computation
+(:class:`nnreg.ensemble.EnsembleTrainer`, with a learning rate and weight decay per member),
+so a grid over learning rates, weight decays and seeds costs little more than one fit per
+architecture. A member of the batch is the same network a single ``Regressor`` with that
+configuration and ``random_state`` would train on those rows (exactly so without dropout,
+whose masks the batch draws from one stream).
+
+The result is a table ranked by validation RMSE and, from it, a fitted :class:`Regressor`:
+the best configuration, or the ``top`` best of the winning architecture as an ensemble, with
+prediction intervals calibrated on the held-out rows (the rows that also chose it, so the
+intervals lean slightly optimistic).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import clone
+
+from .ensemble import EnsembleTrainer
+from .estimator import Regressor
+from .exceptions import ConfigError
+from .model import MLP, MLPConfig, MLPEnsemble
+from .preprocess import Standardizer, TablePreprocessor
+from .train import History
+
+__all__ = ["Sweep", "Trial", "grid"]
+
+ProgressFn = Callable[[int, int], None]  # (epochs done, epochs in all) over every group
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration of a sweep."""
+
+    hidden: tuple[int, ...]
+    lr: float
+    weight_decay: float
+    seed: int
+
+    def params(self) -> dict[str, Any]:
+        """The Regressor parameters this configuration sets."""
+        return {
+            "hidden_layer_sizes": self.hidden,
+            "learning_rate_init": self.lr,
+            "weight_decay": self.weight_decay,
+            "random_state": self.seed,
+        }
+
+
+def grid(
+    hidden: Sequence[Sequence[int]],
+    lr: Sequence[float],
+    weight_decay: Sequence[float],
+    seeds: Sequence[int],
+) -> list[Trial]:
+    """Every combination, in a stable order (architectures outermost)."""
+    for name, values in (("hidden", hidden), ("lr", lr), ("weight_decay", weight_decay),
+                         ("seeds", seeds)):  # fmt: skip
+        if len(values) == 0:
+            raise ConfigError(f"the sweep needs at least one value of {name}.")
+        if len(set(map(str, values))) != len(values):
+            raise ConfigError(f"the sweep's {name} values repeat; give each once.")
+    for v in lr:
+        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"learning rates must be positive numbers, got {v!r}.")
+    for v in weight_decay:
+        if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"weight decays must be non-negative numbers, got {v!r}.")
+    for h in hidden:
+        if not all(isinstance(s, int) and s > 0 for s in h):
+            raise ConfigError(f"hidden sizes must be positive integers, got {tuple(h)!r}.")
+    for s in seeds:
+        if not (isinstance(s, int) and 0 <= s < 2**32):
+            raise ConfigError(f"seeds must be integers in [0, 2**32), got {s!r}.")
+    return [
+        Trial(tuple(int(s) for s in h), float(a), float(w), int(s))
+        for h, a, w, s in itertools.product(hidden, lr, weight_decay, seeds)
+    ]
+
+
+@dataclass
+class _Group:
+    """The trials of one architecture, their trained networks and scores."""
+
+    hidden: tuple[int, ...]
+    trials: list[Trial]
+    members: list[MLP]
+    histories: list[History]
+    best_epochs: list[int]
+    scores: np.ndarray  # (trials, 3): val RMSE, val MAE, final train loss
+
+
+class Sweep:
+    """Train every configuration of ``trials`` on top of the ``base`` Regressor's settings.
+
+    ``base`` supplies everything the trials leave alone (activation, dropout, optimiser,
+    epochs, batch size, schedule, scaling, early stopping, ``validation_fraction``, ...);
+    its ``n_models`` must be 1 and its schedule not ``plateau``. After :meth:`fit`,
+    :meth:`table` is the ranking and :meth:`regressor` a fitted model from it.
+    """
+
+    def __init__(self, base: Regressor, trials: Sequence[Trial]) -> None:
+        if not trials:
+            raise ConfigError("the sweep has no configurations to train.")
+        self.base, self.trials = base, list(trials)
+        self.stop: threading.Event | None = None  # set from outside: stop after this step
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any = None,
+        *,
+        progress: ProgressFn | None = None,
+    ) -> Sweep:
+        """Train and score every configuration; ``progress(done, total)`` counts epochs."""
+        base = clone(self.base)
+        base._check_params()
+        if int(base.n_models) != 1:
+            raise ConfigError("a sweep trains single models; leave n_models at 1.")
+        if base.learning_rate == "plateau":
+            raise ConfigError("a sweep cannot use learning_rate='plateau'; use 'cosine'.")
+        frame = base._check_X(X, reset=True)
+        y_arr = base._check_y(y, len(frame), reset=True)
+        w = base._check_sample_weight(sample_weight, len(frame))
+        if len(frame) < 4:
+            raise ConfigError(f"a sweep needs at least 4 rows to hold some out, got {len(frame)}.")
+        seed = base._resolve_seed()
+        n_val = min(len(frame) - 2, max(2, round(float(base.validation_fraction) * len(frame))))
+        perm = np.random.default_rng(seed).permutation(len(frame))
+        val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if w is not None and (w[train_rows].sum() <= 0 or w[val_rows].sum() <= 0):
+            raise ConfigError("sample weights are zero on every training or held-out row.")
+        train_frame = frame.iloc[train_rows]
+        w_train = None if w is None else w[train_rows]
+        self.preprocessor_ = TablePreprocessor(
+            scaling=base.scaling, missing=base.missing, max_categories=int(base.max_categories)
+        ).fit(train_frame, w_train)
+        self.y_scaler_ = Standardizer(base.scale_target).fit(y_arr[train_rows], w_train)
+        X_all = base._tensor(self.preprocessor_.transform(frame))
+        y_all = base._tensor(self.y_scaler_.transform(y_arr))
+        w_all = None if w is None else base._tensor(w)
+        validation = (X_all[val_rows], y_all[val_rows], None if w_all is None else w_all[val_rows])
+        X_tr, y_tr = X_all[train_rows], y_all[train_rows]
+        w_tr = None if w_all is None else w_all[train_rows]
+        self._validation = validation
+        self.y_val_ = y_arr[val_rows]
+        self.w_val_ = None if w is None else w[val_rows]
+        self.base_, self.n_outputs_, self.seed_ = base, y_arr.shape[1], seed
+        self.train_rows_, self.val_rows_ = train_rows, val_rows
+        self.X_, self.y_ = X, y  # the caller's data, validated again by regressor()
+
+        config = base._train_config(len(train_rows))
+        groups: dict[tuple[int, ...], list[Trial]] = {}
+        for t in self.trials:
+            groups.setdefault(t.hidden, []).append(t)
+        total = config.epochs * len(groups)
+        done = 0
+        self.groups_: list[_Group] = []
+        self.interrupted_ = False
+        for hidden, trials in groups.items():
+            model_config = MLPConfig(
+                n_inputs=len(self.preprocessor_.output_names), hidden_sizes=hidden,
+                n_outputs=y_arr.shape[1], activation=base.activation, init=base.init,
+                dropout=float(base.dropout),
+            )  # fmt: skip
+            members = []
+            for t in trials:  # initialised exactly as Regressor(random_state=t.seed) would be
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(t.seed)
+                    members.append(MLP(model_config).to(device=base.device, dtype=X_all.dtype))
+            trainer = EnsembleTrainer(
+                members, config, [t.seed for t in trials],
+                lr=[t.lr for t in trials], weight_decay=[t.weight_decay for t in trials],
+                dropout_seed=seed + 2,
+            )  # fmt: skip
+            trainer.stop = self.stop
+            offset = done
+
+            def on_epoch(
+                epoch: int, _train: float, _val: float | None, offset: int = offset
+            ) -> None:
+                if progress is not None:
+                    progress(offset + epoch + 1, total)
+
+            trainer.run(X_tr, y_tr, w_tr, validation=validation, callback=on_epoch)
+            done += config.epochs
+            if progress is not None:
+                progress(done, total)
+            self.groups_.append(self._score(hidden, trials, members, trainer, config.lr))
+            if self.stop is not None and self.stop.is_set():
+                self.interrupted_ = True
+                break
+        return self
+
+    def _score(
+        self,
+        hidden: tuple[int, ...],
+        trials: list[Trial],
+        members: list[MLP],
+        trainer: EnsembleTrainer,
+        base_lr: float,
+    ) -> _Group:
+        record, K = trainer.record, len(trials)
+        X_val = self._validation[0]
+        pred = trainer.predict(X_val).double().cpu().numpy()  # (K, rows, outputs), scaled
+        scores = np.empty((K, 3))
+        histories, best_epochs = [], []
+        epochs = len(record.train_loss)
+        for k in range(K):
+            p = self.y_scaler_.inverse_transform(pred[k])
+            err = p - self.y_val_
+            w = None if self.w_val_ is None else self.w_val_[:, None] * np.ones_like(err)
+            scores[k] = (
+                math.sqrt(float(np.average(err**2, weights=w))),
+                float(np.average(np.abs(err), weights=w)),
+                record.train_loss[-1][k] if epochs else math.nan,
+            )
+            val = [v[k] for v in record.val_loss] if record.val_loss else [math.nan] * epochs
+            scale = trials[k].lr / base_lr
+            histories.append(History(
+                train_loss=[v[k] for v in record.train_loss], val_loss=val,
+                lr=[v * scale for v in trainer.history.lr],
+            ))  # fmt: skip
+            best = record.best_epoch[k] if record.best_epoch else -1
+            best_epochs.append(best if best >= 0 else epochs - 1)
+        return _Group(hidden, trials, members, histories, best_epochs, scores)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _ranked(self) -> list[tuple[_Group, int]]:
+        if not hasattr(self, "groups_"):
+            raise ConfigError("the sweep has not run yet; call fit(X, y) first.")
+        entries = [(g, k) for g in self.groups_ for k in range(len(g.trials))]
+        # NaN scores (a diverged member) rank last; ties keep the grid's order.
+        return sorted(entries, key=lambda e: (not math.isfinite(e[0].scores[e[1], 0]),
+                                              e[0].scores[e[1], 0]))  # fmt: skip
+
+    def table(self) -> pd.DataFrame:
+        """One row per configuration, best validation RMSE first."""
+        rows = []
+        for rank, (g, k) in enumerate(self._ranked(), start=1):
+            t = g.trials[k]
+            rows.append({
+                "rank": rank,
+                "hidden": ",".join(map(str, t.hidden)) or "none",
+                "lr": t.lr,
+                "weight_decay": t.weight_decay,
+                "seed": t.seed,
+                "val_rmse": g.scores[k, 0],
+                "val_mae": g.scores[k, 1],
+                "train_loss": g.scores[k, 2],
+                "epochs": len(g.histories[k]),
+                "best_epoch": g.best_epochs[k],
+            })  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def regressor(self, top: int = 1) -> Regressor:
+        """A fitted Regressor: the best configuration, or for ``top`` > 1 an ensemble of the
+        ``top`` best configurations that share the winner's hidden sizes."""
+        ranked = self._ranked()
+        best_group, _ = ranked[0]
+        chosen = [(g, k) for g, k in ranked if g is best_group][: max(1, int(top))]
+        if len(chosen) < top:
+            raise ConfigError(
+                f"top={top} needs {top} configurations with the best hidden sizes "
+                f"{best_group.hidden}, but the sweep trained {len(chosen)}; sweep more "
+                "learning rates, weight decays or seeds."
+            )
+        if not math.isfinite(best_group.scores[chosen[0][1], 0]):
+            raise ConfigError(
+                "every configuration of the sweep diverged; lower the learning rates."
+            )
+        first = best_group.trials[chosen[0][1]]
+        reg = clone(self.base_).set_params(**first.params(), n_models=len(chosen))
+        reg._check_X(self.X_, reset=True)  # feature names and counts, as fit sets them
+        reg._check_y(self.y_, len(self.X_), reset=True)
+        reg.seed_ = first.seed
+        reg.preprocessor_, reg.y_scaler_ = self.preprocessor_, self.y_scaler_
+        members = [best_group.members[k] for _, k in chosen]
+        histories = [best_group.histories[k] for _, k in chosen]
+        model: MLP | MLPEnsemble = (
+            members[0] if len(members) == 1 else MLPEnsemble(members[0].config, members)
+        )
+        history = histories[0] if len(members) == 1 else _mean_history(histories)
+        reg._set_fitted(model, history)
+        epochs = [best_group.best_epochs[k] for _, k in chosen]
+        reg.best_epoch_ = max(epochs)
+        if len(members) > 1:
+            reg.member_best_epochs_ = epochs
+        reg.interrupted_ = self.interrupted_
+        reg._calibrate(self._validation)
+        return reg
+
+
+def _mean_history(histories: list[History]) -> History:
+    n = min(len(h) for h in histories)
+
+    def mean(key: str) -> list[float]:
+        return [float(np.mean([getattr(h, key)[i] for h in histories])) for i in range(n)]
+
+    return History(train_loss=mean("train_loss"), val_loss=mean("val_loss"), lr=mean("lr"))
