@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -45,6 +46,7 @@ OPTION_TO_PARAM = {
     "scaling": "scaling",
     "n_models": "n_models",
     "seed": "random_state",
+    "device": "device",
 }
 
 
@@ -152,6 +154,12 @@ def cli(debug: bool) -> None:
     type=click.Path(path_type=Path),
     help="TOML settings file, e.g. a model folder's config.toml; flags override it.",
 )
+@click.option("--device", help="Where to train: auto (CUDA if available), cpu, cuda, cuda:N.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train data-parallel in N processes on this machine (as torchrun would start them).",
+)
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
@@ -200,6 +208,10 @@ def train(
     from .estimator import PRESETS, Regressor
     from .exceptions import TrainingDivergedError
 
+    if (options["nproc"] or 1) > 1:  # this same command, as NPROC processes
+        from .distributed import launch
+
+        raise click.exceptions.Exit(launch(options["nproc"], _without_nproc(_argv())))
     file_settings = _read_config(config_path) if config_path else {}
     checkpoint_every = checkpoint_every or 0
     if resume is not None:
@@ -252,8 +264,10 @@ def train(
     checkpointing = _checkpointing(out, checkpoint_every, run, params, preset)
     report = _Report(quiet=quiet, as_json=as_json)
     report.header(source, table, preset or "config", reg)
+    group = _join_process_group(reg.device)
     started = time.perf_counter()
-    stop, received = _stop_on_signals()
+    # Processes of one run stop together or not at all: there, a signal simply ends them.
+    stop, received = _stop_on_signals() if group is None else (None, {"previous": {}})
     try:
         with report.progress(reg, log_every) as on_epoch:
             reg.fit(table.features, y, callback=on_epoch, stop=stop,
@@ -283,13 +297,47 @@ def _save(
     pred = reg.predict(table.features)
     metrics = regression_metrics(y, pred)
     first = (float(pred.reshape(len(pred), -1)[0, 0]), float(y.reshape(len(y), -1)[0, 0]))
-    reg.save(
-        out,
-        metrics={f"train_{k}": v for k, v in metrics.items()},
-        run_settings=run,
-        target_names=table.target_names,
+    from .distributed import current, on_rank0
+
+    on_rank0(  # in a multi-process run only rank 0 writes
+        current(),
+        lambda: reg.save(
+            out,
+            metrics={f"train_{k}": v for k, v in metrics.items()},
+            run_settings=run,
+            target_names=table.target_names,
+        ),
     )
     return metrics, first
+
+
+def _join_process_group(device: str) -> Any:
+    """In a process torchrun started as one of several: join its process group (left when
+    the command ends) and return it; None otherwise."""
+    from .distributed import join, leave
+
+    group = join(device)
+    if group is not None:
+        click.get_current_context().call_on_close(leave)
+    return group
+
+
+def _argv() -> list[str]:
+    """The command's arguments, as ``main`` received them."""
+    obj = click.get_current_context().find_root().obj
+    return list(obj["argv"]) if isinstance(obj, dict) and "argv" in obj else sys.argv[1:]
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def _checkpointing(
@@ -984,8 +1032,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``nnreg`` command."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if not debug and _other_rank():
+        _silence()  # one process of a multi-process run speaks for all: rank 0
     try:
-        code = cli.main(args=args, prog_name="nnreg", standalone_mode=False)
+        code = cli.main(args=args, prog_name="nnreg", standalone_mode=False,
+                        obj={"argv": list(args)})  # fmt: skip
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = exc.exit_code
@@ -1007,4 +1058,21 @@ def main(argv: list[str] | None = None) -> None:
                 err=True,
             )
             code = 1
+    if code and _other_rank():
+        time.sleep(OTHER_RANK_GRACE)  # when rank 0 fails too, its message is the one shown
     sys.exit(code if isinstance(code, int) else 0)
+
+
+OTHER_RANK_GRACE = 2.0  # seconds a failing rank other than 0 waits before it exits
+
+
+def _other_rank() -> bool:
+    """True in a process that torchrun started as one of several, other than rank 0."""
+    return os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _silence() -> None:
+    """Send this process's output, its file descriptors included, to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)

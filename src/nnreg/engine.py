@@ -28,7 +28,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["Batch", "FastMLP", "FlatOptimizer", "epoch_batches", "supports", "thread_policy"]
+from .exceptions import ConfigError
+
+__all__ = [
+    "Batch",
+    "FastMLP",
+    "FlatOptimizer",
+    "epoch_batches",
+    "is_device_name",
+    "resolve_device",
+    "supports",
+    "thread_policy",
+]
 
 FAST_ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
 FAST_LOSSES = ("squared_error", "absolute_error", "huber")
@@ -45,6 +56,46 @@ def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bo
         and loss in FAST_LOSSES
         and optimizer in FAST_OPTIMIZERS
     )
+
+
+def is_device_name(spec: object) -> bool:
+    """True for the device names :func:`resolve_device` knows."""
+    return isinstance(spec, str) and (
+        spec in ("auto", "cpu", "cuda", "mps") or (spec[:5] == "cuda:" and spec[5:].isdigit())
+    )
+
+
+def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
+    """The device that ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'`` names here.
+
+    ``'auto'`` is CUDA when a CUDA device is available, else the CPU. A CUDA device without an
+    index is ``cuda:local_rank`` in a multi-process run (one device per process), else the
+    current one. Raises :class:`ConfigError` when the device is not available.
+    """
+    if not is_device_name(spec):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {spec!r}.")
+    name = "cuda" if spec == "auto" and torch.cuda.is_available() else spec
+    if name == "auto":
+        return torch.device("cpu")
+    if name.split(":")[0] == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device={spec!r} needs a CUDA device, but none is available to this PyTorch "
+                f"({torch.__version__}); use device='cpu' or 'auto'."
+            )
+        index = int(name[5:]) if ":" in name else local_rank
+        if index is None:
+            index = torch.cuda.current_device()
+        if index >= count:
+            raise ConfigError(
+                f"device {spec!r} is cuda:{index}, but only {count} CUDA device(s) are visible; "
+                "use a lower index or start fewer processes per machine."
+            )
+        return torch.device("cuda", index)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' is not available here; use device='cpu' or 'auto'.")
+    return torch.device(name)
 
 
 # Batch x width**2 (a step's arithmetic, roughly) up to which one intra-op thread is as fast

@@ -16,7 +16,8 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_array, validate_data
 
-from . import artifact
+from . import artifact, distributed
+from .engine import is_device_name, resolve_device
 from .ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
 from .exceptions import ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble, count_parameters
@@ -135,8 +136,8 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warm_start": BOOL,
     "n_models": (_positive_int, "a positive integer (ensemble members)"),
     "device": (
-        lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps"),
-        "'cpu', 'cuda', 'cuda:N' or 'mps'",
+        is_device_name,
+        "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'",
     ),
 }
 
@@ -206,6 +207,10 @@ class Regressor(RegressorMixin, BaseEstimator):
         Ensembles hold out ``validation_fraction`` of the rows to calibrate
         :meth:`predict_interval`.
     device : str, default='cpu'
+        Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else
+        the CPU). In a multi-process run a bare 'cuda' is ``cuda:LOCAL_RANK``. Predictions are
+        returned as NumPy arrays and saved weights are moved to the CPU; a loaded model is on
+        the CPU.
 
     Attributes
     ----------
@@ -346,6 +351,11 @@ class Regressor(RegressorMixin, BaseEstimator):
         bitwise-same result on the CPU. Setting ``stop`` ends training after the current
         step (``interrupted_`` is then True). A diverging run keeps its last finite weights
         and raises :class:`~nnreg.exceptions.TrainingDivergedError`.
+
+        Called in every process of an initialised ``torch.distributed`` process group (as
+        ``torchrun`` starts them), ``fit`` trains data-parallel: each process takes an equal
+        share of the training rows, ``batch_size`` rows per step, and gradients are averaged
+        every step, so all processes end with the same model (see :mod:`nnreg.distributed`).
         """
         self._check_params()
         if self.warm_start and self.n_models > 1:
@@ -359,6 +369,13 @@ class Regressor(RegressorMixin, BaseEstimator):
         frame, y_arr, w = _drop_zero_weights(frame, y_arr, w)
         if not warm:
             self.seed_ = self._resolve_seed()
+        group = distributed.current()  # several processes: rank 0's seed, a shard of rows each
+        if group is not None:
+            distributed.refuse_unsupported(
+                group, sample_weight=w is not None, n_models=int(self.n_models),
+                checkpoint=checkpoint is not None or resume is not None,
+            )  # fmt: skip
+            self.seed_ = group.broadcast_int(self.seed_)
         val_rows, train_rows = self._validation_split(len(frame))
         train_frame = frame.iloc[train_rows] if val_rows is not None else frame
         w_train = None if w is None or val_rows is None else w[train_rows]
@@ -374,6 +391,9 @@ class Regressor(RegressorMixin, BaseEstimator):
                           None if w_all is None else w_all[val_rows])  # fmt: skip
             X_all, y_all = X_all[train_rows], y_all[train_rows]
             w_all = None if w_all is None else w_all[train_rows]
+        if group is not None:
+            rows = group.shard(X_all.shape[0])
+            X_all, y_all = X_all[rows], y_all[rows]
         previous = self.history_ if warm else History()
         config = self._train_config(X_all.shape[0])
         if isinstance(self.model_, MLPEnsemble):
@@ -389,7 +409,10 @@ class Regressor(RegressorMixin, BaseEstimator):
             self.member_best_epochs_ = [b if b >= 0 else len(history) - 1
                                         for b in record.best_epoch]  # fmt: skip
         else:
+            if group is not None:
+                group.broadcast_parameters_(self.model_)
             trainer = Trainer(self.model_, config, self._generator())
+            trainer.sync = None if group is None else distributed.TorchSync(group)
             trainer.stop = stop
             if resume is not None:
                 tensors, meta = artifact.load_checkpoint(resume)
@@ -442,6 +465,8 @@ class Regressor(RegressorMixin, BaseEstimator):
             self._check_params()
             if self.n_models > 1:
                 raise ConfigError("partial_fit trains one model; use n_models=1.")
+            if distributed.current() is not None:
+                raise ConfigError("partial_fit trains in one process; use fit in distributed runs.")
         frame = self._check_X(X, reset=first)
         y_arr = self._check_y(y, len(frame), reset=first)
         w = self._check_sample_weight(sample_weight, len(frame))
@@ -477,12 +502,16 @@ class Regressor(RegressorMixin, BaseEstimator):
         for seed in member_seeds(self.seed_, int(self.n_models)):  # member 0 uses seed_ itself
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                members.append(MLP(config).to(device=self.device, dtype=_DTYPES[self.dtype]))
+                members.append(MLP(config).to(device=self._device(), dtype=_DTYPES[self.dtype]))
         self.model_ = members[0] if len(members) == 1 else MLPEnsemble(config, members)
 
     def _generator(self) -> torch.Generator:
         # Minibatch order and dropout draw from their own stream, seeded like the weights.
-        return torch.Generator(device=self.device).manual_seed(self.seed_ + 1)
+        return torch.Generator(device=self._device()).manual_seed(self.seed_ + 1)
+
+    def _device(self) -> torch.device:
+        """Where training runs: ``device`` resolved ('auto', a bare 'cuda' per process)."""
+        return resolve_device(self.device, distributed.local_rank())
 
     def _set_fitted(self, model: MLP | MLPEnsemble, history: History) -> None:
         self.model_ = model.eval()
@@ -601,7 +630,7 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         # A copy: pandas may hand out read-only arrays, which torch refuses to share.
-        return torch.tensor(a, dtype=_DTYPES[self.dtype], device=self.device)
+        return torch.tensor(a, dtype=_DTYPES[self.dtype], device=self._device())
 
     # -- prediction ----------------------------------------------------------------------------
 
@@ -647,7 +676,8 @@ class Regressor(RegressorMixin, BaseEstimator):
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before predict.")
         frame = self._check_X(X, reset=False)
-        Z = torch.from_numpy(self.preprocessor_.transform(frame)).to(self.device)
+        device = next(self.model_.parameters()).device  # where it was trained; CPU once loaded
+        Z = torch.from_numpy(self.preprocessor_.transform(frame)).to(device)
         return self._moments(Z)  # (rows, targets) each, standardised units
 
     def _shape(self, a: np.ndarray) -> np.ndarray:
@@ -704,7 +734,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         return artifact.save(
             path,
             config=self.model_.config,
-            state_dict=self.model_.state_dict(),
+            state_dict={k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
             meta=meta,
             history=self.history_.to_dict(),
             settings=settings,
