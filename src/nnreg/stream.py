@@ -1,0 +1,668 @@
+"""Training, prediction and evaluation on Parquet data larger than memory.
+
+The data is a Parquet file or a folder of them (read in name order), always read one row
+group at a time, in record batches of at most ``chunk_rows`` rows, so memory is bounded by
+the chunk size, the shuffle buffer and the statistics' sample, not by the number of rows:
+
+1. :class:`ParquetData` checks the files, their schemas and the columns from the metadata
+   alone.
+2. :func:`fit_parquet` computes the preprocessing statistics in one pass
+   (:class:`nnreg.preprocess.StreamingStatistics`), then trains with
+   :class:`nnreg.train.Trainer` on a :class:`ParquetBatches` source: every epoch visits the
+   row groups in a seeded order and mixes rows across them in a bounded shuffle buffer.
+   ``shuffle_buffer=0`` reads rows in file order, which trains exactly like in-memory
+   training on unshuffled minibatches. The result is an ordinary fitted
+   :class:`~nnreg.estimator.Regressor`, saved and loaded like any other.
+3. :func:`predict_parquet` writes predictions chunk by chunk (CSV or Parquet, atomically);
+   :func:`evaluate_parquet` accumulates exact metrics chunk by chunk.
+
+Distributed runs (see :mod:`nnreg.distributed`) give each process its ``rank`` and
+``world_size``: after the seeded per-epoch shuffle of the row groups, rank ``r`` reads every
+``world_size``-th of them, and every rank takes the same number of steps per epoch, computed
+from the metadata, so none waits for the others in a collective. Every rank computes the
+same preprocessing statistics from the whole data set (they are deterministic), so no
+broadcast is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import queue
+import threading
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .data import _require_columns
+from .exceptions import ConfigError, DataError, DataFileError, NotFittedError
+from .metrics import RunningMetrics
+from .model import MLP, MLPConfig
+from .preprocess import SAMPLE_ROWS, StreamingStatistics, TablePreprocessor
+from .train import EpochCallback, GradientSync, Minibatch, Trainer
+
+if TYPE_CHECKING:
+    from .estimator import Regressor
+
+__all__ = [
+    "CHUNK_ROWS",
+    "SHUFFLE_BUFFER",
+    "Chunk",
+    "Evaluation",
+    "ParquetBatches",
+    "ParquetData",
+    "RowGroup",
+    "check_streamable",
+    "evaluate_parquet",
+    "fit_parquet",
+    "predict_parquet",
+]
+
+CHUNK_ROWS = 65_536  # rows read and converted at a time
+SHUFFLE_BUFFER = 65_536  # rows mixed across row groups during training
+PARQUET_SUFFIXES = (".parquet", ".pq")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of one file: the unit that is shuffled and shared between processes."""
+
+    file: Path
+    index: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive rows of one row group: features as given, targets (rows, targets)."""
+
+    first_row: int  # position of the first row in the data, in file order (from 0)
+    features: pd.DataFrame
+    y: np.ndarray | None
+
+
+class ParquetData:
+    """A Parquet file or a folder of Parquet files, with its columns checked.
+
+    Only the metadata is read here: the files, their schemas (which must agree), the row
+    groups and the selected columns. Without ``features`` every column but the targets is a
+    feature; ``categorical`` columns are read as categories even if they hold numbers.
+
+    Examples
+    --------
+    >>> import tempfile, nnreg
+    >>> folder = tempfile.mkdtemp()
+    >>> nnreg.seed_dataset(50).to_parquet(f"{folder}/part-0.parquet")
+    >>> data = ParquetData(folder, target="y")
+    >>> data.n_rows, data.feature_names
+    (50, ['x1', 'x2'])
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        target: str | Sequence[str] | None = None,
+        features: Sequence[str] | None = None,
+        categorical: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.source = str(self.path)
+        self.files = _parquet_files(self.path)
+        self.schema, groups = _read_metadata(self.files)
+        self.row_groups = [g for g in groups if g.rows > 0]
+        columns = list(self.schema.names)
+        targets = [target] if isinstance(target, str) else list(target or [])
+        _require_columns(targets, columns, self.source, what="target")
+        for name in targets:
+            kind = self.schema.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                    or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):  # fmt: skip
+                text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                raise DataError(
+                    f"target column {name!r} in {self.source} holds "
+                    f"{'text' if text else f'{kind} values'}, but a "
+                    "regression target must be numbers; convert it or choose another target."
+                )
+        if features is None:
+            feats = [c for c in columns if c not in targets]
+        else:
+            feats = list(features)
+            _require_columns(feats, columns, self.source, what="feature")
+            overlap = sorted(set(feats) & set(targets))
+            if overlap:
+                raise DataError(
+                    f"column {overlap[0]!r} is both a feature and the target; drop it from the "
+                    "features."
+                )
+        if not feats:
+            raise DataError(
+                f"{self.source} has no feature columns besides the target; add at least one."
+            )
+        for name in categorical or []:
+            if name not in columns:
+                raise DataError(f"--categorical column {name!r} not found in {self.source}.")
+        if self.n_rows == 0:
+            raise DataFileError(f"{self.source} has no rows; it needs at least one.")
+        self.feature_names, self.target_names = feats, targets
+        self.categorical = list(categorical or [])
+
+    @property
+    def n_rows(self) -> int:
+        return sum(g.rows for g in self.row_groups)
+
+    def chunks(
+        self, groups: Sequence[RowGroup] | None = None, chunk_rows: int = CHUNK_ROWS
+    ) -> Generator[Chunk, None, None]:
+        """The rows of ``groups`` (default: all, in file order), at most ``chunk_rows`` at a
+        time; targets are checked to be finite."""
+        groups = self.row_groups if groups is None else groups
+        starts = self._starts()
+        columns = self.feature_names + [t for t in self.target_names]
+        reader: tuple[Path, pq.ParquetFile] | None = None
+        try:
+            for group in groups:
+                if reader is None or reader[0] != group.file:
+                    if reader is not None:
+                        reader[1].close()
+                    reader = (group.file, pq.ParquetFile(group.file))
+                first_row = starts[(group.file, group.index)]
+                batches = reader[1].iter_batches(
+                    batch_size=chunk_rows, row_groups=[group.index], columns=columns,
+                    use_threads=False,
+                )  # fmt: skip
+                for batch in batches:
+                    yield self._chunk(batch, first_row)
+                    first_row += batch.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            where = "" if reader is None else f" ({reader[0]})"
+            raise DataFileError(
+                f"cannot read {self.source}{where} as PARQUET: {_first_line(exc)}"
+            ) from exc
+        finally:
+            if reader is not None:
+                reader[1].close()
+
+    def _starts(self) -> dict[tuple[Path, int], int]:
+        starts, row = {}, 0
+        for g in self.row_groups:
+            starts[(g.file, g.index)] = row
+            row += g.rows
+        return starts
+
+    def _chunk(self, batch: pa.RecordBatch, first_row: int) -> Chunk:
+        frame = batch.select(self.feature_names).to_pandas()
+        for name in self.categorical:  # as the command line does for in-memory tables
+            if name in self.feature_names:
+                frame[name] = frame[name].astype(str).astype("category")
+        y = None
+        if self.target_names:
+            columns = [batch.column(t).cast(pa.float64()) for t in self.target_names]
+            y = np.column_stack([c.to_numpy(zero_copy_only=False) for c in columns])
+            finite = np.isfinite(y)
+            if not finite.all():
+                row, col = map(int, np.argwhere(~finite)[0])
+                kind = "missing values (NaN)" if np.isnan(y[row, col]) else "infinite values"
+                raise DataError(
+                    f"target column {self.target_names[col]!r} in {self.source} has {kind} "
+                    f"(first at row {first_row + row}); drop those rows before training."
+                )
+        return Chunk(first_row, frame, y)
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataFileError(f"data file not found: {path}; check the path.")
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file()
+            and p.suffix.lower() in PARQUET_SUFFIXES
+            and not p.name.startswith(("_", "."))
+        )
+        if not files:
+            raise DataFileError(
+                f"{path} holds no Parquet files (*.parquet, *.pq); give a Parquet file or a "
+                "folder of them."
+            )
+        return files
+    if path.suffix.lower() not in PARQUET_SUFFIXES:
+        raise DataFileError(
+            f"cannot stream {path}: streaming reads Parquet files (.parquet, .pq) or folders "
+            "of them; convert it to Parquet, or train without --stream."
+        )
+    return [path]
+
+
+def _read_metadata(files: list[Path]) -> tuple[pa.Schema, list[RowGroup]]:
+    schema: pa.Schema | None = None
+    groups: list[RowGroup] = []
+    for file in files:
+        try:
+            with pq.ParquetFile(file) as reader:
+                meta, this = reader.metadata, reader.schema_arrow
+        except (OSError, pa.ArrowException) as exc:
+            raise DataFileError(f"cannot read {file} as PARQUET: {_first_line(exc)}") from exc
+        names = list(this.names)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise DataFileError(
+                f"{file} has duplicate column names ({', '.join(dupes)}); give each column a "
+                "unique name."
+            )
+        if schema is None:
+            schema = this
+        elif not this.equals(schema, check_metadata=False):
+            raise DataFileError(
+                f"{file} does not have the columns and types of {files[0]} "
+                f"({_schema_difference(schema, this)}); every Parquet file of a folder must "
+                "have the same schema."
+            )
+        groups += [
+            RowGroup(file, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
+        ]
+    assert schema is not None  # there is at least one file
+    return schema, groups
+
+
+def _schema_difference(a: pa.Schema, b: pa.Schema) -> str:
+    for name in a.names:
+        if name not in b.names:
+            return f"no column {name!r}"
+        if a.field(name).type != b.field(name).type:
+            return f"column {name!r} is {b.field(name).type}, not {a.field(name).type}"
+    extra = [n for n in b.names if n not in a.names]
+    return f"an extra column {extra[0]!r}" if extra else "the columns are in another order"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ParquetBatches:
+    """Preprocessed minibatches of a :class:`ParquetData`: a :class:`nnreg.train.BatchSource`.
+
+    Each epoch visits the row groups in an order drawn from ``(seed, epoch)``, keeps this
+    rank's share (every ``world_size``-th group from ``rank``), and mixes the rows in a
+    buffer of ``shuffle_buffer`` rows: whenever more than that are waiting, full minibatches
+    are drawn at random from them. The last minibatch of an epoch may be smaller, as in
+    memory. ``shuffle_buffer=0`` keeps the file order of row groups and rows.
+
+    With several ranks every rank yields ``steps_per_epoch`` minibatches, enough for the
+    smallest share of rows any order of the row groups can give a rank; a rank's rows past
+    that are skipped in that epoch (others, in another epoch's order).
+    """
+
+    def __init__(
+        self,
+        data: ParquetData,
+        preprocessor: TablePreprocessor,
+        y_scaler: Any,
+        batch_size: int,
+        *,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        self.data, self.preprocessor, self.y_scaler = data, preprocessor, y_scaler
+        self.batch_size, self.shuffle_buffer = int(batch_size), int(shuffle_buffer)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device, self.dtype, self.chunk_rows = device, dtype, chunk_rows
+        sizes = sorted(g.rows for g in data.row_groups)
+        share = len(sizes) // world_size  # row groups every rank gets, in any order
+        fewest = sum(sizes[:share]) if world_size > 1 else sum(sizes)
+        if fewest == 0:
+            raise DataError(
+                f"{data.source} has {len(sizes)} row groups, fewer than the {world_size} "
+                "processes; write it with more, smaller row groups or use fewer processes."
+            )
+        self.steps_per_epoch = math.ceil(fewest / self.batch_size)
+
+    def groups(self, epoch: int) -> list[RowGroup]:
+        """This rank's row groups in epoch ``epoch``, in the order they are read."""
+        groups = self.data.row_groups
+        if self.shuffle_buffer > 0:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
+            groups = [groups[i] for i in order]
+        return groups[self.rank :: self.world_size]
+
+    def epoch(self, epoch: int) -> Iterator[Minibatch]:
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        chunks = self.data.chunks(self.groups(epoch), self.chunk_rows)
+        tensors = _read_ahead(self._tensors(chunk) for chunk in chunks)
+        with contextlib.closing(self._minibatches(tensors, rng)) as batches:
+            yield from itertools.islice(batches, self.steps_per_epoch)
+
+    def _minibatches(
+        self,
+        chunks: Generator[tuple[torch.Tensor, torch.Tensor], None, None],
+        rng: np.random.Generator,
+    ) -> Generator[Minibatch, None, None]:
+        keep, batch = self.shuffle_buffer, self.batch_size
+        X: torch.Tensor | None = None  # (waiting rows, inputs)
+        y: torch.Tensor | None = None  # (waiting rows, targets)
+        try:
+            for X_chunk, y_chunk in chunks:
+                if X is None or y is None:
+                    X, y = X_chunk, y_chunk
+                else:
+                    X, y = torch.cat([X, X_chunk]), torch.cat([y, y_chunk])
+                ready = max(0, (len(X) - keep) // batch) * batch  # rows that leave `keep` waiting
+                if ready and keep:
+                    X, y = _shuffled(X, y, rng)
+                for lo in range(0, ready, batch):
+                    yield X[lo : lo + batch], y[lo : lo + batch], None
+                X, y = X[ready:], y[ready:]
+        finally:
+            chunks.close()  # stops the reading thread
+        if X is None or y is None:
+            return
+        if keep:
+            X, y = _shuffled(X, y, rng)
+        for lo in range(0, len(X), batch):  # the rest; the last minibatch may be smaller
+            yield X[lo : lo + batch], y[lo : lo + batch], None
+
+    def _tensors(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        assert chunk.y is not None  # training data always has targets
+        X = self.preprocessor.transform(chunk.features, chunk.first_row)  # (rows, inputs)
+        y = self.y_scaler.transform(chunk.y)  # (rows, targets)
+        return (
+            torch.tensor(X, dtype=self.dtype, device=self.device),
+            torch.tensor(y, dtype=self.dtype, device=self.device),
+        )
+
+
+def _shuffled(
+    X: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.from_numpy(rng.permutation(len(X))).to(X.device)
+    return X[perm], y[perm]
+
+
+def _read_ahead(items: Generator[T, None, None], depth: int = 2) -> Generator[T, None, None]:
+    """The items of ``items``, computed by a background thread up to ``depth`` ahead, so that
+    reading and decoding the next chunk overlaps training on this one."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    done = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        while not done.is_set():
+            try:
+                ready.put((kind, value), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put("item", item)
+                if done.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put("error", exc)
+        else:
+            put("end", None)
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=produce, name="nnreg-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        done.set()
+        thread.join()
+
+
+def fit_parquet(
+    reg: Regressor,
+    data: ParquetData,
+    *,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    chunk_rows: int = CHUNK_ROWS,
+    sample_rows: int = SAMPLE_ROWS,
+    rank: int = 0,
+    world_size: int = 1,
+    sync: GradientSync | None = None,
+    callback: EpochCallback | None = None,
+    stop: threading.Event | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_info: dict[str, Any] | None = None,
+    resume: str | Path | None = None,
+) -> Regressor:
+    """Fit ``reg`` (its parameters, not its state) on streamed Parquet ``data``; returns it.
+
+    The preprocessing is fitted in one pass (:class:`nnreg.preprocess.StreamingStatistics`:
+    exact means, standard deviations and categories; medians and quartiles from a seeded
+    sample of ``sample_rows`` rows), then the network trains on :class:`ParquetBatches`
+    (``shuffle_buffer`` rows mixed across row groups; 0: file order). ``rank``,
+    ``world_size`` and ``sync`` (which averages gradients) make this one process of a
+    distributed run; ``callback``, ``stop``, ``checkpoint``, ``checkpoint_every``,
+    ``checkpoint_info`` and ``resume`` work as in :meth:`Regressor.fit`.
+
+    Not available with streaming, each refused with a :class:`ConfigError`: sample
+    weights, ``n_models > 1``, ``early_stopping`` (it needs held-out rows in memory),
+    ``warm_start`` and ``batch_size='full'``.
+
+    Examples
+    --------
+    >>> import tempfile, nnreg
+    >>> path = f"{tempfile.mkdtemp()}/seed.parquet"
+    >>> nnreg.seed_dataset(200).to_parquet(path, row_group_size=64)
+    >>> reg = nnreg.Regressor(max_iter=3, random_state=0)
+    >>> reg = fit_parquet(reg, ParquetData(path, target="y"))
+    >>> reg.predict(nnreg.seed_dataset(5)[["x1", "x2"]]).shape
+    (5,)
+    """
+    from . import artifact
+    from .estimator import _DTYPES
+
+    check_streamable(reg, world_size)
+    if not data.target_names:
+        raise ConfigError("streamed training needs a target column; give target=...")
+    reg.seed_ = reg._resolve_seed()
+    stats = StreamingStatistics(
+        TablePreprocessor(reg.scaling, reg.missing, int(reg.max_categories)),
+        scale_target=bool(reg.scale_target), sample_rows=sample_rows, seed=reg.seed_,
+    )  # fmt: skip
+    for chunk in _read_ahead(data.chunks(chunk_rows=chunk_rows)):
+        stats.update(chunk.features, chunk.y)
+    reg.preprocessor_, reg.y_scaler_ = stats.finish()
+    reg.n_features_in_ = len(data.feature_names)
+    reg.feature_names_in_ = np.asarray(data.feature_names, dtype=object)
+    reg.n_outputs_ = len(data.target_names)
+    reg._y_1d = reg.n_outputs_ == 1
+    config = MLPConfig(
+        n_inputs=len(reg.preprocessor_.output_names),
+        hidden_sizes=tuple(int(h) for h in reg.hidden_layer_sizes),
+        n_outputs=reg.n_outputs_,
+        activation=reg.activation,
+        init=reg.init,
+        dropout=float(reg.dropout),
+    )
+    with torch.random.fork_rng(devices=[]):  # the initial weights, as Regressor.fit draws them
+        torch.manual_seed(reg.seed_)
+        model = MLP(config).to(device=reg.device, dtype=_DTYPES[reg.dtype])
+    reg.model_ = model
+    train_config = reg._train_config(data.n_rows)
+    assert train_config.batch_size is not None  # 'full' is refused above
+    source = ParquetBatches(
+        data, reg.preprocessor_, reg.y_scaler_, train_config.batch_size,
+        shuffle_buffer=shuffle_buffer, seed=reg.seed_, rank=rank, world_size=world_size,
+        device=reg.device, dtype=_DTYPES[reg.dtype], chunk_rows=chunk_rows,
+    )  # fmt: skip
+    trainer = Trainer(model, train_config, reg._generator())
+    trainer.sync, trainer.stop = sync, stop
+    if resume is not None:
+        tensors, meta = artifact.load_checkpoint(resume)
+        trainer.load_state_dict(tensors, meta["trainer"])
+    write = None
+    if checkpoint is not None:
+        info = checkpoint_info or {}
+
+        def write(t: Trainer) -> None:
+            tensors, meta = t.state_dict()
+            artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **info})
+
+    try:
+        trainer.run(source, callback=callback, checkpoint=write, checkpoint_every=checkpoint_every)
+    finally:  # also after divergence: the last finite weights stay usable
+        reg._set_fitted(model, trainer.history)
+        reg.best_epoch_ = max(0, trainer.best_epoch)
+    reg.interrupted_ = stop is not None and stop.is_set()
+    if hasattr(reg, "calibrator_"):
+        del reg.calibrator_
+    reg._trainer = None
+    return reg
+
+
+def check_streamable(reg: Regressor, world_size: int = 1) -> None:
+    """Check ``reg``'s parameters, and refuse with a :class:`ConfigError` those that
+    streamed training does not support (see :func:`fit_parquet`)."""
+    reg._check_params()
+    problems = {
+        "n_models > 1 (ensembles)": reg.n_models > 1,
+        "early_stopping (it holds out validation rows in memory)": bool(reg.early_stopping),
+        "warm_start (streamed training always starts anew)": bool(reg.warm_start),
+        "batch_size='full' (one step over every row at once)": reg.batch_size == "full",
+    }
+    if world_size > 1:  # every process must draw the same weights and row-group order
+        problems["random_state=None with several processes (give an integer seed)"] = (
+            reg.random_state is None or isinstance(reg.random_state, np.random.RandomState)
+        )
+    refused = [name for name, bad in problems.items() if bad]
+    if refused:
+        raise ConfigError(
+            f"streamed training does not support {refused[0]}; change that setting, or train "
+            "in memory without streaming."
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate_parquet` found: metrics, row count and the first row's values."""
+
+    metrics: dict[str, float]
+    rows: int
+    first: tuple[float, float]  # (predicted, actual) of the first row's first target
+
+
+def evaluate_parquet(reg: Regressor, data: ParquetData, chunk_rows: int = CHUNK_ROWS) -> Evaluation:
+    """MSE, RMSE, MAE and R² of ``reg`` on ``data`` (which names its targets), computed chunk
+    by chunk; equal to :func:`nnreg.metrics.regression_metrics` up to rounding."""
+    _require_fitted(reg)
+    if not data.target_names:
+        raise ConfigError("evaluation needs the target column(s); give target=...")
+    metrics = RunningMetrics()
+    first = (math.nan, math.nan)
+    for chunk in _read_ahead(data.chunks(chunk_rows=chunk_rows)):
+        assert chunk.y is not None  # data with targets
+        pred, _, _ = _predict_chunk(reg, chunk)
+        if metrics.rows == 0:
+            first = (float(pred[0, 0]), float(chunk.y[0, 0]))
+        metrics.update(chunk.y, pred)
+    return Evaluation(metrics.result(), metrics.rows, first)
+
+
+def predict_parquet(
+    reg: Regressor,
+    data: ParquetData,
+    output: str | Path,
+    *,
+    target_names: Sequence[str] | None = None,
+    interval: float | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> int:
+    """Write ``reg``'s predictions for ``data`` to ``output`` (.csv, or .parquet/.pq) chunk by
+    chunk; returns the number of rows.
+
+    Columns are ``<target>_pred`` (and ``<target>_lower``/``<target>_upper`` with
+    ``interval``, a coverage in (0, 1)), rows in file order, as ``nnreg predict`` writes
+    them. The file is written under a temporary name and renamed when complete.
+    """
+    from .artifact import write_file_atomic
+
+    _require_fitted(reg)
+    output = Path(output)
+    n_out = int(reg.n_outputs_)
+    targets = list(target_names or (["y"] if n_out == 1 else [f"y{j}" for j in range(n_out)]))
+    if interval is not None and not hasattr(reg, "calibrator_"):
+        raise ConfigError(
+            "predict_interval needs rows held out during fit: use n_models > 1 or "
+            "early_stopping=True."
+        )
+    parquet = output.suffix.lower() in PARQUET_SUFFIXES
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        writer: pq.ParquetWriter | None = None
+        try:
+            with open(tmp, "w", newline="") as text:
+                for chunk in _read_ahead(data.chunks(chunk_rows=chunk_rows)):
+                    frame = _prediction_frame(reg, chunk, targets, interval)
+                    if parquet:
+                        table = pa.Table.from_pandas(frame, preserve_index=False)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, table.schema)
+                        writer.write_table(table)
+                    else:
+                        frame.to_csv(text, index=False, header=rows == 0)
+                    rows += len(frame)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    write_file_atomic(output, write)
+    return rows
+
+
+def _prediction_frame(
+    reg: Regressor, chunk: Chunk, targets: list[str], interval: float | None
+) -> pd.DataFrame:
+    pred, mean, std = _predict_chunk(reg, chunk)
+    columns = {f"{t}_pred": pred[:, j] for j, t in enumerate(targets)}
+    if interval is not None:
+        half = reg.calibrator_.halfwidth(std, float(interval))
+        lower = reg.y_scaler_.inverse_transform(mean - half)
+        upper = reg.y_scaler_.inverse_transform(mean + half)
+        for j, t in enumerate(targets):
+            columns[f"{t}_lower"], columns[f"{t}_upper"] = lower[:, j], upper[:, j]
+    return pd.DataFrame(columns)
+
+
+def _require_fitted(reg: Regressor) -> None:
+    if not reg.__sklearn_is_fitted__():
+        raise NotFittedError("this Regressor is not fitted yet; fit it before predicting.")
+
+
+def _predict_chunk(reg: Regressor, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predictions in the target's units, mean and spread in standardised units), each
+    (rows, targets), as :meth:`Regressor.predict` computes them."""
+    Z = reg.preprocessor_.transform(chunk.features, chunk.first_row)  # (rows, inputs)
+    mean, std = reg._moments(torch.from_numpy(Z).to(reg.device))
+    return reg.y_scaler_.inverse_transform(mean), mean, std
