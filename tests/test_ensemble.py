@@ -33,6 +33,7 @@ def data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         ("adam", 32, "squared_error", "silu", False),
         ("adamw", 25, "huber", "tanh", True),
         ("sgd", 40, "absolute_error", "gelu", True),
+        ("adam", None, "huber", "relu", True),  # full batch: rows shared by every member
     ],
 )
 def test_batched_ensemble_equals_separate_fits(

@@ -499,37 +499,53 @@ class BatchedMLP:
 
         ``X`` is (K, batch, inputs + 1) with a last column of ones, ``Y`` (K, batch, outputs)
         and ``w`` (K, batch) per-member row weights, or None. Gradients land in ``grads``.
+        When every member sees the same rows (full-batch training), ``X`` may be the shared
+        (batch, inputs + 1) and ``Y`` (batch, outputs): the first layer's products then run
+        as one matrix product over all members' stacked weights.
         """
-        buf = self.buffers(X.shape[1])
+        buf = self.buffers(X.shape[-2])
         self._forward(X, buf)
         scale = self._scale(Y, w)
-        losses = self._loss(buf, Y.transpose(1, 2), scale, w is None)
+        losses = self._loss(buf, Y.transpose(-2, -1), scale, w is None)
         dZ = buf.D
         for i in range(len(buf.A), 0, -1):
             torch.bmm(dZ, buf.AT[i - 1], out=self.G_blocks[i])
             g = buf.dZ[i - 1]
-            torch.bmm(self.WT[i], dZ, out=g)
+            if self.widths[i + 1] == 1:  # a one-row weight: an outer product, no bmm needed
+                torch.mul(self.WT[i], dZ, out=g)
+            else:
+                torch.bmm(self.WT[i], dZ, out=g)
             if buf.mask:
                 g.mul_(buf.mask[i - 1])
             self._act_backward(g, buf.Z[i - 1], buf.H[i - 1])
             dZ = g
-        torch.bmm(dZ, X, out=self.G_blocks[0])
+        if X.dim() == 2:  # shared rows: (K * width, batch) @ (batch, inputs + 1), one product
+            block = self.G_blocks[0]
+            torch.mm(dZ.view(-1, X.shape[0]), X, out=block.view(-1, block.shape[-1]))
+        else:
+            torch.bmm(dZ, X, out=self.G_blocks[0])
         for block, view in zip(self.G_blocks, self.G, strict=True):
             view.copy_(block)
         return losses
 
     @torch.no_grad()
     def predict(self, X: torch.Tensor) -> torch.Tensor:
-        """(K, rows, inputs + 1) -> (K, outputs, rows), without dropout."""
-        buf = self.buffers(X.shape[1], train=False)
+        """(K, rows, inputs + 1) or shared (rows, inputs + 1) -> (K, outputs, rows), without
+        dropout."""
+        buf = self.buffers(X.shape[-2], train=False)
         self._forward(X, buf)
         return buf.out
 
     def _forward(self, X: torch.Tensor, buf: _BatchedBuffers) -> None:
-        inputs = X.transpose(1, 2)  # (K, inputs + 1, batch)
+        inputs = X.transpose(-2, -1)  # (K, inputs + 1, batch), or shared (inputs + 1, batch)
         keep = 1.0 - self.dropout
         for i in range(len(buf.A)):
-            torch.bmm(self.W[i], inputs, out=buf.Z[i])  # (K, width, batch)
+            if inputs.dim() == 2:  # shared rows: all members' first layers as one product
+                z = buf.Z[i]
+                torch.mm(self.W[i].reshape(-1, inputs.shape[0]), inputs,
+                         out=z.view(-1, z.shape[-1]))  # fmt: skip
+            else:
+                torch.bmm(self.W[i], inputs, out=buf.Z[i])  # (K, width, batch)
             self._act(buf.Z[i], buf.H[i])
             if buf.mask:
                 buf.mask[i].bernoulli_(keep, generator=self.generator).div_(keep)
@@ -539,7 +555,7 @@ class BatchedMLP:
 
     def _scale(self, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         """Per-element loss weight, (K, 1, batch): 1/(batch*outputs), or w / (sum w * outputs)."""
-        rows, n_out = Y.shape[1], Y.shape[2]
+        rows, n_out = Y.shape[-2], Y.shape[-1]
         if w is None:
             return Y.new_full((1, 1, 1), 1.0 / (rows * n_out))
         total = w.sum(dim=1, keepdim=True).clamp_(min=1e-12)  # (K, 1); all-zero: no gradient

@@ -130,8 +130,8 @@ class EnsembleTrainer:
         widest = max(self.net.widths)
         with thread_policy(K * min(cfg.batch_size or n, n), widest, cfg.threads), torch.no_grad():
             for epoch in range(cfg.epochs):
-                if len(batches) == 1:
-                    Xe, ye, we = X1.expand(K, n, -1), y.expand(K, n, -1), w
+                if len(batches) == 1:  # every member sees the same rows: shared, not copied
+                    Xe, ye, we = X1, y, w
                 else:
                     perms = torch.stack([torch.randperm(n, generator=g, device=X.device)
                                          for g in generators])  # fmt: skip
@@ -143,7 +143,9 @@ class EnsembleTrainer:
                         step = epoch * len(batches) + b
                         self.optimizer.scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
                     wb = None if we is None else we[:, start:stop]
-                    losses = self.net.loss_and_grad(Xe[:, start:stop], ye[:, start:stop], wb)
+                    rows = slice(start, stop)
+                    xb, yb = (Xe, ye) if len(batches) == 1 else (Xe[:, rows], ye[:, rows])
+                    losses = self.net.loss_and_grad(xb, yb, wb)
                     self.optimizer.step()
                     total.add_(losses, alpha=stop - start)
                 train = (total / n).cpu()  # the epoch's one host sync
@@ -227,7 +229,7 @@ class EnsembleTrainer:
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         """(rows, inputs) -> (K, rows, outputs) with the current weights."""
         X1 = torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
-        out = self.net.predict(X1.expand(self.K, -1, -1).contiguous())  # (K, outputs, rows)
+        out = self.net.predict(X1)  # (K, outputs, rows)
         return out.transpose(1, 2).clone()
 
 
