@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +380,112 @@ def test_bad_data_is_refused_with_one_clear_sentence(tmp_path: Path, frame: pd.D
     data = ParquetData(tmp_path / "nan.parquet", target="y")
     with pytest.raises(DataError, match="missing values.*first at row 1"):
         fit_parquet(nnreg.Regressor(), data)
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def test_cli_trains_predicts_and_evaluates_streamed(
+    tmp_path: Path, folder: Path, frame: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_helpers import run
+
+    model = tmp_path / "model"
+    code, out, _ = run(["train", str(folder), "--target", "y", "--stream", "--epochs", "2",
+                        "--hidden", "8", "--batch-size", "64", "--out", str(model), "--json"],
+                       capsys)  # fmt: skip
+    assert code == 0
+    summary = json.loads(out)
+    reg = nnreg.load(model)
+    pred = reg.predict(frame[FEATURES])
+    want = regression_metrics(frame["y"].to_numpy(), pred)
+    assert summary["train_metrics"]["r2"] == pytest.approx(want["r2"], rel=1e-9)
+    assert reg.model_info_["training"]["epochs_run"] == 2
+    assert (model / "config.toml").read_text().count("stream = true") == 1
+    code, _, err = run(["predict", str(model), str(folder), "--stream", "-o",
+                        str(tmp_path / "p.parquet")], capsys)  # fmt: skip
+    assert code == 0 and f"wrote {len(frame)} predictions" in err
+    got = pd.read_parquet(tmp_path / "p.parquet")["y_pred"].to_numpy()
+    np.testing.assert_allclose(got, pred, rtol=1e-12)
+    code, out, _ = run(["evaluate", str(model), str(folder), "--stream", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["rows"] == len(frame)
+    assert json.loads(out)["rmse"] == pytest.approx(want["rmse"], rel=1e-9)
+    code, out, _ = run(["train", "--config", str(model / "config.toml"), "--out",
+                        str(tmp_path / "again"), "--quiet"], capsys)  # fmt: skip
+    assert code == 0
+    assert nnreg.load(tmp_path / "again").loss_curve_ == reg.loss_curve_  # the same run
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["train", "{csv}", "--target", "y", "--stream"], 1, "streaming reads Parquet"),
+        (["train", "{folder}", "--target", "price", "--stream"], 1, "'price' not found"),
+        (["train", "{folder}", "--target", "c", "--stream"], 1, "must be numbers"),
+        (["train", "{empty}", "--target", "y", "--stream"], 1, "holds no Parquet files"),
+        (["train", "--stream"], 2, "--stream needs DATA"),
+        (["train", "{folder}", "--target", "y", "--stream", "--n-models", "2"], 2, "n_models"),
+        (["train", "{folder}", "--target", "y", "--shuffle-buffer", "9"], 2, "with --stream"),
+        (["predict", "{folder}", "{folder}", "--stream"], 2, "give -o/--output"),
+    ],
+)
+def test_cli_stream_errors_are_one_line(
+    tmp_path: Path,
+    folder: Path,
+    frame: pd.DataFrame,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    from cli_helpers import run
+
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "empty").mkdir()
+    paths = {"csv": tmp_path / "t.csv", "folder": folder, "empty": tmp_path / "empty"}
+    argv = [a.format(**paths) for a in args]
+    if args[0] == "train":
+        argv += ["--out", str(tmp_path / "m")]
+    got, _, err = run(argv, capsys)
+    assert got == code
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert "Traceback" not in err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_cli_streams_in_two_processes(
+    tmp_path: Path, folder: Path, frame: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--nproc 2: each process reads its share of the row groups; one model folder results."""
+    from cli_helpers import run
+
+    model = tmp_path / "model"
+    code, _, err = run(["train", str(folder), "--target", "y", "--stream", "--epochs", "2",
+                        "--hidden", "8", "--batch-size", "32", "--nproc", "2", "--out",
+                        str(model), "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    reg = nnreg.load(model)
+    assert reg.n_iter_ == 2 and np.isfinite(reg.predict(frame[FEATURES])).all()
+
+
+def test_streamed_run_resumes_from_a_checkpoint_to_the_same_weights(
+    tmp_path: Path, folder: Path
+) -> None:
+    """Stopped after epoch 1 with a checkpoint every epoch, then resumed: the same weights as
+    an uninterrupted run (the row-group and buffer order depend on the epoch alone)."""
+    import threading
+
+    params = {**SMALL, "max_iter": 4, "batch_size": 64, "dropout": 0.1}
+    whole = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"),
+                        shuffle_buffer=100)  # fmt: skip
+    stop = threading.Event()
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"), shuffle_buffer=100,
+                stop=stop, checkpoint=checkpoint, checkpoint_every=1,
+                callback=lambda e, loss, val: stop.set() if e == 1 else None)  # fmt: skip
+    resumed = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"),
+                          shuffle_buffer=100, resume=checkpoint)  # fmt: skip
+    assert resumed.loss_curve_ == whole.loss_curve_
+    for pa_, pb in zip(whole.model_.parameters(), resumed.model_.parameters(), strict=True):
+        torch.testing.assert_close(pa_, pb, rtol=0, atol=0)

@@ -138,9 +138,26 @@ def cli(debug: bool) -> None:
     help="Columns to treat as categorical even if they hold numbers, comma-separated.",
 )
 @click.option(
+    "--stream",
+    is_flag=True,
+    default=None,
+    help="Read DATA (a Parquet file or folder) in chunks instead of loading it into memory.",
+)
+@click.option(
+    "--shuffle-buffer",
+    type=click.IntRange(min=0),
+    help="With --stream: rows mixed across row groups (default 65536; 0: file order).",
+)
+@click.option(
     "--seed",
     type=click.IntRange(0, 2**32 - 1),
     help="Random seed of the weights and batches (and the seed data). Default 0.",
+)
+@click.option("--device", help="Where to train: auto (CUDA if available), cpu, cuda, cuda:N.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train data-parallel in N processes on this machine (as torchrun would start them).",
 )
 @click.option(
     "--out",
@@ -153,12 +170,6 @@ def cli(debug: bool) -> None:
     "config_path",
     type=click.Path(path_type=Path),
     help="TOML settings file, e.g. a model folder's config.toml; flags override it.",
-)
-@click.option("--device", help="Where to train: auto (CUDA if available), cpu, cuda, cuda:N.")
-@click.option(
-    "--nproc",
-    type=click.IntRange(min=1),
-    help="Train data-parallel in N processes on this machine (as torchrun would start them).",
 )
 @click.option(
     "--checkpoint-every",
@@ -247,6 +258,13 @@ def train(
         params["missing"] = "impute"
     if "hidden_layer_sizes" in params:
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    stream, shuffle_buffer = options.pop("stream"), options.pop("shuffle_buffer")
+    if stream or run.get("stream"):
+        _train_streamed(run, params, preset, out, shuffle_buffer, checkpoint_every, resume,
+                        log_every, _Report(quiet=quiet, as_json=as_json))  # fmt: skip
+        return
+    if shuffle_buffer is not None:
+        raise click.UsageError("--shuffle-buffer works with --stream only.")
 
     if seed_experiment:
         frame, run, source = _seed_frame(run, params.get("random_state"))
@@ -281,6 +299,90 @@ def train(
     seconds = time.perf_counter() - started
     metrics, first = _save(reg, out, run, table, y)
     report.result(out, reg, metrics, first, seconds)
+    _exit_if_interrupted(reg, received, out)
+
+
+def _train_streamed(
+    run: dict[str, Any],
+    params: dict[str, Any],
+    preset: str | None,
+    out: Path | None,
+    shuffle_buffer: int | None,
+    checkpoint_every: int,
+    resume: Path | None,
+    log_every: int | None,
+    report: _Report,
+) -> None:
+    """`nnreg train --stream`: train on Parquet data read in chunks (see nnreg.stream)."""
+    from .artifact import CHECKPOINT
+    from .distributed import TorchSync, refuse_unsupported
+    from .estimator import Regressor
+    from .exceptions import TrainingDivergedError
+    from .stream import SHUFFLE_BUFFER, ParquetData, check_streamable, fit_parquet
+
+    if "path" not in run:
+        raise click.UsageError("--stream needs DATA: a Parquet file or a folder of them.")
+    if "target" not in run:
+        raise click.UsageError("DATA needs --target COLUMN (the column to predict).")
+    data = ParquetData(run["path"], run["target"], run.get("features"), run.get("categorical"))
+    if shuffle_buffer is None:
+        shuffle_buffer = int(run.get("shuffle_buffer", SHUFFLE_BUFFER))
+    run.update(path=str(Path(run["path"]).resolve()), features=data.feature_names, stream=True,
+               shuffle_buffer=shuffle_buffer)  # fmt: skip
+    reg = Regressor(**params)
+    check_streamable(reg)
+    out = out or _default_out(Path(run["path"]).stem)
+    checkpointing = _checkpointing(out, checkpoint_every, run, params, preset)
+    report.data_header(data.source, data.n_rows, data.feature_names, data.target_names,
+                       preset or "config", reg)  # fmt: skip
+    group = _join_process_group(reg.device)
+    ranks: dict[str, Any] = {}
+    if group is not None:
+        refuse_unsupported(group, sample_weight=False, n_models=int(reg.n_models),
+                           checkpoint=bool(checkpointing) or resume is not None)  # fmt: skip
+        ranks = {"rank": group.rank, "world_size": group.world_size, "sync": TorchSync(group)}
+    started = time.perf_counter()
+    stop, received = _stop_on_signals() if group is None else (None, {"previous": {}})
+    try:
+        with report.progress(reg, log_every) as on_epoch:
+            fit_parquet(reg, data, shuffle_buffer=shuffle_buffer, callback=on_epoch, stop=stop,
+                        resume=None if resume is None else out / CHECKPOINT,
+                        **checkpointing, **ranks)  # fmt: skip
+    except TrainingDivergedError as exc:
+        if hasattr(reg, "model_"):
+            _save_streamed(reg, out, run, data, group)  # with the last finite weights
+        raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
+    finally:
+        _restore_signals(received)
+    seconds = time.perf_counter() - started
+    metrics, first = _save_streamed(reg, out, run, data, group)
+    report.result(out, reg, metrics, first, seconds)
+    _exit_if_interrupted(reg, received, out)
+
+
+def _save_streamed(
+    reg: Regressor, out: Path, run: dict[str, Any], data: Any, group: Any
+) -> tuple[dict[str, float], tuple[float, float]]:
+    """Score the training data in a second streamed pass and write the model folder (rank 0
+    of a distributed run only; the others report NaN)."""
+    from .distributed import on_rank0
+    from .stream import evaluate_parquet
+
+    nan = float("nan")
+    found: dict[str, Any] = {"metrics": dict.fromkeys(("mse", "rmse", "mae", "r2"), nan),
+                             "first": (nan, nan)}  # fmt: skip
+
+    def write() -> None:
+        evaluation = evaluate_parquet(reg, data)
+        found.update(metrics=evaluation.metrics, first=evaluation.first)
+        reg.save(out, metrics={f"train_{k}": v for k, v in evaluation.metrics.items()},
+                 run_settings=run, target_names=data.target_names)  # fmt: skip
+
+    on_rank0(group, write)
+    return found["metrics"], found["first"]
+
+
+def _exit_if_interrupted(reg: Regressor, received: dict[str, Any], out: Path) -> None:
     if reg.interrupted_:
         signum = received["signal"]
         name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
@@ -450,7 +552,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from exc
     allowed = {
-        "data": {"path", "source", "n", "random_state", "target", "features", "categorical"},
+        "data": {"path", "source", "n", "random_state", "target", "features", "categorical"}
+        | {"stream", "shuffle_buffer"},
         "model": set(Regressor().get_params()),
     }
     for table, values in settings.items():
@@ -483,6 +586,18 @@ class _Report:
         self.show = not (quiet or as_json)
 
     def header(self, source: str, table: Table, preset: str, reg: Regressor) -> None:
+        self.data_header(source, len(table.features), table.feature_names, table.target_names,
+                         preset, reg)  # fmt: skip
+
+    def data_header(
+        self,
+        source: str,
+        rows: int,
+        feature_names: list[str],
+        target_names: list[str],
+        preset: str,
+        reg: Regressor,
+    ) -> None:
         if not self.show:
             return
         batch = {"full": "full batch", "auto": "batch auto"}.get(
@@ -490,9 +605,9 @@ class _Report:
         )
         self.out.print(f"[bold]nnreg {__version__}[/bold] · train")
         self.out.print(
-            f"data    {source}: {len(table.features)} rows, "
-            f"features {', '.join(table.feature_names)} -> "
-            f"target {', '.join(table.target_names)}"
+            f"data    {source}: {rows} rows, "
+            f"features {', '.join(feature_names)} -> "
+            f"target {', '.join(target_names)}"
         )
         self.out.print(
             f"preset  {preset}: {reg.optimizer}, lr {reg.learning_rate_init:g}, "
@@ -851,7 +966,14 @@ def _ranking_table(ranking: pd.DataFrame) -> Any:
     type=click.Path(path_type=Path),
     help="File to write (.csv or .parquet); default: CSV on stdout.",
 )
-def predict(model_dir: Path, data: Path, interval: float | None, output: Path | None) -> None:
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Read DATA (a Parquet file or folder) and write the output in chunks; needs -o.",
+)
+def predict(
+    model_dir: Path, data: Path, interval: float | None, output: Path | None, stream: bool
+) -> None:
     """Predict DATA with the model in MODEL_DIR.
 
     Columns are chosen by the feature names saved with the model; other columns are ignored.
@@ -865,6 +987,11 @@ def predict(model_dir: Path, data: Path, interval: float | None, output: Path | 
     """
     import pandas as pd
 
+    if stream:
+        if output is None:
+            raise click.UsageError("--stream writes to a file: give -o/--output FILE.")
+        _predict_streamed(model_dir, data, interval, output)
+        return
     reg, table = _model_and_table(model_dir, data, with_target=False)
     rows = len(table.features)
     targets = reg.model_info_["targets"]
@@ -890,6 +1017,17 @@ def predict(model_dir: Path, data: Path, interval: float | None, output: Path | 
     click.echo(f"wrote {len(frame)} predictions to {output}", err=True)
 
 
+def _predict_streamed(model_dir: Path, data: Path, interval: float | None, output: Path) -> None:
+    from .estimator import load
+    from .stream import ParquetData, predict_parquet
+
+    reg = load(model_dir)
+    features = [f["name"] for f in reg.model_info_["features"]]
+    rows = predict_parquet(reg, ParquetData(data, features=features), output,
+                           target_names=reg.model_info_["targets"], interval=interval)  # fmt: skip
+    click.echo(f"wrote {rows} predictions to {output}", err=True)
+
+
 def _model_and_table(model_dir: Path, data: Path, with_target: bool) -> tuple[Regressor, Table]:
     from .data import read_table, table_from_frame
     from .estimator import load
@@ -910,7 +1048,8 @@ def _model_and_table(model_dir: Path, data: Path, with_target: bool) -> tuple[Re
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model_dir: Path, data: Path, as_json: bool) -> None:
+@click.option("--stream", is_flag=True, help="Read DATA (a Parquet file or folder) in chunks.")
+def evaluate(model_dir: Path, data: Path, as_json: bool, stream: bool) -> None:
     """Score the model in MODEL_DIR on DATA, which must hold the target column(s).
 
     Prints MSE, RMSE, MAE and R².
@@ -921,12 +1060,22 @@ def evaluate(model_dir: Path, data: Path, as_json: bool) -> None:
     """
     from .metrics import regression_metrics
 
-    reg, table = _model_and_table(model_dir, data, with_target=True)
-    metrics = regression_metrics(_target_values(table), reg.predict(table.features))
+    if stream:
+        from .estimator import load
+        from .stream import ParquetData, evaluate_parquet
+
+        reg = load(model_dir)
+        features = [f["name"] for f in reg.model_info_["features"]]
+        result = evaluate_parquet(reg, ParquetData(data, reg.model_info_["targets"], features))
+        metrics, rows = result.metrics, result.rows
+    else:
+        reg, table = _model_and_table(model_dir, data, with_target=True)
+        metrics = regression_metrics(_target_values(table), reg.predict(table.features))
+        rows = len(table.features)
     if as_json:
-        click.echo(json.dumps({"rows": len(table.features), **metrics}, indent=2))
+        click.echo(json.dumps({"rows": rows, **metrics}, indent=2))
         return
-    click.echo(f"rows  {len(table.features)}")
+    click.echo(f"rows  {rows}")
     for key in ("mse", "rmse", "mae", "r2"):
         click.echo(f"{key.upper() if key != 'r2' else 'R²':<5} {metrics[key]:.6g}")
 
