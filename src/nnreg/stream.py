@@ -504,16 +504,17 @@ def fit_parquet(
         init=reg.init,
         dropout=float(reg.dropout),
     )
+    device = reg._device()  # 'auto' resolved; a bare 'cuda' is this process's GPU
     with torch.random.fork_rng(devices=[]):  # the initial weights, as Regressor.fit draws them
         torch.manual_seed(reg.seed_)
-        model = MLP(config).to(device=reg.device, dtype=_DTYPES[reg.dtype])
+        model = MLP(config).to(device=device, dtype=_DTYPES[reg.dtype])
     reg.model_ = model
     train_config = reg._train_config(data.n_rows)
     assert train_config.batch_size is not None  # 'full' is refused above
     source = ParquetBatches(
         data, reg.preprocessor_, reg.y_scaler_, train_config.batch_size,
         shuffle_buffer=shuffle_buffer, seed=reg.seed_, rank=rank, world_size=world_size,
-        device=reg.device, dtype=_DTYPES[reg.dtype], chunk_rows=chunk_rows,
+        device=device, dtype=_DTYPES[reg.dtype], chunk_rows=chunk_rows,
     )  # fmt: skip
     trainer = Trainer(model, train_config, reg._generator())
     trainer.sync, trainer.stop = sync, stop
@@ -664,5 +665,6 @@ def _predict_chunk(reg: Regressor, chunk: Chunk) -> tuple[np.ndarray, np.ndarray
     """(predictions in the target's units, mean and spread in standardised units), each
     (rows, targets), as :meth:`Regressor.predict` computes them."""
     Z = reg.preprocessor_.transform(chunk.features, chunk.first_row)  # (rows, inputs)
-    mean, std = reg._moments(torch.from_numpy(Z).to(reg.device))
+    device = next(reg.model_.parameters()).device  # where it was trained; CPU once loaded
+    mean, std = reg._moments(torch.from_numpy(Z).to(device))
     return reg.y_scaler_.inverse_transform(mean), mean, std
