@@ -489,3 +489,22 @@ def test_streamed_run_resumes_from_a_checkpoint_to_the_same_weights(
     assert resumed.loss_curve_ == whole.loss_curve_
     for pa_, pb in zip(whole.model_.parameters(), resumed.model_.parameters(), strict=True):
         torch.testing.assert_close(pa_, pb, rtol=0, atol=0)
+
+
+def test_streamed_intervals_equal_in_memory_ones(
+    tmp_path: Path, folder: Path, frame: pd.DataFrame
+) -> None:
+    reg = nnreg.Regressor(**{**SMALL, "max_iter": 2, "batch_size": 64, "n_models": 3})
+    reg.fit(frame[FEATURES], frame["y"])
+    out = tmp_path / "intervals.csv"
+    predict_parquet(reg, ParquetData(folder), out, target_names=["price"], interval=0.8,
+                    chunk_rows=100)  # fmt: skip
+    got = pd.read_csv(out)
+    lower, upper = reg.predict_interval(frame[FEATURES], coverage=0.8)
+    assert list(got.columns) == ["price_pred", "price_lower", "price_upper"]
+    np.testing.assert_allclose(got["price_pred"], reg.predict(frame[FEATURES]), rtol=1e-12)
+    np.testing.assert_allclose(got["price_lower"], lower, rtol=1e-12)
+    np.testing.assert_allclose(got["price_upper"], upper, rtol=1e-12)
+    single = nnreg.Regressor(**{**SMALL, "max_iter": 1}).fit(frame[FEATURES], frame["y"])
+    with pytest.raises(ConfigError, match="held out"):
+        predict_parquet(single, ParquetData(folder), out, interval=0.8)

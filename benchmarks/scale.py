@@ -1,0 +1,247 @@
+"""Streamed training at scale: peak memory, throughput against in-memory, and processes.
+
+Three measurements on synthetic Parquet files (8 float32 features and a float32 target,
+y = sin(x0) + x1**2 / 2 + mean(x2..x7) + noise, row groups of 100,000 rows), written chunk by
+chunk into a temporary folder that is deleted afterwards:
+
+* peak resident memory of ``nnreg train FILE --target y --stream`` (one epoch, statistics
+  pass and final scoring pass included) on the small and the large file, each in a fresh
+  process: the large run's peak must stay within 1.2x the small run's and under 1 GB;
+* throughput (rows x epochs / seconds, from the file to a trained model) of streamed
+  training against in-memory training (``pandas.read_parquet`` + ``Regressor.fit``) on the
+  small file, same model and batch size, best of ``--repeats``: at least 0.7x;
+* rows/s of ``nnreg train --stream --nproc 1`` and ``--nproc 2`` on the small file (the
+  ``seconds`` of the JSON summary: training only, process start-up excluded).
+
+Results go to stdout and ``benchmarks/results/scale.md``.
+
+    python benchmarks/scale.py                        # what results/scale.md was made with
+    python benchmarks/scale.py --rows 100000,1000000  # a quicker check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+import nnreg
+from nnreg.stream import ParquetData, fit_parquet
+
+RESULTS = Path(__file__).parent / "results"
+FEATURES = 8
+GROUP = 100_000  # rows per row group, and per generated chunk
+MODEL = {"hidden": (64, 64), "batch": 512}  # the recommended recipe otherwise
+PEAK_RATIO, PEAK_LIMIT_MB, THROUGHPUT_RATIO = 1.2, 1024.0, 0.7
+
+
+def write_parquet(path: Path, rows: int, seed: int = 0) -> None:
+    """``rows`` synthetic rows, generated and written one row group at a time."""
+    names = [f"x{j}" for j in range(FEATURES)] + ["y"]
+    schema = pa.schema([(n, pa.float32()) for n in names])
+    with pq.ParquetWriter(path, schema) as writer:
+        for k, lo in enumerate(range(0, rows, GROUP)):
+            n = min(GROUP, rows - lo)
+            rng = np.random.default_rng([seed, k])
+            X = rng.normal(size=(n, FEATURES)).astype(np.float32)
+            y = np.sin(X[:, 0]) + X[:, 1] ** 2 / 2 + X[:, 2:].mean(axis=1)
+            y = (y + 0.1 * rng.normal(size=n)).astype(np.float32)
+            columns = [pa.array(X[:, j]) for j in range(FEATURES)] + [pa.array(y)]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+
+
+def train_args(path: Path, out: Path, epochs: int) -> list[str]:
+    hidden = ",".join(str(h) for h in MODEL["hidden"])
+    return ["train", str(path), "--target", "y", "--stream", "--epochs", str(epochs),
+            "--hidden", hidden, "--batch-size", str(MODEL["batch"]), "--out", str(out),
+            "--json"]  # fmt: skip
+
+
+# Runs one command and prints the peak resident memory of it (its only child), in KiB.
+PEAK_RSS = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def peak_memory_mb(path: Path, work: Path) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of a fresh streamed-training process, one epoch."""
+    command = [sys.executable, "-m", "nnreg", *train_args(path, work / "peak-model", 1)]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    seconds = time.perf_counter() - started
+    shutil.rmtree(work / "peak-model", ignore_errors=True)
+    return int(done.stdout.strip()) / 1024, seconds
+
+
+def regressor(epochs: int) -> nnreg.Regressor:
+    return nnreg.Regressor(hidden_layer_sizes=MODEL["hidden"], batch_size=MODEL["batch"],
+                           max_iter=epochs, random_state=0)  # fmt: skip
+
+
+def in_memory_seconds(path: Path, epochs: int) -> tuple[float, float]:
+    started = time.perf_counter()
+    frame = pd.read_parquet(path)
+    reg = regressor(epochs).fit(frame.drop(columns="y"), frame["y"])
+    return time.perf_counter() - started, reg.loss_curve_[-1]
+
+
+def streamed_seconds(path: Path, epochs: int) -> tuple[float, float]:
+    started = time.perf_counter()
+    reg = fit_parquet(regressor(epochs), ParquetData(path, target="y"))
+    return time.perf_counter() - started, reg.loss_curve_[-1]
+
+
+def nproc_seconds(path: Path, work: Path, nproc: int, epochs: int) -> float | str:
+    """Training seconds reported by ``nnreg train --stream --nproc N``, or why there are
+    none (the command has no --nproc option, or failed)."""
+    cli = [sys.executable, "-m", "nnreg"]
+    usage = subprocess.run([*cli, "train", "--help"], capture_output=True, text=True).stdout
+    if "--nproc" not in usage:
+        return "this nnreg's `train` command has no `--nproc` option"
+    out = work / f"nproc-{nproc}"
+    done = subprocess.run([*cli, *train_args(path, out, epochs), "--nproc", str(nproc)],
+                          capture_output=True, text=True)  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode != 0:
+        return f"`--nproc {nproc}` failed: {done.stderr.strip()}"
+    return float(json.loads(done.stdout)["seconds"])
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1000000,10000000", help="small,large row counts")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the throughput runs")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.md")
+    args = parser.parse_args()
+    small, large = (int(r) for r in args.rows.split(","))
+    work = Path(tempfile.mkdtemp(prefix="nnreg-scale-"))
+    try:
+        lines = run(args, small, large, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[str]:
+    files = {}
+    for rows in (small, large):
+        files[rows] = work / f"rows-{rows}.parquet"
+        started = time.perf_counter()
+        write_parquet(files[rows], rows)
+        size = files[rows].stat().st_size / 2**20
+        print(f"wrote {rows:,} rows ({size:,.0f} MB) in {time.perf_counter() - started:.1f} s")
+
+    peaks = {rows: peak_memory_mb(files[rows], work) for rows in (small, large)}
+    for rows, (mb, s) in peaks.items():
+        print(f"peak RSS {rows:,} rows: {mb:,.0f} MB ({s:.1f} s)")
+
+    memory, streamed = [], []
+    for _ in range(args.repeats):  # alternate, so that both see the same machine load
+        memory.append(in_memory_seconds(files[small], args.epochs))
+        streamed.append(streamed_seconds(files[small], args.epochs))
+    t_mem, loss_mem = min(memory)
+    t_str, loss_str = min(streamed)
+    work_rows = small * args.epochs
+    print(f"in-memory {work_rows / t_mem:,.0f} rows/s, streamed {work_rows / t_str:,.0f} rows/s")
+
+    procs = {n: nproc_seconds(files[small], work, n, args.epochs) for n in (1, 2)}
+
+    ratio = peaks[large][0] / peaks[small][0]
+    speed = t_mem / t_str
+    command = "python benchmarks/scale.py" + (
+        f" --rows {args.rows}" if args.rows != "1000000,10000000" else ""
+    )
+    hidden = "-".join(str(h) for h in MODEL["hidden"])
+    lines = [
+        "# Streamed training at scale",
+        "",
+        f"Made by `{command}` on {platform.machine()}, {os.cpu_count()} cores (shared), "
+        f"Python {platform.python_version()}, torch {torch.__version__}, pyarrow "
+        f"{pa.__version__}, nnreg {nnreg.__version__}. Data: synthetic Parquet files of "
+        f"{FEATURES} float32 features and a float32 target, row groups of {GROUP:,} rows. Model: "
+        f"the recommended preset with {FEATURES}-{hidden}-1 SiLU layers and batches of "
+        f"{MODEL['batch']} rows; streaming reads chunks of 65,536 rows and shuffles in a "
+        "buffer of 65,536 rows.",
+        "",
+        "## Peak resident memory of streamed training",
+        "",
+        "`nnreg train FILE --target y --stream --epochs 1 --hidden 64,64 --batch-size 512`, "
+        "each in a fresh process (statistics pass, one epoch, and the scoring pass that "
+        "fills the model folder's metrics); peak RSS from `getrusage(RUSAGE_CHILDREN)`.",
+        "",
+        "| rows | file (MB) | peak RSS (MB) | wall time (s) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for rows in (small, large):
+        mb, seconds = peaks[rows]
+        size = files[rows].stat().st_size / 2**20 if files[rows].exists() else float("nan")
+        lines.append(f"| {rows:,} | {size:,.0f} | {mb:,.0f} | {seconds:.1f} |")
+    lines += [
+        "",
+        f"- {large:,} rows peak / {small:,} rows peak = {ratio:.3f} (target <= {PEAK_RATIO}): "
+        f"{verdict(ratio <= PEAK_RATIO)}",
+        f"- {large:,} rows peak = {peaks[large][0]:,.0f} MB (target < {PEAK_LIMIT_MB:,.0f} MB): "
+        f"{verdict(peaks[large][0] < PEAK_LIMIT_MB)}",
+        "",
+        "## Throughput: streamed against in-memory",
+        "",
+        f"{small:,} rows, {args.epochs} epochs, from the Parquet file to a trained model, in "
+        f"one process, best of {args.repeats} (alternating). In memory: `pandas.read_parquet` "
+        "then `Regressor.fit`; streamed: `nnreg.stream.fit_parquet` (its statistics pass "
+        "included). The final training losses differ because the minibatch order does.",
+        "",
+        "| training | time (s) | rows/s | final training loss |",
+        "|---|---:|---:|---:|",
+        f"| in memory | {t_mem:.2f} | {work_rows / t_mem:,.0f} | {loss_mem:.4f} |",
+        f"| streamed | {t_str:.2f} | {work_rows / t_str:,.0f} | {loss_str:.4f} |",
+        "",
+        f"- streamed / in-memory throughput = {speed:.2f}x (target >= {THROUGHPUT_RATIO}x): "
+        f"{verdict(speed >= THROUGHPUT_RATIO)}",
+        "",
+        "## rows/s with 1 and 2 processes",
+        "",
+        f"`nnreg train FILE --target y --stream --epochs {args.epochs} --hidden 64,64 "
+        "--batch-size 512 --nproc N` on the "
+        f"{small:,}-row file; seconds are the JSON summary's (training, statistics pass "
+        "included; process start-up and the final scoring pass excluded). Each process "
+        "reads every other row group and takes batches of 512 rows (a step's global batch is "
+        "512 x N), with one intra-op thread per process at N = 2.",
+        "",
+    ]
+    one = procs[1]
+    lines += ["| processes | time (s) | rows/s | vs 1 process |", "|---:|---:|---:|---:|"]
+    for n, seconds in procs.items():
+        if isinstance(seconds, str):
+            lines.append(f"| {n} | not measured: {seconds} | | |")
+        else:
+            vs = f"{one / seconds:.2f}x" if isinstance(one, float) else ""
+            lines.append(f"| {n} | {seconds:.2f} | {work_rows / seconds:,.0f} | {vs} |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
