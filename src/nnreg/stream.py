@@ -47,7 +47,7 @@ from .exceptions import ConfigError, DataError, DataFileError, NotFittedError
 from .metrics import RunningMetrics
 from .model import MLP, MLPConfig
 from .preprocess import SAMPLE_ROWS, StreamingStatistics, TablePreprocessor
-from .train import EpochCallback, GradientSync, Minibatch, Trainer
+from .train import EVAL_CHUNK, EpochCallback, GradientSync, Minibatch, Trainer
 
 if TYPE_CHECKING:
     from .estimator import Regressor
@@ -664,7 +664,13 @@ def _require_fitted(reg: Regressor) -> None:
 def _predict_chunk(reg: Regressor, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(predictions in the target's units, mean and spread in standardised units), each
     (rows, targets), as :meth:`Regressor.predict` computes them."""
-    Z = reg.preprocessor_.transform(chunk.features, chunk.first_row)  # (rows, inputs)
+    Z = torch.from_numpy(reg.preprocessor_.transform(chunk.features, chunk.first_row))
     device = next(reg.model_.parameters()).device  # where it was trained; CPU once loaded
-    mean, std = reg._moments(torch.from_numpy(Z).to(device))
+    # Forward passes of EVAL_CHUNK rows keep the float64 activations small; a row's
+    # prediction does not depend on the rows beside it.
+    parts = [
+        reg._moments(Z[lo : lo + EVAL_CHUNK].to(device)) for lo in range(0, len(Z), EVAL_CHUNK)
+    ]
+    mean = np.concatenate([m for m, _ in parts])
+    std = np.concatenate([s for _, s in parts])
     return reg.y_scaler_.inverse_transform(mean), mean, std
