@@ -283,6 +283,9 @@ def train(
     report = _Report(quiet=quiet, as_json=as_json)
     report.header(source, table, preset or "config", reg)
     group = _join_process_group(reg.device)
+    if group is not None and report.show:
+        report.out.print(f"ranks   {group.world_size} processes, data-parallel: each trains on "
+                         f"1/{group.world_size} of the training rows")  # fmt: skip
     started = time.perf_counter()
     # Processes of one run stop together or not at all: there, a signal simply ends them.
     stop, received = _stop_on_signals() if group is None else (None, {"previous": {}})

@@ -44,9 +44,10 @@ __all__ = [
     "TorchSync",
     "current",
     "launch",
+    "join",
     "launched",
     "leave",
-    "join",
+    "local_rank",
     "on_rank0",
     "refuse_unsupported",
 ]
@@ -126,8 +127,8 @@ def join(device: str) -> Group | None:
         raise ConfigError("this PyTorch build has no torch.distributed; train in one process.")
     if not dist.is_initialized():
         if where.type == "cuda":
-            torch.cuda.set_device(where)
-            dist.init_process_group("nccl", device_id=where)
+            torch.cuda.set_device(where)  # NCCL uses the current device
+            dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
     return current()
