@@ -43,7 +43,9 @@ TRAINERS = {
     "fast": {"optimizer": "adam", "lr": 0.01},
     "autograd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
 }
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32, after 20 steps
+# torch.testing.assert_close's float32 tolerance (rtol 1.3e-6, atol 1e-5); the largest
+# differences seen are 3e-8 (full batch) to 4e-7 (autograd, 20 minibatch steps).
+TOLERANCE: dict[str, float] = {}
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
