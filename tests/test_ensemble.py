@@ -180,3 +180,28 @@ def test_a_stop_request_ends_an_ensemble_after_the_epoch() -> None:
     reg = nnreg.Regressor(n_models=3, max_iter=50, random_state=0)
     reg.fit(X, X[:, 0], stop=stop, callback=lambda e, *_: stop.set() if e == 2 else None)
     assert reg.interrupted_ and reg.n_iter_ == 3
+
+
+def test_ensemble_members_leave_out_only_their_own_calibration_fold() -> None:
+    """Without early stopping each member trains on every row but its fold of the
+    calibration rows: member k equals a single model fitted on exactly those rows."""
+    import nnreg
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(120, 2))
+    y = np.sin(X[:, 0]) + X[:, 1] ** 2
+    params = {"max_iter": 20, "batch_size": "full", "dropout": 0.0, "dtype": "float64",
+              "scaling": "none", "scale_target": False, "hidden_layer_sizes": (8,),
+              "learning_rate": "constant"}  # fmt: skip
+    reg = nnreg.Regressor(n_models=3, random_state=4, **params).fit(X, y)
+    cal = np.sort(np.random.default_rng(4).permutation(120)[:12])  # validation_fraction 0.1
+    folds = np.random.default_rng(4 + 3).permutation(12) % 3
+    for k, seed in enumerate(member_seeds(4, 3)):
+        keep = np.setdiff1d(np.arange(120), cal[folds == k])
+        assert len(keep) == 116
+        single = nnreg.Regressor(random_state=seed, **params).fit(X[keep], y[keep])
+        for a, b in zip(reg.model_.members[k].parameters(), single.model_.parameters(),
+                        strict=True):  # fmt: skip
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    lower, upper = reg.predict_interval(X, coverage=0.75)
+    assert (lower < upper).all()

@@ -258,3 +258,16 @@ def test_impute_fills_columns_that_had_no_missing_values_in_fit() -> None:
     assert a_fill == pytest.approx(np.median(X["a"]), abs=0.1)
     filled = pd.DataFrame({"a": [a_fill, 0.5], "b": [0.1, b_fill]})
     np.testing.assert_allclose(reg.predict(new), reg.predict(filled), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch"), [(1, 1), (100, 100), (256, 256), (257, 129), (300, 150), (513, 171)]
+)
+def test_auto_batches_are_equal_and_at_most_256_rows(rows: int, batch: int) -> None:
+    from nnreg.estimator import auto_batch_size
+    from nnreg.train import epoch_batches
+
+    assert auto_batch_size(rows) == batch
+    sizes = [hi - lo for lo, hi in epoch_batches(rows, batch)]
+    assert max(sizes) <= 256 and max(sizes) - min(sizes) <= len(sizes)
+    assert nnreg.Regressor()._train_config(rows).batch_size == batch

@@ -71,6 +71,16 @@ RECOMMENDED_PRESET: dict[str, Any] = {
 PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
 
 
+AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
+
+
+def auto_batch_size(n_rows: int) -> int:
+    """Rows per step for ``batch_size='auto'``: the epoch in equal batches of at most
+    AUTO_BATCH rows, so no epoch ends with a stray handful of rows taking a full step."""
+    n_batches = max(1, math.ceil(n_rows / AUTO_BATCH))
+    return max(1, math.ceil(n_rows / n_batches))
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -112,7 +122,8 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epsilon": (lambda v: _real(v, 0.0, open_lo=True), "a finite number > 0"),
     "batch_size": (
         lambda v: v in ("auto", "full") or _positive_int(v),
-        "a positive integer, 'auto' (min(256, rows)) or 'full' (one step per epoch)",
+        "a positive integer, 'auto' (equal batches of at most 256 rows) or 'full' (one step "
+        "per epoch)",
     ),
     "max_iter": (_positive_int, "a positive integer (epochs)"),
     "loss": _one_of(LOSSES),
@@ -172,7 +183,8 @@ class Regressor(RegressorMixin, BaseEstimator):
     beta_1, beta_2, epsilon : float, default=0.9, 0.95, 1e-8
         Adam's moment decay rates and its numerical-stability term.
     batch_size : int, 'auto' or 'full', default='auto'
-        Rows per step; 'auto' is ``min(256, rows)``, 'full' one full-batch step per epoch.
+        Rows per step; 'auto' splits each epoch into equal batches of at most 256 rows (300
+        rows: two of 150, never 256 and a stray 44), 'full' one full-batch step per epoch.
     max_iter : int, default=128
         Number of epochs (at most, with early stopping).
     loss : {'squared_error', 'absolute_error', 'huber'}, default='squared_error'
@@ -377,6 +389,11 @@ class Regressor(RegressorMixin, BaseEstimator):
             )  # fmt: skip
             self.seed_ = group.broadcast_int(self.seed_)
         val_rows, train_rows = self._validation_split(len(frame))
+        # An ensemble without early stopping trains on every row: member k leaves out only
+        # its own fold of the calibration rows, which calibrate its out-of-fold predictions.
+        cal_rows = None
+        if val_rows is not None and self.n_models > 1 and not self.early_stopping:
+            cal_rows, val_rows, train_rows = val_rows, None, np.arange(len(frame))
         train_frame = frame.iloc[train_rows] if val_rows is not None else frame
         w_train = None if w is None or val_rows is None else w[train_rows]
         if not warm:
@@ -401,7 +418,14 @@ class Regressor(RegressorMixin, BaseEstimator):
             seeds = member_seeds(self.seed_, len(members))
             ensemble = EnsembleTrainer(members, config, seeds, dropout_seed=self.seed_ + 2)
             ensemble.stop = stop
-            history = ensemble.run(X_all, y_all, w_all, validation=validation, callback=callback)
+            member_w, folds = w_all, None
+            if cal_rows is not None:
+                folds = self._calibration_folds(len(cal_rows), len(members))
+                member_w = X_all.new_ones(X_all.shape[0]) if w_all is None else w_all
+                member_w = member_w.expand(len(members), -1).clone()  # (K, rows)
+                member_w[torch.as_tensor(folds), torch.as_tensor(cal_rows)] = 0.0
+            history = ensemble.run(X_all, y_all, member_w, validation=validation,
+                                   callback=callback)  # fmt: skip
             record = ensemble.record
             best = max(record.best_epoch) if validation is not None and self.early_stopping else -1
             self._set_fitted(self.model_, history)
@@ -432,7 +456,10 @@ class Regressor(RegressorMixin, BaseEstimator):
                 self._set_fitted(self.model_, _concat(previous, trainer.history))
                 self.best_epoch_ = max(0, trainer.best_epoch + len(previous))
         self.interrupted_ = stop is not None and stop.is_set()
-        self._calibrate(validation)
+        if cal_rows is not None:
+            self._calibrate_out_of_fold(X_all[cal_rows], y_all[cal_rows], folds)
+        else:
+            self._calibrate(validation)
         self._trainer = None  # partial_fit starts a fresh optimiser after fit
         return self
 
@@ -445,6 +472,18 @@ class Regressor(RegressorMixin, BaseEstimator):
         X_val, y_val, _ = validation
         mean, std = self._moments(X_val)
         self.calibrator_ = ConformalCalibrator.fit(y_val.cpu().double().numpy(), mean, std)
+
+    def _calibration_folds(self, n_cal: int, n_models: int) -> np.ndarray:
+        """The member that leaves out each calibration row: a seeded, balanced assignment."""
+        return np.random.default_rng(self.seed_ + 3).permutation(n_cal) % n_models
+
+    def _calibrate_out_of_fold(self, X_cal: torch.Tensor, y_cal: torch.Tensor, folds: Any) -> None:
+        """Conformity scores of the calibration rows, each scored by the member that did not
+        train on it (scaled by the whole ensemble's spread, as predict_interval scales)."""
+        out = self.model_.predict_float64(X_cal).cpu().numpy()  # (K, rows, targets)
+        out_of_fold = out[folds, np.arange(out.shape[1])]  # (rows, targets)
+        std = out.std(axis=0, ddof=1)
+        self.calibrator_ = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold, std)
 
     def _moments(self, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread of the members' predictions, (rows, targets) each, in the model's
@@ -533,7 +572,9 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     def _train_config(self, n_rows: int) -> TrainConfig:
         batch = self.batch_size
-        batch_size = None if batch == "full" else min(256, n_rows) if batch == "auto" else batch
+        batch_size = (
+            None if batch == "full" else auto_batch_size(n_rows) if batch == "auto" else batch
+        )
         return TrainConfig(
             epochs=int(self.max_iter),
             lr=float(self.learning_rate_init),
@@ -655,9 +696,12 @@ class Regressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X: Any, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) bounds that contain the true value with probability ``coverage``.
 
-        Split-conformal: calibrated on the rows held out in ``fit`` (ensembles always hold
-        out ``validation_fraction``; a single model does with ``early_stopping``), and scaled
-        by the members' spread, so that uncertain rows get wider intervals.
+        Split-conformal, scaled by the members' spread so that uncertain rows get wider
+        intervals. An ensemble sets aside ``validation_fraction`` of the rows as calibration
+        rows, split into one fold per member: member k trains on every row but its fold, and
+        each calibration row is scored by the member that did not see it. With
+        ``early_stopping`` the held-out rows are left out by every member and score the
+        ensemble's mean (as for a single model, which needs ``early_stopping`` for intervals).
         """
         if not _real(coverage, 0.0, 1.0, open_lo=True):
             raise ConfigError(f"coverage must be a number in (0, 1), got {coverage!r}.")
