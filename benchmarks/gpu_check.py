@@ -5,8 +5,9 @@ On the same synthetic data and seed it trains on CUDA and on the CPU and compare
 * exactness: the fast engine (the seed recipe: full-batch SGD; and full-batch Adam with
   SiLU) and the autograd engine, in float64, where the two devices must agree to rounding;
   then the fast engine in float32, where they agree to float32 rounding over many steps;
-* the default ``Regressor`` (minibatches, dropout): its minibatch order and dropout masks come
-  from each device's own random generator, so it is compared by test RMSE, not weights;
+* the default ``Regressor`` (minibatches, dropout), and an ensemble (the batched engine) with
+  early stopping: minibatch order and dropout masks come from each device's own random
+  generator, so these are compared by test RMSE, not weights;
 * throughput: rows per second of training for the default ``Regressor`` at batch sizes 256
   and 8192, on CUDA and on the CPU.
 
@@ -220,8 +221,8 @@ def main() -> int:
          lambda: check_autograd_exact(device)),
         ("Default Regressor (minibatches of 256, dropout), 20 epochs on 20,000 rows",
          lambda: check_default_accuracy(device, max_iter=20)),
-        ("Ensemble of 4 (batched engine), 10 epochs on 20,000 rows",
-         lambda: check_default_accuracy(device, max_iter=10, n_models=4)),
+        ("Ensemble of 4 (batched engine) with early stopping, at most 10 epochs",
+         lambda: check_default_accuracy(device, max_iter=10, n_models=4, early_stopping=True)),
     ]  # fmt: skip
     for name, check in checks:
         lines += run(name, check, failures)
