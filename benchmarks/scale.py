@@ -147,6 +147,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[str]:
+    load_before = os.getloadavg()[0]
     files = {}
     for rows in (small, large):
         files[rows] = work / f"rows-{rows}.parquet"
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[st
 
     procs = {n: nproc_seconds(files[small], work, n, args.epochs) for n in (1, 2)}
 
+    load_after = os.getloadavg()[0]
     ratio = peaks[large][0] / peaks[small][0]
     speed = t_mem / t_str
     command = "python benchmarks/scale.py" + (
@@ -179,7 +181,10 @@ def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[st
     lines = [
         "# Streamed training at scale",
         "",
-        f"Made by `{command}` on {platform.machine()}, {os.cpu_count()} cores (shared), "
+        f"Made by `{command}` on {platform.machine()}, {os.cpu_count()} cores shared with other "
+        f"work (1-minute load average {load_before:.1f} at the start, {load_after:.1f} at the "
+        "end, so absolute rows/s are low and noisy; the ratios compare runs made under the "
+        "same load), "
         f"Python {platform.python_version()}, torch {torch.__version__}, pyarrow "
         f"{pa.__version__}, nnreg {nnreg.__version__}. Data: synthetic Parquet files of "
         f"{FEATURES} float32 features and a float32 target, row groups of {GROUP:,} rows. Model: "
