@@ -205,3 +205,16 @@ def test_ensemble_members_leave_out_only_their_own_calibration_fold() -> None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     lower, upper = reg.predict_interval(X, coverage=0.75)
     assert (lower < upper).all()
+
+
+def test_unscaled_conformal_intervals_have_one_width_and_round_trip() -> None:
+    rng = np.random.default_rng(2)
+    y, mean = rng.normal(size=(99, 1)), np.zeros((99, 1))
+    cal = ConformalCalibrator.fit(y, mean)
+    half = cal.halfwidth(rng.uniform(0.1, 5.0, size=(7, 1)), 0.9)
+    assert np.all(half == half[0]) and half[0, 0] == np.sort(np.abs(y[:, 0]))[89]
+    again = ConformalCalibrator.from_dict(cal.to_dict())
+    assert not again.scaled and np.array_equal(again.halfwidth(np.ones((3, 1)), 0.9), half[:3])
+    old = {k: v for k, v in ConformalCalibrator.fit(y, mean, np.ones((99, 1))).to_dict().items()
+           if k != "scaled"}  # fmt: skip
+    assert ConformalCalibrator.from_dict(old).scaled  # folders written before the flag

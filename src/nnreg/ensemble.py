@@ -235,21 +235,29 @@ class EnsembleTrainer:
 
 @dataclass
 class ConformalCalibrator:
-    """Split-conformal intervals from held-out rows, scaled by the ensemble's spread.
+    """Split-conformal intervals from held-out rows, optionally scaled by the ensemble's spread.
 
-    The score of a held-out row is ``|y - mean| / (std + floor)``, ``floor`` the median
-    spread on those rows; an interval of coverage
-    ``c`` is ``mean +- q * (std + floor)`` with ``q`` the ``ceil((n + 1) c) / n`` empirical
-    quantile of the scores, which covers a new exchangeable row with probability >= c.
-    Everything is per target and in the model's (standardised) target units.
+    Scaled (``std`` given to :meth:`fit`): the score of a held-out row is
+    ``|y - mean| / (std + floor)``, ``floor`` the median spread on those rows, and an interval
+    of coverage ``c`` is ``mean +- q * (std + floor)``. Unscaled: the score is ``|y - mean|``
+    and the interval ``mean +- q``. ``q`` is the ``ceil((n + 1) c) / n`` empirical quantile of
+    the scores, which covers a new exchangeable row with probability >= c, provided the
+    scores of the held-out rows and of new rows are computed alike. Everything is per target
+    and in the model's (standardised) target units.
     """
 
     scores: list[list[float]] = field(default_factory=list)  # (targets, rows), sorted
     floor: list[float] = field(default_factory=list)  # per target
+    scaled: bool = True
 
     @classmethod
-    def fit(cls, y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> ConformalCalibrator:
+    def fit(
+        cls, y: np.ndarray, mean: np.ndarray, std: np.ndarray | None = None
+    ) -> ConformalCalibrator:
         # y, mean, std: (rows, targets)
+        if std is None:
+            scores = np.sort(np.abs(y - mean), axis=0)
+            return cls(scores=scores.T.tolist(), floor=[0.0] * y.shape[1], scaled=False)
         # The members' spread measures the model's uncertainty, not the noise; adding its
         # median keeps the scaling from blowing up rows where the members happen to agree.
         floor = np.maximum(np.median(std, axis=0), 1e-12)
@@ -268,11 +276,14 @@ class ConformalCalibrator:
                 "validation_fraction."
             )
         q = scores[:, rank - 1]  # (targets,)
+        if not self.scaled:
+            return np.broadcast_to(q, std.shape).copy()
         return q * (std + np.asarray(self.floor))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores, "floor": self.floor}
+        return {"scores": self.scores, "floor": self.floor, "scaled": self.scaled}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConformalCalibrator:
-        return cls(scores=[list(map(float, s)) for s in d["scores"]], floor=list(d["floor"]))
+        return cls(scores=[list(map(float, s)) for s in d["scores"]], floor=list(d["floor"]),
+                   scaled=bool(d.get("scaled", True)))  # fmt: skip

@@ -478,12 +478,14 @@ class Regressor(RegressorMixin, BaseEstimator):
         return np.random.default_rng(self.seed_ + 3).permutation(n_cal) % n_models
 
     def _calibrate_out_of_fold(self, X_cal: torch.Tensor, y_cal: torch.Tensor, folds: Any) -> None:
-        """Conformity scores of the calibration rows, each scored by the member that did not
-        train on it (scaled by the whole ensemble's spread, as predict_interval scales)."""
+        """Conformity scores of the calibration rows, each the residual of the member that did
+        not train on it. Unscaled: the members' spread on a calibration row includes that
+        member's out-of-sample error while the others fitted the row, so it is not the spread
+        a new row gets; and one member's residuals are no smaller than the ensemble mean's,
+        so the intervals keep (slightly more than) their coverage."""
         out = self.model_.predict_float64(X_cal).cpu().numpy()  # (K, rows, targets)
         out_of_fold = out[folds, np.arange(out.shape[1])]  # (rows, targets)
-        std = out.std(axis=0, ddof=1)
-        self.calibrator_ = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold, std)
+        self.calibrator_ = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
 
     def _moments(self, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread of the members' predictions, (rows, targets) each, in the model's
@@ -696,12 +698,13 @@ class Regressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X: Any, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) bounds that contain the true value with probability ``coverage``.
 
-        Split-conformal, scaled by the members' spread so that uncertain rows get wider
-        intervals. An ensemble sets aside ``validation_fraction`` of the rows as calibration
-        rows, split into one fold per member: member k trains on every row but its fold, and
-        each calibration row is scored by the member that did not see it. With
-        ``early_stopping`` the held-out rows are left out by every member and score the
-        ensemble's mean (as for a single model, which needs ``early_stopping`` for intervals).
+        Split-conformal. An ensemble sets aside ``validation_fraction`` of the rows as
+        calibration rows, split into one fold per member: member k trains on every row but
+        its fold, and each calibration row is scored by the residual of the member that did
+        not see it (intervals of one width for every row). With ``early_stopping`` the
+        held-out rows are left out by every member instead and score the ensemble's mean,
+        scaled by the members' spread so that uncertain rows get wider intervals; a single
+        model needs ``early_stopping`` for intervals.
         """
         if not _real(coverage, 0.0, 1.0, open_lo=True):
             raise ConfigError(f"coverage must be a number in (0, 1), got {coverage!r}.")
