@@ -508,3 +508,9 @@ def test_streamed_intervals_equal_in_memory_ones(
     single = nnreg.Regressor(**{**SMALL, "max_iter": 1}).fit(frame[FEATURES], frame["y"])
     with pytest.raises(ConfigError, match="held out"):
         predict_parquet(single, ParquetData(folder), out, interval=0.8)
+
+
+def test_several_processes_need_an_integer_seed(folder: Path) -> None:
+    with pytest.raises(ConfigError, match="random_state=None with several processes"):
+        fit_parquet(nnreg.Regressor(random_state=None), ParquetData(folder, target="y"),
+                    rank=0, world_size=2)  # fmt: skip

@@ -166,7 +166,7 @@ class ParquetData:
         time; targets are checked to be finite."""
         groups = self.row_groups if groups is None else groups
         starts = self._starts()
-        columns = self.feature_names + [t for t in self.target_names]
+        columns = self.feature_names + self.target_names
         reader: tuple[Path, pq.ParquetFile] | None = None
         try:
             for group in groups:
@@ -464,9 +464,11 @@ def fit_parquet(
     distributed run; ``callback``, ``stop``, ``checkpoint``, ``checkpoint_every``,
     ``checkpoint_info`` and ``resume`` work as in :meth:`Regressor.fit`.
 
-    Not available with streaming, each refused with a :class:`ConfigError`: sample
-    weights, ``n_models > 1``, ``early_stopping`` (it needs held-out rows in memory),
-    ``warm_start`` and ``batch_size='full'``.
+    Not available with streaming, each refused with a :class:`ConfigError`:
+    ``n_models > 1``, ``early_stopping`` (it needs held-out rows in memory), ``warm_start``,
+    ``batch_size='full'``, and with ``world_size > 1`` a ``random_state`` that is not an
+    integer (every process must draw the same weights and row-group order). There are no
+    sample weights.
 
     Examples
     --------
