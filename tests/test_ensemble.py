@@ -194,11 +194,11 @@ def test_ensemble_members_leave_out_only_their_own_calibration_fold() -> None:
               "scaling": "none", "scale_target": False, "hidden_layer_sizes": (8,),
               "learning_rate": "constant"}  # fmt: skip
     reg = nnreg.Regressor(n_models=3, random_state=4, **params).fit(X, y)
-    cal = np.sort(np.random.default_rng(4).permutation(120)[:12])  # validation_fraction 0.1
-    folds = np.random.default_rng(4 + 3).permutation(12) % 3
+    cal = np.sort(np.random.default_rng(4).permutation(120)[:40])  # a third: at least 100
+    folds = np.random.default_rng(4 + 3).permutation(40) % 3
     for k, seed in enumerate(member_seeds(4, 3)):
         keep = np.setdiff1d(np.arange(120), cal[folds == k])
-        assert len(keep) == 116
+        assert len(keep) in (106, 107)
         single = nnreg.Regressor(random_state=seed, **params).fit(X[keep], y[keep])
         for a, b in zip(reg.model_.members[k].parameters(), single.model_.parameters(),
                         strict=True):  # fmt: skip

@@ -191,11 +191,13 @@ class EnsembleTrainer:
         best_loss: torch.Tensor,
         misses: torch.Tensor,
     ) -> None:
-        active = self.optimizer.active.view(-1) > 0
+        # The bookkeeping lives on the CPU (val, best_loss, misses); weights on their device.
+        device = self.net.params.device
+        active = self.optimizer.active.view(-1).cpu() > 0
         improved = (val < best_loss - self.config.tol) & active
         if improved.any():
             rows = improved.nonzero().view(-1)
-            best[rows] = self.net.params[rows]
+            best[rows.to(device)] = self.net.params[rows.to(device)]
             best_loss[improved] = val[improved]
             for k in rows.tolist():
                 self.record.best_epoch[k] = epoch
@@ -203,7 +205,7 @@ class EnsembleTrainer:
         misses[~improved & active] += 1
         stalled = active & (misses >= self.config.n_iter_no_change)
         if stalled.any():
-            self.optimizer.active[stalled] = 0.0  # a finished member stops changing
+            self.optimizer.active[stalled.to(device)] = 0.0  # a finished member stops changing
             for k in stalled.nonzero().view(-1).tolist():
                 self.record.stopped_at[k] = epoch
 

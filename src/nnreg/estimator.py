@@ -72,6 +72,7 @@ PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
 
 
 AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
+MIN_CALIBRATION_ROWS = 100  # an ensemble calibrates on at least this many (or a third of) rows
 
 
 def auto_batch_size(n_rows: int) -> int:
@@ -569,6 +570,10 @@ class Regressor(RegressorMixin, BaseEstimator):
         if not (self.early_stopping or self.n_models > 1) or n < 2:
             return None, everything
         n_val = min(n - 1, max(1, round(self.validation_fraction * n)))
+        if self.n_models > 1 and not self.early_stopping:
+            # Calibration rows: each member leaves out only its own fold of them, so more are
+            # cheap, and a 90% quantile of a few dozen scores is a coin toss.
+            n_val = max(n_val, min(MIN_CALIBRATION_ROWS, n // 3))
         perm = np.random.default_rng(self.seed_).permutation(n)
         return np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
@@ -698,13 +703,13 @@ class Regressor(RegressorMixin, BaseEstimator):
     def predict_interval(self, X: Any, coverage: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) bounds that contain the true value with probability ``coverage``.
 
-        Split-conformal. An ensemble sets aside ``validation_fraction`` of the rows as
-        calibration rows, split into one fold per member: member k trains on every row but
-        its fold, and each calibration row is scored by the residual of the member that did
-        not see it (intervals of one width for every row). With ``early_stopping`` the
-        held-out rows are left out by every member instead and score the ensemble's mean,
-        scaled by the members' spread so that uncertain rows get wider intervals; a single
-        model needs ``early_stopping`` for intervals.
+        Split-conformal. An ensemble sets aside ``validation_fraction`` of the rows (but at
+        least 100, or a third of them) as calibration rows, split into one fold per member:
+        member k trains on every row but its fold, and each calibration row is scored by the
+        residual of the member that did not see it (intervals of one width for every row).
+        With ``early_stopping`` the held-out rows are left out by every member instead and
+        score the ensemble's mean, scaled by the members' spread so that uncertain rows get
+        wider intervals; a single model needs ``early_stopping`` for intervals.
         """
         if not _real(coverage, 0.0, 1.0, open_lo=True):
             raise ConfigError(f"coverage must be a number in (0, 1), got {coverage!r}.")
