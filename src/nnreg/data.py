@@ -119,6 +119,23 @@ def table_from_frame(
     """
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
+    feats, targets = select_columns(columns, target, features, source)
+    if len(frame) == 0:
+        raise DataError(f"{source} has no rows; it needs at least one.")
+    y = _numeric_targets(frame, targets, source) if targets else None
+    return Table(features=frame[feats], y=y, feature_names=feats, target_names=targets)
+
+
+def select_columns(
+    columns: list[str],
+    target: str | Sequence[str] | None,
+    features: Sequence[str] | None,
+    source: str,
+) -> tuple[list[str], list[str]]:
+    """(features, targets) among ``columns``: every non-target column without ``features``.
+
+    Raises :class:`DataError` for a missing column, a column that is both, or no features.
+    """
     targets = [target] if isinstance(target, str) else list(target or [])
     _require_columns(targets, columns, source, what="target")
     if features is None:
@@ -134,10 +151,7 @@ def table_from_frame(
             )
     if not feats:
         raise DataError(f"{source} has no feature columns besides the target; add at least one.")
-    if len(frame) == 0:
-        raise DataError(f"{source} has no rows; it needs at least one.")
-    y = _numeric_targets(frame, targets, source) if targets else None
-    return Table(features=frame[feats], y=y, feature_names=feats, target_names=targets)
+    return feats, targets
 
 
 def _require_columns(wanted: list[str], columns: list[str], source: str, what: str) -> None:

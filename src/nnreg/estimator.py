@@ -439,17 +439,7 @@ class Regressor(RegressorMixin, BaseEstimator):
             trainer = Trainer(self.model_, config, self._generator())
             trainer.sync = None if group is None else distributed.TorchSync(group)
             trainer.stop = stop
-            if resume is not None:
-                tensors, meta = artifact.load_checkpoint(resume)
-                trainer.load_state_dict(tensors, meta["trainer"])
-            write = None
-            if checkpoint is not None:
-                info = checkpoint_info or {}
-
-                def write(t: Trainer) -> None:
-                    tensors, meta = t.state_dict()
-                    artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **info})
-
+            write = attach_checkpoints(trainer, resume, checkpoint, checkpoint_info)
             try:
                 trainer.run(X_all, y_all, w_all, validation=validation, callback=callback,
                             checkpoint=write, checkpoint_every=checkpoint_every)  # fmt: skip
@@ -824,6 +814,28 @@ class Regressor(RegressorMixin, BaseEstimator):
         reg._set_fitted(model, History.from_dict(saved.history))
         reg.best_epoch_ = int(meta["training"].get("best_epoch", reg.n_iter_ - 1))
         return reg
+
+
+def attach_checkpoints(
+    trainer: Trainer,
+    resume: str | Path | None,
+    checkpoint: str | Path | None,
+    info: dict[str, Any] | None = None,
+) -> Callable[[Trainer], None] | None:
+    """Load the training state saved at ``resume`` into ``trainer``; return the function that
+    writes ``trainer``'s state (plus ``info``) to ``checkpoint``, or None without one."""
+    if resume is not None:
+        tensors, meta = artifact.load_checkpoint(resume)
+        trainer.load_state_dict(tensors, meta["trainer"])
+    if checkpoint is None:
+        return None
+    extra = info or {}
+
+    def write(t: Trainer) -> None:
+        tensors, meta = t.state_dict()
+        artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
+
+    return write
 
 
 def load(path: str | Path) -> Regressor:

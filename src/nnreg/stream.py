@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .data import _require_columns
+from .data import select_columns
 from .exceptions import ConfigError, DataError, DataFileError, NotFittedError
 from .metrics import RunningMetrics
 from .model import MLP, MLPConfig
@@ -120,8 +120,7 @@ class ParquetData:
         self.schema, groups = _read_metadata(self.files)
         self.row_groups = [g for g in groups if g.rows > 0]
         columns = list(self.schema.names)
-        targets = [target] if isinstance(target, str) else list(target or [])
-        _require_columns(targets, columns, self.source, what="target")
+        feats, targets = select_columns(columns, target, features, self.source)
         for name in targets:
             kind = self.schema.field(name).type
             if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
@@ -132,21 +131,6 @@ class ParquetData:
                     f"{'text' if text else f'{kind} values'}, but a "
                     "regression target must be numbers; convert it or choose another target."
                 )
-        if features is None:
-            feats = [c for c in columns if c not in targets]
-        else:
-            feats = list(features)
-            _require_columns(feats, columns, self.source, what="feature")
-            overlap = sorted(set(feats) & set(targets))
-            if overlap:
-                raise DataError(
-                    f"column {overlap[0]!r} is both a feature and the target; drop it from the "
-                    "features."
-                )
-        if not feats:
-            raise DataError(
-                f"{self.source} has no feature columns besides the target; add at least one."
-            )
         for name in categorical or []:
             if name not in columns:
                 raise DataError(f"--categorical column {name!r} not found in {self.source}.")
@@ -480,8 +464,7 @@ def fit_parquet(
     >>> reg.predict(nnreg.seed_dataset(5)[["x1", "x2"]]).shape
     (5,)
     """
-    from . import artifact
-    from .estimator import _DTYPES
+    from .estimator import _DTYPES, attach_checkpoints
 
     check_streamable(reg, world_size)
     if not data.target_names:
@@ -520,17 +503,7 @@ def fit_parquet(
     )  # fmt: skip
     trainer = Trainer(model, train_config, reg._generator())
     trainer.sync, trainer.stop = sync, stop
-    if resume is not None:
-        tensors, meta = artifact.load_checkpoint(resume)
-        trainer.load_state_dict(tensors, meta["trainer"])
-    write = None
-    if checkpoint is not None:
-        info = checkpoint_info or {}
-
-        def write(t: Trainer) -> None:
-            tensors, meta = t.state_dict()
-            artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **info})
-
+    write = attach_checkpoints(trainer, resume, checkpoint, checkpoint_info)
     try:
         trainer.run(source, callback=callback, checkpoint=write, checkpoint_every=checkpoint_every)
     finally:  # also after divergence: the last finite weights stay usable
