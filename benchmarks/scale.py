@@ -181,10 +181,9 @@ def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[st
     lines = [
         "# Streamed training at scale",
         "",
-        f"Made by `{command}` on {platform.machine()}, {os.cpu_count()} cores shared with other "
-        f"work (1-minute load average {load_before:.1f} at the start, {load_after:.1f} at the "
-        "end, so absolute rows/s are low and noisy; the ratios compare runs made under the "
-        "same load), "
+        f"Made by `{command}` on {platform.machine()}, {os.cpu_count()} cores (1-minute load "
+        f"average {load_before:.1f} at the start, {load_after:.1f} at the end; the ratios "
+        "compare runs made in one sitting), "
         f"Python {platform.python_version()}, torch {torch.__version__}, pyarrow "
         f"{pa.__version__}, nnreg {nnreg.__version__}. Data: synthetic Parquet files of "
         f"{FEATURES} float32 features and a float32 target, row groups of {GROUP:,} rows. Model: "
