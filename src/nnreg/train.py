@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -439,7 +439,6 @@ class Trainer:
     ) -> Iterator[float]:
         """Yield each epoch's mean training loss: one host sync per epoch."""
         n = X.shape[0]
-        step_lr = self.config.schedule == "cosine"
         if self.net is not None:
             X = torch.cat([X, X.new_ones(n, 1)], dim=1)  # (rows, inputs + 1): ones meet the bias
         else:
@@ -458,46 +457,48 @@ class Trainer:
                 perm = torch.randperm(n, generator=self.generator, device=X.device)
                 Xe, ye = X[perm], y[perm]
                 we = None if w is None else w[perm]
-            total = X.new_zeros(())
-            rows = 0
-            for b, (lo, hi) in enumerate(batches):
-                if step_lr and b:
-                    self._set_lr(self._lr(epoch * len(batches) + b, total_steps))
-                wb = None if we is None else we[lo:hi]
-                loss, factor = self._step(Xe[lo:hi], ye[lo:hi], wb)
-                total.add_(loss, alpha=factor * (hi - lo))
-                rows += hi - lo
-                if self.stop_requested:  # a signal: end the epoch after this step
-                    break
-            yield self._epoch_mean(total, rows)
+            minibatches = ((Xe[lo:hi], ye[lo:hi], None if we is None else we[lo:hi])
+                           for lo, hi in batches)  # fmt: skip
+            yield self._train_epoch(minibatches, epoch, len(batches), total_steps, X)
 
     def _source_epochs(
         self, source: BatchSource, start: int, epochs: int, total_steps: int
     ) -> Iterator[float]:
         """Like ``_epochs``, for minibatches that a :class:`BatchSource` yields."""
-        step_lr = self.config.schedule == "cosine"
         steps = max(1, source.steps_per_epoch)
+        like = next(self.model.parameters())
         if self.net is None:
             self.model.train()
         for epoch in range(start, epochs):
             self._set_lr(self._lr(epoch * steps, total_steps))
-            total: torch.Tensor | None = None
-            rows = 0
-            for b, (xb, yb, wb) in enumerate(source.epoch(epoch)):
-                if step_lr and b:
-                    self._set_lr(self._lr(epoch * steps + b, total_steps))
-                if self.net is not None:
-                    xb = torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1)
-                loss, factor = self._step(xb, yb, wb)
-                if total is None:
-                    total = loss.new_zeros(())
-                total.add_(loss, alpha=factor * xb.shape[0])
-                rows += xb.shape[0]
-                if self.stop_requested:
-                    break
-            if total is None:
-                total = torch.zeros((), dtype=next(self.model.parameters()).dtype)
-            yield self._epoch_mean(total, rows)
+            minibatches = source.epoch(epoch)
+            if self.net is not None:  # the fast engine's inputs end in a column of ones
+                minibatches = ((torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1), yb, wb)
+                               for xb, yb, wb in minibatches)  # fmt: skip
+            yield self._train_epoch(minibatches, epoch, steps, total_steps, like)
+
+    def _train_epoch(
+        self,
+        minibatches: Iterable[Minibatch],
+        epoch: int,
+        steps: int,
+        total_steps: int,
+        like: torch.Tensor,
+    ) -> float:
+        """One step per minibatch (the cosine schedule moves every step); the epoch's mean
+        training loss, with one host sync."""
+        step_lr = self.config.schedule == "cosine"
+        total = like.new_zeros(())
+        rows = 0
+        for b, (xb, yb, wb) in enumerate(minibatches):
+            if step_lr and b:
+                self._set_lr(self._lr(epoch * steps + b, total_steps))
+            loss, factor = self._step(xb, yb, wb)
+            total.add_(loss, alpha=factor * xb.shape[0])
+            rows += xb.shape[0]
+            if self.stop_requested:  # a signal: end the epoch after this step
+                break
+        return self._epoch_mean(total, rows)
 
     def _epoch_mean(self, total: torch.Tensor, rows: int) -> float:
         """The epoch's mean training loss over every row (of every process): one host sync."""
