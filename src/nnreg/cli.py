@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,7 +218,6 @@ def train(
     """
     from .artifact import CHECKPOINT
     from .estimator import PRESETS, Regressor
-    from .exceptions import TrainingDivergedError
 
     if (options["nproc"] or 1) > 1:  # this same command, as NPROC processes
         from .distributed import launch
@@ -286,23 +286,12 @@ def train(
     if group is not None and report.show:
         report.out.print(f"ranks   {group.world_size} processes, data-parallel: each trains on "
                          f"1/{group.world_size} of the training rows")  # fmt: skip
-    started = time.perf_counter()
-    # Processes of one run stop together or not at all: there, a signal simply ends them.
-    stop, received = _stop_on_signals() if group is None else (None, {"previous": {}})
-    try:
-        with report.progress(reg, log_every) as on_epoch:
-            reg.fit(table.features, y, callback=on_epoch, stop=stop,
-                    resume=None if resume is None else out / CHECKPOINT,
-                    **checkpointing)  # fmt: skip
-    except TrainingDivergedError as exc:
-        _save(reg, out, run, table, y)  # with the last finite weights
-        raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
-    finally:
-        _restore_signals(received)
-    seconds = time.perf_counter() - started
-    metrics, first = _save(reg, out, run, table, y)
-    report.result(out, reg, metrics, first, seconds)
-    _exit_if_interrupted(reg, received, out)
+
+    def fit(on_epoch: Any, stop: Any) -> None:
+        reg.fit(table.features, y, callback=on_epoch, stop=stop,
+                resume=None if resume is None else out / CHECKPOINT, **checkpointing)  # fmt: skip
+
+    _fit_and_save(reg, out, group, report, log_every, fit, lambda: _save(reg, out, run, table, y))
 
 
 def _train_streamed(
@@ -320,7 +309,6 @@ def _train_streamed(
     from .artifact import CHECKPOINT
     from .distributed import TorchSync, refuse_unsupported
     from .estimator import Regressor
-    from .exceptions import TrainingDivergedError
     from .stream import SHUFFLE_BUFFER, ParquetData, check_streamable, fit_parquet
 
     if "path" not in run:
@@ -344,21 +332,44 @@ def _train_streamed(
         refuse_unsupported(group, sample_weight=False, n_models=int(reg.n_models),
                            checkpoint=bool(checkpointing) or resume is not None)  # fmt: skip
         ranks = {"rank": group.rank, "world_size": group.world_size, "sync": TorchSync(group)}
+
+    def fit(on_epoch: Any, stop: Any) -> None:
+        fit_parquet(reg, data, shuffle_buffer=shuffle_buffer, callback=on_epoch, stop=stop,
+                    resume=None if resume is None else out / CHECKPOINT,
+                    **checkpointing, **ranks)  # fmt: skip
+
+    _fit_and_save(reg, out, group, report, log_every, fit,
+                  lambda: _save_streamed(reg, out, run, data, group))  # fmt: skip
+
+
+def _fit_and_save(
+    reg: Regressor,
+    out: Path,
+    group: Any,
+    report: _Report,
+    log_every: int | None,
+    fit: Callable[[Any, Any], None],
+    save: Callable[[], tuple[dict[str, float], tuple[float, float]]],
+) -> None:
+    """Run ``fit(on_epoch, stop)`` with progress and SIGINT/SIGTERM handling, then ``save()``
+    the model folder (after a divergence too, with the last finite weights), print the
+    result, and exit 130/143 when a signal ended training."""
+    from .exceptions import TrainingDivergedError
+
     started = time.perf_counter()
+    # Processes of one run stop together or not at all: there, a signal simply ends them.
     stop, received = _stop_on_signals() if group is None else (None, {"previous": {}})
     try:
         with report.progress(reg, log_every) as on_epoch:
-            fit_parquet(reg, data, shuffle_buffer=shuffle_buffer, callback=on_epoch, stop=stop,
-                        resume=None if resume is None else out / CHECKPOINT,
-                        **checkpointing, **ranks)  # fmt: skip
+            fit(on_epoch, stop)
     except TrainingDivergedError as exc:
-        if hasattr(reg, "model_"):
-            _save_streamed(reg, out, run, data, group)  # with the last finite weights
+        if hasattr(reg, "model_"):  # a streamed run may fail before its network exists
+            save()
         raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
     finally:
         _restore_signals(received)
     seconds = time.perf_counter() - started
-    metrics, first = _save_streamed(reg, out, run, data, group)
+    metrics, first = save()
     report.result(out, reg, metrics, first, seconds)
     _exit_if_interrupted(reg, received, out)
 
