@@ -159,9 +159,8 @@ class Sweep:
         self._validation = validation
         self.y_val_ = y_arr[val_rows]
         self.w_val_ = None if w is None else w[val_rows]
-        self.base_, self.n_outputs_, self.seed_ = base, y_arr.shape[1], seed
+        self.base_, self.seed_ = base, seed  # base_ holds the fitted data's names and shapes
         self.train_rows_, self.val_rows_ = train_rows, val_rows
-        self.X_, self.y_ = X, y  # the caller's data, validated again by regressor()
 
         config = base._train_config(len(train_rows))
         groups: dict[tuple[int, ...], list[Trial]] = {}
@@ -286,8 +285,9 @@ class Sweep:
             )
         first = best_group.trials[chosen[0][1]]
         reg = clone(self.base_).set_params(**first.params(), n_models=len(chosen))
-        reg._check_X(self.X_, reset=True)  # feature names and counts, as fit sets them
-        reg._check_y(self.y_, len(self.X_), reset=True)
+        for name in _DATA_ATTRIBUTES:  # as fit's checks of X and y set them
+            if hasattr(self.base_, name):
+                setattr(reg, name, getattr(self.base_, name))
         reg.seed_ = first.seed
         reg.preprocessor_, reg.y_scaler_ = self.preprocessor_, self.y_scaler_
         members = [best_group.members[k] for _, k in chosen]
@@ -304,6 +304,9 @@ class Sweep:
         reg.interrupted_ = self.interrupted_
         reg._calibrate(self._validation)
         return reg
+
+
+_DATA_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "n_outputs_", "_y_1d")
 
 
 def _mean_history(histories: list[History]) -> History:
