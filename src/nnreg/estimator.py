@@ -22,7 +22,16 @@ from .ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
 from .exceptions import ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble, count_parameters
 from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
-from .train import LOSSES, OPTIMIZERS, SCHEDULES, EpochCallback, History, TrainConfig, Trainer
+from .train import (
+    EVAL_CHUNK,
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULES,
+    EpochCallback,
+    History,
+    TrainConfig,
+    Trainer,
+)
 
 __all__ = ["PRESETS", "Regressor", "load"]
 
@@ -480,8 +489,13 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     def _moments(self, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread of the members' predictions, (rows, targets) each, in the model's
-        standardised target units; a single model has spread 1 (plain conformal residuals)."""
-        out = self.model_.predict_float64(Z).cpu().numpy()
+        standardised target units; a single model has spread 1 (plain conformal residuals).
+
+        Forward passes of EVAL_CHUNK rows keep the float64 activations small; a row's
+        prediction does not depend on the rows beside it."""
+        parts = [self.model_.predict_float64(Z[lo : lo + EVAL_CHUNK]).cpu().numpy()
+                 for lo in range(0, max(len(Z), 1), EVAL_CHUNK)]  # fmt: skip
+        out = np.concatenate(parts, axis=-2)  # rows are the second-to-last axis
         if isinstance(self.model_, MLPEnsemble):  # out: (K, rows, targets)
             return out.mean(axis=0), out.std(axis=0, ddof=1)
         return out, np.ones_like(out)
@@ -709,10 +723,16 @@ class Regressor(RegressorMixin, BaseEstimator):
                 "predict_interval needs rows held out during fit: use n_models > 1 or "
                 "early_stopping=True."
             )
-        half = self.calibrator_.halfwidth(std, float(coverage))
-        lower = self.y_scaler_.inverse_transform(mean - half)
-        upper = self.y_scaler_.inverse_transform(mean + half)
+        lower, upper = self._interval(mean, std, float(coverage))
         return self._shape(lower), self._shape(upper)
+
+    def _interval(
+        self, mean: np.ndarray, std: np.ndarray, coverage: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) in the target's units from standardised mean and spread."""
+        half = self.calibrator_.halfwidth(std, coverage)
+        return (self.y_scaler_.inverse_transform(mean - half),
+                self.y_scaler_.inverse_transform(mean + half))  # fmt: skip
 
     def _predict_moments(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         if not self.__sklearn_is_fitted__():

@@ -47,7 +47,7 @@ from .exceptions import ConfigError, DataError, DataFileError, NotFittedError
 from .metrics import RunningMetrics
 from .model import MLP, MLPConfig
 from .preprocess import SAMPLE_ROWS, StreamingStatistics, TablePreprocessor
-from .train import EVAL_CHUNK, EpochCallback, GradientSync, Minibatch, Trainer
+from .train import EpochCallback, GradientSync, Minibatch, Trainer
 
 if TYPE_CHECKING:
     from .estimator import Regressor
@@ -623,9 +623,7 @@ def _prediction_frame(
     pred, mean, std = _predict_chunk(reg, chunk)
     columns = {f"{t}_pred": pred[:, j] for j, t in enumerate(targets)}
     if interval is not None:
-        half = reg.calibrator_.halfwidth(std, float(interval))
-        lower = reg.y_scaler_.inverse_transform(mean - half)
-        upper = reg.y_scaler_.inverse_transform(mean + half)
+        lower, upper = reg._interval(mean, std, float(interval))
         for j, t in enumerate(targets):
             columns[f"{t}_lower"], columns[f"{t}_upper"] = lower[:, j], upper[:, j]
     return pd.DataFrame(columns)
@@ -641,11 +639,5 @@ def _predict_chunk(reg: Regressor, chunk: Chunk) -> tuple[np.ndarray, np.ndarray
     (rows, targets), as :meth:`Regressor.predict` computes them."""
     Z = torch.from_numpy(reg.preprocessor_.transform(chunk.features, chunk.first_row))
     device = next(reg.model_.parameters()).device  # where it was trained; CPU once loaded
-    # Forward passes of EVAL_CHUNK rows keep the float64 activations small; a row's
-    # prediction does not depend on the rows beside it.
-    parts = [
-        reg._moments(Z[lo : lo + EVAL_CHUNK].to(device)) for lo in range(0, len(Z), EVAL_CHUNK)
-    ]
-    mean = np.concatenate([m for m, _ in parts])
-    std = np.concatenate([s for _, s in parts])
+    mean, std = reg._moments(Z.to(device))
     return reg.y_scaler_.inverse_transform(mean), mean, std
