@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnreg.engine import FastMLP, FlatOptimizer, epoch_batches, supports
+from nnreg.engine import DropoutSampler, FastMLP, FlatOptimizer, epoch_batches, supports
 from nnreg.model import MLP, MLPConfig
 from nnreg.train import TrainConfig, fit, loss_function, make_optimizer
 
@@ -171,8 +171,10 @@ def test_dropout_gradients_match_autograd_with_the_same_mask(activation: str) ->
     X1 = torch.cat([X, torch.ones(17, 1, dtype=torch.float64)], dim=1)
     batch = fast.prepare(X1, Y, None)
     loss = fast.loss_and_grad(batch).item() * batch.factor
-    masks = [m.t().clone() for m in batch.buf.mask]  # (batch, width), values 0 or 1/0.7
-    assert all(set(torch.unique(m).tolist()) <= {0.0, 1 / 0.7} for m in masks)
+    masks = [m.t().clone() for m in batch.buf.mask]  # (batch, width), values 0 or ~1/0.7
+    factor = fast.sampler.factor
+    assert factor == pytest.approx(1 / 0.7, rel=1e-5)
+    assert all(set(torch.unique(m).tolist()) <= {0.0, factor} for m in masks)
 
     act = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
            "silu": torch.nn.functional.silu}[activation]  # fmt: skip
@@ -190,3 +192,22 @@ def test_dropout_gradients_match_autograd_with_the_same_mask(activation: str) ->
     eval_batch = fast.prepare(X1, Y, None, train=False)
     expected = torch.nn.functional.mse_loss(net.eval()(X), Y).item()
     assert fast.evaluate(eval_batch).item() * eval_batch.factor == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.15, 0.5, 0.9])
+def test_dropout_masks_drop_each_unit_with_probability_p_and_keep_the_mean(p: float) -> None:
+    sampler = DropoutSampler(p, torch.Generator().manual_seed(1))
+    mask = torch.empty(64, 1001, dtype=torch.float64)  # an odd size: a partial last draw
+    draws = torch.stack([sampler.fill_(mask).clone() for _ in range(30)])  # (30, 64, 1001)
+    dropped = (draws == 0).double().mean().item()
+    assert abs(dropped - p) < 4 * (p * (1 - p) / draws.numel()) ** 0.5 + 1e-5
+    assert set(torch.unique(draws).tolist()) == {0.0, sampler.factor}
+    assert abs(draws.mean().item() - 1.0) < 4 * (p / (1 - p) / draws.numel()) ** 0.5
+    # Units are independent: neighbours (four share a 64-bit draw) are uncorrelated.
+    flat = (draws.reshape(-1) > 0).double()
+    corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(corr) < 4 / draws.numel() ** 0.5
+    # The same seed gives the same masks; the generator advances between calls.
+    again = DropoutSampler(p, torch.Generator().manual_seed(1))
+    assert torch.equal(again.fill_(mask.clone()), draws[0])
+    assert not torch.equal(draws[0], draws[1])

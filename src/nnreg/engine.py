@@ -123,6 +123,37 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
             torch.set_num_threads(before)
 
 
+class DropoutSampler:
+    """Inverted-dropout masks (0, or 1/keep) drawn 16 random bits per unit.
+
+    ``bernoulli_`` makes one generator call per unit and dominated a dropout network's step
+    on the CPU; here each 64-bit draw decides four units. The keep probability is therefore
+    ``round((1 - p) * 2**16) / 2**16`` (within 8e-6 of ``1 - p``) and kept units are scaled
+    by its inverse, so every unit's expected factor is exactly 1.
+    """
+
+    def __init__(self, p: float, generator: torch.Generator | None) -> None:
+        keep = min(2**16 - 1, max(1, round((1.0 - p) * 2**16)))  # units kept, of 2**16
+        self.threshold = keep - 2**15  # an int16 draw below it keeps the unit
+        self.factor = 2**16 / keep
+        self.generator = generator
+        self._scratch: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+    def fill_(self, mask: torch.Tensor) -> torch.Tensor:
+        """Overwrite the contiguous ``mask`` with fresh factors; returns it."""
+        n = mask.numel()
+        key = (n, mask.dtype, mask.device)
+        if key not in self._scratch:
+            bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=mask.device)
+            flags = torch.empty(n, dtype=torch.bool, device=mask.device)
+            factor = torch.tensor(self.factor, dtype=mask.dtype, device=mask.device)
+            self._scratch[key] = (bits, flags, factor)
+        bits, flags, factor = self._scratch[key]
+        bits.random_(-(2**63), None, generator=self.generator)  # every 64-bit value
+        torch.lt(bits.view(torch.int16)[:n], self.threshold, out=flags)
+        return torch.mul(flags.view(mask.shape), factor, out=mask)
+
+
 class _Buffers:
     """Preallocated activations and their gradients for one batch size.
 
@@ -187,6 +218,7 @@ class FastMLP:
         self.widths = [layers[0].in_features] + [m.out_features for m in layers]
         self.activation, self.loss = activation, loss
         self.dropout, self.generator = dropout, generator
+        self.sampler = DropoutSampler(dropout, generator)
         shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
         total = sum(r * c for r, c in shapes)
         self.params = torch.empty(total, dtype=first.dtype, device=first.device)
@@ -269,12 +301,11 @@ class FastMLP:
     def _forward(self, batch: Batch) -> None:
         buf = batch.buf
         inputs = batch.XT
-        keep = 1.0 - self.dropout
         for i in range(len(buf.A)):
             torch.mm(self.W[i], inputs, out=buf.Z[i])  # (width, batch)
             self._act(buf.Z[i], buf.H[i])
             if buf.mask:  # inverted dropout: zero with probability p, scale the rest by 1/(1-p)
-                buf.mask[i].bernoulli_(keep, generator=self.generator).div_(keep)
+                self.sampler.fill_(buf.mask[i])
                 torch.mul(buf.H[i], buf.mask[i], out=buf.act[i])
             inputs = buf.A[i]  # (width + 1, batch)
         torch.mm(self.W[-1], inputs, out=buf.out)  # (outputs, batch)
@@ -450,6 +481,7 @@ class BatchedMLP:
         self.widths = [first[0].in_features] + [m.out_features for m in first]
         self.activation, self.loss = activation, loss
         self.dropout, self.generator = dropout, generator
+        self.sampler = DropoutSampler(dropout, generator)
         shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
         total = sum(r * c for r, c in shapes)
         self.params = like.new_empty(self.K, total)  # (K, P)
@@ -473,6 +505,10 @@ class BatchedMLP:
                     w[k, :, -1].copy_(layer.bias)
         self._act, self._act_backward = _ACTIVATIONS[activation]
         self._buffers: dict[tuple[int, bool], _BatchedBuffers] = {}
+        # The last row weights and target shape, and their loss scales: full-batch training
+        # passes the same weights tensor every step (not to be changed in place meanwhile).
+        self._scale_key: tuple[torch.Tensor | None, torch.Size | None] = (None, None)
+        self._scales = (torch.empty(0), torch.empty(0))
 
     def copy_to(self, members: Sequence[nn.Module]) -> None:
         with torch.no_grad():
@@ -505,8 +541,11 @@ class BatchedMLP:
         """
         buf = self.buffers(X.shape[-2])
         self._forward(X, buf)
-        scale = self._scale(Y, w)
-        losses = self._loss(buf, Y.transpose(-2, -1), scale, w is None)
+        key = (w, Y.shape)
+        if key[0] is not self._scale_key[0] or key[1] != self._scale_key[1]:
+            scale = self._scale(Y, w)  # the same weights and shape (full batch): reused
+            self._scale_key, self._scales = key, (scale, scale * 2.0)
+        losses = self._loss(buf, Y.transpose(-2, -1), *self._scales)
         dZ = buf.D
         for i in range(len(buf.A), 0, -1):
             torch.bmm(dZ, buf.AT[i - 1], out=self.G_blocks[i])
@@ -536,9 +575,21 @@ class BatchedMLP:
         self._forward(X, buf)
         return buf.out
 
+    @torch.no_grad()
+    def predict_members(self, X: torch.Tensor, members: slice) -> torch.Tensor:
+        """Shared (rows, inputs + 1) -> (members, outputs, rows) for a range of ``members``,
+        without dropout: a forward pass that skips the other members."""
+        W = [w[members] for w in self.W]  # views
+        k, rows = W[0].shape[0], X.shape[0]
+        z = torch.mm(W[0].reshape(-1, X.shape[1]), X.t()).view(k, -1, rows)
+        for w in W[1:]:
+            self._act(z, z)
+            h = torch.cat([z, z.new_ones(k, 1, rows)], dim=1)  # (members, width + 1, rows)
+            z = torch.bmm(w, h)
+        return z
+
     def _forward(self, X: torch.Tensor, buf: _BatchedBuffers) -> None:
         inputs = X.transpose(-2, -1)  # (K, inputs + 1, batch), or shared (inputs + 1, batch)
-        keep = 1.0 - self.dropout
         for i in range(len(buf.A)):
             if inputs.dim() == 2:  # shared rows: all members' first layers as one product
                 z = buf.Z[i]
@@ -548,7 +599,7 @@ class BatchedMLP:
                 torch.bmm(self.W[i], inputs, out=buf.Z[i])  # (K, width, batch)
             self._act(buf.Z[i], buf.H[i])
             if buf.mask:
-                buf.mask[i].bernoulli_(keep, generator=self.generator).div_(keep)
+                self.sampler.fill_(buf.mask[i])
                 torch.mul(buf.H[i], buf.mask[i], out=buf.act[i])
             inputs = buf.A[i]
         torch.bmm(self.W[-1], inputs, out=buf.out)  # (K, outputs, batch)
@@ -562,13 +613,17 @@ class BatchedMLP:
         return (w / (total * n_out)).unsqueeze(1)
 
     def _loss(
-        self, buf: _BatchedBuffers, YT: torch.Tensor, scale: torch.Tensor, plain: bool
+        self, buf: _BatchedBuffers, YT: torch.Tensor, scale: torch.Tensor, scale2: torch.Tensor
     ) -> torch.Tensor:
+        """(K,) losses; the loss's gradient is left in ``buf.D``. ``scale2`` is 2 * scale."""
         D = buf.D
         torch.sub(buf.out, YT, out=D)  # (K, outputs, batch)
-        if self.loss == "squared_error":
-            elementwise = D.square()
-            D.mul_(scale * 2.0)
+        if self.loss == "squared_error":  # sum(scale * D**2) = sum(D * G) / 2, G = 2 scale D
+            G = buf.G
+            torch.mul(D, scale2, out=G)
+            losses = torch.bmm(D.view(self.K, 1, -1), G.view(self.K, -1, 1)).view(-1)
+            buf.D, buf.G = G, D  # the gradient is the next step's D buffer's turn
+            return losses.mul_(0.5)
         elif self.loss == "absolute_error":
             elementwise = D.abs()
             D.sign_().mul_(scale)
@@ -602,7 +657,8 @@ class _BatchedBuffers:
         self.Z = [like.new_empty(K, h, batch) for h in hidden] if keep_z else self.H
         self.dZ = [like.new_empty(K, h, batch) for h in hidden]
         self.out = like.new_empty(K, widths[-1], batch)
-        self.D = like.new_empty(K, widths[-1], batch)
+        self.D = like.new_empty(K, widths[-1], batch)  # the loss's gradient
+        self.G = like.new_empty(K, widths[-1], batch)  # scratch of the same shape
 
 
 class BatchedOptimizer:
@@ -629,7 +685,9 @@ class BatchedOptimizer:
         self.weight_decay = weight_decay.reshape(-1, 1).to(params)  # (K, 1)
         self.momentum, self.nesterov, self.betas, self.eps = momentum, nesterov, betas, eps
         self.scale = 1.0  # the schedule's factor, applied to every member
-        self.active = torch.ones_like(self.lr)  # 0 freezes a member
+        self.active = torch.ones_like(self.lr)  # 0 freezes a member (see freeze)
+        self._lr = self.lr.clone()  # lr * active, kept between steps
+        self._decay = bool(self.weight_decay.any())  # checked once, not every step
         self.t = 0
         if kind == "sgd":
             self.buf = torch.zeros_like(params) if momentum else None
@@ -637,12 +695,17 @@ class BatchedOptimizer:
             self.exp_avg = torch.zeros_like(params)
             self.exp_avg_sq = torch.zeros_like(params)
 
+    def freeze(self, rows: torch.Tensor) -> None:
+        """Stop the members ``rows`` (a boolean mask or indices) from changing."""
+        self.active[rows] = 0.0
+        torch.mul(self.lr, self.active, out=self._lr)
+
     def step(self) -> None:
         p, g = self.params, self.grads
-        lr = self.lr * self.active  # (K, 1)
+        lr = self._lr  # (K, 1)
         self.t += 1
         if self.kind == "sgd":
-            if self.weight_decay.any():
+            if self._decay:
                 g.addcmul_(p, self.weight_decay)
             if self.buf is not None:
                 self.buf.mul_(self.momentum).add_(g)
@@ -650,7 +713,7 @@ class BatchedOptimizer:
             p.addcmul_(g, lr, value=-self.scale)
             return
         b1, b2 = self.betas
-        if self.kind == "adam" and self.weight_decay.any():
+        if self.kind == "adam" and self._decay:
             g = g.addcmul(p, self.weight_decay)  # L2 penalty folded into the gradient
         elif self.kind == "adamw":
             p.mul_(1.0 - self.scale * lr * self.weight_decay)  # decoupled decay
