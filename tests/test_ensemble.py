@@ -182,10 +182,12 @@ def test_a_stop_request_ends_an_ensemble_after_the_epoch() -> None:
     assert reg.interrupted_ and reg.n_iter_ == 3
 
 
-def test_ensemble_members_leave_out_only_their_own_calibration_fold() -> None:
-    """Without early stopping each member trains on every row but its fold of the
-    calibration rows: member k equals a single model fitted on exactly those rows."""
+def test_ensemble_members_train_on_every_row_and_helpers_score_the_calibration_rows() -> None:
+    """Without early stopping every member trains on every row (member k equals a single
+    model fitted on all of them), and the calibration scores are the residuals of two extra
+    networks, each a single model fitted on every row but its fold of the calibration rows."""
     import nnreg
+    from nnreg.estimator import CALIBRATION_MEMBERS
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(120, 2))
@@ -194,15 +196,23 @@ def test_ensemble_members_leave_out_only_their_own_calibration_fold() -> None:
               "scaling": "none", "scale_target": False, "hidden_layer_sizes": (8,),
               "learning_rate": "constant"}  # fmt: skip
     reg = nnreg.Regressor(n_models=3, random_state=4, **params).fit(X, y)
-    cal = np.sort(np.random.default_rng(4).permutation(120)[:40])  # a third: at least 100
-    folds = np.random.default_rng(4 + 3).permutation(40) % 3
-    for k, seed in enumerate(member_seeds(4, 3)):
-        keep = np.setdiff1d(np.arange(120), cal[folds == k])
-        assert len(keep) in (106, 107)
-        single = nnreg.Regressor(random_state=seed, **params).fit(X[keep], y[keep])
+    seeds = member_seeds(4, 3 + CALIBRATION_MEMBERS)
+    for k, seed in enumerate(seeds[:3]):
+        single = nnreg.Regressor(random_state=seed, **params).fit(X, y)
         for a, b in zip(reg.model_.members[k].parameters(), single.model_.parameters(),
                         strict=True):  # fmt: skip
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    cal = np.sort(np.random.default_rng(4).permutation(120)[:40])  # a third: at least 100
+    folds = np.random.default_rng(4 + 3).permutation(40) % CALIBRATION_MEMBERS
+    scores = np.empty(40)
+    for c, seed in enumerate(seeds[3:]):
+        keep = np.setdiff1d(np.arange(120), cal[folds == c])
+        assert len(keep) == 100
+        helper = nnreg.Regressor(random_state=seed, **params).fit(X[keep], y[keep])
+        scores[folds == c] = np.abs(y - helper.predict(X))[cal[folds == c]]
+    np.testing.assert_allclose(reg.calibrator_.scores[0], np.sort(scores), rtol=1e-9)
+    assert len(reg.model_.members) == 3 and len(reg.loss_curve_) == 20
+    assert reg.best_epoch_ == 19  # no roll-back here, so the final weights are compared
     lower, upper = reg.predict_interval(X, coverage=0.75)
     assert (lower < upper).all()
 
@@ -218,3 +228,84 @@ def test_unscaled_conformal_intervals_have_one_width_and_round_trip() -> None:
     old = {k: v for k, v in ConformalCalibrator.fit(y, mean, np.ones((99, 1))).to_dict().items()
            if k != "scaled"}  # fmt: skip
     assert ConformalCalibrator.from_dict(old).scaled  # folders written before the flag
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu", "tanh"])
+def test_a_forward_pass_of_a_few_members_equals_theirs_in_the_full_pass(activation: str) -> None:
+    X, _ = data(30)
+    seeds = member_seeds(1, 5)
+    members = make_members(seeds, MLPConfig(n_inputs=3, hidden_sizes=(6, 4), activation=activation))
+    trainer = EnsembleTrainer(members, TrainConfig(epochs=1), seeds)
+    X1 = torch.cat([X, torch.ones(30, 1)], dim=1)
+    torch.testing.assert_close(trainer.net.predict_members(X1, slice(2, 4)),
+                               trainer.net.predict(X1)[2:4])  # fmt: skip
+
+
+def overfitting_ensemble(early_stopping: bool) -> tuple[EnsembleTrainer, tuple, torch.Tensor]:
+    """Four members on 40 noisy rows, two helpers that each leave out half of 20 held-out
+    rows (scored out of fold), trained long enough to overfit."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(60, 3, generator=g)
+    y = X[:, :1] + torch.randn(60, 1, generator=g)  # half of the variance is noise
+    held = torch.arange(40, 60)
+    owner = 4 + torch.arange(20) % 2
+    w = torch.ones(6, 60)
+    w[owner, held] = 0.0  # helper 4 leaves out even held-out rows, helper 5 odd ones
+    config = TrainConfig(epochs=300, lr=0.01, optimizer="adam", batch_size=None,
+                         early_stopping=early_stopping, n_iter_no_change=20)  # fmt: skip
+    seeds = member_seeds(0, 6)
+    members = make_members(seeds, MLPConfig(n_inputs=3, hidden_sizes=(64, 64)))
+    trainer = EnsembleTrainer(members, config, seeds, reported=4)
+    validation = (X[held], y[held], None)
+    trainer.run(X, y, w, validation=validation, owner=owner)
+    return trainer, validation, owner
+
+
+def out_of_fold_loss(trainer: EnsembleTrainer, validation: tuple, owner: torch.Tensor) -> float:
+    X, y, _ = validation
+    pred = trainer.predict(X)[:, :, 0]  # (members, rows)
+    return float(((pred[owner, torch.arange(len(owner))] - y[:, 0]) ** 2).mean())
+
+
+def test_out_of_fold_early_stopping_stops_every_member_together_on_the_best_epoch() -> None:
+    trainer, validation, owner = overfitting_ensemble(early_stopping=True)
+    stopped, best = trainer.record.stopped_at, trainer.record.best_epoch
+    assert len(set(stopped)) == 1 and 0 < stopped[0] < 299  # together, before the end
+    assert len(set(best)) == 1 and best[0] == stopped[0] - 20
+    val = trainer.history.val_loss
+    assert val[best[0]] == min(val)
+    # Every member (helpers too) holds the best epoch's weights: its out-of-fold loss.
+    assert out_of_fold_loss(trainer, validation, owner) == pytest.approx(min(val), rel=1e-5)
+
+
+def test_a_full_run_rolls_back_only_when_the_held_out_rows_say_so_clearly() -> None:
+    trainer, validation, owner = overfitting_ensemble(early_stopping=False)
+    val = trainer.history.val_loss
+    assert len(val) == 300 and val[-1] > 1.5 * min(val)  # it overfitted, clearly
+    (best,) = set(trainer.record.best_epoch)
+    assert val[best] == min(val)
+    assert out_of_fold_loss(trainer, validation, owner) == pytest.approx(min(val), rel=1e-5)
+
+
+def test_the_roll_back_rule_needs_a_gap_of_two_standard_errors() -> None:
+    from nnreg.ensemble import _OutOfFold
+
+    members = make_members([0, 1], MLPConfig(n_inputs=3, hidden_sizes=(4,)))
+    net = EnsembleTrainer(members, TrainConfig(epochs=1), [0, 1]).net
+    X, y = data(100)
+    rule = _OutOfFold(net, "squared_error", (X, y, None), torch.arange(100) % 2, tol=0.0)
+    rng = np.random.default_rng(0)
+    diff = torch.from_numpy(rng.normal(size=100))
+    diff = (diff - diff.mean()) / diff.std()  # mean 0, std 1: standard error 0.1
+    params = net.params.clone()
+    for gap, rolls_back in [(0.19, False), (0.21, True)]:
+        rule.best_rows = torch.ones(100, dtype=torch.float64)
+        rule.last_rows = rule.best_rows + diff + gap
+        rule.best_epoch, rule.best_params = 7, torch.zeros_like(params)
+        net.params.copy_(params)
+        kept = rule.finish(net.params, rollback_always=False)
+        assert (kept == 7) is rolls_back
+        assert bool((net.params == 0).all()) is rolls_back
+    net.params.copy_(params)  # early stopping always goes back
+    rule.last_rows = rule.best_rows + diff
+    assert rule.finish(net.params, rollback_always=True) == 7 and bool((net.params == 0).all())

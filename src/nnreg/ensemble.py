@@ -55,6 +55,9 @@ class EnsembleTrainer:
         ``seeds[k] + 1``, exactly as a single model fitted with that seed does.
     lr, weight_decay : sequence of float, optional
         Per-member values (default: the config's, for all).
+    reported : int, optional
+        How many leading members the history's mean losses cover (default: all); the others
+        train alongside for another purpose, such as scoring calibration rows.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class EnsembleTrainer:
         lr: Sequence[float] | None = None,
         weight_decay: Sequence[float] | None = None,
         dropout_seed: int = 0,
+        reported: int | None = None,
     ) -> None:
         model_config = members[0].config
         if not supports(members[0], model_config.activation, config.loss, config.optimizer):
@@ -76,6 +80,7 @@ class EnsembleTrainer:
             )
         self.members, self.config = members, config
         self.K = len(members)
+        self.reported = self.K if reported is None else reported
         self.seeds = list(seeds)
         device = next(members[0].parameters()).device
         generator = torch.Generator(device=device)
@@ -104,12 +109,20 @@ class EnsembleTrainer:
         sample_weight: torch.Tensor | None = None,
         *,
         validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        owner: torch.Tensor | None = None,
         callback: Callable[[int, float, float | None], None] | None = None,
     ) -> History:
         """Train every member for ``config.epochs`` epochs (fewer with early stopping).
 
         ``sample_weight`` is (rows,) for all members or (K, rows) per member. The history holds
-        the members' mean losses; ``record`` holds each member's.
+        the mean losses of the ``reported`` members; ``record`` holds each member's.
+
+        With early stopping each member stops on its own loss on the ``validation`` rows and
+        keeps its best weights. Given ``owner`` ((rows,) member indices), every member follows
+        one out-of-fold loss instead: each validation row is scored by the member ``owner``
+        names (one that did not train on it). With early stopping all members stop together
+        when it stalls and go back to its best epoch; without, they train every epoch and go
+        back only if the best epoch beat the last clearly (see :class:`_OutOfFold`).
         """
         cfg, K = self.config, self.K
         n = X.shape[0]
@@ -122,7 +135,10 @@ class EnsembleTrainer:
             g = torch.Generator(device=X.device)
             g.manual_seed(s + 1)
             generators.append(g)
-        early = cfg.early_stopping and validation is not None
+        joint = None
+        if validation is not None and owner is not None:
+            joint = _OutOfFold(self.net, self.config.loss, validation, owner, cfg.tol)
+        early = cfg.early_stopping and validation is not None and joint is None
         best = self.net.params.clone() if early else None
         best_loss = torch.full((K,), math.inf)
         misses = torch.zeros(K, dtype=torch.long)
@@ -142,28 +158,43 @@ class EnsembleTrainer:
                     if cfg.schedule == "cosine":
                         step = epoch * len(batches) + b
                         self.optimizer.scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-                    wb = None if we is None else we[:, start:stop]
+                    if len(batches) == 1:  # the same tensors every epoch (the loss scale is kept)
+                        losses = self.net.loss_and_grad(Xe, ye, we)
+                        self.optimizer.step()
+                        total = losses
+                        break
                     rows = slice(start, stop)
-                    xb, yb = (Xe, ye) if len(batches) == 1 else (Xe[:, rows], ye[:, rows])
-                    losses = self.net.loss_and_grad(xb, yb, wb)
+                    wb = None if we is None else we[:, rows]
+                    losses = self.net.loss_and_grad(Xe[:, rows], ye[:, rows], wb)
                     self.optimizer.step()
-                    total.add_(losses, alpha=stop - start)
-                train = (total / n).cpu()  # the epoch's one host sync
-                # Validation losses are only needed per epoch to stop early; an ensemble
-                # without early stopping uses its held-out rows for calibration alone.
-                val = self.validation_losses(validation) if validation and early else None
+                    total.add_(losses, alpha=(stop - start) / n)
+                train = total.cpu()  # the epoch's one host sync
+                # Per-member validation losses are only needed to stop early; the joint
+                # out-of-fold loss is also what a full run may roll back on.
+                val: torch.Tensor | None = None
+                if joint is not None:
+                    val = torch.full((K,), joint.update(epoch, self.net.params))
+                elif validation is not None and early:
+                    val = self.validation_losses(validation)
                 self._record(epoch, train, val)
-                if early:
+                if joint is not None and cfg.early_stopping:
+                    if joint.misses >= cfg.n_iter_no_change:
+                        self.record.stopped_at = [epoch] * K
+                        break
+                elif early:
                     assert val is not None and best is not None
                     self._early_stopping(epoch, val, best, best_loss, misses)
                     if not bool(self.optimizer.active.any()):
                         break
                 if callback is not None:
-                    mean_val = None if val is None else float(val.mean())
-                    callback(epoch, float(train.mean()), mean_val)
+                    callback(epoch, self.history.train_loss[-1], self.history.val_loss[-1]
+                             if val is not None else None)  # fmt: skip
                 if self.stop is not None and self.stop.is_set():
                     break
-            if best is not None:
+            if joint is not None:
+                kept = joint.finish(self.net.params, rollback_always=cfg.early_stopping)
+                self.record.best_epoch = [kept] * K
+            elif best is not None:
                 self.net.params.copy_(best)
         self.net.copy_to(self.members)
         return self.history
@@ -176,8 +207,9 @@ class EnsembleTrainer:
                 f"training diverged at epoch {epoch} (a member's loss is not finite); lower "
                 f"the learning rate (now {self.config.lr:g}) or scale the data."
             )
-        self.history.train_loss.append(sum(train) / len(train))
-        self.history.val_loss.append(math.nan if val is None else float(val.mean()))
+        r = self.reported
+        self.history.train_loss.append(sum(train[:r]) / r)
+        self.history.val_loss.append(math.nan if val is None else float(val[:r].mean()))
         self.history.lr.append(self.config.lr * self.optimizer.scale)
         self.record.train_loss.append(train)
         if val is not None:
@@ -205,15 +237,18 @@ class EnsembleTrainer:
         misses[~improved & active] += 1
         stalled = active & (misses >= self.config.n_iter_no_change)
         if stalled.any():
-            self.optimizer.active[stalled.to(device)] = 0.0  # a finished member stops changing
+            self.optimizer.freeze(stalled.to(device))  # a finished member stops changing
             for k in stalled.nonzero().view(-1).tolist():
                 self.record.stopped_at[k] = epoch
 
     @torch.no_grad()
     def validation_losses(
-        self, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+        self,
+        validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        owner: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Each member's loss on the validation rows (no dropout), as a (K,) tensor."""
+        """Each member's loss on the validation rows (no dropout), as a (K,) tensor; with
+        ``owner``, the out-of-fold loss (each row scored by its owner) for every member."""
         X, y, w = validation
         elementwise = ELEMENTWISE[self.config.loss]
         total = torch.zeros(self.K, dtype=X.dtype, device=X.device)
@@ -221,6 +256,9 @@ class EnsembleTrainer:
             xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
             pred = self.predict(xb)  # (K, rows, outputs)
             per_row = elementwise(pred, yb.expand_as(pred)).mean(dim=2)  # (K, rows)
+            if owner is not None:  # the owner's loss on each row, as if every member's
+                own = owner[start : start + EVAL_CHUNK].to(per_row.device)
+                per_row = per_row.gather(0, own.view(1, -1)).expand(self.K, -1)
             if w is None:
                 total += per_row.sum(dim=1)
             else:
@@ -233,6 +271,75 @@ class EnsembleTrainer:
         X1 = torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
         out = self.net.predict(X1)  # (K, outputs, rows)
         return out.transpose(1, 2).clone()
+
+
+class _OutOfFold:
+    """The out-of-fold loss of an ensemble's held-out rows, epoch by epoch, and the weights of
+    its best epoch.
+
+    Each held-out row is scored by its owner, a member that did not train on it (in
+    :class:`nnreg.Regressor`, one of two helper members that each leave out half of these
+    rows). Only the owners run forward, once per epoch.
+
+    Rolling back: an early-stopped run always ends on the best epoch. A run that trained
+    every epoch ends there only if the held-out rows show clearly that the last epoch is
+    worse: the mean per-row loss difference (last minus best) must exceed twice its standard
+    error. Otherwise the final weights, which saw the whole schedule, stay; the best of many
+    noisy epochs on a few rows is a biased choice, and a small gap is mostly that bias.
+    """
+
+    def __init__(
+        self,
+        net: BatchedMLP,
+        loss: str,
+        validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        owner: torch.Tensor,
+        tol: float,
+    ) -> None:
+        X, y, w = validation
+        self.yT = y.t()  # (outputs, rows)
+        self.net, self.elementwise, self.tol = net, ELEMENTWISE[loss], tol
+        self.X1 = torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
+        owner = owner.to(X.device)
+        first, last = int(owner.min()), int(owner.max())
+        self.members = slice(first, last + 1)  # the owners, and any members between them
+        self.pos = (owner - first).view(1, -1)  # (1, rows)
+        rows = X.shape[0]
+        weight = torch.ones(rows, dtype=torch.float64, device=X.device) if w is None else w.double()
+        self.weight = weight / weight.sum().clamp(min=1e-12)  # sums to 1
+        self.best_loss, self.best_epoch, self.misses = math.inf, -1, 0
+        self.best_rows: torch.Tensor | None = None
+        self.best_params = torch.empty_like(net.params)
+        self.last_rows: torch.Tensor | None = None
+
+    def rows(self) -> torch.Tensor:
+        """(rows,) each held-out row's loss under its owner, in float64."""
+        out = self.net.predict_members(self.X1, self.members)  # (owners, outputs, rows)
+        per_row = self.elementwise(out, self.yT.expand_as(out)).mean(dim=1)  # (owners, rows)
+        return per_row.gather(0, self.pos).view(-1).double()
+
+    def update(self, epoch: int, params: torch.Tensor) -> float:
+        """Score this epoch; keep its weights if it is the best so far. Returns the loss."""
+        self.last_rows = self.rows()
+        loss = float(self.last_rows @ self.weight)
+        if loss < self.best_loss - self.tol:
+            self.best_loss, self.best_epoch, self.misses = loss, epoch, 0
+            self.best_rows = self.last_rows
+            self.best_params.copy_(params)
+        else:
+            self.misses += 1
+        return loss
+
+    def finish(self, params: torch.Tensor, rollback_always: bool) -> int:
+        """Put back the best epoch's weights when due; returns the epoch the weights are from."""
+        if self.best_rows is None or self.last_rows is None or self.best_rows is self.last_rows:
+            return -1  # no epoch scored, or the last epoch is the best: nothing to put back
+        if not rollback_always:
+            d = (self.last_rows - self.best_rows) * self.weight * len(self.weight)
+            if len(d) < 2 or float(d.mean()) <= 2.0 * float(d.std()) / math.sqrt(len(d)):
+                return -1
+        params.copy_(self.best_params)
+        return self.best_epoch
 
 
 @dataclass

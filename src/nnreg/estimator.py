@@ -82,6 +82,9 @@ PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
 
 AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
 MIN_CALIBRATION_ROWS = 100  # an ensemble calibrates on at least this many (or a third of) rows
+# Extra members an ensemble trains (batched with the others) only to score its calibration
+# rows out of fold; the members that predict train on every row.
+CALIBRATION_MEMBERS = 2
 
 
 def auto_batch_size(n_rows: int) -> int:
@@ -226,8 +229,13 @@ class Regressor(RegressorMixin, BaseEstimator):
         Members of an ensemble trained together as one batched computation, each with its own
         initial weights, minibatch order and (with ``early_stopping``) stopping epoch.
         ``predict`` returns their mean; ``predict(X, return_std=True)`` their spread too.
-        Ensembles hold out ``validation_fraction`` of the rows to calibrate
-        :meth:`predict_interval`.
+        Every member trains on every row. :meth:`predict_interval` is calibrated by two extra
+        members trained in the same batch: each leaves out half of the calibration rows
+        (``validation_fraction`` of the rows, but at least 100 or a third) and scores them;
+        they are discarded after ``fit``. Their out-of-fold loss, epoch by epoch, is
+        ``history_.val_loss``: with ``early_stopping`` all members stop together when it
+        stalls and keep its best epoch; without, they train every epoch and go back to the
+        best one only if it beat the last by more than two standard errors (``best_epoch_``).
     device : str, default='cpu'
         Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else
         the CPU). In a multi-process run a bare 'cuda' is ``cuda:LOCAL_RANK``. Predictions are
@@ -399,10 +407,11 @@ class Regressor(RegressorMixin, BaseEstimator):
             )  # fmt: skip
             self.seed_ = group.broadcast_int(self.seed_)
         val_rows, train_rows = self._validation_split(len(frame))
-        # An ensemble without early stopping trains on every row: member k leaves out only
-        # its own fold of the calibration rows, which calibrate its out-of-fold predictions.
+        # An ensemble trains every member on every row; its held-out rows are scored by extra
+        # members that each leave out their own fold of them, which calibrates the intervals
+        # and, with early stopping, chooses the epoch all members keep.
         cal_rows = None
-        if val_rows is not None and self.n_models > 1 and not self.early_stopping:
+        if val_rows is not None and self.n_models > 1:
             cal_rows, val_rows, train_rows = val_rows, None, np.arange(len(frame))
         train_frame = frame.iloc[train_rows] if val_rows is not None else frame
         w_train = None if w is None or val_rows is None else w[train_rows]
@@ -425,23 +434,30 @@ class Regressor(RegressorMixin, BaseEstimator):
         config = self._train_config(X_all.shape[0])
         if isinstance(self.model_, MLPEnsemble):
             members = [m for m in self.model_.members if isinstance(m, MLP)]
-            seeds = member_seeds(self.seed_, len(members))
-            ensemble = EnsembleTrainer(members, config, seeds, dropout_seed=self.seed_ + 2)
-            ensemble.stop = stop
-            member_w, folds = w_all, None
+            K, helpers, member_w, owner = len(members), [], w_all, None
             if cal_rows is not None:
-                folds = self._calibration_folds(len(cal_rows), len(members))
+                seeds = member_seeds(self.seed_, K + CALIBRATION_MEMBERS)
+                helpers = [self._new_member(self.model_.config, s) for s in seeds[K:]]
+                folds = self._calibration_folds(len(cal_rows), len(helpers))
                 member_w = X_all.new_ones(X_all.shape[0]) if w_all is None else w_all
-                member_w = member_w.expand(len(members), -1).clone()  # (K, rows)
-                member_w[torch.as_tensor(folds), torch.as_tensor(cal_rows)] = 0.0
-            history = ensemble.run(X_all, y_all, member_w, validation=validation,
+                member_w = member_w.expand(K + len(helpers), -1).clone()  # (K + helpers, rows)
+                member_w[K + torch.as_tensor(folds), torch.as_tensor(cal_rows)] = 0.0
+                # The helpers' out-of-fold loss on these rows: stop on it, or roll back.
+                owner = K + torch.as_tensor(folds, device=X_all.device)
+                validation = (X_all[cal_rows], y_all[cal_rows],
+                              None if w_all is None else w_all[cal_rows])  # fmt: skip
+            seeds = member_seeds(self.seed_, K + len(helpers))
+            ensemble = EnsembleTrainer(members + helpers, config, seeds,
+                                       dropout_seed=self.seed_ + 2, reported=K)  # fmt: skip
+            ensemble.stop = stop
+            history = ensemble.run(X_all, y_all, member_w, validation=validation, owner=owner,
                                    callback=callback)  # fmt: skip
             record = ensemble.record
-            best = max(record.best_epoch) if validation is not None and self.early_stopping else -1
+            best = max(record.best_epoch) if validation is not None else -1
             self._set_fitted(self.model_, history)
             self.best_epoch_ = best if best >= 0 else len(history) - 1
             self.member_best_epochs_ = [b if b >= 0 else len(history) - 1
-                                        for b in record.best_epoch]  # fmt: skip
+                                        for b in record.best_epoch[:K]]  # fmt: skip
         else:
             if group is not None:
                 group.broadcast_parameters_(self.model_)
@@ -457,7 +473,7 @@ class Regressor(RegressorMixin, BaseEstimator):
                 self.best_epoch_ = max(0, trainer.best_epoch + len(previous))
         self.interrupted_ = stop is not None and stop.is_set()
         if cal_rows is not None:
-            self._calibrate_out_of_fold(X_all[cal_rows], y_all[cal_rows], folds)
+            self._calibrate_out_of_fold(X_all[cal_rows], y_all[cal_rows], folds, helpers)
         else:
             self._calibrate(validation)
         self._trainer = None  # partial_fit starts a fresh optimiser after fit
@@ -473,17 +489,19 @@ class Regressor(RegressorMixin, BaseEstimator):
         mean, std = self._moments(X_val)
         self.calibrator_ = ConformalCalibrator.fit(y_val.cpu().double().numpy(), mean, std)
 
-    def _calibration_folds(self, n_cal: int, n_models: int) -> np.ndarray:
-        """The member that leaves out each calibration row: a seeded, balanced assignment."""
-        return np.random.default_rng(self.seed_ + 3).permutation(n_cal) % n_models
+    def _calibration_folds(self, n_cal: int, n_helpers: int) -> np.ndarray:
+        """The helper member that leaves out each calibration row: seeded and balanced."""
+        return np.random.default_rng(self.seed_ + 3).permutation(n_cal) % n_helpers
 
-    def _calibrate_out_of_fold(self, X_cal: torch.Tensor, y_cal: torch.Tensor, folds: Any) -> None:
-        """Conformity scores of the calibration rows, each the residual of the member that did
-        not train on it. Unscaled: the members' spread on a calibration row includes that
-        member's out-of-sample error while the others fitted the row, so it is not the spread
-        a new row gets; and one member's residuals are no smaller than the ensemble mean's,
-        so the intervals keep (slightly more than) their coverage."""
-        out = self.model_.predict_float64(X_cal).cpu().numpy()  # (K, rows, targets)
+    def _calibrate_out_of_fold(
+        self, X_cal: torch.Tensor, y_cal: torch.Tensor, folds: Any, helpers: list[MLP]
+    ) -> None:
+        """Conformity scores of the calibration rows, each the residual of the helper member
+        that did not train on it. Unscaled: one network's out-of-sample residuals are no
+        smaller than the mean of members trained on every row, so the intervals keep
+        (slightly more than) their coverage, and the members' spread on rows they fitted is
+        not the spread a new row gets."""
+        out = torch.stack([h.predict_float64(X_cal) for h in helpers]).cpu().numpy()
         out_of_fold = out[folds, np.arange(out.shape[1])]  # (rows, targets)
         self.calibrator_ = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
 
@@ -544,12 +562,17 @@ class Regressor(RegressorMixin, BaseEstimator):
             init=self.init,
             dropout=float(self.dropout),
         )
-        members = []
-        for seed in member_seeds(self.seed_, int(self.n_models)):  # member 0 uses seed_ itself
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                members.append(MLP(config).to(device=self._device(), dtype=_DTYPES[self.dtype]))
+        # Member 0 uses seed_ itself, so it is the single model.
+        members = [
+            self._new_member(config, s) for s in member_seeds(self.seed_, int(self.n_models))
+        ]
         self.model_ = members[0] if len(members) == 1 else MLPEnsemble(config, members)
+
+    def _new_member(self, config: MLPConfig, seed: int) -> MLP:
+        """A network initialised from ``seed`` alone, on the training device and dtype."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MLP(config).to(device=self._device(), dtype=_DTYPES[self.dtype])
 
     def _generator(self) -> torch.Generator:
         # Minibatch order and dropout draw from their own stream, seeded like the weights.
@@ -574,9 +597,9 @@ class Regressor(RegressorMixin, BaseEstimator):
         if not (self.early_stopping or self.n_models > 1) or n < 2:
             return None, everything
         n_val = min(n - 1, max(1, round(self.validation_fraction * n)))
-        if self.n_models > 1 and not self.early_stopping:
-            # Calibration rows: each member leaves out only its own fold of them, so more are
-            # cheap, and a 90% quantile of a few dozen scores is a coin toss.
+        if self.n_models > 1:
+            # Calibration rows: only the helper members leave them out (half each), so more
+            # are cheap, and a 90% quantile of a few dozen scores is a coin toss.
             n_val = max(n_val, min(MIN_CALIBRATION_ROWS, n // 3))
         perm = np.random.default_rng(self.seed_).permutation(n)
         return np.sort(perm[:n_val]), np.sort(perm[n_val:])
