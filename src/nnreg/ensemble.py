@@ -139,6 +139,9 @@ class EnsembleTrainer:
         if validation is not None and owner is not None:
             joint = _OutOfFold(self.net, self.config.loss, validation, owner, cfg.tol)
         early = cfg.early_stopping and validation is not None and joint is None
+        # A full run scores the out-of-fold loss on at most MAX_SCORED_EPOCHS evenly spaced
+        # epochs (the last among them): its cost stays small beside many tiny epochs.
+        stride = max(1, math.ceil(cfg.epochs / MAX_SCORED_EPOCHS))
         best = self.net.params.clone() if early else None
         best_loss = torch.full((K,), math.inf)
         misses = torch.zeros(K, dtype=torch.long)
@@ -172,7 +175,9 @@ class EnsembleTrainer:
                 # Per-member validation losses are only needed to stop early; the joint
                 # out-of-fold loss is also what a full run may roll back on.
                 val: torch.Tensor | None = None
-                if joint is not None:
+                if joint is not None and (
+                    cfg.early_stopping or (cfg.epochs - 1 - epoch) % stride == 0
+                ):
                     val = torch.full((K,), joint.update(epoch, self.net.params))
                 elif validation is not None and early:
                     val = self.validation_losses(validation)
@@ -273,13 +278,17 @@ class EnsembleTrainer:
         return out.transpose(1, 2).clone()
 
 
+MAX_SCORED_EPOCHS = 128  # out-of-fold scorings of a full (not early-stopped) ensemble run
+
+
 class _OutOfFold:
     """The out-of-fold loss of an ensemble's held-out rows, epoch by epoch, and the weights of
     its best epoch.
 
     Each held-out row is scored by its owner, a member that did not train on it (in
     :class:`nnreg.Regressor`, one of two helper members that each leave out half of these
-    rows). Only the owners run forward, once per epoch.
+    rows). Only the owners run forward: every epoch when stopping early, else on at most
+    MAX_SCORED_EPOCHS evenly spaced epochs, the last among them.
 
     Rolling back: an early-stopped run always ends on the best epoch. A run that trained
     every epoch ends there only if the held-out rows show clearly that the last epoch is
@@ -331,10 +340,12 @@ class _OutOfFold:
         return loss
 
     def finish(self, params: torch.Tensor, rollback_always: bool) -> int:
-        """Put back the best epoch's weights when due; returns the epoch the weights are from."""
-        if self.best_rows is None or self.last_rows is None or self.best_rows is self.last_rows:
-            return -1  # no epoch scored, or the last epoch is the best: nothing to put back
+        """Put back the best epoch's weights when due; returns the epoch the weights are from
+        (-1: the final weights stay)."""
+        if self.best_rows is None:
+            return -1  # no epoch was scored
         if not rollback_always:
+            self.last_rows = self.rows()  # the final weights, whether or not scored before
             d = (self.last_rows - self.best_rows) * self.weight * len(self.weight)
             if len(d) < 2 or float(d.mean()) <= 2.0 * float(d.std()) / math.sqrt(len(d)):
                 return -1
