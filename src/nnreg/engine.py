@@ -217,8 +217,8 @@ class FastMLP:
         first = layers[0].weight
         self.widths = [layers[0].in_features] + [m.out_features for m in layers]
         self.activation, self.loss = activation, loss
-        self.dropout, self.generator = dropout, generator
-        self.sampler = DropoutSampler(dropout, generator)
+        self.dropout = dropout
+        self.sampler = DropoutSampler(dropout, generator)  # draws from ``generator``
         shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
         total = sum(r * c for r, c in shapes)
         self.params = torch.empty(total, dtype=first.dtype, device=first.device)
@@ -480,8 +480,8 @@ class BatchedMLP:
         self.K = len(members)
         self.widths = [first[0].in_features] + [m.out_features for m in first]
         self.activation, self.loss = activation, loss
-        self.dropout, self.generator = dropout, generator
-        self.sampler = DropoutSampler(dropout, generator)
+        self.dropout = dropout
+        self.sampler = DropoutSampler(dropout, generator)  # draws from ``generator``
         shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
         total = sum(r * c for r, c in shapes)
         self.params = like.new_empty(self.K, total)  # (K, P)
@@ -622,7 +622,7 @@ class BatchedMLP:
             G = buf.G
             torch.mul(D, scale2, out=G)
             losses = torch.bmm(D.view(self.K, 1, -1), G.view(self.K, -1, 1)).view(-1)
-            buf.D, buf.G = G, D  # the gradient is the next step's D buffer's turn
+            buf.D, buf.G = G, D  # swap: D is the gradient now, and the residual is scratch
             return losses.mul_(0.5)
         elif self.loss == "absolute_error":
             elementwise = D.abs()

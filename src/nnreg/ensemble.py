@@ -248,12 +248,9 @@ class EnsembleTrainer:
 
     @torch.no_grad()
     def validation_losses(
-        self,
-        validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-        owner: torch.Tensor | None = None,
+        self, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
     ) -> torch.Tensor:
-        """Each member's loss on the validation rows (no dropout), as a (K,) tensor; with
-        ``owner``, the out-of-fold loss (each row scored by its owner) for every member."""
+        """Each member's loss on the validation rows (no dropout), as a (K,) tensor."""
         X, y, w = validation
         elementwise = ELEMENTWISE[self.config.loss]
         total = torch.zeros(self.K, dtype=X.dtype, device=X.device)
@@ -261,9 +258,6 @@ class EnsembleTrainer:
             xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
             pred = self.predict(xb)  # (K, rows, outputs)
             per_row = elementwise(pred, yb.expand_as(pred)).mean(dim=2)  # (K, rows)
-            if owner is not None:  # the owner's loss on each row, as if every member's
-                own = owner[start : start + EVAL_CHUNK].to(per_row.device)
-                per_row = per_row.gather(0, own.view(1, -1)).expand(self.K, -1)
             if w is None:
                 total += per_row.sum(dim=1)
             else:
@@ -319,7 +313,6 @@ class _OutOfFold:
         self.best_loss, self.best_epoch, self.misses = math.inf, -1, 0
         self.best_rows: torch.Tensor | None = None
         self.best_params = torch.empty_like(net.params)
-        self.last_rows: torch.Tensor | None = None
 
     def rows(self) -> torch.Tensor:
         """(rows,) each held-out row's loss under its owner, in float64."""
@@ -329,11 +322,11 @@ class _OutOfFold:
 
     def update(self, epoch: int, params: torch.Tensor) -> float:
         """Score this epoch; keep its weights if it is the best so far. Returns the loss."""
-        self.last_rows = self.rows()
-        loss = float(self.last_rows @ self.weight)
+        rows = self.rows()
+        loss = float(rows @ self.weight)
         if loss < self.best_loss - self.tol:
             self.best_loss, self.best_epoch, self.misses = loss, epoch, 0
-            self.best_rows = self.last_rows
+            self.best_rows = rows
             self.best_params.copy_(params)
         else:
             self.misses += 1
@@ -345,8 +338,8 @@ class _OutOfFold:
         if self.best_rows is None:
             return -1  # no epoch was scored
         if not rollback_always:
-            self.last_rows = self.rows()  # the final weights, whether or not scored before
-            d = (self.last_rows - self.best_rows) * self.weight * len(self.weight)
+            last = self.rows()  # the final weights, whether or not their epoch was scored
+            d = (last - self.best_rows) * self.weight * len(self.weight)
             if len(d) < 2 or float(d.mean()) <= 2.0 * float(d.std()) / math.sqrt(len(d)):
                 return -1
         params.copy_(self.best_params)

@@ -435,8 +435,10 @@ class Regressor(RegressorMixin, BaseEstimator):
         if isinstance(self.model_, MLPEnsemble):
             members = [m for m in self.model_.members if isinstance(m, MLP)]
             K, helpers, member_w, owner = len(members), [], w_all, None
+            seeds = member_seeds(
+                self.seed_, K + (CALIBRATION_MEMBERS if cal_rows is not None else 0)
+            )
             if cal_rows is not None:
-                seeds = member_seeds(self.seed_, K + CALIBRATION_MEMBERS)
                 helpers = [self._new_member(self.model_.config, s) for s in seeds[K:]]
                 folds = self._calibration_folds(len(cal_rows), len(helpers))
                 member_w = X_all.new_ones(X_all.shape[0]) if w_all is None else w_all
@@ -446,7 +448,6 @@ class Regressor(RegressorMixin, BaseEstimator):
                 owner = K + torch.as_tensor(folds, device=X_all.device)
                 validation = (X_all[cal_rows], y_all[cal_rows],
                               None if w_all is None else w_all[cal_rows])  # fmt: skip
-            seeds = member_seeds(self.seed_, K + len(helpers))
             ensemble = EnsembleTrainer(members + helpers, config, seeds,
                                        dropout_seed=self.seed_ + 2, reported=K)  # fmt: skip
             ensemble.stop = stop
