@@ -31,6 +31,7 @@ test: lint typecheck pytest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy src

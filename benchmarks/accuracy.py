@@ -513,8 +513,10 @@ def _first_error(results: Results, dataset: str, model: str, seeds: Sequence[int
 
 
 def _table_head(models: Sequence[str]) -> list[str]:
-    return ["| dataset | " + " | ".join(LABELS[m] for m in models) + " |",
-            "|---|" + "---:|" * len(models)]  # fmt: skip
+    return [
+        "| dataset | " + " | ".join(LABELS[m] for m in models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
 
 
 def rmse_table(

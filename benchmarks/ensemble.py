@@ -70,10 +70,18 @@ def speed_section(repeats: int) -> str:
             warnings.simplefilter("ignore", ConvergenceWarning)
             for k in range(K):
                 MLPRegressor(
-                    hidden_layer_sizes=(20, 20), solver="sgd", learning_rate_init=0.002,
-                    momentum=0.0, batch_size=100, max_iter=500, alpha=0.0, tol=0.0,
-                    n_iter_no_change=10**9, shuffle=False, random_state=k,
-                ).fit(X, y)  # fmt: skip
+                    hidden_layer_sizes=(20, 20),
+                    solver="sgd",
+                    learning_rate_init=0.002,
+                    momentum=0.0,
+                    batch_size=100,
+                    max_iter=500,
+                    alpha=0.0,
+                    tol=0.0,
+                    n_iter_no_change=10**9,
+                    shuffle=False,
+                    random_state=k,
+                ).fit(X, y)
 
     rows = [
         ("1 member (nnreg)", best_of(repeats, one)),
@@ -135,8 +143,11 @@ def accuracy_section(datasets: list[str], seeds: list[int], members: int, realml
                     coverage.setdefault(d, []).append(float(np.mean((lo <= y_te) & (y_te <= hi))))
                 print(f"{d} seed {s} {name}: RMSE {rmse[(d, name)][-1]:.4g}", flush=True)
     mean = {k: float(np.mean(v)) for k, v in rmse.items()}
-    names = {"single": "nnreg recommended", "ensemble": f"nnreg recommended, n_models={members}",
-             "realmlp": "RealMLP-TD"}  # fmt: skip
+    names = {
+        "single": "nnreg recommended",
+        "ensemble": f"nnreg recommended, n_models={members}",
+        "realmlp": "RealMLP-TD",
+    }
     header = "| dataset | " + " | ".join(names[m] for m in models) + " | 90% interval coverage |"
     lines = [
         f"## Accuracy: test RMSE, mean over split seeds {', '.join(map(str, seeds))}",

@@ -69,8 +69,9 @@ def check_regressor_exact(device: str, dtype: str, preset: str, **params: Any) -
     X, y = df[["x1", "x2"]], df["y"]
     fits = {}
     for where in ("cpu", device):
-        reg = nnreg.Regressor.from_preset(preset, dtype=dtype, random_state=0, device=where,
-                                          **params)  # fmt: skip
+        reg = nnreg.Regressor.from_preset(
+            preset, dtype=dtype, random_state=0, device=where, **params
+        )
         fits[where] = reg.fit(X, y)
     cpu, dev = fits["cpu"], fits[device]
     tol = FLOAT64 if dtype == "float64" else FLOAT32
@@ -160,8 +161,15 @@ def run(name: str, check: Callable[[], dict[str, Any]], failures: list[str]) -> 
     except Exception as exc:  # noqa: BLE001 - the report says what failed and goes on
         failures.append(name)
         tb = traceback.format_exc(limit=3).strip().splitlines()
-        return [*lines, f"**FAILED** with {type(exc).__name__}: {exc}", "", "```",
-                *tb[-6:], "```", ""]  # fmt: skip
+        return [
+            *lines,
+            f"**FAILED** with {type(exc).__name__}: {exc}",
+            "",
+            "```",
+            *tb[-6:],
+            "```",
+            "",
+        ]
     if not result.pop("ok"):
         failures.append(name)
         lines.append("**MISMATCH** (outside the tolerance)")
@@ -210,20 +218,33 @@ def main() -> int:
         "",
     ]
     checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("Fast engine, seed recipe (full-batch SGD, 500 epochs), float64",
-         lambda: check_regressor_exact(device, "float64", "seed")),
-        ("Fast engine, full-batch AdamW, SiLU, scaled data, 100 epochs, float64",
-         lambda: check_regressor_exact(device, "float64", "recommended", dropout=0.0,
-                                       batch_size="full", max_iter=100)),
-        ("Fast engine, seed recipe, float32",
-         lambda: check_regressor_exact(device, "float32", "seed")),
-        ("Autograd engine, full-batch Adam, tanh, 100 epochs, float64",
-         lambda: check_autograd_exact(device)),
-        ("Default Regressor (minibatches of 256, dropout), 20 epochs on 20,000 rows",
-         lambda: check_default_accuracy(device, max_iter=20)),
-        ("Ensemble of 4 (batched engine) with early stopping, at most 10 epochs",
-         lambda: check_default_accuracy(device, max_iter=10, n_models=4, early_stopping=True)),
-    ]  # fmt: skip
+        (
+            "Fast engine, seed recipe (full-batch SGD, 500 epochs), float64",
+            lambda: check_regressor_exact(device, "float64", "seed"),
+        ),
+        (
+            "Fast engine, full-batch AdamW, SiLU, scaled data, 100 epochs, float64",
+            lambda: check_regressor_exact(
+                device, "float64", "recommended", dropout=0.0, batch_size="full", max_iter=100
+            ),
+        ),
+        (
+            "Fast engine, seed recipe, float32",
+            lambda: check_regressor_exact(device, "float32", "seed"),
+        ),
+        (
+            "Autograd engine, full-batch Adam, tanh, 100 epochs, float64",
+            lambda: check_autograd_exact(device),
+        ),
+        (
+            "Default Regressor (minibatches of 256, dropout), 20 epochs on 20,000 rows",
+            lambda: check_default_accuracy(device, max_iter=20),
+        ),
+        (
+            "Ensemble of 4 (batched engine) with early stopping, at most 10 epochs",
+            lambda: check_default_accuracy(device, max_iter=10, n_models=4, early_stopping=True),
+        ),
+    ]
     for name, check in checks:
         lines += run(name, check, failures)
         print(f"{name}: {'FAILED' if name in failures else 'ok'}", file=sys.stderr)

@@ -65,9 +65,22 @@ def write_parquet(path: Path, rows: int, seed: int = 0) -> None:
 
 def train_args(path: Path, out: Path, epochs: int) -> list[str]:
     hidden = ",".join(str(h) for h in MODEL["hidden"])
-    return ["train", str(path), "--target", "y", "--stream", "--epochs", str(epochs),
-            "--hidden", hidden, "--batch-size", str(MODEL["batch"]), "--out", str(out),
-            "--json"]  # fmt: skip
+    return [
+        "train",
+        str(path),
+        "--target",
+        "y",
+        "--stream",
+        "--epochs",
+        str(epochs),
+        "--hidden",
+        hidden,
+        "--batch-size",
+        str(MODEL["batch"]),
+        "--out",
+        str(out),
+        "--json",
+    ]
 
 
 # Runs one command and prints the peak resident memory of it (its only child), in KiB.
@@ -82,16 +95,21 @@ def peak_memory_mb(path: Path, work: Path) -> tuple[float, float]:
     """(peak RSS in MB, wall seconds) of a fresh streamed-training process, one epoch."""
     command = [sys.executable, "-m", "nnreg", *train_args(path, work / "peak-model", 1)]
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], check=True,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], check=True, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     shutil.rmtree(work / "peak-model", ignore_errors=True)
     return int(done.stdout.strip()) / 1024, seconds
 
 
 def regressor(epochs: int) -> nnreg.Regressor:
-    return nnreg.Regressor(hidden_layer_sizes=MODEL["hidden"], batch_size=MODEL["batch"],
-                           max_iter=epochs, random_state=0)  # fmt: skip
+    return nnreg.Regressor(
+        hidden_layer_sizes=MODEL["hidden"],
+        batch_size=MODEL["batch"],
+        max_iter=epochs,
+        random_state=0,
+    )
 
 
 def in_memory_seconds(path: Path, epochs: int) -> tuple[float, float]:
@@ -115,8 +133,11 @@ def nproc_seconds(path: Path, work: Path, nproc: int, epochs: int) -> float | st
     if "--nproc" not in usage:
         return "this nnreg's `train` command has no `--nproc` option"
     out = work / f"nproc-{nproc}"
-    done = subprocess.run([*cli, *train_args(path, out, epochs), "--nproc", str(nproc)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [*cli, *train_args(path, out, epochs), "--nproc", str(nproc)],
+        capture_output=True,
+        text=True,
+    )
     shutil.rmtree(out, ignore_errors=True)
     if done.returncode != 0:
         return f"`--nproc {nproc}` failed: {done.stderr.strip()}"

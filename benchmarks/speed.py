@@ -100,11 +100,15 @@ def run_nnreg(job: Job) -> Callable:
     # The seed preset (ReLU, no dropout, no weight decay, constant rate, raw inputs) with the
     # job's architecture and optimiser; Adam with torch's default betas, as the peers use.
     reg = nnreg.Regressor.from_preset(
-        "seed", hidden_layer_sizes=job.hidden, optimizer=job.optimizer,
-        learning_rate_init=job.lr, beta_2=0.999,
+        "seed",
+        hidden_layer_sizes=job.hidden,
+        optimizer=job.optimizer,
+        learning_rate_init=job.lr,
+        beta_2=0.999,
         batch_size="full" if job.batch >= len(job.X) else job.batch,
-        max_iter=job.epochs, random_state=0,
-    )  # fmt: skip
+        max_iter=job.epochs,
+        random_state=0,
+    )
     reg.fit(job.X, job.y)
     return reg.predict
 
@@ -163,12 +167,19 @@ def run_sklearn(job: Job) -> Callable:
 
     # scikit-learn minimises half the squared error, so lr x2 makes the very same updates.
     reg = MLPRegressor(
-        hidden_layer_sizes=job.hidden, solver=job.optimizer,
+        hidden_layer_sizes=job.hidden,
+        solver=job.optimizer,
         learning_rate_init=job.lr * (2 if job.optimizer == "sgd" else 1),
-        momentum=0.0, nesterovs_momentum=False, batch_size=job.batch, max_iter=job.epochs,
-        alpha=0.0, tol=0.0, n_iter_no_change=10**9, shuffle=job.batch < len(job.X),
+        momentum=0.0,
+        nesterovs_momentum=False,
+        batch_size=job.batch,
+        max_iter=job.epochs,
+        alpha=0.0,
+        tol=0.0,
+        n_iter_no_change=10**9,
+        shuffle=job.batch < len(job.X),
         random_state=0,
-    )  # fmt: skip
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         reg.fit(job.X, job.y)
@@ -179,10 +190,15 @@ def run_skorch(job: Job) -> Callable:
     from skorch import NeuralNetRegressor
 
     net = NeuralNetRegressor(
-        torch_net(job), max_epochs=job.epochs, lr=job.lr, batch_size=job.batch,
+        torch_net(job),
+        max_epochs=job.epochs,
+        lr=job.lr,
+        batch_size=job.batch,
         optimizer=torch.optim.SGD if job.optimizer == "sgd" else torch.optim.Adam,
-        train_split=None, verbose=0, iterator_train__shuffle=True,
-    )  # fmt: skip
+        train_split=None,
+        verbose=0,
+        iterator_train__shuffle=True,
+    )
     net.fit(job.X, job.y[:, None])
     return net.predict
 
@@ -210,9 +226,14 @@ def run_lightning(job: Job) -> Callable:
     data = TensorDataset(torch.from_numpy(job.X), torch.from_numpy(job.y)[:, None])
     module = Module()
     trainer = L.Trainer(
-        max_epochs=job.epochs, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        max_epochs=job.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no validation loader", "few workers", ...
         trainer.fit(module, DataLoader(data, batch_size=job.batch, shuffle=True))
@@ -305,8 +326,10 @@ def main() -> None:
             if job.name != "seed" and peer in SEED_ONLY:
                 continue
             row = measure(peer, job, args.repeats)
-            print(f"{job.name:9s} {peer:30s} {row.seconds:8.4f} s  loss {row.final_loss:.4f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{job.name:9s} {peer:30s} {row.seconds:8.4f} s  loss {row.final_loss:.4f}",
+                flush=True,
+            )
             rows[job.name].append(row)
     for job in jobs:
         desc = (

@@ -2,7 +2,7 @@
 
 Trains one epoch over the same rows with one thread and with torch's default, for a grid of
 batch sizes and layer widths (two hidden layers, Adam), and writes
-``benchmarks/results/threads.md``. ``nnreg.engine.ONE_THREAD_MAX_WORK`` is set from it: the
+``benchmarks/results/threads.md``. ``nnreg.device.ONE_THREAD_MAX_WORK`` is set from it: the
 largest ``batch x width**2`` (a step's arithmetic) at which one thread is still as fast.
 
     python benchmarks/threads.py
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import nnreg
-from nnreg.engine import ONE_THREAD_MAX_WORK
+from nnreg.device import ONE_THREAD_MAX_WORK
 from nnreg.model import MLP, MLPConfig
 from nnreg.train import TrainConfig, fit
 

@@ -22,8 +22,12 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def model(tmp_path: Path, table_csv: Path, capsys) -> Path:
-    assert run(["train", str(table_csv), "--target", "y", "--epochs", "3", "--out", "m",
-                "-q"], capsys)[0] == 0  # fmt: skip
+    assert (
+        run(
+            ["train", str(table_csv), "--target", "y", "--epochs", "3", "--out", "m", "-q"], capsys
+        )[0]
+        == 0
+    )
     return tmp_path / "m"
 
 

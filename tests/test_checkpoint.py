@@ -23,7 +23,7 @@ PARAMS = [
         "momentum": 0.9,
         "learning_rate": "plateau",
         "learning_rate_init": 0.01,
-    },  # fmt: skip
+    },
 ]
 
 
@@ -50,8 +50,9 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(
     full = nnreg.Regressor(**params).fit(X, y)
     ckpt = tmp_path / "checkpoint.safetensors"
     stop = threading.Event()
-    first = nnreg.Regressor(**params).fit(X, y, checkpoint=ckpt, checkpoint_every=4,
-                                          stop=stop, callback=StopAfter(6, stop))  # fmt: skip
+    first = nnreg.Regressor(**params).fit(
+        X, y, checkpoint=ckpt, checkpoint_every=4, stop=stop, callback=StopAfter(6, stop)
+    )
     assert first.interrupted_ and first.n_iter_ == 7  # stopped mid-run, checkpoint at epoch 4
     resumed = nnreg.Regressor(**params).fit(X, y, resume=ckpt)
     assert resumed.n_iter_ == full.n_iter_ and resumed.loss_curve_ == full.loss_curve_
@@ -85,8 +86,9 @@ def test_trainer_state_round_trip_on_both_engines(engine: str) -> None:
 
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(90, 3, generator=g), torch.randn(90, 1, generator=g)
-    config = TrainConfig(epochs=10, lr=0.01, optimizer="adam", batch_size=16, engine=engine,
-                         schedule="cosine")  # fmt: skip
+    config = TrainConfig(
+        epochs=10, lr=0.01, optimizer="adam", batch_size=16, engine=engine, schedule="cosine"
+    )
 
     def fresh() -> tuple[MLP, Trainer]:
         torch.manual_seed(1)
@@ -99,8 +101,13 @@ def test_trainer_state_round_trip_on_both_engines(engine: str) -> None:
     part_model, part = fresh()
     stop = threading.Event()
     part.stop = stop
-    part.run(X, y, checkpoint=lambda t: states.append(t.state_dict()), checkpoint_every=3,
-             callback=lambda e, *_: stop.set() if e == 4 else None)  # fmt: skip
+    part.run(
+        X,
+        y,
+        checkpoint=lambda t: states.append(t.state_dict()),
+        checkpoint_every=3,
+        callback=lambda e, *_: stop.set() if e == 4 else None,
+    )
     model, resumed = fresh()
     resumed.load_state_dict(*states[-1])  # the state after epoch 3
     resumed.run(X, y)

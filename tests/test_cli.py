@@ -316,8 +316,22 @@ def test_categorical_columns_and_impute_through_the_cli(capsys, tmp_path: Path) 
     frame.to_csv(tmp_path / "houses.csv", index=False)
     code, _, err = run(["train", "houses.csv", "--target", "price", "--epochs", "5"], capsys)
     assert code == 1 and "--impute" in err
-    code, out, err = run(["train", "houses.csv", "--target", "price", "--epochs", "30",
-                          "--impute", "--categorical", "zone", "--out", "m"], capsys)  # fmt: skip
+    code, out, err = run(
+        [
+            "train",
+            "houses.csv",
+            "--target",
+            "price",
+            "--epochs",
+            "30",
+            "--impute",
+            "--categorical",
+            "zone",
+            "--out",
+            "m",
+        ],
+        capsys,
+    )
     assert code == 0, err
     pre = json.loads((tmp_path / "m" / "model.json").read_text())["preprocessing"]["inputs"]
     assert pre["categorical"] == ["city", "zone"] and pre["indicators"] == ["rooms"]
@@ -336,8 +350,22 @@ def test_categorical_columns_and_impute_through_the_cli(capsys, tmp_path: Path) 
 def test_ensemble_training_and_prediction_intervals(
     capsys, tmp_path: Path, table_csv: Path
 ) -> None:
-    code, out, err = run(["train", str(table_csv), "--target", "y", "--epochs", "10",
-                          "--n-models", "4", "--out", "ens", "--json"], capsys)  # fmt: skip
+    code, out, err = run(
+        [
+            "train",
+            str(table_csv),
+            "--target",
+            "y",
+            "--epochs",
+            "10",
+            "--n-models",
+            "4",
+            "--out",
+            "ens",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "ens" / "model.json").read_text())
     assert doc["n_models"] == 4 and "calibration" in doc
@@ -348,8 +376,9 @@ def test_ensemble_training_and_prediction_intervals(
     assert (frame["y_lower"] <= frame["y_pred"]).all() and (
         frame["y_pred"] <= frame["y_upper"]
     ).all()
-    code, _, err = run(["predict", str(tmp_path / "ens"), str(table_csv), "--interval", "2"],
-                       capsys)  # fmt: skip
+    code, _, err = run(
+        ["predict", str(tmp_path / "ens"), str(table_csv), "--interval", "2"], capsys
+    )
     assert code == 2 and "--interval" in err
 
 
@@ -366,8 +395,7 @@ def test_export_writes_an_onnx_file_that_predicts_the_same(
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     (got,) = session.run(None, onnx_inputs(tmp_path / "m.onnx", table_frame))
     expected = nnreg.load(model_dir).predict(table_frame[["a", "b", "c"]])
-    np.testing.assert_allclose(got[:, 0], expected,
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-5, atol=1e-5)
     code, _, err = run(["export", "nowhere", "m2.onnx"], capsys)
     assert code == 1 and "model folder not found" in err
     assert not (tmp_path / "m2.onnx").exists()

@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import nnreg
+from nnreg.device import resolve_device
 from nnreg.distributed import Group, TorchSync, current
-from nnreg.engine import epoch_batches, resolve_device
+from nnreg.engine import epoch_batches
 from nnreg.exceptions import ConfigError, DataError
 from nnreg.model import MLP, MLPConfig
 from nnreg.train import TrainConfig, Trainer
@@ -148,7 +149,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tens
                 WORLD_SIZE=str(WORLD),
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=port,
-            ),  # fmt: skip
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -211,8 +212,23 @@ def test_outside_a_process_group_nothing_changes() -> None:
 
 
 def _train_command(table_csv: Path, out: Path, *extra: str) -> list[str]:
-    return ["-m", "nnreg", "train", str(table_csv), "--target", "y", "--epochs", "3",
-            "--hidden", "8", "--seed", "1", "--out", str(out), *extra]  # fmt: skip
+    return [
+        "-m",
+        "nnreg",
+        "train",
+        str(table_csv),
+        "--target",
+        "y",
+        "--epochs",
+        "3",
+        "--hidden",
+        "8",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -252,7 +268,7 @@ def test_torchrun_across_two_nodes_on_loopback(table_csv: Path, tmp_path: Path) 
                 f"--rdzv-endpoint=127.0.0.1:{port}",
                 "--rdzv-id=test",
                 *_train_command(table_csv, tmp_path / "model", "--quiet"),
-            ],  # fmt: skip
+            ],
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -274,7 +290,7 @@ def test_nproc_errors_are_one_line(table_csv: Path, tmp_path: Path) -> None:
         [
             sys.executable,
             *_train_command(table_csv, tmp_path / "m", "--nproc", "2", "--n-models", "2"),
-        ],  # fmt: skip
+        ],
         env=_env(),
         capture_output=True,
         text=True,
@@ -309,7 +325,7 @@ def test_device_auto_is_the_cpu_without_cuda(seed_frame: pd.DataFrame) -> None:
             "gpu",
             r"device must be 'auto' \(CUDA when available, else the CPU\), 'cpu', 'cuda', "
             r"'cuda:N' or 'mps', got 'gpu'",
-        ),  # fmt: skip
+        ),
         ("cuda:x", "got 'cuda:x'"),
     ],
 )
@@ -338,8 +354,10 @@ def test_cli_device_option(
         json.loads((tmp_path / "m" / "model.json").read_text())["training"]["params"]["device"]
         == "auto"
     )
-    code, out, err = run(["train", str(table_csv), "-t", "y", "--device", "tpu",
-                          "--out", str(tmp_path / "bad")], capsys)  # fmt: skip
+    code, out, err = run(
+        ["train", str(table_csv), "-t", "y", "--device", "tpu", "--out", str(tmp_path / "bad")],
+        capsys,
+    )
     assert code == 2
     assert err.startswith("error: invalid Regressor settings: device must be")
     assert len(err.strip().splitlines()) == 1

@@ -41,8 +41,9 @@ def test_gradients_match_autograd_in_float64(
     activation: str, loss: str, weighted: bool, hidden: tuple[int, ...], outputs: int
 ) -> None:
     torch.manual_seed(0)
-    net = MLP(MLPConfig(n_inputs=4, hidden_sizes=hidden, n_outputs=outputs,
-                        activation=activation)).double()  # fmt: skip
+    net = MLP(
+        MLPConfig(n_inputs=4, hidden_sizes=hidden, n_outputs=outputs, activation=activation)
+    ).double()
     X = torch.randn(33, 4, dtype=torch.float64)
     Y = torch.randn(33, outputs, dtype=torch.float64) * 2
     w = torch.rand(33, dtype=torch.float64) if weighted else None
@@ -94,15 +95,24 @@ def test_gradient_matches_finite_differences() -> None:
 def test_flat_optimizer_matches_torch_optim(options: dict) -> None:
     torch.manual_seed(2)
     config = TrainConfig(lr=0.01, **options)
-    ref = [torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
-           torch.randn(4, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    ref = [
+        torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(4, dtype=torch.float64, requires_grad=True),
+    ]
     flat = torch.cat([p.detach().reshape(-1) for p in ref]).clone()
     grads = torch.zeros_like(flat)
     opt = make_optimizer(iter(ref), config)
     mine = FlatOptimizer(
-        flat, grads, config.optimizer, config.lr, config.momentum, config.nesterov,
-        config.weight_decay, config.betas, config.eps,
-    )  # fmt: skip
+        flat,
+        grads,
+        config.optimizer,
+        config.lr,
+        config.momentum,
+        config.nesterov,
+        config.weight_decay,
+        config.betas,
+        config.eps,
+    )
     for _ in range(6):
         g = torch.randn(19, dtype=torch.float64)
         ref[0].grad, ref[1].grad = g[:15].view(5, 3).clone(), g[15:].clone()
@@ -134,10 +144,18 @@ def test_fast_path_follows_the_autograd_trajectory(
     for engine in ("autograd", "fast"):
         torch.manual_seed(4)
         net = MLP(MLPConfig(n_inputs=3, hidden_sizes=(16, 16), activation=activation))
-        config = TrainConfig(epochs=30, lr=0.01, optimizer=optimizer, momentum=0.0,
-                             batch_size=batch_size, loss=loss, engine=engine)  # fmt: skip
-        history = fit(net, X, Y, config, sample_weight=w,
-                      generator=torch.Generator().manual_seed(5))  # fmt: skip
+        config = TrainConfig(
+            epochs=30,
+            lr=0.01,
+            optimizer=optimizer,
+            momentum=0.0,
+            batch_size=batch_size,
+            loss=loss,
+            engine=engine,
+        )
+        history = fit(
+            net, X, Y, config, sample_weight=w, generator=torch.Generator().manual_seed(5)
+        )
         results.append((history.train_loss, net))
     (ref_loss, ref_net), (fast_loss, fast_net) = results
     np.testing.assert_allclose(fast_loss, ref_loss, rtol=2e-4)
@@ -176,8 +194,12 @@ def test_dropout_gradients_match_autograd_with_the_same_mask(activation: str) ->
     assert factor == pytest.approx(1 / 0.7, rel=1e-5)
     assert all(set(torch.unique(m).tolist()) <= {0.0, factor} for m in masks)
 
-    act = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
-           "silu": torch.nn.functional.silu}[activation]  # fmt: skip
+    act = {
+        "relu": torch.relu,
+        "tanh": torch.tanh,
+        "gelu": torch.nn.functional.gelu,
+        "silu": torch.nn.functional.silu,
+    }[activation]
     net.zero_grad()
     h = X
     for layer, mask in zip(net.layers[:-1], masks, strict=True):

@@ -42,9 +42,16 @@ def test_batched_ensemble_equals_separate_fits(
     X, y = data()
     w = torch.rand(120, generator=torch.Generator().manual_seed(9)) + 0.5 if weighted else None
     model_config = MLPConfig(n_inputs=3, hidden_sizes=(16, 8), activation=activation)
-    config = TrainConfig(epochs=15, lr=0.01, optimizer=optimizer, momentum=0.5,
-                         batch_size=batch_size, loss=loss, weight_decay=0.01,
-                         schedule="cosine")  # fmt: skip
+    config = TrainConfig(
+        epochs=15,
+        lr=0.01,
+        optimizer=optimizer,
+        momentum=0.5,
+        batch_size=batch_size,
+        loss=loss,
+        weight_decay=0.01,
+        schedule="cosine",
+    )
     seeds = member_seeds(3, 4)
     members = make_members(seeds, model_config)
     EnsembleTrainer(members, config, seeds).run(X, y, w)
@@ -60,8 +67,9 @@ def test_per_member_learning_rates_and_decay_really_differ() -> None:
     model_config = MLPConfig(n_inputs=3, hidden_sizes=(16,))
     config = TrainConfig(epochs=20, optimizer="adam", batch_size=None)
     members = make_members([0, 0, 0], model_config)  # identical starts
-    trainer = EnsembleTrainer(members, config, [0, 0, 0], lr=[1e-4, 1e-2, 1e-2],
-                              weight_decay=[0.0, 0.0, 0.5])  # fmt: skip
+    trainer = EnsembleTrainer(
+        members, config, [0, 0, 0], lr=[1e-4, 1e-2, 1e-2], weight_decay=[0.0, 0.0, 0.5]
+    )
     trainer.run(X, y)
     final = trainer.record.train_loss[-1]
     assert final[1] < final[0]  # a larger learning rate went further
@@ -79,14 +87,24 @@ def test_early_stopped_members_stop_changing() -> None:
     X, y = data(200)
     Xv, yv = data(60, seed=1)
     model_config = MLPConfig(n_inputs=3, hidden_sizes=(64, 64))
-    config = TrainConfig(epochs=150, lr=0.02, optimizer="adam", batch_size=32,
-                         early_stopping=True, n_iter_no_change=5)  # fmt: skip
+    config = TrainConfig(
+        epochs=150,
+        lr=0.02,
+        optimizer="adam",
+        batch_size=32,
+        early_stopping=True,
+        n_iter_no_change=5,
+    )
     seeds = member_seeds(0, 4)
     members = make_members(seeds, model_config)
     trainer = EnsembleTrainer(members, config, seeds, lr=[0.05, 0.02, 0.001, 0.0005])
     snapshots: list[torch.Tensor] = []
-    trainer.run(X, y, validation=(Xv, yv, None),
-                callback=lambda e, t, v: snapshots.append(trainer.net.params.clone()))  # fmt: skip
+    trainer.run(
+        X,
+        y,
+        validation=(Xv, yv, None),
+        callback=lambda e, t, v: snapshots.append(trainer.net.params.clone()),
+    )
     stopped = trainer.record.stopped_at
     assert any(s >= 0 for s in stopped)
     for k, epoch in enumerate(stopped):
@@ -133,9 +151,14 @@ def test_regressor_ensemble_mean_spread_and_calibrated_intervals(tmp_path) -> No
     mean, std = reg.predict(X[test], return_std=True)
     np.testing.assert_array_equal(mean, reg.predict(X[test]))
     assert mean.shape == std.shape == (1000,) and (std > 0).all()
-    members = np.stack([m.predict_float64(torch.from_numpy(
-        reg.preprocessor_.transform(reg._check_X(X[test], reset=False)))).numpy()[:, 0]
-        for m in reg.model_.members])  # fmt: skip
+    members = np.stack(
+        [
+            m.predict_float64(
+                torch.from_numpy(reg.preprocessor_.transform(reg._check_X(X[test], reset=False)))
+            ).numpy()[:, 0]
+            for m in reg.model_.members
+        ]
+    )
     np.testing.assert_allclose(
         mean, reg.y_scaler_.inverse_transform(members.mean(0)[:, None])[:, 0]
     )
@@ -148,8 +171,9 @@ def test_regressor_ensemble_mean_spread_and_calibrated_intervals(tmp_path) -> No
     # The model folder keeps every member and the calibration.
     loaded = nnreg.load(reg.save(tmp_path / "ens"))
     np.testing.assert_array_equal(loaded.predict(X[test]), mean)
-    for a, b in zip(loaded.predict_interval(X[test], 0.8), reg.predict_interval(X[test], 0.8),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        loaded.predict_interval(X[test], 0.8), reg.predict_interval(X[test], 0.8), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -192,15 +216,23 @@ def test_ensemble_members_train_on_every_row_and_helpers_score_the_calibration_r
     rng = np.random.default_rng(5)
     X = rng.normal(size=(120, 2))
     y = np.sin(X[:, 0]) + X[:, 1] ** 2
-    params = {"max_iter": 20, "batch_size": "full", "dropout": 0.0, "dtype": "float64",
-              "scaling": "none", "scale_target": False, "hidden_layer_sizes": (8,),
-              "learning_rate": "constant"}  # fmt: skip
+    params = {
+        "max_iter": 20,
+        "batch_size": "full",
+        "dropout": 0.0,
+        "dtype": "float64",
+        "scaling": "none",
+        "scale_target": False,
+        "hidden_layer_sizes": (8,),
+        "learning_rate": "constant",
+    }
     reg = nnreg.Regressor(n_models=3, random_state=4, **params).fit(X, y)
     seeds = member_seeds(4, 3 + CALIBRATION_MEMBERS)
     for k, seed in enumerate(seeds[:3]):
         single = nnreg.Regressor(random_state=seed, **params).fit(X, y)
-        for a, b in zip(reg.model_.members[k].parameters(), single.model_.parameters(),
-                        strict=True):  # fmt: skip
+        for a, b in zip(
+            reg.model_.members[k].parameters(), single.model_.parameters(), strict=True
+        ):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     cal = np.sort(np.random.default_rng(4).permutation(120)[:40])  # a third: at least 100
     folds = np.random.default_rng(4 + 3).permutation(40) % CALIBRATION_MEMBERS
@@ -225,8 +257,11 @@ def test_unscaled_conformal_intervals_have_one_width_and_round_trip() -> None:
     assert np.all(half == half[0]) and half[0, 0] == np.sort(np.abs(y[:, 0]))[89]
     again = ConformalCalibrator.from_dict(cal.to_dict())
     assert not again.scaled and np.array_equal(again.halfwidth(np.ones((3, 1)), 0.9), half[:3])
-    old = {k: v for k, v in ConformalCalibrator.fit(y, mean, np.ones((99, 1))).to_dict().items()
-           if k != "scaled"}  # fmt: skip
+    old = {
+        k: v
+        for k, v in ConformalCalibrator.fit(y, mean, np.ones((99, 1))).to_dict().items()
+        if k != "scaled"
+    }
     assert ConformalCalibrator.from_dict(old).scaled  # folders written before the flag
 
 
@@ -237,8 +272,9 @@ def test_a_forward_pass_of_a_few_members_equals_theirs_in_the_full_pass(activati
     members = make_members(seeds, MLPConfig(n_inputs=3, hidden_sizes=(6, 4), activation=activation))
     trainer = EnsembleTrainer(members, TrainConfig(epochs=1), seeds)
     X1 = torch.cat([X, torch.ones(30, 1)], dim=1)
-    torch.testing.assert_close(trainer.net.predict_members(X1, slice(2, 4)),
-                               trainer.net.predict(X1)[2:4])  # fmt: skip
+    torch.testing.assert_close(
+        trainer.net.predict_members(X1, slice(2, 4)), trainer.net.predict(X1)[2:4]
+    )
 
 
 def overfitting_ensemble(early_stopping: bool) -> tuple[EnsembleTrainer, tuple, torch.Tensor]:
@@ -251,8 +287,14 @@ def overfitting_ensemble(early_stopping: bool) -> tuple[EnsembleTrainer, tuple, 
     owner = 4 + torch.arange(20) % 2
     w = torch.ones(6, 60)
     w[owner, held] = 0.0  # helper 4 leaves out even held-out rows, helper 5 odd ones
-    config = TrainConfig(epochs=300, lr=0.01, optimizer="adam", batch_size=None,
-                         early_stopping=early_stopping, n_iter_no_change=20)  # fmt: skip
+    config = TrainConfig(
+        epochs=300,
+        lr=0.01,
+        optimizer="adam",
+        batch_size=None,
+        early_stopping=early_stopping,
+        n_iter_no_change=20,
+    )
     seeds = member_seeds(0, 6)
     members = make_members(seeds, MLPConfig(n_inputs=3, hidden_sizes=(64, 64)))
     trainer = EnsembleTrainer(members, config, seeds, reported=4)

@@ -48,8 +48,13 @@ def test_sample_weight_zero_rows_are_ignored(table_frame: pd.DataFrame) -> None:
 def test_integer_weights_act_like_repeated_rows_in_float64(table_frame: pd.DataFrame) -> None:
     X, y = table_frame[["a", "b", "c"]].to_numpy()[:60], table_frame["y"].to_numpy()[:60]
     w = np.random.default_rng(0).integers(1, 4, size=60)
-    params = {"max_iter": 20, "batch_size": "full", "random_state": 0, "dtype": "float64",
-              "dropout": 0.0}  # fmt: skip
+    params = {
+        "max_iter": 20,
+        "batch_size": "full",
+        "random_state": 0,
+        "dtype": "float64",
+        "dropout": 0.0,
+    }
     weighted = nnreg.Regressor(**params).fit(X, y, sample_weight=w)
     repeated = nnreg.Regressor(**params).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
     np.testing.assert_allclose(weighted.predict(X), repeated.predict(X), rtol=1e-9)
@@ -161,9 +166,15 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     rng = np.random.default_rng(2)
     X = rng.normal(size=(120, 5))
     y = X[:, 0] + rng.normal(0, 1.0, size=120)  # noisy: a big network overfits
-    reg = nnreg.Regressor(hidden_layer_sizes=(256, 256), learning_rate_init=0.01,
-                          max_iter=300, early_stopping=True, validation_fraction=0.25,
-                          n_iter_no_change=15, random_state=0)  # fmt: skip
+    reg = nnreg.Regressor(
+        hidden_layer_sizes=(256, 256),
+        learning_rate_init=0.01,
+        max_iter=300,
+        early_stopping=True,
+        validation_fraction=0.25,
+        n_iter_no_change=15,
+        random_state=0,
+    )
     reg.fit(X, y)
     val = np.asarray(reg.validation_scores_)
     assert reg.n_iter_ < 300  # it stopped
@@ -175,8 +186,14 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])
 def test_learning_rate_schedules(schedule: str, table_frame: pd.DataFrame) -> None:
     X, y = table_frame[["a", "b", "c"]], table_frame["y"]
-    reg = nnreg.Regressor(max_iter=40, learning_rate=schedule, learning_rate_init=0.01,
-                          n_iter_no_change=4, tol=0.01, random_state=0).fit(X, y)  # fmt: skip
+    reg = nnreg.Regressor(
+        max_iter=40,
+        learning_rate=schedule,
+        learning_rate_init=0.01,
+        n_iter_no_change=4,
+        tol=0.01,
+        random_state=0,
+    ).fit(X, y)
     lr = np.asarray(reg.history_.lr)
     assert lr[0] == pytest.approx(0.01)
     if schedule == "cosine":

@@ -159,9 +159,16 @@ def test_metadata_and_signature(tmp_path: Path, mixed_frame: pd.DataFrame) -> No
     model = onnx.load(str(export_onnx(reg, tmp_path / "model.onnx")))
     props = {p.key: p.value for p in model.metadata_props}
     assert sorted(props) == [
-        "features", "inputs", "n_models", "network_dtype", "nnreg_version", "output",
-        "preprocessing", "targets", "usage",
-    ]  # fmt: skip
+        "features",
+        "inputs",
+        "n_models",
+        "network_dtype",
+        "nnreg_version",
+        "output",
+        "preprocessing",
+        "targets",
+        "usage",
+    ]
     assert props["nnreg_version"] == nnreg.__version__ == model.producer_version
     assert json.loads(props["features"]) == ["a", "zone", "b", "grade"]
     assert json.loads(props["targets"]) == ["y0", "y1"]

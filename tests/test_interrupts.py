@@ -36,8 +36,9 @@ def nnreg_cmd(*args: str) -> list[str]:
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(nnreg_cmd(*args), cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        nnreg_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_checkpoint(path: Path, epochs: int, proc: subprocess.Popen[str]) -> None:
@@ -58,16 +59,18 @@ def test_sigkill_then_resume_gives_bitwise_the_uninterrupted_weights(
     tmp_path: Path, big_csv: Path
 ) -> None:
     common = ["train", str(big_csv), "--target", "y", "--epochs", "40", "--seed", "3", "-q"]
-    full = subprocess.run(nnreg_cmd(*common, "--out", "full"), cwd=tmp_path,
-                          capture_output=True, text=True)  # fmt: skip
+    full = subprocess.run(
+        nnreg_cmd(*common, "--out", "full"), cwd=tmp_path, capture_output=True, text=True
+    )
     assert full.returncode == 0, full.stderr
     proc = start([*common, "--out", "run", "--checkpoint-every", "5"], tmp_path)
     wait_for_checkpoint(tmp_path / "run" / CHECKPOINT, 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()  # reaps it and closes its pipes
     assert not (tmp_path / "run" / "model.json").exists()  # it really died mid-run
-    resumed = subprocess.run(nnreg_cmd("train", "--resume", "run", "-q"), cwd=tmp_path,
-                             capture_output=True, text=True)  # fmt: skip
+    resumed = subprocess.run(
+        nnreg_cmd("train", "--resume", "run", "-q"), cwd=tmp_path, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(str(tmp_path / "full" / "weights.safetensors"))
     b = load_file(str(tmp_path / "run" / "weights.safetensors"))
@@ -84,8 +87,23 @@ def test_sigkill_then_resume_gives_bitwise_the_uninterrupted_weights(
 def test_signals_stop_save_the_best_weights_and_exit_with_their_code(
     tmp_path: Path, big_csv: Path, sig: int, code: int
 ) -> None:
-    proc = start(["train", str(big_csv), "--target", "y", "--epochs", "400", "--out", "m",
-                  "--checkpoint-every", "1", "--log-every", "1"], tmp_path)  # fmt: skip
+    proc = start(
+        [
+            "train",
+            str(big_csv),
+            "--target",
+            "y",
+            "--epochs",
+            "400",
+            "--out",
+            "m",
+            "--checkpoint-every",
+            "1",
+            "--log-every",
+            "1",
+        ],
+        tmp_path,
+    )
     wait_for_checkpoint(tmp_path / "m" / CHECKPOINT, 2, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
@@ -100,10 +118,13 @@ def test_a_diverging_run_exits_1_and_keeps_the_last_finite_weights(tmp_path: Pat
     frame = pd.DataFrame({"x": np.linspace(0, 1e4, 50), "y": np.linspace(0, 1e8, 50)})
     frame.to_csv(tmp_path / "wild.csv", index=False)
     result = subprocess.run(
-        nnreg_cmd("train", "wild.csv", "--target", "y", "--preset", "seed", "--lr", "1",
-                  "--out", "m"),
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
+        nnreg_cmd(
+            "train", "wild.csv", "--target", "y", "--preset", "seed", "--lr", "1", "--out", "m"
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     err = result.stderr.strip()
     assert err.startswith("error: training diverged") and "lower the learning rate" in err

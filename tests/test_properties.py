@@ -34,10 +34,30 @@ SETTINGS: dict[str, Any] = {
 # What pandas' CSV parser reads as something other than a string (its default NA markers and
 # booleans); a categorical cell holding one of these cannot survive a CSV round trip as text.
 _CSV_SPECIAL = {
-    "", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "<na>",
-    "n/a", "na", "null", "nan", "none", "true", "false", "inf", "-inf", "+inf", "infinity",
-    "-infinity", "+infinity",
-}  # fmt: skip
+    "",
+    "#n/a",
+    "#n/a n/a",
+    "#na",
+    "-1.#ind",
+    "-1.#qnan",
+    "-nan",
+    "1.#ind",
+    "1.#qnan",
+    "<na>",
+    "n/a",
+    "na",
+    "null",
+    "nan",
+    "none",
+    "true",
+    "false",
+    "inf",
+    "-inf",
+    "+inf",
+    "infinity",
+    "-infinity",
+    "+infinity",
+}
 
 
 def _number_like(s: str) -> bool:
@@ -250,8 +270,28 @@ def test_regressor_predicts_finite_values_of_the_right_shape(
 
 # Bytes that make CSV structure: separators, quotes, line ends, numbers, text, a UTF-8 BOM and
 # an invalid UTF-8 byte, so that the parser's deeper paths are reached, not only the decoder.
-_CSV_TOKENS = [b",", b"\t", b'"', b"\n", b"\r\n", b"\r", b" ", b"a", b"b", b"1", b"2.5", b"-",
-               b"e9", b"nan", b"NA", b"\xef\xbb\xbf", b"\xff", b"\x00", b"#", b"\\"]  # fmt: skip
+_CSV_TOKENS = [
+    b",",
+    b"\t",
+    b'"',
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b" ",
+    b"a",
+    b"b",
+    b"1",
+    b"2.5",
+    b"-",
+    b"e9",
+    b"nan",
+    b"NA",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\x00",
+    b"#",
+    b"\\",
+]
 
 
 def _read_or_refuse(path: Path) -> None:

@@ -125,8 +125,9 @@ def test_unshuffled_stream_equals_in_memory_training(folder: Path, frame: pd.Dat
     and full-batch steps as Regressor.fit, read from two files in chunks of 50 rows."""
     params = {**SMALL, "batch_size": len(frame), "max_iter": 5}
     a = nnreg.Regressor(**params).fit(frame[FEATURES], frame["y"])
-    b = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"),
-                    shuffle_buffer=0, chunk_rows=50)  # fmt: skip
+    b = fit_parquet(
+        nnreg.Regressor(**params), ParquetData(folder, target="y"), shuffle_buffer=0, chunk_rows=50
+    )
     assert a.preprocessor_.categories == b.preprocessor_.categories
     np.testing.assert_allclose(a.preprocessor_.scale, b.preprocessor_.scale, rtol=1e-12)
     for pa_, pb in zip(a.model_.parameters(), b.model_.parameters(), strict=True):
@@ -156,8 +157,9 @@ def test_unshuffled_minibatches_train_like_in_memory_slices(
     data = ParquetData(folder, target="y")
     pre = TablePreprocessor().fit(frame[FEATURES])
     y_scaler = nnreg.preprocess.Standardizer().fit(frame[["y"]].to_numpy())
-    source = ParquetBatches(data, pre, y_scaler, 64, shuffle_buffer=0, dtype=torch.float64,
-                            chunk_rows=40)  # fmt: skip
+    source = ParquetBatches(
+        data, pre, y_scaler, 64, shuffle_buffer=0, dtype=torch.float64, chunk_rows=40
+    )
     X = torch.tensor(pre.transform(frame[FEATURES]))
     y = torch.tensor(y_scaler.transform(frame[["y"]].to_numpy()))
     reference = InOrder(X, y, 64)
@@ -190,16 +192,25 @@ def test_shuffled_epochs_visit_every_row_once_in_a_seeded_order(
     y_scaler = nnreg.preprocess.Standardizer().fit(frame[["y"]].to_numpy())
 
     def source(seed: int) -> ParquetBatches:
-        return ParquetBatches(data, pre, y_scaler, 64, shuffle_buffer=150, seed=seed,
-                              dtype=torch.float64, chunk_rows=40)  # fmt: skip
+        return ParquetBatches(
+            data,
+            pre,
+            y_scaler,
+            64,
+            shuffle_buffer=150,
+            seed=seed,
+            dtype=torch.float64,
+            chunk_rows=40,
+        )
 
     everything = sorted(tuple(r) for r in pre.transform(frame[FEATURES]).tolist())
     first, again, other = _rows(source(1), 0), _rows(source(1), 0), _rows(source(2), 0)
     assert sorted(first) == everything and sorted(_rows(source(1), 1)) == everything
     assert first == again  # seeded
     assert first != other and first != _rows(source(1), 1)  # reshuffled per seed and epoch
-    in_order = _rows(ParquetBatches(data, pre, y_scaler, 64, shuffle_buffer=0,
-                                    dtype=torch.float64), 0)  # fmt: skip
+    in_order = _rows(
+        ParquetBatches(data, pre, y_scaler, 64, shuffle_buffer=0, dtype=torch.float64), 0
+    )
     assert first != in_order
     sizes = [len(xb) for xb, _, _ in source(1).epoch(0)]
     assert sizes == [64] * 14 + [4] and len(sizes) == source(1).steps_per_epoch
@@ -220,9 +231,16 @@ def test_ranks_share_row_groups_and_take_equal_steps(
         steps = set()
         for rank in range(world_size):
             source = ParquetBatches(
-                data, pre, y_scaler, 32, shuffle_buffer=64, seed=5, rank=rank,
-                world_size=world_size, dtype=torch.float64,
-            )  # fmt: skip
+                data,
+                pre,
+                y_scaler,
+                32,
+                shuffle_buffer=64,
+                seed=5,
+                rank=rank,
+                world_size=world_size,
+                dtype=torch.float64,
+            )
             batches = list(source.epoch(epoch))
             steps.add((len(batches), source.steps_per_epoch))
             seen += [tuple(r) for xb, _, _ in batches for r in xb.tolist()]
@@ -246,11 +264,15 @@ def test_many_row_groups_and_an_uneven_last_one_train_without_hanging(tmp_path: 
     frame = _frame(2000, seed=4)
     folder = _folder(tmp_path, frame, [0, 300, 600, 900, 1200, 1500, 1800, 2000], group=47)
     assert sum(pq.ParquetFile(p).num_row_groups for p in folder.iterdir()) == 47
-    reg = nnreg.Regressor(**{**SMALL, "max_iter": 8, "batch_size": 50,
-                             "learning_rate_init": 0.01})  # fmt: skip
+    reg = nnreg.Regressor(**{**SMALL, "max_iter": 8, "batch_size": 50, "learning_rate_init": 0.01})
     epochs: list[int] = []
-    fit_parquet(reg, ParquetData(folder, target="y"), shuffle_buffer=30, chunk_rows=20,
-                callback=lambda e, loss, val: epochs.append(e))  # fmt: skip
+    fit_parquet(
+        reg,
+        ParquetData(folder, target="y"),
+        shuffle_buffer=30,
+        chunk_rows=20,
+        callback=lambda e, loss, val: epochs.append(e),
+    )
     assert epochs == list(range(8)) and reg.n_iter_ == 8
     assert reg.loss_curve_[-1] < 0.2 * reg.loss_curve_[0]
     assert reg.score(frame[FEATURES], frame["y"]) > 0.9
@@ -275,8 +297,9 @@ def test_distributed_hooks_reach_the_trainer(folder: Path) -> None:
 
     params = {**SMALL, "max_iter": 2, "batch_size": 64}
     plain = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"))
-    synced = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"),
-                         sync=SoloSync())  # fmt: skip
+    synced = fit_parquet(
+        nnreg.Regressor(**params), ParquetData(folder, target="y"), sync=SoloSync()
+    )
     assert SoloSync.calls == 2 * 15
     np.testing.assert_allclose(plain.loss_curve_, synced.loss_curve_, rtol=1e-12)
 
@@ -391,9 +414,25 @@ def test_cli_trains_predicts_and_evaluates_streamed(
     from cli_helpers import run
 
     model = tmp_path / "model"
-    code, out, _ = run(["train", str(folder), "--target", "y", "--stream", "--epochs", "2",
-                        "--hidden", "8", "--batch-size", "64", "--out", str(model), "--json"],
-                       capsys)  # fmt: skip
+    code, out, _ = run(
+        [
+            "train",
+            str(folder),
+            "--target",
+            "y",
+            "--stream",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "64",
+            "--out",
+            str(model),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     summary = json.loads(out)
     reg = nnreg.load(model)
@@ -402,8 +441,9 @@ def test_cli_trains_predicts_and_evaluates_streamed(
     assert summary["train_metrics"]["r2"] == pytest.approx(want["r2"], rel=1e-9)
     assert reg.model_info_["training"]["epochs_run"] == 2
     assert (model / "config.toml").read_text().count("stream = true") == 1
-    code, _, err = run(["predict", str(model), str(folder), "--stream", "-o",
-                        str(tmp_path / "p.parquet")], capsys)  # fmt: skip
+    code, _, err = run(
+        ["predict", str(model), str(folder), "--stream", "-o", str(tmp_path / "p.parquet")], capsys
+    )
     assert code == 0 and f"wrote {len(frame)} predictions" in err
     got = pd.read_parquet(tmp_path / "p.parquet")["y_pred"].to_numpy()
     np.testing.assert_allclose(got, pred, rtol=1e-12)
@@ -411,8 +451,17 @@ def test_cli_trains_predicts_and_evaluates_streamed(
     assert code == 0
     assert json.loads(out)["rows"] == len(frame)
     assert json.loads(out)["rmse"] == pytest.approx(want["rmse"], rel=1e-9)
-    code, out, _ = run(["train", "--config", str(model / "config.toml"), "--out",
-                        str(tmp_path / "again"), "--quiet"], capsys)  # fmt: skip
+    code, out, _ = run(
+        [
+            "train",
+            "--config",
+            str(model / "config.toml"),
+            "--out",
+            str(tmp_path / "again"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0
     assert nnreg.load(tmp_path / "again").loss_curve_ == reg.loss_curve_  # the same run
 
@@ -461,9 +510,27 @@ def test_cli_streams_in_two_processes(
     from cli_helpers import run
 
     model = tmp_path / "model"
-    code, _, err = run(["train", str(folder), "--target", "y", "--stream", "--epochs", "2",
-                        "--hidden", "8", "--batch-size", "32", "--nproc", "2", "--out",
-                        str(model), "--quiet"], capsys)  # fmt: skip
+    code, _, err = run(
+        [
+            "train",
+            str(folder),
+            "--target",
+            "y",
+            "--stream",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "32",
+            "--nproc",
+            "2",
+            "--out",
+            str(model),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     reg = nnreg.load(model)
     assert reg.n_iter_ == 2 and np.isfinite(reg.predict(frame[FEATURES])).all()
@@ -477,15 +544,26 @@ def test_streamed_run_resumes_from_a_checkpoint_to_the_same_weights(
     import threading
 
     params = {**SMALL, "max_iter": 4, "batch_size": 64, "dropout": 0.1}
-    whole = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"),
-                        shuffle_buffer=100)  # fmt: skip
+    whole = fit_parquet(
+        nnreg.Regressor(**params), ParquetData(folder, target="y"), shuffle_buffer=100
+    )
     stop = threading.Event()
     checkpoint = tmp_path / "checkpoint.safetensors"
-    fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"), shuffle_buffer=100,
-                stop=stop, checkpoint=checkpoint, checkpoint_every=1,
-                callback=lambda e, loss, val: stop.set() if e == 1 else None)  # fmt: skip
-    resumed = fit_parquet(nnreg.Regressor(**params), ParquetData(folder, target="y"),
-                          shuffle_buffer=100, resume=checkpoint)  # fmt: skip
+    fit_parquet(
+        nnreg.Regressor(**params),
+        ParquetData(folder, target="y"),
+        shuffle_buffer=100,
+        stop=stop,
+        checkpoint=checkpoint,
+        checkpoint_every=1,
+        callback=lambda e, loss, val: stop.set() if e == 1 else None,
+    )
+    resumed = fit_parquet(
+        nnreg.Regressor(**params),
+        ParquetData(folder, target="y"),
+        shuffle_buffer=100,
+        resume=checkpoint,
+    )
     assert resumed.loss_curve_ == whole.loss_curve_
     for pa_, pb in zip(whole.model_.parameters(), resumed.model_.parameters(), strict=True):
         torch.testing.assert_close(pa_, pb, rtol=0, atol=0)
@@ -497,8 +575,9 @@ def test_streamed_intervals_equal_in_memory_ones(
     reg = nnreg.Regressor(**{**SMALL, "max_iter": 2, "batch_size": 64, "n_models": 3})
     reg.fit(frame[FEATURES], frame["y"])
     out = tmp_path / "intervals.csv"
-    predict_parquet(reg, ParquetData(folder), out, target_names=["price"], interval=0.8,
-                    chunk_rows=100)  # fmt: skip
+    predict_parquet(
+        reg, ParquetData(folder), out, target_names=["price"], interval=0.8, chunk_rows=100
+    )
     got = pd.read_csv(out)
     lower, upper = reg.predict_interval(frame[FEATURES], coverage=0.8)
     assert list(got.columns) == ["price_pred", "price_lower", "price_upper"]
@@ -512,5 +591,9 @@ def test_streamed_intervals_equal_in_memory_ones(
 
 def test_several_processes_need_an_integer_seed(folder: Path) -> None:
     with pytest.raises(ConfigError, match="random_state=None with several processes"):
-        fit_parquet(nnreg.Regressor(random_state=None), ParquetData(folder, target="y"),
-                    rank=0, world_size=2)  # fmt: skip
+        fit_parquet(
+            nnreg.Regressor(random_state=None),
+            ParquetData(folder, target="y"),
+            rank=0,
+            world_size=2,
+        )

@@ -15,8 +15,14 @@ from nnreg.sweep import Sweep, Trial, grid
 
 
 def small_base(**overrides: object) -> nnreg.Regressor:
-    params = {"max_iter": 12, "dropout": 0.0, "dtype": "float64", "batch_size": 64,
-              "hidden_layer_sizes": (16, 16), "random_state": 5}  # fmt: skip
+    params = {
+        "max_iter": 12,
+        "dropout": 0.0,
+        "dtype": "float64",
+        "batch_size": 64,
+        "hidden_layer_sizes": (16, 16),
+        "random_state": 5,
+    }
     return nnreg.Regressor(**{**params, **overrides})  # type: ignore[arg-type]
 
 
@@ -34,8 +40,12 @@ def test_every_configuration_equals_a_single_fit_on_the_training_rows(
     assert len(val) == 30 and not set(train) & set(val)
     for row in table.sample(4, random_state=0).itertuples():  # spot checks, every kind
         hidden = tuple(int(h) for h in row.hidden.split(","))
-        single = small_base(hidden_layer_sizes=hidden, learning_rate_init=row.lr,
-                            weight_decay=row.weight_decay, random_state=row.seed)  # fmt: skip
+        single = small_base(
+            hidden_layer_sizes=hidden,
+            learning_rate_init=row.lr,
+            weight_decay=row.weight_decay,
+            random_state=row.seed,
+        )
         single.fit(X.iloc[train], y[train])
         pred = single.predict(X.iloc[val])
         rmse = float(np.sqrt(np.mean((pred - y[val]) ** 2)))
@@ -84,11 +94,30 @@ def test_sweep_command_ranks_writes_csv_and_saves_the_ensemble(
 ) -> None:
     out = tmp_path / "best"
     code, stdout, err = run(
-        ["sweep", str(table_csv), "--target", "y", "--lr", "1e-3,1e-2", "--weight-decay",
-         "0,0.05", "--hidden", "8,8", "--hidden", "16", "--seeds", "0,1", "--epochs", "5",
-         "--top", "2", "--out", str(out)],
+        [
+            "sweep",
+            str(table_csv),
+            "--target",
+            "y",
+            "--lr",
+            "1e-3,1e-2",
+            "--weight-decay",
+            "0,0.05",
+            "--hidden",
+            "8,8",
+            "--hidden",
+            "16",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "5",
+            "--top",
+            "2",
+            "--out",
+            str(out),
+        ],
         capsys,
-    )  # fmt: skip
+    )
     assert code == 0, err
     assert "16 configurations in 2 batches" in stdout and "model folder" in stdout
     ranking = pd.read_csv(out / "sweep.csv")
@@ -105,7 +134,20 @@ def test_sweep_command_rejects_bad_lists(
 ) -> None:
     code, _, err = run(["sweep", str(table_csv), "-t", "y", "--lr", "fast"], capsys)
     assert code == 2 and "comma-separated numbers" in err
-    code, _, err = run(["sweep", str(table_csv), "-t", "y", "--seeds", "1,1", "--epochs", "2",
-                        "--out", str(tmp_path / "x")], capsys)  # fmt: skip
+    code, _, err = run(
+        [
+            "sweep",
+            str(table_csv),
+            "-t",
+            "y",
+            "--seeds",
+            "1,1",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capsys,
+    )
     assert code == 2 and "seeds values repeat" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .exceptions import ModelFileError
 from .model import MLPConfig
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
+from ._version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -260,8 +260,17 @@ def train(
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     stream, shuffle_buffer = options.pop("stream"), options.pop("shuffle_buffer")
     if stream or run.get("stream"):
-        _train_streamed(run, params, preset, out, shuffle_buffer, checkpoint_every, resume,
-                        log_every, _Report(quiet=quiet, as_json=as_json))  # fmt: skip
+        _train_streamed(
+            run,
+            params,
+            preset,
+            out,
+            shuffle_buffer,
+            checkpoint_every,
+            resume,
+            log_every,
+            _Report(quiet=quiet, as_json=as_json),
+        )
         return
     if shuffle_buffer is not None:
         raise click.UsageError("--shuffle-buffer works with --stream only.")
@@ -284,12 +293,20 @@ def train(
     report.header(source, table, preset or "config", reg)
     group = _join_process_group(reg.device)
     if group is not None and report.show:
-        report.out.print(f"ranks   {group.world_size} processes, data-parallel: each trains on "
-                         f"1/{group.world_size} of the training rows")  # fmt: skip
+        report.out.print(
+            f"ranks   {group.world_size} processes, data-parallel: each trains on "
+            f"1/{group.world_size} of the training rows"
+        )
 
     def fit(on_epoch: Any, stop: Any) -> None:
-        reg.fit(table.features, y, callback=on_epoch, stop=stop,
-                resume=None if resume is None else out / CHECKPOINT, **checkpointing)  # fmt: skip
+        reg.fit(
+            table.features,
+            y,
+            callback=on_epoch,
+            stop=stop,
+            resume=None if resume is None else out / CHECKPOINT,
+            **checkpointing,
+        )
 
     _fit_and_save(reg, out, group, report, log_every, fit, lambda: _save(reg, out, run, table, y))
 
@@ -318,28 +335,45 @@ def _train_streamed(
     data = ParquetData(run["path"], run["target"], run.get("features"), run.get("categorical"))
     if shuffle_buffer is None:
         shuffle_buffer = int(run.get("shuffle_buffer", SHUFFLE_BUFFER))
-    run.update(path=str(Path(run["path"]).resolve()), features=data.feature_names, stream=True,
-               shuffle_buffer=shuffle_buffer)  # fmt: skip
+    run.update(
+        path=str(Path(run["path"]).resolve()),
+        features=data.feature_names,
+        stream=True,
+        shuffle_buffer=shuffle_buffer,
+    )
     reg = Regressor(**params)
     check_streamable(reg)
     out = out or _default_out(Path(run["path"]).stem)
     checkpointing = _checkpointing(out, checkpoint_every, run, params, preset)
-    report.data_header(data.source, data.n_rows, data.feature_names, data.target_names,
-                       preset or "config", reg)  # fmt: skip
+    report.data_header(
+        data.source, data.n_rows, data.feature_names, data.target_names, preset or "config", reg
+    )
     group = _join_process_group(reg.device)
     ranks: dict[str, Any] = {}
     if group is not None:
-        refuse_unsupported(group, sample_weight=False, n_models=int(reg.n_models),
-                           checkpoint=bool(checkpointing) or resume is not None)  # fmt: skip
+        refuse_unsupported(
+            group,
+            sample_weight=False,
+            n_models=int(reg.n_models),
+            checkpoint=bool(checkpointing) or resume is not None,
+        )
         ranks = {"rank": group.rank, "world_size": group.world_size, "sync": TorchSync(group)}
 
     def fit(on_epoch: Any, stop: Any) -> None:
-        fit_parquet(reg, data, shuffle_buffer=shuffle_buffer, callback=on_epoch, stop=stop,
-                    resume=None if resume is None else out / CHECKPOINT,
-                    **checkpointing, **ranks)  # fmt: skip
+        fit_parquet(
+            reg,
+            data,
+            shuffle_buffer=shuffle_buffer,
+            callback=on_epoch,
+            stop=stop,
+            resume=None if resume is None else out / CHECKPOINT,
+            **checkpointing,
+            **ranks,
+        )
 
-    _fit_and_save(reg, out, group, report, log_every, fit,
-                  lambda: _save_streamed(reg, out, run, data, group))  # fmt: skip
+    _fit_and_save(
+        reg, out, group, report, log_every, fit, lambda: _save_streamed(reg, out, run, data, group)
+    )
 
 
 def _fit_and_save(
@@ -383,14 +417,20 @@ def _save_streamed(
     from .stream import evaluate_parquet
 
     nan = float("nan")
-    found: dict[str, Any] = {"metrics": dict.fromkeys(("mse", "rmse", "mae", "r2"), nan),
-                             "first": (nan, nan)}  # fmt: skip
+    found: dict[str, Any] = {
+        "metrics": dict.fromkeys(("mse", "rmse", "mae", "r2"), nan),
+        "first": (nan, nan),
+    }
 
     def write() -> None:
         evaluation = evaluate_parquet(reg, data)
         found.update(metrics=evaluation.metrics, first=evaluation.first)
-        reg.save(out, metrics={f"train_{k}": v for k, v in evaluation.metrics.items()},
-                 run_settings=run, target_names=data.target_names)  # fmt: skip
+        reg.save(
+            out,
+            metrics={f"train_{k}": v for k, v in evaluation.metrics.items()},
+            run_settings=run,
+            target_names=data.target_names,
+        )
 
     on_rank0(group, write)
     return found["metrics"], found["first"]
@@ -400,8 +440,11 @@ def _exit_if_interrupted(reg: Regressor, received: dict[str, Any], out: Path) ->
     if reg.interrupted_:
         signum = received["signal"]
         name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
-        click.echo(f"interrupted by {name} after epoch {reg.n_iter_ - 1}; the model folder "
-                   f"{out} holds the best weights so far", err=True)  # fmt: skip
+        click.echo(
+            f"interrupted by {name} after epoch {reg.n_iter_ - 1}; the model folder "
+            f"{out} holds the best weights so far",
+            err=True,
+        )
         raise click.exceptions.Exit(128 + int(signum))
 
 
@@ -474,8 +517,11 @@ def _checkpointing(
             f"{out} exists and is not an nnreg run folder; choose another --out."
         )
     out.mkdir(parents=True, exist_ok=True)
-    info = {"settings": {"data": run, "model": _jsonable(params)}, "preset": preset,
-            "checkpoint_every": every}  # fmt: skip
+    info = {
+        "settings": {"data": run, "model": _jsonable(params)},
+        "preset": preset,
+        "checkpoint_every": every,
+    }
     return {"checkpoint": out / CHECKPOINT, "checkpoint_every": every, "checkpoint_info": info}
 
 
@@ -600,8 +646,9 @@ class _Report:
         self.show = not (quiet or as_json)
 
     def header(self, source: str, table: Table, preset: str, reg: Regressor) -> None:
-        self.data_header(source, len(table.features), table.feature_names, table.target_names,
-                         preset, reg)  # fmt: skip
+        self.data_header(
+            source, len(table.features), table.feature_names, table.target_names, preset, reg
+        )
 
     def data_header(
         self,
@@ -856,9 +903,12 @@ def sweep(
     from .sweep import Sweep, grid
 
     params: dict[str, Any] = {**PRESETS[preset], "random_state": 0}
-    for param, value in (("max_iter", epochs), ("batch_size", batch_size),
-                         ("early_stopping", early_stopping),
-                         ("validation_fraction", validation_fraction)):  # fmt: skip
+    for param, value in (
+        ("max_iter", epochs),
+        ("batch_size", batch_size),
+        ("early_stopping", early_stopping),
+        ("validation_fraction", validation_fraction),
+    ):
         if value is not None:
             params[param] = value
     if impute:
@@ -871,8 +921,13 @@ def sweep(
         seeds=seeds or [0],
     )
     frame, source = _read_frame(data)
-    table = _table(frame, target.split(","), features.split(",") if features else None,
-                   source, categorical.split(",") if categorical else None)  # fmt: skip
+    table = _table(
+        frame,
+        target.split(","),
+        features.split(",") if features else None,
+        source,
+        categorical.split(",") if categorical else None,
+    )
     y = _target_values(table)
     runner = Sweep(base, trials)
     report = _Report(quiet=quiet, as_json=as_json)
@@ -897,15 +952,21 @@ def sweep(
     ranking = runner.table()
     reg = runner.regressor(top=top)
     out = out or _default_out(f"{data.stem}-sweep")
-    run = {"path": str(data.resolve()), "target": table.target_names,
-           "features": table.feature_names}  # fmt: skip
+    run = {
+        "path": str(data.resolve()),
+        "target": table.target_names,
+        "features": table.feature_names,
+    }
     if categorical:
         run["categorical"] = categorical.split(",")
     _save(reg, out, run, table, y)
     write_file_atomic(out / "sweep.csv", lambda tmp: ranking.to_csv(tmp, index=False))
     if as_json:
-        print(json.dumps({"model_dir": str(out), "ranking": ranking.to_dict(orient="records")},
-                         indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {"model_dir": str(out), "ranking": ranking.to_dict(orient="records")}, indent=2
+            )
+        )
     elif quiet:
         print(out)
     else:
@@ -914,8 +975,11 @@ def sweep(
         report.out.print(f"model folder: {out} ({kept}); ranking: {out / 'sweep.csv'}")
     if runner.interrupted_:
         signum = received["signal"]
-        click.echo(f"interrupted after {len(ranking)} of {len(trials)} configurations; "
-                   f"{out} holds the best so far", err=True)  # fmt: skip
+        click.echo(
+            f"interrupted after {len(ranking)} of {len(trials)} configurations; "
+            f"{out} holds the best so far",
+            err=True,
+        )
         raise click.exceptions.Exit(128 + int(signum))
 
 
@@ -937,8 +1001,13 @@ def _sweep_progress(report: _Report) -> Any:
             TimeElapsedColumn,
         )
 
-        columns = (TextColumn("sweeping"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("epochs"), TimeElapsedColumn())  # fmt: skip
+        columns = (
+            TextColumn("sweeping"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("sweep", total=None)
 
@@ -959,8 +1028,16 @@ def _ranking_table(ranking: pd.DataFrame) -> Any:
     for col in ("rank", "hidden", "lr", "weight decay", "seed", "val RMSE", "val MAE", "epochs"):
         t.add_column(col, justify="left" if col == "hidden" else "right")
     for r in ranking.head(SWEEP_ROWS_SHOWN).itertuples():
-        t.add_row(str(r.rank), r.hidden, f"{r.lr:g}", f"{r.weight_decay:g}", str(r.seed),
-                  f"{r.val_rmse:.5g}", f"{r.val_mae:.5g}", str(r.epochs))  # fmt: skip
+        t.add_row(
+            str(r.rank),
+            r.hidden,
+            f"{r.lr:g}",
+            f"{r.weight_decay:g}",
+            str(r.seed),
+            f"{r.val_rmse:.5g}",
+            f"{r.val_mae:.5g}",
+            str(r.epochs),
+        )
     if len(ranking) > SWEEP_ROWS_SHOWN:
         t.caption = f"{len(ranking) - SWEEP_ROWS_SHOWN} more rows in sweep.csv"
     return t
@@ -1015,8 +1092,9 @@ def predict(
     }
     if interval is not None:
         lower, upper = reg.predict_interval(table.features, coverage=interval)
-        for t, lo, hi in zip(targets, lower.reshape(rows, -1).T, upper.reshape(rows, -1).T,
-                             strict=True):  # fmt: skip
+        for t, lo, hi in zip(
+            targets, lower.reshape(rows, -1).T, upper.reshape(rows, -1).T, strict=True
+        ):
             columns[f"{t}_lower"], columns[f"{t}_upper"] = lo, hi
     frame = pd.DataFrame(columns)
     if output is None:
@@ -1037,8 +1115,13 @@ def _predict_streamed(model_dir: Path, data: Path, interval: float | None, outpu
 
     reg = load(model_dir)
     features = [f["name"] for f in reg.model_info_["features"]]
-    rows = predict_parquet(reg, ParquetData(data, features=features), output,
-                           target_names=reg.model_info_["targets"], interval=interval)  # fmt: skip
+    rows = predict_parquet(
+        reg,
+        ParquetData(data, features=features),
+        output,
+        target_names=reg.model_info_["targets"],
+        interval=interval,
+    )
     click.echo(f"wrote {rows} predictions to {output}", err=True)
 
 
@@ -1198,8 +1281,9 @@ def main(argv: list[str] | None = None) -> None:
     if not debug and _other_rank():
         _silence()  # one process of a multi-process run speaks for all: rank 0
     try:
-        code = cli.main(args=args, prog_name="nnreg", standalone_mode=False,
-                        obj={"argv": list(args)})  # fmt: skip
+        code = cli.main(
+            args=args, prog_name="nnreg", standalone_mode=False, obj={"argv": list(args)}
+        )
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = exc.exit_code

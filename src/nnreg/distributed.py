@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .engine import resolve_device
+from .device import local_rank, resolve_device
 from .exceptions import ConfigError, DataError, NnregError
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
 
 def launched() -> bool:
     """True in a process that torchrun started as one of several (``WORLD_SIZE`` > 1)."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return local_rank() is not None
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,6 @@ def current() -> Group | None:
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     return Group(dist.get_rank(), dist.get_world_size(), local_rank)
-
-
-def local_rank() -> int | None:
-    """``LOCAL_RANK`` of a process that torchrun started, else None."""
-    return int(os.environ.get("LOCAL_RANK", "0")) if launched() else None
 
 
 class TorchSync:

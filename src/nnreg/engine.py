@@ -19,26 +19,20 @@ autograd otherwise. The tests check every covered combination against autograd i
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .exceptions import ConfigError
-
 __all__ = [
     "Batch",
     "FastMLP",
     "FlatOptimizer",
     "epoch_batches",
-    "is_device_name",
-    "resolve_device",
     "supports",
-    "thread_policy",
 ]
 
 FAST_ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
@@ -56,71 +50,6 @@ def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bo
         and loss in FAST_LOSSES
         and optimizer in FAST_OPTIMIZERS
     )
-
-
-def is_device_name(spec: object) -> bool:
-    """True for the device names :func:`resolve_device` knows."""
-    return isinstance(spec, str) and (
-        spec in ("auto", "cpu", "cuda", "mps") or (spec[:5] == "cuda:" and spec[5:].isdigit())
-    )
-
-
-def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
-    """The device that ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'`` names here.
-
-    ``'auto'`` is CUDA when a CUDA device is available, else the CPU. A CUDA device without an
-    index is ``cuda:local_rank`` in a multi-process run (one device per process), else the
-    current one. Raises :class:`ConfigError` when the device is not available.
-    """
-    if not is_device_name(spec):
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {spec!r}.")
-    name = "cuda" if spec == "auto" and torch.cuda.is_available() else spec
-    if name == "auto":
-        return torch.device("cpu")
-    if name.split(":")[0] == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(
-                f"device={spec!r} needs a CUDA device, but none is available to this PyTorch "
-                f"({torch.__version__}); use device='cpu' or 'auto'."
-            )
-        index = int(name[5:]) if ":" in name else local_rank
-        if index is None:
-            index = torch.cuda.current_device()
-        if index >= count:
-            raise ConfigError(
-                f"device {spec!r} is cuda:{index}, but only {count} CUDA device(s) are visible; "
-                "use a lower index or start fewer processes per machine."
-            )
-        return torch.device("cuda", index)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device='mps' is not available here; use device='cpu' or 'auto'.")
-    return torch.device(name)
-
-
-# Batch x width**2 (a step's arithmetic, roughly) up to which one intra-op thread is as fast
-# as two; measured by benchmarks/threads.py (benchmarks/results/threads.md).
-ONE_THREAD_MAX_WORK = 2**21  # between 1M (one thread won) and 4M (two won)
-
-
-@contextlib.contextmanager
-def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads, or by measurement when None.
-
-    Small matrix products finish before a second thread is worth waking, so steps whose
-    ``batch * widest**2`` is at most :data:`ONE_THREAD_MAX_WORK` use one thread; larger ones
-    keep torch's setting. The previous setting is restored afterwards.
-    """
-    before = torch.get_num_threads()
-    if threads is None:
-        threads = 1 if batch * widest**2 <= ONE_THREAD_MAX_WORK else before
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 class DropoutSampler:
@@ -435,10 +364,20 @@ class FlatOptimizer:
         if self.kind != "sgd":
             self.step_t.add_(1.0)
             self._fused(
-                [p], [g], [self.exp_avg], [self.exp_avg_sq], [], [self.step_t],
-                lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-                weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
-            )  # fmt: skip
+                [p],
+                [g],
+                [self.exp_avg],
+                [self.exp_avg_sq],
+                [],
+                [self.step_t],
+                lr=self.lr,
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                weight_decay=self.weight_decay,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
             return
         if self.weight_decay:
             g.add_(p, alpha=self.weight_decay)
@@ -496,8 +435,7 @@ class BatchedMLP:
         self.WT = [w[:, :, :-1].transpose(1, 2) for w in self.W]  # (K, in, out)
         # bmm writes a strided output (member rows P apart) through a slow per-matrix loop, so
         # gradients land in contiguous blocks first and are copied into ``grads``.
-        self.G_blocks = [torch.empty_like(g, memory_format=torch.contiguous_format)
-                         for g in self.G]  # fmt: skip
+        self.G_blocks = [torch.empty_like(g, memory_format=torch.contiguous_format) for g in self.G]
         with torch.no_grad():
             for k, member in enumerate(members):
                 for w, layer in zip(self.W, member.layers, strict=True):  # type: ignore[arg-type]
@@ -593,8 +531,9 @@ class BatchedMLP:
         for i in range(len(buf.A)):
             if inputs.dim() == 2:  # shared rows: all members' first layers as one product
                 z = buf.Z[i]
-                torch.mm(self.W[i].reshape(-1, inputs.shape[0]), inputs,
-                         out=z.view(-1, z.shape[-1]))  # fmt: skip
+                torch.mm(
+                    self.W[i].reshape(-1, inputs.shape[0]), inputs, out=z.view(-1, z.shape[-1])
+                )
             else:
                 torch.bmm(self.W[i], inputs, out=buf.Z[i])  # (K, width, batch)
             self._act(buf.Z[i], buf.H[i])

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports, thread_policy
+from .device import thread_policy
+from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError, TrainingDivergedError
 from .model import MLP
 from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig
@@ -95,9 +96,16 @@ class EnsembleTrainer:
             dtype=like.dtype,
         )
         self.optimizer = BatchedOptimizer(
-            self.net.params, self.net.grads, config.optimizer, lrs.to(like.device),
-            wds.to(like.device), config.momentum, config.nesterov, config.betas, config.eps,
-        )  # fmt: skip
+            self.net.params,
+            self.net.grads,
+            config.optimizer,
+            lrs.to(like.device),
+            wds.to(like.device),
+            config.momentum,
+            config.nesterov,
+            config.betas,
+            config.eps,
+        )
         self.history = History()
         self.record = MemberRecord()
         self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
@@ -152,8 +160,9 @@ class EnsembleTrainer:
                 if len(batches) == 1:  # every member sees the same rows: shared, not copied
                     Xe, ye, we = X1, y, w
                 else:
-                    perms = torch.stack([torch.randperm(n, generator=g, device=X.device)
-                                         for g in generators])  # fmt: skip
+                    perms = torch.stack(
+                        [torch.randperm(n, generator=g, device=X.device) for g in generators]
+                    )
                     Xe, ye = X1[perms], y[perms]  # (K, rows, ...)
                     we = None if w is None else torch.gather(w, 1, perms)
                 total = X.new_zeros(K)
@@ -192,8 +201,11 @@ class EnsembleTrainer:
                     if not bool(self.optimizer.active.any()):
                         break
                 if callback is not None:
-                    callback(epoch, self.history.train_loss[-1], self.history.val_loss[-1]
-                             if val is not None else None)  # fmt: skip
+                    callback(
+                        epoch,
+                        self.history.train_loss[-1],
+                        self.history.val_loss[-1] if val is not None else None,
+                    )
                 if self.stop is not None and self.stop.is_set():
                     break
             if joint is not None:
@@ -398,5 +410,8 @@ class ConformalCalibrator:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConformalCalibrator:
-        return cls(scores=[list(map(float, s)) for s in d["scores"]], floor=list(d["floor"]),
-                   scaled=bool(d.get("scaled", True)))  # fmt: skip
+        return cls(
+            scores=[list(map(float, s)) for s in d["scores"]],
+            floor=list(d["floor"]),
+            scaled=bool(d.get("scaled", True)),
+        )

@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_array, validate_data
 
 from . import artifact, distributed
-from .engine import is_device_name, resolve_device
+from .device import DEVICE_HELP, is_device_name, training_device
 from .ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
 from .exceptions import ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble, count_parameters
@@ -161,7 +161,7 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_models": (_positive_int, "a positive integer (ensemble members)"),
     "device": (
         is_device_name,
-        "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'",
+        DEVICE_HELP,
     ),
 }
 
@@ -402,9 +402,11 @@ class Regressor(RegressorMixin, BaseEstimator):
         group = distributed.current()  # several processes: rank 0's seed, a shard of rows each
         if group is not None:
             distributed.refuse_unsupported(
-                group, sample_weight=w is not None, n_models=int(self.n_models),
+                group,
+                sample_weight=w is not None,
+                n_models=int(self.n_models),
                 checkpoint=checkpoint is not None or resume is not None,
-            )  # fmt: skip
+            )
             self.seed_ = group.broadcast_int(self.seed_)
         val_rows, train_rows = self._validation_split(len(frame))
         # An ensemble trains every member on every row; its held-out rows are scored by extra
@@ -416,15 +418,21 @@ class Regressor(RegressorMixin, BaseEstimator):
         train_frame = frame.iloc[train_rows] if val_rows is not None else frame
         w_train = None if w is None or val_rows is None else w[train_rows]
         if not warm:
-            self._init_model(train_frame, y_arr if val_rows is None else y_arr[train_rows],
-                             w if val_rows is None else w_train)  # fmt: skip
+            self._init_model(
+                train_frame,
+                y_arr if val_rows is None else y_arr[train_rows],
+                w if val_rows is None else w_train,
+            )
         X_all = self._tensor(self.preprocessor_.transform(frame))  # (rows, encoded)
         y_all = self._tensor(self.y_scaler_.transform(y_arr))  # (rows, targets)
         w_all = None if w is None else self._tensor(w)
         validation = None
         if val_rows is not None:
-            validation = (X_all[val_rows], y_all[val_rows],
-                          None if w_all is None else w_all[val_rows])  # fmt: skip
+            validation = (
+                X_all[val_rows],
+                y_all[val_rows],
+                None if w_all is None else w_all[val_rows],
+            )
             X_all, y_all = X_all[train_rows], y_all[train_rows]
             w_all = None if w_all is None else w_all[train_rows]
         if group is not None:
@@ -446,19 +454,25 @@ class Regressor(RegressorMixin, BaseEstimator):
                 member_w[K + torch.as_tensor(folds), torch.as_tensor(cal_rows)] = 0.0
                 # The helpers' out-of-fold loss on these rows: stop on it, or roll back.
                 owner = K + torch.as_tensor(folds, device=X_all.device)
-                validation = (X_all[cal_rows], y_all[cal_rows],
-                              None if w_all is None else w_all[cal_rows])  # fmt: skip
-            ensemble = EnsembleTrainer(members + helpers, config, seeds,
-                                       dropout_seed=self.seed_ + 2, reported=K)  # fmt: skip
+                validation = (
+                    X_all[cal_rows],
+                    y_all[cal_rows],
+                    None if w_all is None else w_all[cal_rows],
+                )
+            ensemble = EnsembleTrainer(
+                members + helpers, config, seeds, dropout_seed=self.seed_ + 2, reported=K
+            )
             ensemble.stop = stop
-            history = ensemble.run(X_all, y_all, member_w, validation=validation, owner=owner,
-                                   callback=callback)  # fmt: skip
+            history = ensemble.run(
+                X_all, y_all, member_w, validation=validation, owner=owner, callback=callback
+            )
             record = ensemble.record
             best = max(record.best_epoch) if validation is not None else -1
             self._set_fitted(self.model_, history)
             self.best_epoch_ = best if best >= 0 else len(history) - 1
-            self.member_best_epochs_ = [b if b >= 0 else len(history) - 1
-                                        for b in record.best_epoch[:K]]  # fmt: skip
+            self.member_best_epochs_ = [
+                b if b >= 0 else len(history) - 1 for b in record.best_epoch[:K]
+            ]
         else:
             if group is not None:
                 group.broadcast_parameters_(self.model_)
@@ -467,8 +481,15 @@ class Regressor(RegressorMixin, BaseEstimator):
             trainer.stop = stop
             write = attach_checkpoints(trainer, resume, checkpoint, checkpoint_info)
             try:
-                trainer.run(X_all, y_all, w_all, validation=validation, callback=callback,
-                            checkpoint=write, checkpoint_every=checkpoint_every)  # fmt: skip
+                trainer.run(
+                    X_all,
+                    y_all,
+                    w_all,
+                    validation=validation,
+                    callback=callback,
+                    checkpoint=write,
+                    checkpoint_every=checkpoint_every,
+                )
             finally:  # also after divergence: the last finite weights stay usable
                 self._set_fitted(self.model_, _concat(previous, trainer.history))
                 self.best_epoch_ = max(0, trainer.best_epoch + len(previous))
@@ -512,8 +533,10 @@ class Regressor(RegressorMixin, BaseEstimator):
 
         Forward passes of EVAL_CHUNK rows keep the float64 activations small; a row's
         prediction does not depend on the rows beside it."""
-        parts = [self.model_.predict_float64(Z[lo : lo + EVAL_CHUNK]).cpu().numpy()
-                 for lo in range(0, max(len(Z), 1), EVAL_CHUNK)]  # fmt: skip
+        parts = [
+            self.model_.predict_float64(Z[lo : lo + EVAL_CHUNK]).cpu().numpy()
+            for lo in range(0, max(len(Z), 1), EVAL_CHUNK)
+        ]
         out = np.concatenate(parts, axis=-2)  # rows are the second-to-last axis
         if isinstance(self.model_, MLPEnsemble):  # out: (K, rows, targets)
             return out.mean(axis=0), out.std(axis=0, ddof=1)
@@ -581,7 +604,7 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     def _device(self) -> torch.device:
         """Where training runs: ``device`` resolved ('auto', a bare 'cuda' per process)."""
-        return resolve_device(self.device, distributed.local_rank())
+        return training_device(self.device)
 
     def _set_fitted(self, model: MLP | MLPEnsemble, history: History) -> None:
         self.model_ = model.eval()
@@ -674,8 +697,9 @@ class Regressor(RegressorMixin, BaseEstimator):
                     "Regressor requires y to be passed, but the target y is None; give the "
                     "target values to fit."
                 )
-            arr = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y",
-                              ensure_all_finite=False)  # fmt: skip
+            arr = check_array(
+                y, ensure_2d=False, dtype=np.float64, input_name="y", ensure_all_finite=False
+            )
         _require_finite(arr, "y", allow_nan=False)
         if arr.shape[0] != n_rows:
             raise DataError(f"X has {n_rows} rows but y has {arr.shape[0]}; they must match.")
@@ -694,8 +718,9 @@ class Regressor(RegressorMixin, BaseEstimator):
         if sample_weight is None:
             return None
         with _as_data_errors():
-            w = check_array(sample_weight, ensure_2d=False, dtype=np.float64,
-                            input_name="sample_weight")  # fmt: skip
+            w = check_array(
+                sample_weight, ensure_2d=False, dtype=np.float64, input_name="sample_weight"
+            )
         if w.ndim != 1 or w.shape[0] != n_rows:
             raise DataError(
                 f"sample_weight.shape == {w.shape}, expected ({n_rows},): one weight per row."
@@ -755,8 +780,10 @@ class Regressor(RegressorMixin, BaseEstimator):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) in the target's units from standardised mean and spread."""
         half = self.calibrator_.halfwidth(std, coverage)
-        return (self.y_scaler_.inverse_transform(mean - half),
-                self.y_scaler_.inverse_transform(mean + half))  # fmt: skip
+        return (
+            self.y_scaler_.inverse_transform(mean - half),
+            self.y_scaler_.inverse_transform(mean + half),
+        )
 
     def _predict_moments(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         if not self.__sklearn_is_fitted__():
@@ -808,7 +835,7 @@ class Regressor(RegressorMixin, BaseEstimator):
                 "params": params,
                 "epochs_run": self.n_iter_,
                 "best_epoch": self.best_epoch_,
-            },  # fmt: skip
+            },
             "metrics": {"final_train_loss": self.loss_curve_[-1], **(metrics or {})},
             "n_models": len(self.model_.members) if isinstance(self.model_, MLPEnsemble) else 1,
         }
@@ -929,8 +956,9 @@ def _require_finite(a: np.ndarray, name: str, allow_nan: bool) -> None:
             if name == "X"
             else f"{name} contains NaN (first at index {where}); drop those rows."
         )
-    raise DataError(f"{name} contains infinite values (inf, first at index {where}); "
-                    "replace or drop them.")  # fmt: skip
+    raise DataError(
+        f"{name} contains infinite values (inf, first at index {where}); replace or drop them."
+    )
 
 
 def _drop_zero_weights(

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .artifact import write_file_atomic
 from .exceptions import ConfigError, DataError, ModelFileError, NotFittedError
 from .model import MLP, MLPEnsemble

@@ -158,5 +158,5 @@ class MLPEnsemble(nn.Module):
     @torch.no_grad()
     def predict_float64(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's float64 prediction: (K, batch, n_outputs)."""
-        return torch.stack([m.predict_float64(x) for m in self.members  # type: ignore[operator]
-                            ])  # fmt: skip
+        members: list[MLP] = list(self.members)  # type: ignore[arg-type]
+        return torch.stack([m.predict_float64(x) for m in members])

@@ -123,8 +123,12 @@ class ParquetData:
         feats, targets = select_columns(columns, target, features, self.source)
         for name in targets:
             kind = self.schema.field(name).type
-            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
-                    or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):  # fmt: skip
+            if not (
+                pa.types.is_integer(kind)
+                or pa.types.is_floating(kind)
+                or pa.types.is_boolean(kind)
+                or pa.types.is_decimal(kind)
+            ):
                 text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
                 raise DataError(
                     f"target column {name!r} in {self.source} holds "
@@ -160,9 +164,11 @@ class ParquetData:
                     reader = (group.file, pq.ParquetFile(group.file))
                 first_row = starts[(group.file, group.index)]
                 batches = reader[1].iter_batches(
-                    batch_size=chunk_rows, row_groups=[group.index], columns=columns,
+                    batch_size=chunk_rows,
+                    row_groups=[group.index],
+                    columns=columns,
                     use_threads=False,
-                )  # fmt: skip
+                )
                 for batch in batches:
                     yield self._chunk(batch, first_row)
                     first_row += batch.num_rows
@@ -472,8 +478,10 @@ def fit_parquet(
     reg.seed_ = reg._resolve_seed()
     stats = StreamingStatistics(
         TablePreprocessor(reg.scaling, reg.missing, int(reg.max_categories)),
-        scale_target=bool(reg.scale_target), sample_rows=sample_rows, seed=reg.seed_,
-    )  # fmt: skip
+        scale_target=bool(reg.scale_target),
+        sample_rows=sample_rows,
+        seed=reg.seed_,
+    )
     for chunk in _read_ahead(data.chunks(chunk_rows=chunk_rows)):
         stats.update(chunk.features, chunk.y)
     reg.preprocessor_, reg.y_scaler_ = stats.finish()
@@ -497,10 +505,18 @@ def fit_parquet(
     train_config = reg._train_config(data.n_rows)
     assert train_config.batch_size is not None  # 'full' is refused above
     source = ParquetBatches(
-        data, reg.preprocessor_, reg.y_scaler_, train_config.batch_size,
-        shuffle_buffer=shuffle_buffer, seed=reg.seed_, rank=rank, world_size=world_size,
-        device=device, dtype=_DTYPES[reg.dtype], chunk_rows=chunk_rows,
-    )  # fmt: skip
+        data,
+        reg.preprocessor_,
+        reg.y_scaler_,
+        train_config.batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=reg.seed_,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        dtype=_DTYPES[reg.dtype],
+        chunk_rows=chunk_rows,
+    )
     trainer = Trainer(model, train_config, reg._generator())
     trainer.sync, trainer.stop = sync, stop
     write = attach_checkpoints(trainer, resume, checkpoint, checkpoint_info)

@@ -67,8 +67,12 @@ def grid(
     seeds: Sequence[int],
 ) -> list[Trial]:
     """Every combination, in a stable order (architectures outermost)."""
-    for name, values in (("hidden", hidden), ("lr", lr), ("weight_decay", weight_decay),
-                         ("seeds", seeds)):  # fmt: skip
+    for name, values in (
+        ("hidden", hidden),
+        ("lr", lr),
+        ("weight_decay", weight_decay),
+        ("seeds", seeds),
+    ):
         if len(values) == 0:
             raise ConfigError(f"the sweep needs at least one value of {name}.")
         if len(set(map(str, values))) != len(values):
@@ -172,20 +176,26 @@ class Sweep:
         self.interrupted_ = False
         for hidden, trials in groups.items():
             model_config = MLPConfig(
-                n_inputs=len(self.preprocessor_.output_names), hidden_sizes=hidden,
-                n_outputs=y_arr.shape[1], activation=base.activation, init=base.init,
+                n_inputs=len(self.preprocessor_.output_names),
+                hidden_sizes=hidden,
+                n_outputs=y_arr.shape[1],
+                activation=base.activation,
+                init=base.init,
                 dropout=float(base.dropout),
-            )  # fmt: skip
+            )
             members = []
             for t in trials:  # initialised exactly as Regressor(random_state=t.seed) would be
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(t.seed)
                     members.append(MLP(model_config).to(device=base.device, dtype=X_all.dtype))
             trainer = EnsembleTrainer(
-                members, config, [t.seed for t in trials],
-                lr=[t.lr for t in trials], weight_decay=[t.weight_decay for t in trials],
+                members,
+                config,
+                [t.seed for t in trials],
+                lr=[t.lr for t in trials],
+                weight_decay=[t.weight_decay for t in trials],
                 dropout_seed=seed + 2,
-            )  # fmt: skip
+            )
             trainer.stop = self.stop
             offset = done
 
@@ -230,10 +240,13 @@ class Sweep:
             )
             val = [v[k] for v in record.val_loss] if record.val_loss else [math.nan] * epochs
             scale = trials[k].lr / base_lr
-            histories.append(History(
-                train_loss=[v[k] for v in record.train_loss], val_loss=val,
-                lr=[v * scale for v in trainer.history.lr],
-            ))  # fmt: skip
+            histories.append(
+                History(
+                    train_loss=[v[k] for v in record.train_loss],
+                    val_loss=val,
+                    lr=[v * scale for v in trainer.history.lr],
+                )
+            )
             best = record.best_epoch[k] if record.best_epoch else -1
             best_epochs.append(best if best >= 0 else epochs - 1)
         return _Group(hidden, trials, members, histories, best_epochs, scores)
@@ -245,26 +258,29 @@ class Sweep:
             raise ConfigError("the sweep has not run yet; call fit(X, y) first.")
         entries = [(g, k) for g in self.groups_ for k in range(len(g.trials))]
         # NaN scores (a diverged member) rank last; ties keep the grid's order.
-        return sorted(entries, key=lambda e: (not math.isfinite(e[0].scores[e[1], 0]),
-                                              e[0].scores[e[1], 0]))  # fmt: skip
+        return sorted(
+            entries, key=lambda e: (not math.isfinite(e[0].scores[e[1], 0]), e[0].scores[e[1], 0])
+        )
 
     def table(self) -> pd.DataFrame:
         """One row per configuration, best validation RMSE first."""
         rows = []
         for rank, (g, k) in enumerate(self._ranked(), start=1):
             t = g.trials[k]
-            rows.append({
-                "rank": rank,
-                "hidden": ",".join(map(str, t.hidden)) or "none",
-                "lr": t.lr,
-                "weight_decay": t.weight_decay,
-                "seed": t.seed,
-                "val_rmse": g.scores[k, 0],
-                "val_mae": g.scores[k, 1],
-                "train_loss": g.scores[k, 2],
-                "epochs": len(g.histories[k]),
-                "best_epoch": g.best_epochs[k],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "rank": rank,
+                    "hidden": ",".join(map(str, t.hidden)) or "none",
+                    "lr": t.lr,
+                    "weight_decay": t.weight_decay,
+                    "seed": t.seed,
+                    "val_rmse": g.scores[k, 0],
+                    "val_mae": g.scores[k, 1],
+                    "train_loss": g.scores[k, 2],
+                    "epochs": len(g.histories[k]),
+                    "best_epoch": g.best_epochs[k],
+                }
+            )
         return pd.DataFrame(rows)
 
     def regressor(self, top: int = 1) -> Regressor:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import FastMLP, FlatOptimizer, epoch_batches, supports, thread_policy
+from .device import thread_policy
+from .engine import FastMLP, FlatOptimizer, epoch_batches, supports
 from .exceptions import TrainingDivergedError
 
 __all__ = [
@@ -94,7 +95,7 @@ class TrainConfig:
     n_iter_no_change: int = 10
     tol: float = 1e-4
     engine: str = "auto"  # "fast" (hand-derived gradients), "autograd", or "auto": fast if it can
-    threads: int | None = None  # intra-op threads; None: engine.thread_policy decides
+    threads: int | None = None  # intra-op threads; None: device.thread_policy decides
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,9 +179,12 @@ MEAN: dict[str, Pointwise] = {
 def make_optimizer(params: Iterator[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
             weight_decay=config.weight_decay,
-        )  # fmt: skip
+        )
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return cls(
         params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
@@ -208,9 +212,16 @@ class Trainer:
         if self.fast:
             self.net = FastMLP(model, activation, config.loss, dropout, generator)
             self.optimizer: Any = FlatOptimizer(
-                self.net.params, self.net.grads, config.optimizer, config.lr, config.momentum,
-                config.nesterov, config.weight_decay, config.betas, config.eps,
-            )  # fmt: skip
+                self.net.params,
+                self.net.grads,
+                config.optimizer,
+                config.lr,
+                config.momentum,
+                config.nesterov,
+                config.weight_decay,
+                config.betas,
+                config.eps,
+            )
         else:
             self.optimizer = make_optimizer(model.parameters(), config)
             self.loss_fn = loss_function(config.loss)
@@ -276,8 +287,9 @@ class Trainer:
             good = self._snapshot()  # the last finite weights
             if isinstance(X, torch.Tensor):
                 assert y is not None
-                epoch_losses = self._epochs(X, y, sample_weight, batches, start, epochs,
-                                            total_steps)  # fmt: skip
+                epoch_losses = self._epochs(
+                    X, y, sample_weight, batches, start, epochs, total_steps
+                )
             else:
                 epoch_losses = self._source_epochs(X, start, epochs, total_steps)
             for i, train_loss in enumerate(epoch_losses, start=start):
@@ -457,8 +469,9 @@ class Trainer:
                 perm = torch.randperm(n, generator=self.generator, device=X.device)
                 Xe, ye = X[perm], y[perm]
                 we = None if w is None else w[perm]
-            minibatches = ((Xe[lo:hi], ye[lo:hi], None if we is None else we[lo:hi])
-                           for lo, hi in batches)  # fmt: skip
+            minibatches = (
+                (Xe[lo:hi], ye[lo:hi], None if we is None else we[lo:hi]) for lo, hi in batches
+            )
             yield self._train_epoch(minibatches, epoch, len(batches), total_steps, X)
 
     def _source_epochs(
@@ -473,8 +486,10 @@ class Trainer:
             self._set_lr(self._lr(epoch * steps, total_steps))
             minibatches = source.epoch(epoch)
             if self.net is not None:  # the fast engine's inputs end in a column of ones
-                minibatches = ((torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1), yb, wb)
-                               for xb, yb, wb in minibatches)  # fmt: skip
+                minibatches = (
+                    (torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1), yb, wb)
+                    for xb, yb, wb in minibatches
+                )
             yield self._train_epoch(minibatches, epoch, steps, total_steps, like)
 
     def _train_epoch(
