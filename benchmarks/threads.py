@@ -51,7 +51,7 @@ def main() -> None:
         f"{torch.__version__}, nnreg {nnreg.__version__}: one epoch over {rows:,} rows x 8 "
         "features, two hidden layers of the given width, Adam; best of 3. The engine uses one "
         f"thread while batch x width² <= {ONE_THREAD_MAX_WORK:,} "
-        "(`nnreg.engine.ONE_THREAD_MAX_WORK`).",
+        "(`nnreg.device.ONE_THREAD_MAX_WORK`).",
         "",
         f"| batch | width | batch x width² | 1 thread (s) | {default} threads (s) | faster |",
         "|---:|---:|---:|---:|---:|---|",

@@ -1,0 +1,344 @@
+"""Presets, parameter rules and the recipe: the one validated description of a fit.
+
+Every way into fitting (``Regressor.fit`` and ``partial_fit``, streamed Parquet, sweeps, the
+command line) turns an estimator's parameters into a :class:`Recipe` with
+:meth:`Recipe.from_params`, which checks every parameter against :data:`PARAMETER_RULES` at
+once and raises one :class:`~nnreg.exceptions.ConfigError` naming each problem. The recipe
+then answers everything a fit needs to know before it sees data, and some things it needs
+once it has: the network's :class:`~nnreg.model.MLPConfig` for a number of inputs and
+outputs, the :class:`~nnreg.train.TrainConfig` for a number of rows, the resolved device, the
+seeded initial networks (the only place that seeds torch's global generator), the minibatch
+generator, and the validation split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import DEVICE_HELP, is_device_name, training_device
+from .exceptions import ConfigError
+from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble
+from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
+from .train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+
+__all__ = [
+    "AUTO_BATCH",
+    "PARAMETER_RULES",
+    "PRESETS",
+    "RECOMMENDED_PRESET",
+    "SEED_PRESET",
+    "Recipe",
+    "auto_batch_size",
+    "check_params",
+    "jsonable",
+    "member_seeds",
+    "resolve_seed",
+]
+
+# The seed experiment's recipe, exactly (DESIGN.md).
+SEED_PRESET: dict[str, Any] = {
+    "hidden_layer_sizes": (20, 20),
+    "activation": "relu",
+    "init": "xavier_uniform",
+    "dropout": 0.0,
+    "optimizer": "sgd",
+    "learning_rate_init": 0.001,
+    "learning_rate": "constant",
+    "momentum": 0.0,
+    "nesterovs_momentum": False,
+    "weight_decay": 0.0,
+    "batch_size": "full",
+    "max_iter": 500,
+    "loss": "squared_error",
+    "early_stopping": False,
+    "scaling": "none",
+    "scale_target": False,
+}
+# The estimator's defaults, tuned on benchmarks/accuracy.py's panel (results/accuracy.md):
+# three SiLU layers of 128 with dropout, AdamW with weight decay and a short-memory second
+# moment (beta_2=0.95, as in RealMLP), a cosine learning-rate decay over 128 epochs.
+RECOMMENDED_PRESET: dict[str, Any] = {
+    "hidden_layer_sizes": (128, 128, 128),
+    "activation": "silu",
+    "init": "xavier_uniform",
+    "dropout": 0.15,
+    "optimizer": "adamw",
+    "learning_rate_init": 0.003,
+    "learning_rate": "cosine",
+    "momentum": 0.9,
+    "nesterovs_momentum": False,
+    "weight_decay": 0.02,
+    "beta_1": 0.9,
+    "beta_2": 0.95,
+    "batch_size": "auto",
+    "max_iter": 128,
+    "loss": "squared_error",
+    "early_stopping": False,
+    "scaling": "standard",
+    "scale_target": True,
+}
+PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
+
+AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def auto_batch_size(n_rows: int) -> int:
+    """Rows per step for ``batch_size='auto'``: the epoch in equal batches of at most
+    AUTO_BATCH rows, so no epoch ends with a stray handful of rows taking a full step."""
+    n_batches = max(1, math.ceil(n_rows / AUTO_BATCH))
+    return max(1, math.ceil(n_rows / n_batches))
+
+
+def member_seeds(seed: int, n_models: int) -> list[int]:
+    """Seeds of the members: the first is ``seed`` itself, so member 0 is the single model."""
+    return [(seed + 7919 * k) % (2**31 - 1) for k in range(n_models)]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _positive_int(v: Any) -> bool:
+    return _is_int(v) and int(v) >= 1
+
+
+def _real(v: Any, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    x = float(v)
+    return math.isfinite(x) and (x > lo if open_lo else x >= lo) and x < hi
+
+
+def _one_of(options: tuple[str, ...] | list[str]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in options), f"one of {list(options)}"
+
+
+def _seed(v: Any) -> bool:
+    return v is None or isinstance(v, np.random.RandomState) or (_is_int(v) and 0 <= v < 2**32)
+
+
+BOOL = (lambda v: isinstance(v, (bool, np.bool_)), "True or False")
+FRACTION = (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)")
+POSITIVE = (lambda v: _real(v, 0.0, open_lo=True), "a finite number > 0")
+NON_NEGATIVE = (lambda v: _real(v, 0.0), "a finite number >= 0")
+
+# One table of parameter checks: name -> (test, what is allowed).
+PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "hidden_layer_sizes": (
+        lambda v: isinstance(v, (tuple, list)) and all(_positive_int(h) for h in v),
+        "a tuple of positive integers, e.g. (64, 64); () for a linear model",
+    ),
+    "activation": _one_of(sorted(ACTIVATIONS)),
+    "init": _one_of(INITS),
+    "dropout": FRACTION,
+    "optimizer": _one_of(OPTIMIZERS),
+    "learning_rate_init": POSITIVE,
+    "learning_rate": _one_of(SCHEDULES),
+    "momentum": FRACTION,
+    "nesterovs_momentum": BOOL,
+    "weight_decay": NON_NEGATIVE,
+    "beta_1": FRACTION,
+    "beta_2": FRACTION,
+    "epsilon": POSITIVE,
+    "batch_size": (
+        lambda v: v in ("auto", "full") or _positive_int(v),
+        "a positive integer, 'auto' (equal batches of at most 256 rows) or 'full' (one step "
+        "per epoch)",
+    ),
+    "max_iter": (_positive_int, "a positive integer (epochs)"),
+    "loss": _one_of(LOSSES),
+    "early_stopping": BOOL,
+    "validation_fraction": (lambda v: _real(v, 0.0, 1.0, open_lo=True), "a number in (0, 1)"),
+    "n_iter_no_change": (_positive_int, "a positive integer (epochs)"),
+    "tol": NON_NEGATIVE,
+    "scaling": _one_of(SCALINGS),
+    "scale_target": BOOL,
+    "missing": _one_of(MISSING),
+    "max_categories": (_positive_int, "a positive integer"),
+    "dtype": _one_of(tuple(DTYPES)),
+    "random_state": (_seed, "None, an integer in [0, 2**32) or a numpy RandomState"),
+    "warm_start": BOOL,
+    "n_models": (_positive_int, "a positive integer (ensemble members)"),
+    "device": (is_device_name, DEVICE_HELP),
+}
+
+Label = Callable[[str], str]  # how a message names a parameter (the CLI adds its flag)
+
+
+def check_params(params: Mapping[str, Any], label: Label | None = None) -> None:
+    """Check every parameter in ``params`` that has a rule; raise one :class:`ConfigError`
+    that lists each problem (``label(name)`` names a parameter; default: the name)."""
+    name_of = label or (lambda name: name)
+    problems = [
+        f"{name_of(name)} must be {allowed}, got {params[name]!r}"
+        for name, (ok, allowed) in PARAMETER_RULES.items()
+        if name in params and not ok(params[name])
+    ]
+    if (
+        not problems
+        and params.get("nesterovs_momentum")
+        and params.get("optimizer") == "sgd"
+        and params.get("momentum") == 0
+    ):
+        problems.append(
+            f"{name_of('nesterovs_momentum')}=True needs {name_of('momentum')} > 0 with "
+            f"{name_of('optimizer')}='sgd'"
+        )
+    if problems:
+        raise ConfigError("invalid Regressor settings: " + "; ".join(problems) + ".")
+
+
+def resolve_seed(random_state: Any) -> int:
+    """The integer seed a fit uses: ``random_state`` itself, or one drawn from it (a
+    RandomState) or from NumPy's global generator (None)."""
+    if _is_int(random_state):
+        return int(random_state)
+    rng = (
+        random_state if isinstance(random_state, np.random.RandomState) else np.random.mtrand._rand
+    )
+    return int(rng.randint(0, 2**31 - 1))
+
+
+def jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as JSON/TOML values: tuples as lists, NumPy scalars as Python numbers, a
+    RandomState as None (a fit records the seed it drew instead)."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, tuple):
+            v = [int(h) for h in v]
+        elif isinstance(v, np.integer):
+            v = int(v)
+        elif isinstance(v, np.floating):
+            v = float(v)
+        elif isinstance(v, np.random.RandomState):
+            v = None
+        out[k] = v
+    return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated set of estimator parameters, and the seed one fit draws from them.
+
+    Build it with :meth:`from_params`; ``params`` keeps the parameters as given, the fields
+    hold them checked and typed.
+
+    >>> recipe = Recipe.from_params({"hidden_layer_sizes": (8,), "random_state": 3})
+    >>> recipe.model_config(n_inputs=2, n_outputs=1).hidden_sizes, recipe.seed
+    ((8,), 3)
+    """
+
+    params: Mapping[str, Any]
+    seed: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any], *, seed: int | None = None, label: Label | None = None
+    ) -> Recipe:
+        """Check ``params`` (a full set, as ``Regressor.get_params()`` gives them) and fix
+        the seed: ``seed`` when given (a warm start keeps its first fit's), else one
+        resolved from ``random_state``."""
+        check_params(params, label)
+        fixed = dict(params)
+        fixed["hidden_layer_sizes"] = tuple(int(h) for h in params["hidden_layer_sizes"])
+        return cls(
+            params=fixed,
+            seed=resolve_seed(params["random_state"]) if seed is None else int(seed),
+            device=training_device(params["device"]),
+            dtype=DTYPES[params["dtype"]],
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return self.params[name]
+
+    @property
+    def n_models(self) -> int:
+        return int(self.params["n_models"])
+
+    def preprocessor(self) -> TablePreprocessor:
+        """The input transform to fit (unfitted)."""
+        p = self.params
+        return TablePreprocessor(p["scaling"], p["missing"], int(p["max_categories"]))
+
+    def target_scaler(self) -> Standardizer:
+        """The target transform to fit (unfitted)."""
+        return Standardizer(bool(self.params["scale_target"]))
+
+    def model_config(self, n_inputs: int, n_outputs: int) -> MLPConfig:
+        p = self.params
+        return MLPConfig(
+            n_inputs=n_inputs,
+            hidden_sizes=p["hidden_layer_sizes"],
+            n_outputs=n_outputs,
+            activation=p["activation"],
+            init=p["init"],
+            dropout=float(p["dropout"]),
+        )
+
+    def train_config(self, n_rows: int) -> TrainConfig:
+        """How to train on ``n_rows`` rows per epoch (``batch_size='auto'`` depends on it)."""
+        p = self.params
+        batch = p["batch_size"]
+        batch_size = (
+            None if batch == "full" else auto_batch_size(n_rows) if batch == "auto" else int(batch)
+        )
+        return TrainConfig(
+            epochs=int(p["max_iter"]),
+            lr=float(p["learning_rate_init"]),
+            optimizer=p["optimizer"],
+            momentum=float(p["momentum"]),
+            nesterov=bool(p["nesterovs_momentum"]),
+            weight_decay=float(p["weight_decay"]),
+            betas=(float(p["beta_1"]), float(p["beta_2"])),
+            eps=float(p["epsilon"]),
+            batch_size=batch_size,
+            loss=p["loss"],
+            schedule=p["learning_rate"],
+            early_stopping=bool(p["early_stopping"]),
+            n_iter_no_change=int(p["n_iter_no_change"]),
+            tol=float(p["tol"]),
+        )
+
+    def member(self, config: MLPConfig, seed: int) -> MLP:
+        """A network initialised from ``seed`` alone, on the training device and dtype; the
+        global torch generator is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MLP(config).to(device=self.device, dtype=self.dtype)
+
+    def model(self, config: MLPConfig) -> MLP | MLPEnsemble:
+        """The initial network, or ``n_models`` members (member 0 is the single model)."""
+        members = [self.member(config, s) for s in member_seeds(self.seed, self.n_models)]
+        return members[0] if len(members) == 1 else MLPEnsemble(config, members)
+
+    def generator(self) -> torch.Generator:
+        """Minibatch order and dropout draw from their own stream, seeded like the weights."""
+        return torch.Generator(device=self.device).manual_seed(self.seed + 1)
+
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        """``a`` on the training device and dtype. A copy: pandas may hand out read-only
+        arrays, which torch refuses to share."""
+        return torch.tensor(a, dtype=self.dtype, device=self.device)
+
+    def validation_split(
+        self, n: int, min_rows: int = 1
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Row indices (held out, training), sorted: ``validation_fraction`` of ``n`` rows
+        (at least ``min_rows``, never all), drawn from the seed; (None, all) for a fit that
+        holds out nothing (no early stopping, one model) or has fewer than two rows."""
+        everything = np.arange(n)
+        if not (self.params["early_stopping"] or self.n_models > 1) or n < 2:
+            return None, everything
+        fraction = round(float(self.params["validation_fraction"]) * n)
+        n_val = min(n - 1, max(1, min_rows, fraction))
+        perm = np.random.default_rng(self.seed).permutation(n)
+        return np.sort(perm[:n_val]), np.sort(perm[n_val:])
