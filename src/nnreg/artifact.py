@@ -167,7 +167,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(
-            f"no checkpoint at {path}; was the run started with --checkpoint-every?"
+            f"no checkpoint at {path}; was the run trained with checkpoints (checkpoint_every)?"
         )
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -177,7 +177,7 @@ def refuse_unsupported(
         )
     if checkpoint:
         raise ConfigError(
-            "checkpoints and --resume are not available in distributed runs; train in one "
+            "checkpoints and resuming are not available in distributed runs; train in one "
             "process to use them."
         )
 

@@ -237,7 +237,7 @@ class TablePreprocessor:
             raise DataError(
                 f"column {self.numeric[col]!r} has {count} missing values{where} (first at row "
                 f"{first_row + row}); "
-                "fill or drop them, or use missing='impute' (command line: --impute) to fill "
+                "fill or drop them, or use missing='impute' to fill "
                 "them with the median and add a missing-indicator column."
             )
         return block
@@ -249,8 +249,8 @@ class TablePreprocessor:
             where = "" if first_row == 0 else f" in rows from {first_row}"
             raise DataError(
                 f"categorical column {col.name!r} has {int(missing.sum())} missing values"
-                f"{where} (first at row {row}); fill them, or use missing='impute' (command line: "
-                "--impute) to treat missing as a category of its own."
+                f"{where} (first at row {row}); fill them, or use missing='impute' to treat "
+                "missing as a category of its own."
             )
         values = col.astype(object).to_numpy()
         values = np.where(missing, MISSING_CATEGORY, values)

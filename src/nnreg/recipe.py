@@ -329,9 +329,7 @@ class Recipe:
         arrays, which torch refuses to share."""
         return torch.tensor(a, dtype=self.dtype, device=self.device)
 
-    def validation_split(
-        self, n: int, min_rows: int = 1
-    ) -> tuple[np.ndarray | None, np.ndarray]:
+    def validation_split(self, n: int, min_rows: int = 1) -> tuple[np.ndarray | None, np.ndarray]:
         """Row indices (held out, training), sorted: ``validation_fraction`` of ``n`` rows
         (at least ``min_rows``, never all), drawn from the seed; (None, all) for a fit that
         holds out nothing (no early stopping, one model) or has fewer than two rows."""

@@ -137,7 +137,7 @@ class ParquetData:
                 )
         for name in categorical or []:
             if name not in columns:
-                raise DataError(f"--categorical column {name!r} not found in {self.source}.")
+                raise DataError(f"categorical column {name!r} not found in {self.source}.")
         if self.n_rows == 0:
             raise DataFileError(f"{self.source} has no rows; it needs at least one.")
         self.feature_names, self.target_names = feats, targets
@@ -228,7 +228,7 @@ def _parquet_files(path: Path) -> list[Path]:
     if path.suffix.lower() not in PARQUET_SUFFIXES:
         raise DataFileError(
             f"cannot stream {path}: streaming reads Parquet files (.parquet, .pq) or folders "
-            "of them; convert it to Parquet, or train without --stream."
+            "of them; convert it to Parquet, or read it into memory instead of streaming."
         )
     return [path]
 
