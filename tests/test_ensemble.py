@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -154,7 +155,9 @@ def test_regressor_ensemble_mean_spread_and_calibrated_intervals(tmp_path) -> No
     members = np.stack(
         [
             m.predict_float64(
-                torch.from_numpy(reg.preprocessor_.transform(reg._check_X(X[test], reset=False)))
+                torch.from_numpy(
+                    reg.preprocessor_.transform(pd.DataFrame(X[test], columns=["x0", "x1"]))
+                )
             ).numpy()[:, 0]
             for m in reg.model_.members
         ]
@@ -211,7 +214,7 @@ def test_ensemble_members_train_on_every_row_and_helpers_score_the_calibration_r
     model fitted on all of them), and the calibration scores are the residuals of two extra
     networks, each a single model fitted on every row but its fold of the calibration rows."""
     import nnreg
-    from nnreg.estimator import CALIBRATION_MEMBERS
+    from nnreg.fitting import CALIBRATION_MEMBERS
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(120, 2))

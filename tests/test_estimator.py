@@ -281,10 +281,11 @@ def test_impute_fills_columns_that_had_no_missing_values_in_fit() -> None:
     ("rows", "batch"), [(1, 1), (100, 100), (256, 256), (257, 129), (300, 150), (513, 171)]
 )
 def test_auto_batches_are_equal_and_at_most_256_rows(rows: int, batch: int) -> None:
-    from nnreg.estimator import auto_batch_size
+    from nnreg.recipe import Recipe, auto_batch_size
     from nnreg.train import epoch_batches
 
     assert auto_batch_size(rows) == batch
     sizes = [hi - lo for lo, hi in epoch_batches(rows, batch)]
     assert max(sizes) <= 256 and max(sizes) - min(sizes) <= len(sizes)
-    assert nnreg.Regressor()._train_config(rows).batch_size == batch
+    recipe = Recipe.from_params(nnreg.Regressor().get_params())
+    assert recipe.train_config(rows).batch_size == batch

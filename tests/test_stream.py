@@ -16,7 +16,8 @@ import nnreg
 from nnreg.exceptions import ConfigError, DataError, DataFileError
 from nnreg.metrics import RunningMetrics, regression_metrics
 from nnreg.model import MLP, MLPConfig
-from nnreg.preprocess import StreamingStatistics, TablePreprocessor
+from nnreg.preprocess import TablePreprocessor
+from nnreg.stats import StreamingStatistics
 from nnreg.stream import (
     ParquetBatches,
     ParquetData,
@@ -337,12 +338,10 @@ def test_streamed_predictions_equal_in_memory_ones(
     rows = predict_parquet(fitted, ParquetData(folder), out, chunk_rows=70)
     assert rows == len(frame)
     want = pd.DataFrame({"y_pred": fitted.predict(frame[FEATURES])})
-    if suffix == ".csv":
-        reference = tmp_path / "reference.csv"
-        want.to_csv(reference, index=False)
-        assert out.read_text() == reference.read_text()
-    else:
-        pd.testing.assert_frame_equal(pd.read_parquet(out), want)
+    got = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    # Chunked and whole-table float64 products may round differently in the last bit (the
+    # BLAS blocks them differently), so equal means equal to float64 rounding, not bitwise.
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=0)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

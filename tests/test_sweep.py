@@ -78,7 +78,9 @@ def test_the_best_model_and_a_top_k_ensemble_are_fitted_regressors(
 def test_grid_values_are_checked() -> None:
     with pytest.raises(ConfigError, match="lr values repeat"):
         grid([(8,)], [1e-3, 1e-3], [0.0], [0])
-    with pytest.raises(ConfigError, match="learning rates must be positive"):
+    with pytest.raises(
+        ConfigError, match=r"lr \(learning_rate_init\) values must each be a finite number > 0"
+    ):
         grid([(8,)], [-1.0], [0.0], [0])
     with pytest.raises(ConfigError, match="at least one value of seeds"):
         grid([(8,)], [1e-3], [0.0], [])
@@ -151,3 +153,14 @@ def test_sweep_command_rejects_bad_lists(
     )
     assert code == 2 and "seeds values repeat" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_sweep_resolves_the_device_as_the_estimator_does(table_frame: pd.DataFrame) -> None:
+    # 'auto' is a device parameter, not a torch device name: the sweep's members must be
+    # placed where Regressor(device='auto') trains (the CPU here, CUDA where there is one).
+    X, y = table_frame[["a", "b", "c"]], table_frame["y"].to_numpy()
+    trials = grid(hidden=[(8,)], lr=[1e-3, 1e-2], weight_decay=[0.0], seeds=[0])
+    reg = Sweep(small_base(device="auto", max_iter=3), trials).fit(X, y).regressor()
+    single = small_base(device="auto", max_iter=3, hidden_layer_sizes=(8,), random_state=0)
+    assert reg.predict(X).shape == (len(X),)
+    assert next(reg.model_.parameters()).device == next(single.fit(X, y).model_.parameters()).device

@@ -303,6 +303,7 @@ def train(
             table.features,
             y,
             callback=on_epoch,
+            on_start=report.network,
             stop=stop,
             resume=None if resume is None else out / CHECKPOINT,
             **checkpointing,
@@ -365,6 +366,7 @@ def _train_streamed(
             data,
             shuffle_buffer=shuffle_buffer,
             callback=on_epoch,
+            on_start=report.network,
             stop=stop,
             resume=None if resume is None else out / CHECKPOINT,
             **checkpointing,
@@ -506,7 +508,7 @@ def _checkpointing(
     if not every:
         return {}
     from .artifact import CHECKPOINT, MODEL_JSON
-    from .estimator import _jsonable
+    from .recipe import jsonable as _jsonable
 
     if (
         out.exists()
@@ -675,15 +677,19 @@ class _Report:
             f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}"
         )
 
+    def network(self, config: Any) -> None:
+        """Told the network's architecture once the fit has built it (its input width
+        depends on the fitted encoding of categorical columns)."""
+        self.config = config
+
     def layers(self, reg: Regressor) -> None:
-        """The layer table, printed once the network exists (its input width depends on the
-        fitted encoding of categorical columns)."""
+        """The layer table of the network the fit built."""
         from rich.table import Table as RichTable
 
         from .model import summary
 
-        if self.show:
-            self.out.print(_layer_table(RichTable, summary(reg.model_.config)))
+        if self.show and getattr(self, "config", None) is not None:
+            self.out.print(_layer_table(RichTable, summary(self.config)))
 
     def progress(self, reg: Regressor, log_every: int | None) -> Any:
         import contextlib

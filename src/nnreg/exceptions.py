@@ -19,6 +19,8 @@ Soft problems are reported with :mod:`warnings`, never printed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = [
@@ -62,4 +64,10 @@ class NotFittedError(NnregError, _SklearnNotFittedError):
 
 
 class TrainingDivergedError(NnregError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
+
+    ``partial``, when set, is what the fit produced up to the last finite epoch (a
+    :class:`nnreg.fitting.FitResult`), so that the estimator keeps those weights.
+    """
+
+    partial: Any = None

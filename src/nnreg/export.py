@@ -71,16 +71,11 @@ def export_onnx(model: Regressor | str | Path, path: str | Path, *, opset: int =
         A fitted :class:`~nnreg.Regressor`, or the path of a model folder (read with
         :func:`nnreg.load`).
     path : path-like
-        The ``.onnx`` file to write; it is written to a temporary file and renamed into place,
-        and an existing file is replaced.
+        The ``.onnx`` file to write (returned); it is written to a temporary file and renamed
+        into place, and an existing file is replaced.
     opset : int, default=17
         ONNX operator-set version of the default domain; 13 up to what the installed ``onnx``
         knows.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
 
     Raises
     ------

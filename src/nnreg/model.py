@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -160,3 +161,22 @@ class MLPEnsemble(nn.Module):
         """Every member's float64 prediction: (K, batch, n_outputs)."""
         members: list[MLP] = list(self.members)  # type: ignore[arg-type]
         return torch.stack([m.predict_float64(x) for m in members])
+
+
+PREDICT_CHUNK = 8192  # rows per float64 forward pass when predicting
+
+
+def predict_moments(model: MLP | MLPEnsemble, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread of the members' float64 predictions for encoded inputs ``Z``,
+    (rows, outputs) each; a single network has spread 1 (plain conformal residuals).
+
+    Forward passes of PREDICT_CHUNK rows keep the float64 activations small; a row's
+    prediction does not depend on the rows beside it."""
+    parts = [
+        model.predict_float64(Z[lo : lo + PREDICT_CHUNK]).cpu().numpy()
+        for lo in range(0, max(len(Z), 1), PREDICT_CHUNK)
+    ]
+    out = np.concatenate(parts, axis=-2)  # rows are the second-to-last axis
+    if isinstance(model, MLPEnsemble):  # out: (K, rows, outputs)
+        return out.mean(axis=0), out.std(axis=0, ddof=1)
+    return out, np.ones_like(out)

@@ -36,9 +36,11 @@ __all__ = [
     "Recipe",
     "auto_batch_size",
     "check_params",
+    "is_real",
     "jsonable",
     "member_seeds",
     "resolve_seed",
+    "split_rows",
 ]
 
 # The seed experiment's recipe, exactly (DESIGN.md).
@@ -109,7 +111,7 @@ def _positive_int(v: Any) -> bool:
     return _is_int(v) and int(v) >= 1
 
 
-def _real(v: Any, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> bool:
+def is_real(v: Any, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         return False
     x = float(v)
@@ -125,9 +127,9 @@ def _seed(v: Any) -> bool:
 
 
 BOOL = (lambda v: isinstance(v, (bool, np.bool_)), "True or False")
-FRACTION = (lambda v: _real(v, 0.0, 1.0), "a number in [0, 1)")
-POSITIVE = (lambda v: _real(v, 0.0, open_lo=True), "a finite number > 0")
-NON_NEGATIVE = (lambda v: _real(v, 0.0), "a finite number >= 0")
+FRACTION = (lambda v: is_real(v, 0.0, 1.0), "a number in [0, 1)")
+POSITIVE = (lambda v: is_real(v, 0.0, open_lo=True), "a finite number > 0")
+NON_NEGATIVE = (lambda v: is_real(v, 0.0), "a finite number >= 0")
 
 # One table of parameter checks: name -> (test, what is allowed).
 PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -155,7 +157,7 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_iter": (_positive_int, "a positive integer (epochs)"),
     "loss": _one_of(LOSSES),
     "early_stopping": BOOL,
-    "validation_fraction": (lambda v: _real(v, 0.0, 1.0, open_lo=True), "a number in (0, 1)"),
+    "validation_fraction": (lambda v: is_real(v, 0.0, 1.0, open_lo=True), "a number in (0, 1)"),
     "n_iter_no_change": (_positive_int, "a positive integer (epochs)"),
     "tol": NON_NEGATIVE,
     "scaling": _one_of(SCALINGS),
@@ -330,13 +332,22 @@ class Recipe:
         return torch.tensor(a, dtype=self.dtype, device=self.device)
 
     def validation_split(self, n: int, min_rows: int = 1) -> tuple[np.ndarray | None, np.ndarray]:
-        """Row indices (held out, training), sorted: ``validation_fraction`` of ``n`` rows
-        (at least ``min_rows``, never all), drawn from the seed; (None, all) for a fit that
-        holds out nothing (no early stopping, one model) or has fewer than two rows."""
-        everything = np.arange(n)
+        """Row indices (held out, training): ``validation_fraction`` of ``n`` rows (at least
+        ``min_rows``), drawn from the seed; (None, all) for a fit that holds out nothing (no
+        early stopping, one model) or has fewer than two rows."""
         if not (self.params["early_stopping"] or self.n_models > 1) or n < 2:
-            return None, everything
-        fraction = round(float(self.params["validation_fraction"]) * n)
-        n_val = min(n - 1, max(1, min_rows, fraction))
-        perm = np.random.default_rng(self.seed).permutation(n)
-        return np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            return None, np.arange(n)
+        fraction = float(self.params["validation_fraction"])
+        held_out, train = split_rows(n, fraction, self.seed, min_rows=min_rows, min_train=1)
+        return held_out, train
+
+
+def split_rows(
+    n: int, fraction: float, seed: int, *, min_rows: int, min_train: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (held out, training), each sorted: ``fraction`` of ``n`` rows rounded,
+    but at least ``min_rows`` (and 1) and leaving at least ``min_train``, drawn from
+    ``seed``."""
+    n_val = min(n - min_train, max(1, min_rows, round(fraction * n)))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_val]), np.sort(perm[n_val:])

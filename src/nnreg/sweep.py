@@ -21,20 +21,21 @@ import itertools
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.base import clone
 
 from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError
-from .model import MLP, MLPConfig, MLPEnsemble
-from .preprocess import Standardizer, TablePreprocessor
+from .fitting import FitData, FitResult, calibrate
+from .model import MLP, MLPEnsemble
+from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History
+from .validation import check_sample_weight, check_X, check_y
 
 __all__ = ["Sweep", "Trial", "grid"]
 
@@ -60,35 +61,37 @@ class Trial:
         }
 
 
+# A grid's axes and the Regressor parameter each one sets (and is checked as).
+GRID_AXES = {
+    "hidden": "hidden_layer_sizes",
+    "lr": "learning_rate_init",
+    "weight_decay": "weight_decay",
+    "seeds": "random_state",
+}
+
+
 def grid(
     hidden: Sequence[Sequence[int]],
     lr: Sequence[float],
     weight_decay: Sequence[float],
     seeds: Sequence[int],
 ) -> list[Trial]:
-    """Every combination, in a stable order (architectures outermost)."""
-    for name, values in (
-        ("hidden", hidden),
-        ("lr", lr),
-        ("weight_decay", weight_decay),
-        ("seeds", seeds),
-    ):
+    """Every combination, in a stable order (architectures outermost); each value is
+    checked by the rule of the parameter it sets (a seed must be an integer)."""
+    axes = {"hidden": hidden, "lr": lr, "weight_decay": weight_decay, "seeds": seeds}
+    for name, values in axes.items():
         if len(values) == 0:
             raise ConfigError(f"the sweep needs at least one value of {name}.")
         if len(set(map(str, values))) != len(values):
             raise ConfigError(f"the sweep's {name} values repeat; give each once.")
-    for v in lr:
-        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-            raise ConfigError(f"learning rates must be positive numbers, got {v!r}.")
-    for v in weight_decay:
-        if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-            raise ConfigError(f"weight decays must be non-negative numbers, got {v!r}.")
-    for h in hidden:
-        if not all(isinstance(s, int) and s > 0 for s in h):
-            raise ConfigError(f"hidden sizes must be positive integers, got {tuple(h)!r}.")
-    for s in seeds:
-        if not (isinstance(s, int) and 0 <= s < 2**32):
-            raise ConfigError(f"seeds must be integers in [0, 2**32), got {s!r}.")
+        param = GRID_AXES[name]
+        ok, allowed = PARAMETER_RULES[param]
+        for v in values:
+            if not ok(v) or (name == "seeds" and not isinstance(v, (int, np.integer))):
+                allowed = "an integer in [0, 2**32)" if name == "seeds" else allowed
+                raise ConfigError(
+                    f"the sweep's {name} ({param}) values must each be {allowed}, got {v!r}."
+                )
     return [
         Trial(tuple(int(s) for s in h), float(a), float(w), int(s))
         for h, a, w, s in itertools.product(hidden, lr, weight_decay, seeds)
@@ -132,80 +135,86 @@ class Sweep:
     ) -> Sweep:
         """Train and score every configuration; ``progress(done, total)`` counts epochs."""
         base = clone(self.base)
-        base._check_params()
-        if int(base.n_models) != 1:
+        recipe = Recipe.from_params(base.get_params())
+        if recipe.n_models != 1:
             raise ConfigError("a sweep trains single models; leave n_models at 1.")
-        if base.learning_rate == "plateau":
+        if recipe["learning_rate"] == "plateau":
             raise ConfigError("a sweep cannot use learning_rate='plateau'; use 'cosine'.")
-        frame = base._check_X(X, reset=True)
-        y_arr = base._check_y(y, len(frame), reset=True)
-        w = base._check_sample_weight(sample_weight, len(frame))
+        frame = check_X(base, X, reset=True, allow_nan=recipe["missing"] == "impute")
+        y_arr, y_1d = check_y(y, len(frame))
+        w = check_sample_weight(sample_weight, len(frame))
         if len(frame) < 4:
             raise ConfigError(f"a sweep needs at least 4 rows to hold some out, got {len(frame)}.")
-        seed = base._resolve_seed()
-        n_val = min(len(frame) - 2, max(2, round(float(base.validation_fraction) * len(frame))))
-        perm = np.random.default_rng(seed).permutation(len(frame))
-        val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        val_rows, train_rows = split_rows(
+            len(frame), float(recipe["validation_fraction"]), recipe.seed, min_rows=2, min_train=2
+        )
         if w is not None and (w[train_rows].sum() <= 0 or w[val_rows].sum() <= 0):
             raise ConfigError("sample weights are zero on every training or held-out row.")
-        train_frame = frame.iloc[train_rows]
-        w_train = None if w is None else w[train_rows]
-        self.preprocessor_ = TablePreprocessor(
-            scaling=base.scaling, missing=base.missing, max_categories=int(base.max_categories)
-        ).fit(train_frame, w_train)
-        self.y_scaler_ = Standardizer(base.scale_target).fit(y_arr[train_rows], w_train)
-        X_all = base._tensor(self.preprocessor_.transform(frame))
-        y_all = base._tensor(self.y_scaler_.transform(y_arr))
-        w_all = None if w is None else base._tensor(w)
-        validation = (X_all[val_rows], y_all[val_rows], None if w_all is None else w_all[val_rows])
-        X_tr, y_tr = X_all[train_rows], y_all[train_rows]
-        w_tr = None if w_all is None else w_all[train_rows]
-        self._validation = validation
-        self.y_val_ = y_arr[val_rows]
-        self.w_val_ = None if w is None else w[val_rows]
-        self.base_, self.seed_ = base, seed  # base_ holds the fitted data's names and shapes
-        self.train_rows_, self.val_rows_ = train_rows, val_rows
+        names = list(frame.columns) if hasattr(base, "feature_names_in_") else None
+        self.data_ = FitData(frame, y_arr, w, y_1d, names)
+        self.recipe_, self.train_rows_, self.val_rows_ = recipe, train_rows, val_rows
+        self._prepare()
+        self.groups_: list[_Group] = []
+        self.interrupted_ = False
+        self._train_groups(progress)
+        return self
 
-        config = base._train_config(len(train_rows))
+    def _prepare(self) -> None:
+        """Fit the preprocessing on the training rows; hold the tensors of both parts."""
+        recipe, data, train_rows, val_rows = (
+            self.recipe_,
+            self.data_,
+            self.train_rows_,
+            self.val_rows_,
+        )
+        w = data.weight
+        w_train = None if w is None else w[train_rows]
+        self.preprocessor_ = recipe.preprocessor().fit(data.frame.iloc[train_rows], w_train)
+        self.y_scaler_ = recipe.target_scaler().fit(data.y[train_rows], w_train)
+        X_all = recipe.tensor(self.preprocessor_.transform(data.frame))
+        y_all = recipe.tensor(self.y_scaler_.transform(data.y))
+        w_all = None if w is None else recipe.tensor(w)
+        self._validation = (
+            X_all[val_rows],
+            y_all[val_rows],
+            None if w_all is None else w_all[val_rows],
+        )
+        self._train = (
+            X_all[train_rows],
+            y_all[train_rows],
+            None if w_all is None else w_all[train_rows],
+        )
+        self.y_val_ = data.y[val_rows]
+        self.w_val_ = None if w is None else w[val_rows]
+
+    def _train_groups(self, progress: ProgressFn | None) -> None:
+        """One batched training per architecture, in the grid's order."""
+        recipe = self.recipe_
+        config = recipe.train_config(len(self.train_rows_))
         groups: dict[tuple[int, ...], list[Trial]] = {}
         for t in self.trials:
             groups.setdefault(t.hidden, []).append(t)
-        total = config.epochs * len(groups)
-        done = 0
-        self.groups_: list[_Group] = []
-        self.interrupted_ = False
+        total, done = config.epochs * len(groups), 0
+        n_inputs, n_outputs = len(self.preprocessor_.output_names), self.data_.y.shape[1]
         for hidden, trials in groups.items():
-            model_config = MLPConfig(
-                n_inputs=len(self.preprocessor_.output_names),
-                hidden_sizes=hidden,
-                n_outputs=y_arr.shape[1],
-                activation=base.activation,
-                init=base.init,
-                dropout=float(base.dropout),
-            )
-            members = []
-            for t in trials:  # initialised exactly as Regressor(random_state=t.seed) would be
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(t.seed)
-                    members.append(MLP(model_config).to(device=base.device, dtype=X_all.dtype))
+            model_config = replace(recipe.model_config(n_inputs, n_outputs), hidden_sizes=hidden)
+            # Each initialised exactly as Regressor(random_state=t.seed) would be.
+            members = [recipe.member(model_config, t.seed) for t in trials]
             trainer = EnsembleTrainer(
                 members,
                 config,
                 [t.seed for t in trials],
                 lr=[t.lr for t in trials],
                 weight_decay=[t.weight_decay for t in trials],
-                dropout_seed=seed + 2,
+                dropout_seed=recipe.seed + 2,
             )
             trainer.stop = self.stop
-            offset = done
 
-            def on_epoch(
-                epoch: int, _train: float, _val: float | None, offset: int = offset
-            ) -> None:
+            def on_epoch(epoch: int, _train: float, _val: float | None, offset: int = done) -> None:
                 if progress is not None:
                     progress(offset + epoch + 1, total)
 
-            trainer.run(X_tr, y_tr, w_tr, validation=validation, callback=on_epoch)
+            trainer.run(*self._train, validation=self._validation, callback=on_epoch)
             done += config.epochs
             if progress is not None:
                 progress(done, total)
@@ -213,7 +222,6 @@ class Sweep:
             if self.stop is not None and self.stop.is_set():
                 self.interrupted_ = True
                 break
-        return self
 
     def _score(
         self,
@@ -300,29 +308,30 @@ class Sweep:
                 "every configuration of the sweep diverged; lower the learning rates."
             )
         first = best_group.trials[chosen[0][1]]
-        reg = clone(self.base_).set_params(**first.params(), n_models=len(chosen))
-        for name in _DATA_ATTRIBUTES:  # as fit's checks of X and y set them
-            if hasattr(self.base_, name):
-                setattr(reg, name, getattr(self.base_, name))
-        reg.seed_ = first.seed
-        reg.preprocessor_, reg.y_scaler_ = self.preprocessor_, self.y_scaler_
         members = [best_group.members[k] for _, k in chosen]
         histories = [best_group.histories[k] for _, k in chosen]
+        epochs = [best_group.best_epochs[k] for _, k in chosen]
         model: MLP | MLPEnsemble = (
             members[0] if len(members) == 1 else MLPEnsemble(members[0].config, members)
+        ).eval()
+        data = self.data_
+        result = FitResult(
+            model=model,
+            history=histories[0] if len(members) == 1 else _mean_history(histories),
+            preprocessor=self.preprocessor_,
+            y_scaler=self.y_scaler_,
+            seed=first.seed,
+            n_features=data.frame.shape[1],
+            feature_names=data.feature_names,
+            n_outputs=data.y.shape[1],
+            y_1d=data.y_1d,
+            best_epoch=max(epochs),
+            member_best_epochs=epochs if len(members) > 1 else None,
+            calibrator=calibrate(model, self._validation),
+            interrupted=self.interrupted_,
         )
-        history = histories[0] if len(members) == 1 else _mean_history(histories)
-        reg._set_fitted(model, history)
-        epochs = [best_group.best_epochs[k] for _, k in chosen]
-        reg.best_epoch_ = max(epochs)
-        if len(members) > 1:
-            reg.member_best_epochs_ = epochs
-        reg.interrupted_ = self.interrupted_
-        reg._calibrate(self._validation)
-        return reg
-
-
-_DATA_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "n_outputs_", "_y_1d")
+        reg = clone(self.base).set_params(**first.params(), n_models=len(chosen))
+        return reg.adopt(result)
 
 
 def _mean_history(histories: list[History]) -> History:

@@ -1,0 +1,385 @@
+"""Fitting a recipe to checked data: the one path that every in-memory fit takes.
+
+:func:`fit` trains a :class:`~nnreg.recipe.Recipe` on a :class:`FitData` (a single network,
+or an ensemble with its calibration helpers; in one process or data-parallel in several) and
+returns a :class:`FitResult`: the trained network, its history, the fitted preprocessing and
+calibration. Only :class:`nnreg.Regressor` turns a result into fitted attributes
+(:meth:`Regressor.adopt`), so the streamed and swept fits that build results of their own
+end the same way. :func:`partial_fit` trains one more epoch; :func:`train_single` is the
+training step that in-memory and streamed fits share.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import artifact, distributed
+from .ensemble import ConformalCalibrator, EnsembleTrainer
+from .exceptions import TrainingDivergedError
+from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
+from .preprocess import Standardizer, TablePreprocessor
+from .recipe import Recipe, member_seeds
+from .train import (
+    BatchSource,
+    EpochCallback,
+    GradientSync,
+    History,
+    TrainConfig,
+    Trainer,
+    Validation,
+)
+
+__all__ = [
+    "CALIBRATION_MEMBERS",
+    "MIN_CALIBRATION_ROWS",
+    "StartCallback",
+    "Checkpoints",
+    "FitData",
+    "FitResult",
+    "attach_checkpoints",
+    "calibrate",
+    "fit",
+    "partial_fit",
+    "prediction_interval",
+    "train_single",
+]
+
+MIN_CALIBRATION_ROWS = 100  # an ensemble calibrates on at least this many (or a third of) rows
+# Extra members an ensemble trains (batched with the others) only to score its calibration
+# rows out of fold; the members that predict train on every row.
+CALIBRATION_MEMBERS = 2
+StartCallback = Callable[[MLPConfig], None]  # told the network's architecture before training
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Checked training data: features as given, targets (rows, targets), weights or None."""
+
+    frame: pd.DataFrame
+    y: np.ndarray
+    weight: np.ndarray | None = None
+    y_1d: bool = True
+    feature_names: list[str] | None = None  # None: X had no column names
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+
+@dataclass
+class FitResult:
+    """What a fit produced; :meth:`nnreg.Regressor.adopt` makes it the estimator's state."""
+
+    model: MLP | MLPEnsemble
+    history: History
+    preprocessor: TablePreprocessor
+    y_scaler: Standardizer
+    seed: int
+    n_features: int
+    feature_names: list[str] | None
+    n_outputs: int
+    y_1d: bool
+    best_epoch: int = -1  # the epoch whose weights were kept; -1: the last
+    member_best_epochs: list[int] | None = None  # an ensemble's, member by member
+    calibrator: ConformalCalibrator | None = None  # held-out scores for prediction intervals
+    interrupted: bool = False  # a stop event ended training early
+    trainer: Trainer | None = field(default=None, repr=False)  # partial_fit continues it
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where and how often a single-model fit writes its training state, and where a fit
+    resumes from."""
+
+    path: str | Path | None = None
+    every: int = 0
+    info: dict[str, Any] | None = None  # extra metadata, e.g. the command line's settings
+    resume: str | Path | None = None
+
+
+def fit(
+    recipe: Recipe,
+    data: FitData,
+    *,
+    warm: FitResult | None = None,
+    callback: EpochCallback | None = None,
+    stop: threading.Event | None = None,
+    checkpoints: Checkpoints | None = None,
+    on_start: StartCallback | None = None,
+) -> FitResult:
+    """Train ``recipe`` on ``data``; ``warm`` continues that result's network and
+    preprocessing. In a process of a ``torch.distributed`` group the fit is data-parallel.
+    ``on_start(config)`` is called with the network's architecture once it is built (its
+    input width depends on the fitted encoding), before the first epoch.
+
+    A diverging fit raises :class:`TrainingDivergedError`; for a single network its
+    ``partial`` attribute holds the result with the last finite weights.
+    """
+    checkpoints = checkpoints or Checkpoints()
+    group = distributed.current()  # several processes: rank 0's seed, a shard of rows each
+    if group is not None:
+        distributed.refuse_unsupported(
+            group,
+            sample_weight=data.weight is not None,
+            n_models=recipe.n_models,
+            checkpoint=checkpoints.path is not None or checkpoints.resume is not None,
+        )
+        recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
+    hooks = _Hooks(callback, stop, on_start)
+    if recipe.n_models > 1:
+        result = _fit_ensemble(recipe, data, hooks)
+    else:
+        result = _fit_single(recipe, data, warm, group, hooks, checkpoints)
+    result.interrupted = stop is not None and stop.is_set()
+    return result
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """What the caller of a fit listens with: per epoch, a stop request, the built network."""
+
+    callback: EpochCallback | None = None
+    stop: threading.Event | None = None
+    on_start: StartCallback | None = None
+
+    def started(self, model: MLP | MLPEnsemble) -> None:
+        if self.on_start is not None:
+            self.on_start(model.config)
+
+
+def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
+    """A result holding the preprocessing fitted on ``rows`` (default all) and the initial
+    network; no history yet."""
+    frame = data.frame if rows is None else data.frame.iloc[rows]
+    y = data.y if rows is None else data.y[rows]
+    w = data.weight if rows is None or data.weight is None else data.weight[rows]
+    preprocessor = recipe.preprocessor().fit(frame, w)
+    y_scaler = recipe.target_scaler().fit(y, w)
+    config = recipe.model_config(len(preprocessor.output_names), y.shape[1])
+    return FitResult(
+        model=recipe.model(config),
+        history=History(),
+        preprocessor=preprocessor,
+        y_scaler=y_scaler,
+        seed=recipe.seed,
+        n_features=data.frame.shape[1],
+        feature_names=data.feature_names,
+        n_outputs=y.shape[1],
+        y_1d=data.y_1d,
+    )
+
+
+def _tensors(
+    recipe: Recipe, result: FitResult, data: FitData
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The whole table preprocessed: (rows, encoded), (rows, targets), (rows,) or None."""
+    X = recipe.tensor(result.preprocessor.transform(data.frame))
+    y = recipe.tensor(result.y_scaler.transform(data.y))
+    return X, y, None if data.weight is None else recipe.tensor(data.weight)
+
+
+def _fit_single(
+    recipe: Recipe,
+    data: FitData,
+    warm: FitResult | None,
+    group: distributed.Group | None,
+    hooks: _Hooks,
+    checkpoints: Checkpoints,
+) -> FitResult:
+    val_rows, train_rows = recipe.validation_split(data.n_rows)
+    if warm is None:
+        result = _start(recipe, data, None if val_rows is None else train_rows)
+    else:
+        result = replace(warm, n_features=data.frame.shape[1], calibrator=None, trainer=None)
+    hooks.started(result.model)
+    X, y, w = _tensors(recipe, result, data)
+    validation: Validation | None = None
+    if val_rows is not None:
+        validation = (X[val_rows], y[val_rows], None if w is None else w[val_rows])
+        X, y, w = X[train_rows], y[train_rows], None if w is None else w[train_rows]
+    if group is not None:
+        rows = group.shard(X.shape[0])
+        X, y = X[rows], y[rows]
+        group.broadcast_parameters_(result.model)
+    sync = None if group is None else distributed.TorchSync(group)
+    config = recipe.train_config(X.shape[0])
+    train_single(
+        recipe, result, (X, y, w), config, validation, hooks.callback, hooks.stop, checkpoints, sync
+    )
+    result.calibrator = calibrate(result.model, validation)
+    return result
+
+
+def train_single(
+    recipe: Recipe,
+    result: FitResult,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | BatchSource,
+    config: TrainConfig,
+    validation: Validation | None,
+    callback: EpochCallback | None,
+    stop: threading.Event | None,
+    checkpoints: Checkpoints,
+    sync: GradientSync | None = None,
+) -> None:
+    """Train ``result``'s network by ``config`` on in-memory tensors or a batch source, and
+    record the
+    history (appended to the one it has) and best epoch in ``result``, also when training
+    diverges (then the error's ``partial`` is ``result``)."""
+    model = result.model
+    assert isinstance(model, MLP)  # one network
+    trainer = Trainer(model, config, recipe.generator())
+    trainer.sync, trainer.stop = sync, stop
+    write = attach_checkpoints(trainer, checkpoints.resume, checkpoints.path, checkpoints.info)
+    previous = result.history
+    try:
+        if isinstance(data, tuple):
+            trainer.run(
+                *data,
+                validation=validation,
+                callback=callback,
+                checkpoint=write,
+                checkpoint_every=checkpoints.every,
+            )
+        else:
+            trainer.run(
+                data, callback=callback, checkpoint=write, checkpoint_every=checkpoints.every
+            )
+    except TrainingDivergedError as exc:
+        exc.partial = result
+        raise
+    finally:  # also after divergence: the last finite weights stay usable
+        result.model = model.eval()
+        result.history = _concat(previous, trainer.history)
+        result.best_epoch = max(0, trainer.best_epoch + len(previous))
+
+
+def _fit_ensemble(recipe: Recipe, data: FitData, hooks: _Hooks) -> FitResult:
+    """K members on every row; the held-out (calibration) rows are scored by extra helper
+    members that each leave out their own fold of them, which calibrates the intervals and,
+    with early stopping, chooses the epoch all members keep."""
+    n = data.n_rows
+    cal_rows, _ = recipe.validation_split(n, min_rows=min(MIN_CALIBRATION_ROWS, n // 3))
+    result = _start(recipe, data, None)
+    hooks.started(result.model)
+    X, y, w = _tensors(recipe, result, data)
+    assert isinstance(result.model, MLPEnsemble)
+    members = [m for m in result.model.members if isinstance(m, MLP)]
+    K = len(members)
+    seeds = member_seeds(recipe.seed, K + (CALIBRATION_MEMBERS if cal_rows is not None else 0))
+    helpers: list[MLP] = []
+    member_w, owner, validation, folds = w, None, None, None
+    if cal_rows is not None:
+        helpers = [recipe.member(result.model.config, s) for s in seeds[K:]]
+        folds = np.random.default_rng(recipe.seed + 3).permutation(len(cal_rows)) % len(helpers)
+        member_w = X.new_ones(X.shape[0]) if w is None else w
+        member_w = member_w.expand(K + len(helpers), -1).clone()  # (K + helpers, rows)
+        member_w[K + torch.as_tensor(folds), torch.as_tensor(cal_rows)] = 0.0
+        # The helpers' out-of-fold loss on these rows: stop on it, or roll back.
+        owner = K + torch.as_tensor(folds, device=X.device)
+        validation = (X[cal_rows], y[cal_rows], None if w is None else w[cal_rows])
+    trainer = EnsembleTrainer(
+        members + helpers, recipe.train_config(n), seeds, dropout_seed=recipe.seed + 2, reported=K
+    )
+    trainer.stop = hooks.stop
+    history = trainer.run(
+        X, y, member_w, validation=validation, owner=owner, callback=hooks.callback
+    )
+    last = len(history) - 1
+    best = max(trainer.record.best_epoch) if validation is not None else -1
+    result.model, result.history = result.model.eval(), history
+    result.best_epoch = best if best >= 0 else last
+    result.member_best_epochs = [b if b >= 0 else last for b in trainer.record.best_epoch[:K]]
+    if cal_rows is not None:
+        assert folds is not None
+        result.calibrator = _out_of_fold(X[cal_rows], y[cal_rows], folds, helpers)
+    return result
+
+
+def _out_of_fold(
+    X_cal: torch.Tensor, y_cal: torch.Tensor, folds: np.ndarray, helpers: list[MLP]
+) -> ConformalCalibrator:
+    """Conformity scores of the calibration rows, each the residual of the helper member
+    that did not train on it. Unscaled: one network's out-of-sample residuals are no
+    smaller than the mean of members trained on every row, so the intervals keep (slightly
+    more than) their coverage, and the members' spread on rows they fitted is not the
+    spread a new row gets."""
+    out = torch.stack([h.predict_float64(X_cal) for h in helpers]).cpu().numpy()
+    out_of_fold = out[folds, np.arange(out.shape[1])]  # (rows, targets)
+    return ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
+
+
+def calibrate(
+    model: MLP | MLPEnsemble, validation: Validation | None
+) -> ConformalCalibrator | None:
+    """The held-out rows' conformity scores, for prediction intervals; None without rows."""
+    if validation is None:
+        return None
+    X_val, y_val, _ = validation
+    mean, std = predict_moments(model, X_val)
+    return ConformalCalibrator.fit(y_val.cpu().double().numpy(), mean, std)
+
+
+def prediction_interval(
+    calibrator: ConformalCalibrator,
+    y_scaler: Standardizer,
+    mean: np.ndarray,
+    std: np.ndarray,
+    coverage: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) in the target's units from standardised mean and spread."""
+    half = calibrator.halfwidth(std, coverage)
+    return y_scaler.inverse_transform(mean - half), y_scaler.inverse_transform(mean + half)
+
+
+def partial_fit(recipe: Recipe, data: FitData, previous: FitResult | None) -> FitResult:
+    """One more epoch over ``data``, continuing the weights and optimiser state of
+    ``previous`` (None: fit the preprocessing on ``data`` and start a network). The learning
+    rate stays at ``learning_rate_init``: a schedule needs to know where training ends."""
+    result = previous
+    if result is None or result.trainer is None:
+        result = _start(recipe, data, None)
+        config = replace(recipe.train_config(data.n_rows), schedule="constant")
+        assert isinstance(result.model, MLP)
+        result.trainer = Trainer(result.model, config, recipe.generator())
+    X, y, w = _tensors(recipe, result, data)
+    trainer = result.trainer
+    assert trainer is not None
+    trainer.run(X, y, w, epochs=1)
+    result.model = result.model.eval()
+    result.history = trainer.history
+    result.best_epoch = len(trainer.history) - 1
+    return result
+
+
+def attach_checkpoints(
+    trainer: Trainer,
+    resume: str | Path | None,
+    checkpoint: str | Path | None,
+    info: dict[str, Any] | None = None,
+) -> Callable[[Trainer], None] | None:
+    """Load the training state saved at ``resume`` into ``trainer``; return the function that
+    writes ``trainer``'s state (plus ``info``) to ``checkpoint``, or None without one."""
+    if resume is not None:
+        tensors, meta = artifact.load_checkpoint(resume)
+        trainer.load_state_dict(tensors, meta["trainer"])
+    if checkpoint is None:
+        return None
+    extra = info or {}
+
+    def write(t: Trainer) -> None:
+        tensors, meta = t.state_dict()
+        artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
+
+    return write
+
+
+def _concat(a: History, b: History) -> History:
+    return History(a.train_loss + b.train_loss, a.val_loss + b.val_loss, a.lr + b.lr)
