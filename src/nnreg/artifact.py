@@ -2,28 +2,31 @@
 
 A folder holds::
 
-    model.json          format version, nnreg/torch versions, architecture, preprocessing,
-                        features and targets, training settings, metrics, SHA-256 of the weights
+    model.json          format, versions, architecture, preprocessing, features and targets,
+                        training settings, metrics, and the manifest: the SHA-256 of every
+                        other file of the folder
     weights.safetensors the network's tensors
     history.csv         one row per epoch
     loss.png            the loss curve
     config.toml         the fully resolved settings: ``nnreg train --config config.toml``
 
-It is written into a temporary sibling folder and renamed into place, so a crash never leaves
-a half-written model. Loading reads only JSON and safetensors, and checks the format version
-and the weights' hash before anything else.
+Writing goes through :mod:`nnreg.outputs`: the folder is built as a temporary sibling and
+swapped into place in one step, and an existing folder is replaced only when :func:`owned`
+proves nnreg wrote it (its ``model.json`` and a manifest that lists every file, each with its
+hash unchanged, or nothing but an nnreg checkpoint of a run in progress).
+
+Loading treats the folder as untrusted input (:mod:`nnreg.reading`): only regular files of the
+folder itself are read, each within a size limit and against the manifest's hash; the
+architecture in ``model.json`` must match the tensors' shapes in the weights file's header
+before anything is allocated; no code from the folder ever runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,27 +34,39 @@ from typing import Any
 import torch
 
 from ._version import __version__
+from .checkpoint import CHECKPOINT, is_checkpoint, load_checkpoint, save_checkpoint
 from .exceptions import ModelFileError
-from .model import MLPConfig
+from .model import MLPConfig, state_shapes
+from .outputs import atomic_folder, write_file_atomic
+from .reading import MAX_JSON_BYTES, MAX_TEXT_BYTES, read_file, read_json, sha256
+from .reading import safetensors_header as _header
 
 __all__ = [
     "CHECKPOINT",
     "FORMAT_VERSION",
+    "MODEL_JSON",
     "SavedModel",
+    "add_files",
     "atomic_folder",
     "load",
     "load_checkpoint",
+    "owned",
     "save",
     "save_checkpoint",
     "write_file_atomic",
 ]
 
-CHECKPOINT = "checkpoint.safetensors"
-
 FORMAT = "nnreg-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest of every file's SHA-256
 WEIGHTS = "weights.safetensors"
 MODEL_JSON = "model.json"
+HISTORY = "history.csv"
+CONFIG = "config.toml"
+LOSS_PNG = "loss.png"
+V1_FILES = (WEIGHTS, HISTORY, CONFIG, LOSS_PNG)  # a version-1 folder's files (no manifest)
+TEMPORARY = re.compile(r"\..+\.nnreg-\d+-[0-9a-f]{8}\.(tmp|old)")  # outputs.temporary_name
+
+Writer = Callable[[Path], Any]  # writes a file at the path it is given
 
 
 @dataclass
@@ -73,16 +88,25 @@ def save(
     meta: dict[str, Any],
     history: dict[str, list[Any]],
     settings: dict[str, Any],
+    extra: dict[str, Writer] | None = None,
+    protect: Iterable[str | Path] = (),
 ) -> Path:
-    """Write a model folder at ``path`` atomically; an existing model folder there is replaced."""
+    """Write a model folder at ``path`` in one step; ``extra`` files (name -> writer) join
+    it and its manifest. An existing folder is replaced only if nnreg wrote it, and never
+    when it holds a ``protect`` path."""
     from safetensors.torch import save_file
 
     from .plot import loss_curve
 
     path = Path(path)
-    with atomic_folder(path) as tmp:
+    with atomic_folder(path, owned, protect) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS))
+        _write_history(tmp / HISTORY, history)
+        (tmp / CONFIG).write_text(to_toml(settings), encoding="utf-8")
+        loss_curve(history, tmp / LOSS_PNG)
+        for name, write in (extra or {}).items():
+            write(tmp / name)
         document = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -92,34 +116,73 @@ def save(
             "architecture": config.to_dict(),
             "n_parameters": sum(t.numel() for t in tensors.values()),
             **meta,
-            "weights": {"file": WEIGHTS, "sha256": _sha256(tmp / WEIGHTS)},
+            "weights": {"file": WEIGHTS, "sha256": sha256(read_file(tmp / WEIGHTS))},
+            "files": {f.name: sha256(read_file(f)) for f in sorted(tmp.iterdir())},
         }
-        (tmp / MODEL_JSON).write_text(json.dumps(document, indent=2) + "\n")
-        _write_history(tmp / "history.csv", history)
-        (tmp / "config.toml").write_text(to_toml(settings))
-        loss_curve(history, tmp / "loss.png")
+        _write_json(tmp / MODEL_JSON, document)
     return path
 
 
-def load(path: str | Path) -> SavedModel:
-    """Read a model folder, checking its format version and weights hash; never runs code."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
 
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelFileError(
-            f"model folder not found: {path}; give the folder `nnreg train` wrote."
-        )
+
+def add_files(folder: str | Path, files: dict[str, Writer]) -> None:
+    """Write ``files`` (name -> writer) into the model folder ``folder`` (each atomically)
+    and record them in its manifest, so that the folder stays one nnreg can replace."""
+    folder = Path(folder)
+    reason = owned(folder)
+    if reason is not None:
+        raise ModelFileError(f"{folder} is not an nnreg model folder ({reason}).")
+    document = _document(folder)
+    manifest = _manifest(document)
+    if any(n in (MODEL_JSON, WEIGHTS) or "/" in n or n.startswith(".") for n in files):
+        raise ModelFileError("a model folder's own files cannot be replaced that way.")
+    for name, write in files.items():
+        write_file_atomic(folder / name, write)
+        manifest[name] = sha256(read_file(folder / name))
+    if document.get("format_version") == 1:
+        document["format_version"] = 2  # a version-1 folder gains its manifest
+        for name in V1_FILES:
+            if name not in manifest and (folder / name).is_file():
+                manifest[name] = sha256(read_file(folder / name))
+    document["files"] = dict(sorted(manifest.items()))
+    write_file_atomic(folder / MODEL_JSON, lambda tmp: _write_json(tmp, document))
+
+
+def owned(folder: Path) -> str | None:
+    """None when nnreg wrote ``folder`` (see the module docstring), else why it cannot tell."""
+    names = {p.name for p in Path(folder).iterdir() if not TEMPORARY.fullmatch(p.name)}
+    if MODEL_JSON not in names:
+        if names == {CHECKPOINT} and is_checkpoint(folder / CHECKPOINT):
+            return None  # a run that has only checkpointed so far
+        return f"it has no {MODEL_JSON} written by nnreg"
+    try:
+        manifest = _manifest(_document(folder))
+    except ModelFileError:
+        return f"its {MODEL_JSON} is not an nnreg model description"
+    for name in sorted(names - {MODEL_JSON}):
+        path = folder / name
+        if name == CHECKPOINT and is_checkpoint(path):
+            continue
+        if name not in manifest:
+            return f"{name} is not one of its files"
+        if path.is_symlink() or not path.is_file():
+            return f"{name} is not a file nnreg wrote"
+        expected = manifest[name]
+        if expected is not None and sha256(read_file(path)) != expected:
+            return f"{name} was changed after nnreg wrote it"
+    return None
+
+
+def _document(path: Path) -> dict[str, Any]:
+    """``model.json``, read within its limit and checked to be an nnreg model description
+    of a format version this nnreg reads."""
     doc_path = path / MODEL_JSON
     if not doc_path.is_file():
         raise ModelFileError(f"{path} is not an nnreg model folder: it has no {MODEL_JSON}.")
-    try:
-        doc = json.loads(doc_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(
-            f"{doc_path} is not valid JSON ({exc}); the folder is corrupt."
-        ) from exc
+    doc = read_json(read_file(doc_path, MAX_JSON_BYTES), doc_path)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ModelFileError(f"{doc_path} is not an nnreg model description.")
     version = doc.get("format_version")
@@ -128,64 +191,125 @@ def load(path: str | Path) -> SavedModel:
             f"{path} has model format version {version!r}, newer than this nnreg "
             f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade nnreg to load it."
         )
+    return doc
+
+
+def _manifest(doc: dict[str, Any]) -> dict[str, str | None]:
+    """File name -> SHA-256 (None: a version-1 file that has no hash)."""
+    if doc["format_version"] >= 2:
+        files = doc.get("files")
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            raise ModelFileError(f"the manifest in {MODEL_JSON} is not a list of file hashes.")
+        return dict(files)
+    weights = doc.get("weights")
+    digest = weights.get("sha256") if isinstance(weights, dict) else None
+    return {**dict.fromkeys(V1_FILES), WEIGHTS: digest if isinstance(digest, str) else ""}
+
+
+def load(path: str | Path, *, history: bool = True) -> SavedModel:
+    """Read a model folder, checking its format, its files against their hashes and the
+    architecture against the weights; never runs code. ``history=False`` leaves
+    ``history.csv`` unread (prediction does not need it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFileError(
+            f"model folder not found: {path}; give the folder `nnreg train` wrote."
+        )
+    doc = _document(path)
+    manifest = _manifest(doc)
     weights = path / WEIGHTS
-    if not weights.is_file():
-        raise ModelFileError(f"{path} has no {WEIGHTS}; the folder is incomplete.")
-    expected = doc.get("weights", {}).get("sha256")
-    if _sha256(weights) != expected:
+    data = _checked(path, WEIGHTS, manifest, limit=None)
+    expected = (doc.get("weights") or {}).get("sha256")
+    if sha256(data) != expected:
         raise ModelFileError(
             f"{weights} does not match the SHA-256 recorded in {MODEL_JSON}: the weights were "
             "changed or corrupted; retrain or restore the folder."
         )
+    config = _config(doc, path)
+    _check_shapes(_header(data, weights), state_shapes(config, _n_models(doc, path)), path)
     try:
-        state_dict = load_file(str(weights))
-        config = MLPConfig.from_dict(doc["architecture"])
-    except (SafetensorError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path} is corrupt: {exc}") from exc
-    history = _read_history(path / "history.csv")
-    meta = {k: v for k, v in doc.items() if k not in ("architecture", "weights")}
-    return SavedModel(path=path, config=config, state_dict=state_dict, meta=meta, history=history)
+        state_dict = load_tensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{weights} is corrupt: {exc}") from exc
+    hist = _read_history(path, manifest) if history else {"epoch": [], "train_loss": []}
+    meta = {k: v for k, v in doc.items() if k not in ("architecture", "weights", "files")}
+    return SavedModel(path=path, config=config, state_dict=state_dict, meta=meta, history=hist)
 
 
-def save_checkpoint(
-    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    """Write a training checkpoint atomically: safetensors, with the scalars as JSON metadata."""
-    from safetensors.torch import save_file
-
-    document = {"format": "nnreg-checkpoint", "format_version": FORMAT_VERSION, **meta}
-    write_file_atomic(
-        Path(path),
-        lambda tmp: save_file(tensors, str(tmp), metadata={"nnreg": json.dumps(document)}),
-    )
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint` (no code is ever executed)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
+def _checked(folder: Path, name: str, manifest: dict[str, str | None], limit: int | None) -> bytes:
+    """The bytes of ``folder/name``, which must match the manifest's hash."""
+    path = folder / name
+    if name not in manifest:
+        raise ModelFileError(f"{path} is not listed in {MODEL_JSON}; the folder is corrupt.")
+    if not path.exists() and not path.is_symlink():
+        raise ModelFileError(f"{folder} has no {name}; the folder is incomplete.")
+    data = read_file(path, limit)
+    expected = manifest[name]
+    if expected is not None and name != WEIGHTS and sha256(data) != expected:
         raise ModelFileError(
-            f"no checkpoint at {path}; was the run trained with checkpoints (checkpoint_every)?"
+            f"{path} does not match the SHA-256 recorded in {MODEL_JSON}: it was changed or "
+            "damaged; restore the folder or retrain."
         )
+    return data
+
+
+def _config(doc: dict[str, Any], path: Path) -> MLPConfig:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["nnreg"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
-        raise ModelFileError(f"{path} is not a readable nnreg checkpoint ({exc}).") from exc
-    if meta.get("format") != "nnreg-checkpoint" or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelFileError(f"{path} is not a checkpoint this nnreg can read.")
-    return tensors, meta
+        return MLPConfig.from_dict(doc["architecture"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}/{MODEL_JSON} has an invalid architecture ({exc}).") from exc
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _n_models(doc: dict[str, Any], path: Path) -> int:
+    n = doc.get("n_models", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ModelFileError(f"{path}/{MODEL_JSON} has an invalid n_models ({n!r}).")
+    return n
+
+
+def _check_shapes(header: dict[str, Any], expected: Any, path: Path) -> None:
+    """The weights file must hold exactly the tensors the architecture describes."""
+    found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    if len(found) != len(expected) or any(found.get(k) != s for k, s in expected.items()):
+        missing = sorted(set(expected) - set(found)) or sorted(
+            k for k in expected if found.get(k) != expected[k]
+        )
+        what = f"e.g. {missing[0]}" if missing else f"{len(found)} tensors found"
+        raise ModelFileError(
+            f"{path}: the weights do not fit the architecture in {MODEL_JSON} ({what}); the "
+            "folder is corrupt or was edited."
+        )
+
+
+MAX_HISTORY_BYTES = min(MAX_TEXT_BYTES, 16 << 20)  # about 250,000 epochs
+
+
+def _read_history(path: Path, manifest: dict[str, str | None]) -> dict[str, list[Any]]:
+    if HISTORY not in manifest or not (path / HISTORY).exists():
+        return {"epoch": [], "train_loss": []}
+    text = _checked(path, HISTORY, manifest, MAX_HISTORY_BYTES).decode("utf-8", "replace")
+    lines = text.splitlines()
+    columns = lines[0].split(",") if lines else []
+    if not columns or columns[0] != "epoch" or "train_loss" not in columns:
+        raise ModelFileError(f"{path / HISTORY} is not an nnreg history; the folder is corrupt.")
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    for number, line in enumerate(lines[1:], start=2):
+        values = line.split(",")
+        try:
+            if len(values) != len(columns):
+                raise ValueError
+            for c, v in zip(columns, values, strict=True):
+                out[c].append(int(v) if c == "epoch" else float(v))
+        except ValueError:  # the line itself is not quoted: it may be anything
+            raise ModelFileError(
+                f"{path / HISTORY} line {number} is not a row of numbers; the folder is corrupt."
+            ) from None
+    return out
 
 
 def _write_history(path: Path, history: dict[str, list[Any]]) -> None:
@@ -197,19 +321,9 @@ def _write_history(path: Path, history: dict[str, list[Any]]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _read_history(path: Path) -> dict[str, list[Any]]:
-    if not path.is_file():
-        return {"epoch": [], "train_loss": []}
-    lines = path.read_text().splitlines()
-    columns = lines[0].split(",")
-    rows = [line.split(",") for line in lines[1:] if line]
-    return {
-        c: [int(r[j]) if c == "epoch" else float(r[j]) for r in rows] for j, c in enumerate(columns)
-    }
-
-
 def to_toml(settings: dict[str, Any]) -> str:
-    """A TOML document of tables of scalars and lists (None values are left out)."""
+    """A TOML document of tables of scalars and lists (None values are left out); every
+    string, a column name from the data included, is written so that it reads back equal."""
     out = ["# nnreg settings; repeat this run with: nnreg train --config config.toml"]
     for table, values in settings.items():
         out.append(f"\n[{table}]")
@@ -220,71 +334,42 @@ def to_toml(settings: dict[str, Any]) -> str:
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        return repr(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return "nan" if v != v else ("inf" if v > 0 else "-inf")
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
+        return _toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-@contextlib.contextmanager
-def atomic_folder(dest: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``dest``, on error it vanishes.
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 
-    An existing ``dest`` is replaced only if it is empty or an nnreg model folder, so a typo
-    in ``--out`` cannot delete unrelated files.
-    """
-    dest = Path(dest)
-    ours = (MODEL_JSON, CHECKPOINT)  # a model folder, or a run that has only checkpointed
-    if dest.exists() and not (
-        dest.is_dir() and (not any(dest.iterdir()) or any((dest / f).is_file() for f in ours))
-    ):
-        raise ModelFileError(
-            f"{dest} exists and is not an nnreg model folder; choose another output path."
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is an ordinary folder
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+
+def _toml_string(s: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, everything
+    else (emoji included) as it is; a lone surrogate, which no TOML file can hold, as U+FFFD."""
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\ufffd")
         else:
-            os.replace(tmp, dest)
-        _fsync(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_file_atomic(dest: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``dest``."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            out.append(ch)
+    return '"' + "".join(out) + '"'

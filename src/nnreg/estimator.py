@@ -8,7 +8,9 @@ attributes through :meth:`Regressor.adopt`, the one place they are set.
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from . import artifact, distributed, fitting
 from .ensemble import ConformalCalibrator
-from .exceptions import ConfigError, ModelFileError, NotFittedError, TrainingDivergedError
-from .model import MLP, MLPEnsemble, count_parameters, predict_moments
-from .preprocess import Standardizer, TablePreprocessor
-from .recipe import DTYPES, PRESETS, Recipe, check_params, is_real, jsonable
-from .train import EpochCallback, History
+from .exceptions import ConfigError, NotFittedError, TrainingDivergedError
+from .model import MLPEnsemble, count_parameters, predict_moments
+from .recipe import PRESETS, Recipe, check_params, is_real, jsonable
+from .restore import restore
+from .train import EpochCallback
 from .validation import check_sample_weight, check_X, check_y, drop_zero_weights
 
 __all__ = ["PRESETS", "Regressor", "load"]
@@ -403,11 +405,16 @@ class Regressor(RegressorMixin, BaseEstimator):
         metrics: dict[str, float] | None = None,
         run_settings: dict[str, Any] | None = None,
         target_names: list[str] | None = None,
+        files: dict[str, artifact.Writer] | None = None,
+        protect: Iterable[str | Path] = (),
     ) -> Path:
         """Write the fitted model as a folder (see :mod:`nnreg.artifact`); returns its path.
 
         ``run_settings`` (data path, target, features) go into ``config.toml`` beside the
         estimator's parameters, so ``nnreg train --config PATH/config.toml`` repeats the run.
+        ``files`` (name -> function writing that file) add files to the folder and its
+        manifest. An existing folder at ``path`` is replaced only if nnreg wrote it, and
+        never when it holds one of the ``protect`` paths (such as the training data).
         """
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before save.")
@@ -428,7 +435,10 @@ class Regressor(RegressorMixin, BaseEstimator):
                 "epochs_run": self.n_iter_,
                 "best_epoch": self.best_epoch_,
             },
-            "metrics": {"final_train_loss": self.loss_curve_[-1], **(metrics or {})},
+            "metrics": {
+                "final_train_loss": (self.loss_curve_ or [math.nan])[-1],
+                **(metrics or {}),
+            },
             "n_models": len(self.model_.members) if isinstance(self.model_, MLPEnsemble) else 1,
         }
         if hasattr(self, "calibrator_"):
@@ -443,58 +453,28 @@ class Regressor(RegressorMixin, BaseEstimator):
             meta=meta,
             history=self.history_.to_dict(),
             settings=settings,
+            extra=files,
+            protect=protect,
         )
 
     @classmethod
     def _from_saved(cls, saved: artifact.SavedModel) -> Regressor:
-        meta = saved.meta
-        params = {k: v for k, v in meta["training"]["params"].items() if k in _PARAM_NAMES}
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        params["device"] = "cpu"
-        reg = cls(**params)
-        n_models = int(meta.get("n_models", 1))
-        model: MLP | MLPEnsemble = (
-            MLP(saved.config) if n_models == 1 else MLPEnsemble.empty(saved.config, n_models)
-        )
-        model = model.to(dtype=DTYPES[reg.dtype])
-        try:
-            model.load_state_dict(saved.state_dict)
-        except RuntimeError as exc:
-            raise ModelFileError(
-                f"{saved.path}: the weights do not fit the architecture in model.json ({exc})"
-            ) from exc
-        history = History.from_dict(saved.history)
-        names = [f["name"] for f in meta["features"]]
-        calibration = meta.get("calibration")
-        reg.adopt(
-            fitting.FitResult(
-                model=model,
-                history=history,
-                preprocessor=TablePreprocessor.from_dict(meta["preprocessing"]["inputs"]),
-                y_scaler=Standardizer.from_dict(meta["preprocessing"]["target"]),
-                seed=params["random_state"],
-                n_features=len(names),
-                feature_names=names if meta.get("feature_names_given") else None,
-                n_outputs=saved.config.n_outputs,
-                y_1d=bool(meta["target_1d"]),
-                best_epoch=int(meta["training"].get("best_epoch", len(history) - 1)),
-                calibrator=None
-                if calibration is None
-                else ConformalCalibrator.from_dict(calibration),
-            )
-        )
-        reg.model_info_ = meta
+        params, result = restore(saved, _PARAM_NAMES)
+        reg = cls(**params).adopt(result)
+        reg.model_info_ = saved.meta
         return reg
 
 
-def load(path: str | Path) -> Regressor:
+def load(path: str | Path, *, history: bool = True) -> Regressor:
     """Load a model folder written by :meth:`Regressor.save` or ``nnreg train``.
 
-    Only JSON and safetensors files are read; the weights' SHA-256 and the format version are
-    checked first. Raises :class:`~nnreg.exceptions.ModelFileError` when the folder is not a
-    valid nnreg model.
+    The folder is untrusted input: only its own JSON, CSV and safetensors files are read,
+    each checked against the SHA-256 recorded for it, and ``model.json`` is checked for
+    consistency before the network is built. ``history=False`` leaves the training history
+    unread (``history_`` is then empty), as prediction does not need it. Raises
+    :class:`~nnreg.exceptions.ModelFileError` when the folder is not a valid nnreg model.
     """
-    return Regressor._from_saved(artifact.load(path))
+    return Regressor._from_saved(artifact.load(path, history=history))
 
 
 _PARAM_NAMES = set(Regressor().get_params())

@@ -10,6 +10,7 @@ and the fix. Each also subclasses the matching built-in, so callers that already
     │   ├── DataTypeError(TypeError)           values of a type nnreg cannot read (dict, ...)
     │   └── DataFileError(FileNotFoundError)   a data file is missing, unreadable, unknown
     ├── ModelFileError(ValueError)             a model folder is missing, corrupt or too new
+    │   └── OutputError                        an output path nnreg must not replace
     ├── NotFittedError(sklearn's)              predict or save before fit
     └── TrainingDivergedError(FloatingPointError)
                                                the loss became NaN or infinite
@@ -31,6 +32,7 @@ __all__ = [
     "ModelFileError",
     "NnregError",
     "NotFittedError",
+    "OutputError",
     "TrainingDivergedError",
 ]
 
@@ -61,6 +63,11 @@ class ModelFileError(NnregError, ValueError):
 
 class NotFittedError(NnregError, _SklearnNotFittedError):
     """The estimator is used before ``fit`` was called."""
+
+
+class OutputError(ModelFileError):
+    """An output path that nnreg may not write: a folder it did not write, a file where a
+    folder goes, a destination that holds the data being read."""
 
 
 class TrainingDivergedError(NnregError, FloatingPointError):

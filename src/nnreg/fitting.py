@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import artifact, distributed
+from . import distributed
+from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .ensemble import ConformalCalibrator, EnsembleTrainer
-from .exceptions import TrainingDivergedError
+from .exceptions import ModelFileError, TrainingDivergedError
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
-from .recipe import Recipe, member_seeds
+from .recipe import Recipe, jsonable, member_seeds
 from .train import (
     BatchSource,
     EpochCallback,
@@ -49,6 +50,7 @@ __all__ = [
     "fit",
     "partial_fit",
     "prediction_interval",
+    "run_fingerprint",
     "train_single",
 ]
 
@@ -237,7 +239,12 @@ def train_single(
     assert isinstance(model, MLP)  # one network
     trainer = Trainer(model, config, recipe.generator())
     trainer.sync, trainer.stop = sync, stop
-    write = attach_checkpoints(trainer, checkpoints.resume, checkpoints.path, checkpoints.info)
+    mark = None
+    if checkpoints.path is not None or checkpoints.resume is not None:
+        mark = run_fingerprint(recipe, result, data)
+    write = attach_checkpoints(
+        trainer, checkpoints.resume, checkpoints.path, checkpoints.info, fingerprint=mark
+    )
     previous = result.history
     try:
         if isinstance(data, tuple):
@@ -364,21 +371,44 @@ def attach_checkpoints(
     resume: str | Path | None,
     checkpoint: str | Path | None,
     info: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
 ) -> Callable[[Trainer], None] | None:
-    """Load the training state saved at ``resume`` into ``trainer``; return the function that
-    writes ``trainer``'s state (plus ``info``) to ``checkpoint``, or None without one."""
+    """Load the training state saved at ``resume`` into ``trainer`` (refused when its
+    ``fingerprint`` is not this run's); return the function that writes ``trainer``'s state
+    (plus ``info`` and the fingerprint) to ``checkpoint``, or None without one."""
     if resume is not None:
-        tensors, meta = artifact.load_checkpoint(resume)
-        trainer.load_state_dict(tensors, meta["trainer"])
+        tensors, meta = load_checkpoint(resume, fingerprint)
+        try:
+            trainer.load_state_dict(tensors, meta["trainer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(
+                f"{resume} does not fit this run's network and settings ({type(exc).__name__});"
+                " resume with the settings and data it was made with, or start a new run."
+            ) from exc
     if checkpoint is None:
         return None
-    extra = info or {}
+    extra = {**(info or {}), "fingerprint": fingerprint}
 
     def write(t: Trainer) -> None:
         tensors, meta = t.state_dict()
-        artifact.save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
+        save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
 
     return write
+
+
+def run_fingerprint(
+    recipe: Recipe,
+    result: FitResult,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | BatchSource,
+) -> str:
+    """What a checkpoint is tied to: the settings (but the device), the fitted preprocessing
+    and the training rows (or, streamed, the row groups and how they are read)."""
+    settings = {k: v for k, v in jsonable(recipe.params).items() if k != "device"}
+    rows: list[Any] = [t for t in data if t is not None] if isinstance(data, tuple) else []
+    if not isinstance(data, tuple):
+        rows = [getattr(data, "describe", dict)()]
+    pre = [result.preprocessor.to_dict(), result.y_scaler.to_dict()]
+    return fingerprint([settings, *pre, *rows])
 
 
 def _concat(a: History, b: History) -> History:

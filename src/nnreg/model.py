@@ -19,7 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "INITS", "MLP", "MLPConfig", "count_parameters", "summary"]
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "MLP",
+    "MLPConfig",
+    "MLPEnsemble",
+    "count_parameters",
+    "predict_moments",
+    "state_shapes",
+    "summary",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -52,7 +62,41 @@ class MLPConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MLPConfig:
+        """The configuration saved as ``d``, checked field by field (it may come from a file
+        nnreg did not write): ValueError or TypeError names the first bad field."""
+        if not isinstance(d, dict) or set(d) - set(cls.__dataclass_fields__):
+            raise ValueError(
+                f"not an MLP configuration: {sorted(d) if isinstance(d, dict) else d!r}"
+            )
+        sizes = d.get("hidden_sizes", [])
+        checks = {
+            "n_inputs": _count(d.get("n_inputs")),
+            "n_outputs": _count(d.get("n_outputs")),
+            "hidden_sizes": isinstance(sizes, list) and all(_count(h) for h in sizes),
+            "activation": d.get("activation") in ACTIVATIONS,
+            "init": d.get("init") in INITS,
+            "dropout": isinstance(d.get("dropout"), (int, float)) and 0 <= d["dropout"] < 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"{bad[0]} is {d.get(bad[0])!r}")
         return cls(**d)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def state_shapes(config: MLPConfig, n_models: int = 1) -> dict[str, tuple[int, ...]]:
+    """The state-dict keys and shapes of ``MLP(config)`` (or of an ensemble of ``n_models``),
+    computed without building the network."""
+    sizes = [config.n_inputs, *config.hidden_sizes, config.n_outputs]
+    one: dict[str, tuple[int, ...]] = {}
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        one[f"layers.{i}.weight"], one[f"layers.{i}.bias"] = (b, a), (b,)
+    if n_models == 1:
+        return one
+    return {f"members.{k}.{name}": s for k in range(n_models) for name, s in one.items()}
 
 
 class MLP(nn.Module):

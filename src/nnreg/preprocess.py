@@ -19,6 +19,7 @@ large for memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,29 @@ class Standardizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardizer:
-        return cls(enabled=bool(d["enabled"]), mean=list(d["mean"]), scale=list(d["scale"]))
+        """The state saved as ``d``, checked (ValueError): equal lengths, finite means and
+        finite positive scales."""
+        mean, scale = _floats(d.get("mean"), "mean"), _floats(d.get("scale"), "scale")
+        if not isinstance(d.get("enabled"), bool) or len(mean) != len(scale):
+            raise ValueError("the target scaling is not a list of means and scales")
+        if any(v <= 0 for v in scale):
+            raise ValueError("a target scale is not positive")
+        return cls(enabled=d["enabled"], mean=mean, scale=scale)
+
+
+def _floats(v: Any, name: str) -> list[float]:
+    """``v`` as a list of finite floats, or ValueError naming it."""
+    if not isinstance(v, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+    ):
+        raise ValueError(f"{name} is not a list of finite numbers")
+    return [float(x) for x in v]
+
+
+def _strings(v: Any, name: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{name} is not a list of names")
+    return list(v)
 
 
 @dataclass
@@ -272,7 +295,31 @@ class TablePreprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TablePreprocessor:
-        return cls(**d)
+        """The state saved as ``d``, checked for consistency (ValueError names the problem):
+        it may come from a file nnreg did not write."""
+        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+            raise ValueError("the input preprocessing is not a saved TablePreprocessor")
+        columns, numeric = _strings(d["columns"], "columns"), _strings(d["numeric"], "numeric")
+        categorical = _strings(d["categorical"], "categorical")
+        n = len(numeric)
+        center, scale, fill = (_floats(d[k], k) for k in ("center", "scale", "fill"))
+        cats = d["categories"]
+        checks = {
+            "scaling": d["scaling"] in SCALINGS,
+            "missing": d["missing"] in MISSING,
+            "columns": sorted(columns) == sorted(numeric + categorical),
+            "center": len(center) == len(scale) == n and all(v > 0 for v in scale),
+            "fill": len(fill) in (0, n),
+            "indicators": set(_strings(d["indicators"], "indicators")) <= set(numeric),
+            "categories": isinstance(cats, dict)
+            and set(cats) == set(categorical)
+            and all(_strings(v, "categories") is not None for v in cats.values()),
+            "dtypes": isinstance(d["dtypes"], dict) and set(d["dtypes"]) == set(columns),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"the input preprocessing has an inconsistent {bad[0]!r}")
+        return cls(**{**d, "center": center, "scale": scale, "fill": fill})
 
 
 def _spread(a: np.ndarray, mean: np.ndarray, w: np.ndarray | None) -> np.ndarray:

@@ -1,0 +1,139 @@
+"""Training checkpoints: the full training state in one safetensors file, hashed and tied to
+the data and settings it was made from.
+
+A checkpoint holds the trainer's tensors (weights, optimiser state, random-generator states)
+and, as JSON metadata, its scalars, the SHA-256 of the tensors and a fingerprint of the run
+(the training data and settings). It is untrusted input when read back: the header is
+checked before anything is allocated, the tensors against their hash, and a resumed run
+against the fingerprint, so that a flipped byte or changed data is refused with one line
+instead of continuing to another result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .exceptions import DataError, ModelFileError
+from .outputs import write_file_atomic
+from .reading import read_file, read_json, safetensors_header
+
+__all__ = [
+    "CHECKPOINT",
+    "FORMAT",
+    "fingerprint",
+    "is_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "tensors_digest",
+]
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = "nnreg-checkpoint"
+FORMAT_VERSION = 2  # 2: the tensors' SHA-256 and the run's fingerprint are recorded
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint(parts: Iterable[Any]) -> str:
+    """A SHA-256 of a run's data and settings: JSON-able parts, arrays and tensors."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().contiguous().numpy()
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.dtype}|{part.shape}|".encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Write a checkpoint atomically: the tensors, with the scalars, the tensors' hash and
+    ``meta`` (its ``fingerprint`` included, if any) as JSON metadata."""
+    from safetensors.torch import save_file
+
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "sha256": tensors_digest(tensors),
+    }
+    write_file_atomic(
+        Path(path),
+        lambda tmp: save_file(tensors, str(tmp), metadata={"nnreg": json.dumps(document)}),
+    )
+
+
+def _document(path: Path, data: bytes) -> dict[str, Any]:
+    header = safetensors_header(data, path)
+    raw = (header.get("__metadata__") or {}).get("nnreg")
+    meta = read_json(raw.encode(), path) if isinstance(raw, str) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not an nnreg checkpoint.")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} is a checkpoint of a newer nnreg; upgrade nnreg to resume.")
+    return meta
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True when ``path`` is a regular file holding an nnreg checkpoint (header only)."""
+    try:
+        _document(path, read_file(path))
+    except (ModelFileError, OSError):
+        return False
+    return True
+
+
+def load_checkpoint(
+    path: str | Path, expected_fingerprint: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`, checking its header, its
+    tensors' hash and, given ``expected_fingerprint``, that it was made from the same data
+    and settings. No code is ever executed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"no checkpoint at {path}; was the run trained with checkpoints (checkpoint_every)?"
+        )
+    data = read_file(path)
+    meta = _document(path, data)
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path} is not a readable nnreg checkpoint ({exc}).") from exc
+    if meta.get("format_version", 1) >= 2 and tensors_digest(tensors) != meta.get("sha256"):
+        raise ModelFileError(
+            f"{path} does not match the SHA-256 recorded in it: the checkpoint was changed or "
+            "damaged; start the run anew."
+        )
+    found = meta.get("fingerprint")
+    if expected_fingerprint is not None and found is not None and found != expected_fingerprint:
+        raise DataError(
+            f"{path} was made from other data or settings than this run has (the training "
+            "rows, their preprocessing or the network differ); resume with the same data and "
+            "settings, or start a new run."
+        )
+    return tensors, meta

@@ -1,0 +1,232 @@
+"""Writing outputs without losing anything: ownership, atomic replacement, clean-up.
+
+nnreg replaces or deletes only what it can prove it wrote. :func:`check_replaceable` decides,
+before any work starts, whether a destination may be replaced: a missing path, an empty
+folder, or a folder that :mod:`nnreg.artifact` recognises as its own (``owned`` says how);
+anything else, and any destination that holds a protected path such as the training data,
+is refused with one :class:`~nnreg.exceptions.OutputError`.
+
+Every output is first written under a temporary sibling name that says who made it,
+``.NAME.nnreg-PID-TOKEN.tmp``, then moved into place in one step:
+
+* a file by ``rename``, which replaces the old file atomically;
+* a folder by exchanging it with the old one (Linux ``renameat2(RENAME_EXCHANGE)``, macOS
+  ``renamex_np(RENAME_SWAP)``), so the name always points at a complete folder, old or new;
+  where no exchange exists, the old folder is first renamed to ``.NAME.nnreg-PID-TOKEN.old``
+  and the next run restores it if the process died between the two renames.
+
+Temporaries whose process has died are removed by the next write to the same destination
+(:func:`clean_stale`); those of a running process are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .exceptions import OutputError
+
+__all__ = [
+    "atomic_folder",
+    "check_replaceable",
+    "clean_stale",
+    "exchange",
+    "temporary_name",
+    "write_file_atomic",
+]
+
+Owned = Callable[[Path], "str | None"]  # None: nnreg wrote this folder; else why not
+
+
+def temporary_name(dest: Path, kind: str = "tmp") -> Path:
+    """A sibling of ``dest`` that names this process: ``.NAME.nnreg-PID-TOKEN.KIND``."""
+    return dest.parent / f".{dest.name}.nnreg-{os.getpid()}-{secrets.token_hex(4)}.{kind}"
+
+
+def _pattern(dest: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(dest.name)}\.nnreg-(\d+)-[0-9a-f]{{8}}\.(tmp|old)")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def clean_stale(dest: Path) -> None:
+    """Remove the temporaries of writes to ``dest`` whose process has died; put back an old
+    folder that a dead process had moved aside and not replaced."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    pattern = _pattern(dest)
+    for entry in sorted(dest.parent.iterdir()):
+        match = pattern.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not os.path.lexists(dest):
+            with contextlib.suppress(OSError):
+                os.rename(entry, dest)  # the kill fell between the two renames: restore
+                continue
+        _remove(entry)
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` without following a link out of it."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_replaceable(
+    dest: Path, owned: Owned | None = None, protect: Iterable[str | Path] = ()
+) -> None:
+    """Refuse, with one :class:`OutputError`, a ``dest`` that nnreg may not replace: one that
+    exists and is not an empty folder or one that ``owned`` vouches for (``owned(dest)``
+    returns None for a folder nnreg wrote, else the reason it is not), or that is or holds
+    one of the ``protect`` paths."""
+    dest = Path(dest)
+    for path in protect:
+        inside = Path(path).resolve()
+        if inside == dest.resolve() or dest.resolve() in inside.parents:
+            raise OutputError(
+                f"{dest} holds {path}, which this run reads; choose an output folder outside it."
+            )
+    if not os.path.lexists(dest):
+        return
+    if dest.is_symlink():
+        raise OutputError(f"{dest} is a symbolic link; give the path of a folder to write.")
+    if not dest.is_dir():
+        raise OutputError(f"{dest} is a file, not a folder; choose another output path.")
+    if not any(dest.iterdir()):
+        return
+    reason = "it holds files nnreg did not write" if owned is None else owned(dest)
+    if reason is not None:
+        raise OutputError(
+            f"{dest} exists and is not an nnreg model folder ({reason}); nnreg replaces only "
+            "folders it wrote: choose another output path, or move that folder away."
+        )
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    dest: Path, owned: Owned | None = None, protect: Iterable[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary sibling folder; when the block ends it replaces ``dest`` in one
+    step (see the module docstring), when it raises it vanishes. ``dest`` is checked by
+    :func:`check_replaceable` first, and again just before it is replaced."""
+    dest = Path(dest)
+    check_replaceable(dest, owned, protect)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dest)
+    tmp = temporary_name(dest)
+    tmp.mkdir(mode=0o777)  # an ordinary folder, as the umask has it
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        check_replaceable(dest, owned, protect)  # nothing foreign arrived meanwhile
+        _replace_folder(tmp, dest)
+        _fsync(dest.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _replace_folder(tmp: Path, dest: Path) -> None:
+    """Put the complete folder ``tmp`` at ``dest``; the old ``dest`` (if any) is deleted."""
+    if not os.path.lexists(dest):
+        os.rename(tmp, dest)
+        return
+    if exchange(tmp, dest):
+        _remove(tmp)  # ``tmp`` now holds the old folder
+        return
+    old = temporary_name(dest, "old")
+    os.rename(dest, old)  # a kill right here is repaired by the next run's clean_stale
+    os.rename(tmp, dest)
+    _remove(old)
+
+
+def write_file_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``dest``; the file gets
+    the permissions the umask gives a new file."""
+    dest = Path(dest)
+    if dest.is_dir() and not dest.is_symlink():
+        raise OutputError(f"{dest} is a folder; give the path of the file to write.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dest)
+    tmp = temporary_name(dest)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    if path.is_symlink():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- exchanging two paths in one step ---------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_SWAP = 2  # macOS sys/stdio.h
+
+
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically; False where the system cannot (then
+    nothing changed)."""
+    if _LIBC is None:
+        return False
+    fa, fb = os.fsencode(a), os.fsencode(b)
+    if sys.platform.startswith("linux") and hasattr(_LIBC, "renameat2"):
+        result = _LIBC.renameat2(_AT_FDCWD, fa, _AT_FDCWD, fb, _RENAME_EXCHANGE)
+    elif sys.platform == "darwin" and hasattr(_LIBC, "renamex_np"):
+        result = _LIBC.renamex_np(fa, fb, _RENAME_SWAP)
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # this file system cannot exchange: fall back to two renames
+    raise OSError(code, os.strerror(code), str(b))

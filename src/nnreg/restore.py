@@ -1,0 +1,101 @@
+"""A model folder read back as a fit result, every part checked against the others.
+
+:mod:`nnreg.artifact` has already checked the files (hashes, sizes, the architecture against
+the weights' shapes); here the contents of ``model.json`` are checked for what they mean:
+the features against the input preprocessing, its encoded width against the network's
+inputs, the target scaling and the calibration against its outputs. Anything inconsistent is
+a :class:`~nnreg.exceptions.ModelFileError` of one line, raised before the network is built.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import fitting
+from .artifact import SavedModel
+from .ensemble import ConformalCalibrator
+from .exceptions import ModelFileError
+from .model import MLP, MLPEnsemble
+from .preprocess import Standardizer, TablePreprocessor
+from .recipe import DTYPES, check_params
+from .train import History
+
+__all__ = ["restore"]
+
+
+def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting.FitResult]:
+    """The estimator parameters (those in ``names``) and the fit result a folder holds."""
+    meta = saved.meta
+    try:
+        params, pre, y_scaler, features = _parts(meta, names)
+        calibrator = _calibrator(meta.get("calibration"), saved.config.n_outputs)
+        history = History.from_dict(saved.history)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{saved.path}/model.json is inconsistent: {_reason(exc)}.") from exc
+    config = saved.config
+    if len(pre.output_names) != config.n_inputs or len(y_scaler.mean) != config.n_outputs:
+        raise ModelFileError(
+            f"{saved.path}/model.json is inconsistent: its preprocessing makes "
+            f"{len(pre.output_names)} inputs and {len(y_scaler.mean)} targets, the network "
+            f"takes {config.n_inputs} and gives {config.n_outputs}."
+        )
+    n_models = int(meta.get("n_models", 1))
+    model: MLP | MLPEnsemble = MLP(config) if n_models == 1 else MLPEnsemble.empty(config, n_models)
+    model = model.to(dtype=DTYPES[params["dtype"]])
+    model.load_state_dict(saved.state_dict)  # the shapes were checked against the header
+    best = meta["training"].get("best_epoch", len(history) - 1)
+    return params, fitting.FitResult(
+        model=model,
+        history=history,
+        preprocessor=pre,
+        y_scaler=y_scaler,
+        seed=params["random_state"],
+        n_features=len(features),
+        feature_names=features if meta.get("feature_names_given") else None,
+        n_outputs=config.n_outputs,
+        y_1d=bool(meta["target_1d"]),
+        best_epoch=int(best) if isinstance(best, int) else len(history) - 1,
+        calibrator=calibrator,
+    )
+
+
+def _parts(
+    meta: dict[str, Any], names: set[str]
+) -> tuple[dict[str, Any], TablePreprocessor, Standardizer, list[str]]:
+    params = {k: v for k, v in meta["training"]["params"].items() if k in names}
+    params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    params["device"] = "cpu"
+    check_params(params)
+    pre = TablePreprocessor.from_dict(meta["preprocessing"]["inputs"])
+    y_scaler = Standardizer.from_dict(meta["preprocessing"]["target"])
+    features = [f["name"] for f in meta["features"]]
+    if features != pre.columns:
+        raise ValueError("its features are not the columns its preprocessing was fitted on")
+    return params, pre, y_scaler, features
+
+
+def _calibrator(d: Any, n_outputs: int) -> ConformalCalibrator | None:
+    if d is None:
+        return None
+    scores, floor = d.get("scores"), d.get("floor")
+    rows = [_finite(s) for s in scores] if isinstance(scores, list) else None
+    if rows is None or len(rows) != n_outputs or len(_finite(floor)) != n_outputs:
+        raise ValueError("its calibration does not have one list of scores per target")
+    if any(r != sorted(r) or any(v < 0 for v in r) for r in rows):
+        raise ValueError("its calibration scores are not sorted non-negative numbers")
+    return ConformalCalibrator.from_dict(d)
+
+
+def _finite(v: Any) -> list[float]:
+    if not isinstance(v, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+    ):
+        raise ValueError("its calibration holds something other than finite numbers")
+    return [float(x) for x in v]
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is missing"
+    return str(exc).rstrip(".")
