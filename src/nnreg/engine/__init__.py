@@ -16,9 +16,10 @@ fixed list of PyTorch kernels writing into preallocated buffers:
 :func:`supports` says whether a model and recipe are covered; :mod:`nnreg.train` falls back to
 autograd otherwise. The tests check every covered combination against autograd in float64.
 
-Layout: :mod:`.kernels` (what both engines share: coverage, activations, dropout masks,
-minibatch bounds), :mod:`.single` (:class:`FastMLP`, :class:`FlatOptimizer`: one model) and
-:mod:`.batched` (:class:`BatchedMLP`, :class:`BatchedOptimizer`: K members as one computation).
+Layout: :mod:`.kernels` (what both engines share: coverage, packed layers, step buffers,
+activations, loss kernels, dropout masks, minibatch bounds), :mod:`.single` (:class:`FastMLP`,
+:class:`FlatOptimizer`: one model) and :mod:`.batched` (:class:`BatchedMLP`,
+:class:`BatchedOptimizer`: K members as one computation).
 """
 
 from .batched import BatchedMLP, BatchedOptimizer

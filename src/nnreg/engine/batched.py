@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import pairwise
 
 import torch
 from torch import nn
 
-from .kernels import _ACTIVATIONS, DropoutSampler
+from .kernels import (
+    ACTIVATION_KERNELS,
+    LOSS_KERNELS,
+    Buffers,
+    DropoutSampler,
+    layer_shapes,
+    layer_views,
+    load_layers,
+    loss_and_gradient_,
+    store_layers,
+)
 
 
 class BatchedMLP:
@@ -37,49 +46,37 @@ class BatchedMLP:
         self.activation, self.loss = activation, loss
         self.dropout = dropout
         self.sampler = DropoutSampler(dropout, generator)  # draws from ``generator``
-        shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
+        shapes = layer_shapes(self.widths)
         total = sum(r * c for r, c in shapes)
         self.params = like.new_empty(self.K, total)  # (K, P)
         self.grads = torch.zeros_like(self.params)
-        self.W: list[torch.Tensor] = []  # (K, out, in + 1) views: [weight | bias]
-        self.G: list[torch.Tensor] = []
-        start = 0
-        for r, c in shapes:
-            self.W.append(self.params[:, start : start + r * c].view(self.K, r, c))
-            self.G.append(self.grads[:, start : start + r * c].view(self.K, r, c))
-            start += r * c
+        self.W = layer_views(self.params, shapes)  # (K, out, in + 1) views: [weight | bias]
+        self.G = layer_views(self.grads, shapes)
         self.WT = [w[:, :, :-1].transpose(1, 2) for w in self.W]  # (K, in, out)
         # bmm writes a strided output (member rows P apart) through a slow per-matrix loop, so
         # gradients land in contiguous blocks first and are copied into ``grads``.
         self.G_blocks = [torch.empty_like(g, memory_format=torch.contiguous_format) for g in self.G]
-        with torch.no_grad():
-            for k, member in enumerate(members):
-                for w, layer in zip(self.W, member.layers, strict=True):  # type: ignore[arg-type]
-                    w[k, :, :-1].copy_(layer.weight)
-                    w[k, :, -1].copy_(layer.bias)
-        self._act, self._act_backward = _ACTIVATIONS[activation]
-        self._buffers: dict[tuple[int, bool], _BatchedBuffers] = {}
+        for k, member in enumerate(members):
+            load_layers([w[k] for w in self.W], member.layers)  # type: ignore[arg-type]
+        self._act, self._act_backward = ACTIVATION_KERNELS[activation]
+        self._kernel = LOSS_KERNELS[loss]
+        self._buffers: dict[tuple[int, bool], Buffers] = {}
         # The last row weights and target shape, and their loss scales: full-batch training
         # passes the same weights tensor every step (not to be changed in place meanwhile).
         self._scale_key: tuple[torch.Tensor | None, torch.Size | None] = (None, None)
         self._scales = (torch.empty(0), torch.empty(0))
 
     def copy_to(self, members: Sequence[nn.Module]) -> None:
-        with torch.no_grad():
-            for k, member in enumerate(members):
-                for w, layer in zip(self.W, member.layers, strict=True):  # type: ignore[arg-type]
-                    layer.weight.copy_(w[k, :, :-1])
-                    layer.bias.copy_(w[k, :, -1])
+        for k, member in enumerate(members):
+            store_layers([w[k] for w in self.W], member.layers)  # type: ignore[arg-type]
 
-    def buffers(self, batch: int, train: bool = True) -> _BatchedBuffers:
+    def buffers(self, batch: int, train: bool = True) -> Buffers:
         key = (batch, train)
         if key not in self._buffers:
             dropout = train and self.dropout > 0
             # Products always land in their own contiguous buffer: bmm into the strided
             # activation rows (member blocks width + 1 rows apart) takes a slow per-matrix path.
-            self._buffers[key] = _BatchedBuffers(
-                self.widths, self.K, batch, True, dropout, self.params
-            )
+            self._buffers[key] = Buffers(self.widths, batch, True, dropout, self.params, self.K)
         return self._buffers[key]
 
     def loss_and_grad(
@@ -98,9 +95,8 @@ class BatchedMLP:
         key = (w, Y.shape)
         if key[0] is not self._scale_key[0] or key[1] != self._scale_key[1]:
             scale = self._scale(Y, w)  # the same weights and shape (full batch): reused
-            self._scale_key, self._scales = key, (scale, scale * 2.0)
-        losses = self._loss(buf, Y.transpose(-2, -1), *self._scales)
-        dZ = buf.D
+            self._scale_key, self._scales = key, (scale, scale * self._kernel.slope)
+        losses, dZ = self._loss(buf, Y.transpose(-2, -1), *self._scales)
         for i in range(len(buf.A), 0, -1):
             torch.bmm(dZ, buf.AT[i - 1], out=self.G_blocks[i])
             g = buf.dZ[i - 1]
@@ -142,7 +138,7 @@ class BatchedMLP:
             z = torch.bmm(w, h)
         return z
 
-    def _forward(self, X: torch.Tensor, buf: _BatchedBuffers) -> None:
+    def _forward(self, X: torch.Tensor, buf: Buffers) -> None:
         inputs = X.transpose(-2, -1)  # (K, inputs + 1, batch), or shared (inputs + 1, batch)
         for i in range(len(buf.A)):
             if inputs.dim() == 2:  # shared rows: all members' first layers as one product
@@ -168,52 +164,17 @@ class BatchedMLP:
         return (w / (total * n_out)).unsqueeze(1)
 
     def _loss(
-        self, buf: _BatchedBuffers, YT: torch.Tensor, scale: torch.Tensor, scale2: torch.Tensor
-    ) -> torch.Tensor:
-        """(K,) losses; the loss's gradient is left in ``buf.D``. ``scale2`` is 2 * scale."""
+        self, buf: Buffers, YT: torch.Tensor, scale: torch.Tensor, grad_scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K,) losses, and the loss's gradient (``buf.D`` or ``buf.G``); ``grad_scale`` is
+        ``scale`` times the kernel's slope."""
         D = buf.D
         torch.sub(buf.out, YT, out=D)  # (K, outputs, batch)
         if self.loss == "squared_error":  # sum(scale * D**2) = sum(D * G) / 2, G = 2 scale D
-            G = buf.G
-            torch.mul(D, scale2, out=G)
+            G = self._kernel.gradient(D, grad_scale, buf.G)
             losses = torch.bmm(D.view(self.K, 1, -1), G.view(self.K, -1, 1)).view(-1)
-            buf.D, buf.G = G, D  # swap: D is the gradient now, and the residual is scratch
-            return losses.mul_(0.5)
-        elif self.loss == "absolute_error":
-            elementwise = D.abs()
-            D.sign_().mul_(scale)
-        else:  # huber, delta = 1
-            r = D.abs()
-            elementwise = torch.where(r < 1.0, 0.5 * D.square(), r - 0.5)
-            D.clamp_(-1.0, 1.0).mul_(scale)
-        return (elementwise * scale).sum(dim=(1, 2))  # (K,)
-
-
-class _BatchedBuffers:
-    """_Buffers with a leading member dimension: activations are (K, width + 1, batch)."""
-
-    def __init__(
-        self,
-        widths: list[int],
-        K: int,
-        batch: int,
-        keep_z: bool,
-        dropout: bool,
-        like: torch.Tensor,
-    ) -> None:
-        hidden = widths[1:-1]
-        self.A = [like.new_empty(K, h + 1, batch) for h in hidden]
-        for a in self.A:
-            a[:, -1].fill_(1.0)
-        self.act = [a[:, :-1] for a in self.A]
-        self.AT = [a.transpose(1, 2) for a in self.A]  # (K, batch, width + 1)
-        self.H = [like.new_empty(K, h, batch) for h in hidden] if dropout else self.act
-        self.mask = [like.new_empty(K, h, batch) for h in hidden] if dropout else []
-        self.Z = [like.new_empty(K, h, batch) for h in hidden] if keep_z else self.H
-        self.dZ = [like.new_empty(K, h, batch) for h in hidden]
-        self.out = like.new_empty(K, widths[-1], batch)
-        self.D = like.new_empty(K, widths[-1], batch)  # the loss's gradient
-        self.G = like.new_empty(K, widths[-1], batch)  # scratch of the same shape
+            return losses.mul_(0.5), G
+        return loss_and_gradient_(self._kernel, D, scale, grad_scale), D
 
 
 class BatchedOptimizer:

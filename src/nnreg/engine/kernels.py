@@ -1,14 +1,17 @@
-"""Kernels both fast engines share: coverage, activations and their derivatives, dropout masks,
-minibatch bounds.
+"""What both fast engines share: coverage, packed layers, step buffers, activations, losses,
+dropout masks, minibatch bounds.
 
-Every kernel writes into a buffer it is given (``out=``, in place), so a training step
-allocates nothing; the activations work on any shape, with or without a leading member
-dimension.
+Every tensor here is shape-generic over an optional leading member dimension: one model's
+activations are ``(width, batch)``, K batched members' ``(K, width, batch)``; one model's
+parameters are a flat ``(P,)`` buffer, K members' a ``(K, P)`` one. The kernels write into
+buffers they are given (``out=``, in place), so a training step allocates (almost) nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -61,6 +64,77 @@ class DropoutSampler:
         return torch.mul(flags.view(mask.shape), factor, out=mask)
 
 
+def layer_shapes(widths: list[int]) -> list[tuple[int, int]]:
+    """``(out, in + 1)`` of each layer's packed ``[weight | bias]`` matrix."""
+    return [(b, a + 1) for a, b in pairwise(widths)]
+
+
+def layer_views(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Views of a ``(..., P)`` buffer as each layer's ``(..., out, in + 1)`` matrix."""
+    lead, views, start = flat.shape[:-1], [], 0
+    for r, c in shapes:
+        views.append(flat[..., start : start + r * c].view(*lead, r, c))
+        start += r * c
+    return views
+
+
+def load_layers(W: list[torch.Tensor], layers: Iterable[nn.Linear]) -> None:
+    """Copy ``nn.Linear`` weights and biases into one model's packed ``(out, in + 1)`` views."""
+    with torch.no_grad():
+        for w, layer in zip(W, layers, strict=True):
+            w[:, :-1].copy_(layer.weight)
+            w[:, -1].copy_(layer.bias)
+
+
+def store_layers(W: list[torch.Tensor], layers: Iterable[nn.Linear]) -> None:
+    """Write one model's packed ``(out, in + 1)`` views back into its ``nn.Linear`` layers."""
+    with torch.no_grad():
+        for w, layer in zip(W, layers, strict=True):
+            layer.weight.copy_(w[:, :-1])
+            layer.bias.copy_(w[:, -1])
+
+
+class Buffers:
+    """Preallocated activations and their gradients for one batch size (and member count).
+
+    Per hidden layer: ``Z`` the pre-activation, ``H`` the activation, ``act`` what the next
+    layer reads (``H`` after dropout), stored as the first rows of ``A`` whose last row is
+    ones. Buffers are shared where no information is lost: without dropout ``H`` is ``act``,
+    and for ReLU and tanh (whose derivatives need only the output) ``Z`` is ``H`` too.
+    ``members`` adds the leading member dimension.
+    """
+
+    def __init__(
+        self,
+        widths: list[int],
+        batch: int,
+        keep_z: bool,
+        dropout: bool,
+        like: torch.Tensor,
+        members: int | None = None,
+    ) -> None:
+        hidden = widths[1:-1]
+        lead = () if members is None else (members,)
+
+        def new(rows: int) -> torch.Tensor:
+            return like.new_empty(*lead, rows, batch)
+
+        # A[l]: (..., width_l + 1, batch), last row ones; act[l] is its first width_l rows.
+        self.A = [new(h + 1) for h in hidden]
+        for a in self.A:
+            a[..., -1, :].fill_(1.0)
+        self.act = [a[..., :-1, :] for a in self.A]
+        self.AT = [a.transpose(-2, -1) for a in self.A]  # (..., batch, width_l + 1)
+        self.H = [new(h) for h in hidden] if dropout else self.act
+        self.mask = [new(h) for h in hidden] if dropout else []
+        self.Z = [new(h) for h in hidden] if keep_z else self.H
+        self.dZ = [new(h) for h in hidden]
+        self.out = new(widths[-1])  # (..., outputs, batch)
+        self.D = new(widths[-1])  # residual, then dLoss/dout
+        self.D_flat = self.D.view(-1)
+        self.G = new(widths[-1])  # scratch of the same shape
+
+
 def _relu(z: torch.Tensor, a: torch.Tensor) -> None:
     if z is a:  # the product was written straight into the activation rows
         torch.relu_(a)
@@ -104,12 +178,65 @@ def _silu_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> None:
 
 Act = Callable[[torch.Tensor, torch.Tensor], None]
 ActBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
-_ACTIVATIONS: dict[str, tuple[Act, ActBackward]] = {
+ACTIVATION_KERNELS: dict[str, tuple[Act, ActBackward]] = {
     "relu": (_relu, _relu_backward),
     "tanh": (_tanh, _tanh_backward),
     "gelu": (_gelu, _gelu_backward),
     "silu": (_silu, _silu_backward),
 }
+
+
+class LossKernel(NamedTuple):
+    """One loss as elementwise kernels of the residual ``D = prediction - target``.
+
+    ``value(D)`` is the elementwise loss (a new tensor); ``gradient(D, scale, out)`` writes
+    ``scale`` times the derivative's shape (``D``, ``sign(D)``, ``clamp(D, -1, 1)``) into
+    ``out`` (which may be ``D``) and returns it. ``slope`` is the derivative's constant
+    factor, which callers fold into ``scale``: 2 for squared error (d(r**2)/dr = 2r), else 1.
+    """
+
+    slope: float
+    value: Callable[[torch.Tensor], torch.Tensor]
+    gradient: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _squared_gradient(D: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.mul(D, scale, out=out)
+
+
+def _absolute_gradient(D: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.sign(D, out=out).mul_(scale)
+
+
+def _huber_value(D: torch.Tensor) -> torch.Tensor:
+    r = D.abs()
+    return torch.where(r < 1.0, 0.5 * D.square(), r - 0.5)  # delta = 1
+
+
+def _huber_gradient(D: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(D, -1.0, 1.0, out=out).mul_(scale)
+
+
+LOSS_KERNELS: dict[str, LossKernel] = {
+    "squared_error": LossKernel(2.0, torch.square, _squared_gradient),
+    "absolute_error": LossKernel(1.0, torch.abs, _absolute_gradient),
+    "huber": LossKernel(1.0, _huber_value, _huber_gradient),
+}
+
+
+def loss_and_gradient_(
+    kernel: LossKernel, D: torch.Tensor, weights: torch.Tensor | None, scale: torch.Tensor
+) -> torch.Tensor:
+    """Residuals ``D`` (..., outputs, batch) -> the (...) losses; ``D`` becomes the gradient.
+
+    The loss sums the elementwise loss over the last two dimensions, times ``weights`` (which
+    broadcast against ``D``) when given; the gradient is ``kernel.gradient(D, scale)``.
+    """
+    elementwise = kernel.value(D)
+    if weights is not None:
+        elementwise = elementwise * weights
+    kernel.gradient(D, scale, D)
+    return elementwise.sum(dim=(-2, -1))
 
 
 def epoch_batches(n: int, batch: int | None) -> list[tuple[int, int]]:

@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from itertools import pairwise
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .kernels import _ACTIVATIONS, DropoutSampler
-
-
-class _Buffers:
-    """Preallocated activations and their gradients for one batch size.
-
-    Per hidden layer: ``Z`` the pre-activation, ``H`` the activation, ``act`` what the next
-    layer reads (``H`` after dropout), stored as the first rows of ``A`` whose last row is
-    ones. Buffers are shared where no information is lost: without dropout ``H`` is ``act``,
-    and for ReLU and tanh (whose derivatives need only the output) ``Z`` is ``H`` too.
-    """
-
-    def __init__(
-        self, widths: list[int], batch: int, keep_z: bool, dropout: bool, like: torch.Tensor
-    ) -> None:
-        hidden = widths[1:-1]
-        # A[l]: (width_l + 1, batch), last row ones; act[l] is its first width_l rows.
-        self.A = [like.new_empty(h + 1, batch) for h in hidden]
-        for a in self.A:
-            a[-1].fill_(1.0)
-        self.act = [a[:-1] for a in self.A]
-        self.AT = [a.t() for a in self.A]  # (batch, width_l + 1)
-        self.H = [like.new_empty(h, batch) for h in hidden] if dropout else self.act
-        self.mask = [like.new_empty(h, batch) for h in hidden] if dropout else []
-        self.Z = [like.new_empty(h, batch) for h in hidden] if keep_z else self.H
-        self.dZ = [like.new_empty(h, batch) for h in hidden]
-        self.out = like.new_empty(widths[-1], batch)  # (outputs, batch)
-        self.D = like.new_empty(widths[-1], batch)  # residual, then dLoss/dout
-        self.D_flat = self.D.view(-1)
+from .kernels import (
+    ACTIVATION_KERNELS,
+    LOSS_KERNELS,
+    Buffers,
+    DropoutSampler,
+    layer_shapes,
+    layer_views,
+    load_layers,
+    loss_and_gradient_,
+    store_layers,
+)
 
 
 class Batch(NamedTuple):
@@ -49,7 +29,7 @@ class Batch(NamedTuple):
     weights: torch.Tensor | None  # (batch,) per-row loss weights, summing to 1/outputs
     grad_scale: torch.Tensor  # d(loss)/d(elementwise loss), 0-d or (batch,)
     factor: float  # the returned loss times this is the batch's mean loss
-    buf: _Buffers
+    buf: Buffers
 
 
 class FastMLP:
@@ -77,40 +57,29 @@ class FastMLP:
         self.activation, self.loss = activation, loss
         self.dropout = dropout
         self.sampler = DropoutSampler(dropout, generator)  # draws from ``generator``
-        shapes = [(b, a + 1) for a, b in pairwise(self.widths)]
+        shapes = layer_shapes(self.widths)
         total = sum(r * c for r, c in shapes)
         self.params = torch.empty(total, dtype=first.dtype, device=first.device)
         self.grads = torch.zeros_like(self.params)
-        self.W: list[torch.Tensor] = []  # (out, in + 1) views of params: [weight | bias]
-        self.G: list[torch.Tensor] = []  # matching views of grads
-        start = 0
-        for r, c in shapes:
-            self.W.append(self.params[start : start + r * c].view(r, c))
-            self.G.append(self.grads[start : start + r * c].view(r, c))
-            start += r * c
+        self.W = layer_views(self.params, shapes)  # (out, in + 1) views: [weight | bias]
+        self.G = layer_views(self.grads, shapes)  # matching views of grads
         self.WT = [w[:, :-1].t() for w in self.W]  # (in, out): weights only, for backprop
-        with torch.no_grad():
-            for w, layer in zip(self.W, layers, strict=True):
-                w[:, :-1].copy_(layer.weight)
-                w[:, -1].copy_(layer.bias)
-        self._buffers: dict[int, _Buffers] = {}
-        self._act, self._act_backward = _ACTIVATIONS[activation]
-        self._loss = _LOSSES[loss]
+        load_layers(self.W, layers)
+        self._buffers: dict[int, Buffers] = {}
+        self._act, self._act_backward = ACTIVATION_KERNELS[activation]
+        self._kernel = LOSS_KERNELS[loss]
 
     def copy_to(self, model: nn.Module) -> None:
         """Write the trained parameters back into ``model``'s ``nn.Linear`` layers."""
-        with torch.no_grad():
-            for w, layer in zip(self.W, model.layers, strict=True):  # type: ignore[arg-type]
-                layer.weight.copy_(w[:, :-1])
-                layer.bias.copy_(w[:, -1])
+        store_layers(self.W, model.layers)  # type: ignore[arg-type]
 
-    def buffers(self, batch: int, train: bool = True) -> _Buffers:
+    def buffers(self, batch: int, train: bool = True) -> Buffers:
         key = batch if train else -batch  # evaluation buffers never apply dropout
         if key not in self._buffers:
             dropout = train and self.dropout > 0
             # GELU and SiLU need their input to differentiate; so does anything after dropout.
             keep_z = self.activation in ("gelu", "silu") or dropout
-            self._buffers[key] = _Buffers(self.widths, batch, keep_z, dropout, self.params)
+            self._buffers[key] = Buffers(self.widths, batch, keep_z, dropout, self.params)
         return self._buffers[key]
 
     def prepare(
@@ -118,13 +87,13 @@ class FastMLP:
     ) -> Batch:
         """Views and scales for a batch: ``X`` (batch, inputs + 1), ``Y`` (batch, outputs)."""
         rows, n_out = Y.shape
-        factor = 2.0 if self.loss == "squared_error" else 1.0  # d(r**2)/dr = 2r
+        slope = self._kernel.slope
         if w is None:
             weights, factor_out = None, 1.0 / (rows * n_out)
-            grad_scale = X.new_full((), factor * factor_out)
+            grad_scale = X.new_full((), slope * factor_out)
         else:
             weights, factor_out = w / (w.sum() * n_out), 1.0
-            grad_scale = weights * factor
+            grad_scale = weights * slope
         buf = self.buffers(rows, train)
         return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
 
@@ -136,7 +105,7 @@ class FastMLP:
         """
         buf = batch.buf
         self._forward(batch)
-        loss = self._loss(buf.out, batch)  # buf.D <- dLoss/dout
+        loss = self._loss(batch)  # buf.D <- dLoss/dout
         # Backward: layer i's gradient is dZ @ input.T; its input's gradient is W.T @ dZ.
         dZ = buf.D
         for i in range(len(buf.A), 0, -1):
@@ -154,7 +123,18 @@ class FastMLP:
     def evaluate(self, batch: Batch) -> torch.Tensor:
         """The loss on a batch prepared with ``train=False``: no dropout, no gradients."""
         self._forward(batch)
-        return self._loss(batch.buf.out, batch)
+        return self._loss(batch)
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        """The batch loss, unscaled without weights (times ``batch.factor``); ``buf.D`` <-
+        dLoss/dout."""
+        buf = batch.buf
+        torch.sub(buf.out, batch.YT, out=buf.D)  # (outputs, batch) residual
+        if batch.weights is None and self.loss == "squared_error":  # sum of squares: one dot
+            loss = torch.dot(buf.D_flat, buf.D_flat)
+            self._kernel.gradient(buf.D, batch.grad_scale, buf.D)
+            return loss
+        return loss_and_gradient_(self._kernel, buf.D, batch.weights, batch.grad_scale)
 
     def _forward(self, batch: Batch) -> None:
         buf = batch.buf
@@ -167,43 +147,6 @@ class FastMLP:
                 torch.mul(buf.H[i], buf.mask[i], out=buf.act[i])
             inputs = buf.A[i]  # (width + 1, batch)
         torch.mm(self.W[-1], inputs, out=buf.out)  # (outputs, batch)
-
-
-def _squared(out: torch.Tensor, batch: Batch) -> torch.Tensor:
-    D = batch.buf.D
-    torch.sub(out, batch.YT, out=D)  # (outputs, batch)
-    if batch.weights is None:
-        loss = torch.dot(batch.buf.D_flat, batch.buf.D_flat)  # unscaled: times batch.factor
-    else:
-        loss = (D.square() * batch.weights).sum()
-    D.mul_(batch.grad_scale)
-    return loss
-
-
-def _absolute(out: torch.Tensor, batch: Batch) -> torch.Tensor:
-    D = batch.buf.D
-    torch.sub(out, batch.YT, out=D)
-    loss = D.abs().sum() if batch.weights is None else (D.abs() * batch.weights).sum()
-    D.sign_().mul_(batch.grad_scale)
-    return loss
-
-
-def _huber(out: torch.Tensor, batch: Batch) -> torch.Tensor:
-    D = batch.buf.D
-    torch.sub(out, batch.YT, out=D)
-    r = D.abs()
-    elementwise = torch.where(r < 1.0, 0.5 * D.square(), r - 0.5)  # delta = 1
-    loss = elementwise.sum() if batch.weights is None else (elementwise * batch.weights).sum()
-    D.clamp_(-1.0, 1.0).mul_(batch.grad_scale)
-    return loss
-
-
-LossKernel = Callable[[torch.Tensor, "Batch"], torch.Tensor]
-_LOSSES: dict[str, LossKernel] = {
-    "squared_error": _squared,
-    "absolute_error": _absolute,
-    "huber": _huber,
-}
 
 
 class FlatOptimizer:
