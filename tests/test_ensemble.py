@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnreg.ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
+from nnreg.ensemble import ConformalCalibrator, EnsembleTrainer
 from nnreg.model import MLP, MLPConfig
+from nnreg.recipe import member_seeds
 from nnreg.train import TrainConfig, Trainer
 
 

@@ -22,15 +22,11 @@ from .device import thread_policy
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
 from .model import MLP
+from .recipe import member_seeds as member_seeds  # until estimator.py imports it from recipe
 from .schedule import Schedule, check_finite
 from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig, Validation
 
-__all__ = ["ConformalCalibrator", "EnsembleTrainer", "member_seeds"]
-
-
-def member_seeds(seed: int, n_models: int) -> list[int]:
-    """Seeds of the members: the first is ``seed`` itself, so member 0 is the single model."""
-    return [(seed + 7919 * k) % (2**31 - 1) for k in range(n_models)]
+__all__ = ["ConformalCalibrator", "EnsembleTrainer"]
 
 
 @dataclass
