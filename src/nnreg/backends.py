@@ -1,4 +1,4 @@
-"""The two step engines behind :class:`nnreg.train.Trainer`, behind one small interface.
+"""The two step engines of :class:`nnreg.train.Trainer`, behind one small interface.
 
 :class:`FastBackend` trains on the hand-derived kernels of :mod:`nnreg.engine`
 (:class:`~nnreg.engine.FastMLP` and :class:`~nnreg.engine.FlatOptimizer`);
@@ -7,13 +7,15 @@ optimiser. Each prepares its inputs, takes one step on a minibatch, sets the lea
 scores a validation chunk, snapshots and restores the weights, hands a checkpoint its
 tensors, and leaves the trained weights in the module. The trainer holds the loop only, and
 both visit the same minibatches in the same order.
+
+The autograd engine's losses (:func:`loss_function`, from :data:`ELEMENTWISE` and
+:data:`MEAN`) live here too; they are the reference the fast kernels are tested against.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -212,7 +214,7 @@ class AutogradBackend:
         self.loss_fn = loss_function(loss)
 
     def no_graph(self) -> AbstractContextManager[object]:
-        return contextlib.nullcontext()
+        return nullcontext()
 
     def start(self) -> None:
         self.model.train()

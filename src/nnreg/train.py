@@ -247,7 +247,7 @@ class Trainer:
         with thread_policy(batch_rows, widest, self.config.threads), self.backend.no_graph():
             run.good = self.backend.snapshot()
             if isinstance(X, torch.Tensor):
-                assert y is not None
+                assert y is not None, "in-memory training needs targets"
                 losses = self._epochs(X, y, sample_weight, batches, start, epochs)
             else:
                 losses = self._source_epochs(X, start, epochs)
@@ -287,8 +287,9 @@ class Trainer:
     def _end_epoch(self, run: _Run, i: int, train_loss: float) -> bool:
         """Score, record and judge the run's epoch ``i``; True when training should stop."""
         epoch = run.first + i
-        scored = run.validation is not None
-        val_loss = self._validation_loss(run.validation) if run.validation else math.nan
+        validation = run.validation
+        scored = validation is not None
+        val_loss = self._validation_loss(validation) if validation is not None else math.nan
         self._check_finite(run, epoch, train_loss, val_loss)
         self.run_epoch = i + 1
         self.history.train_loss.append(train_loss)
@@ -300,10 +301,9 @@ class Trainer:
             run.callback(epoch, train_loss, val_loss if scored else None)
         if self.stop_requested or stalled:
             return True
-        if run.checkpoint is not None and run.checkpoint_every:
-            due = self.run_epoch % run.checkpoint_every == 0
-            if due:
-                run.checkpoint(self)
+        every = run.checkpoint_every
+        if run.checkpoint is not None and every and self.run_epoch % every == 0:
+            run.checkpoint(self)
         return False
 
     def _early_stopping(self, epoch: int, val_loss: float) -> bool:
@@ -439,6 +439,7 @@ class Trainer:
 
     @torch.no_grad()
     def _validation_loss(self, validation: Validation) -> float:
+        """The mean loss on the validation rows, scored in chunks of EVAL_CHUNK rows."""
         X, y, w = validation
         n = X.shape[0]
         weight_total = None if w is None else float(w.sum())
