@@ -114,3 +114,50 @@ def test_trainer_state_round_trip_on_both_engines(engine: str) -> None:
     assert resumed.history.train_loss == full.history.train_loss
     for a, b in zip(model.parameters(), full_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("engine", ["fast", "autograd"])
+def test_checkpoints_keep_their_tensor_names_and_meta_keys(engine: str) -> None:
+    """Checkpoints written before the trainer had backends must still load: same names."""
+    from nnreg.model import MLP, MLPConfig
+    from nnreg.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(n_inputs=2, hidden_sizes=(3,), dropout=0.0))
+    config = TrainConfig(epochs=3, optimizer="adam", engine=engine, early_stopping=True)
+    trainer = Trainer(model, config, torch.Generator().manual_seed(0))
+    X, y = torch.randn(20, 2), torch.randn(20, 1)
+    trainer.run(X, y, validation=(X, y, None))
+    tensors, meta = trainer.state_dict()
+    assert list(meta) == [
+        "run_epoch",
+        "history",
+        "lr_scale",
+        "best_epoch",
+        "stopper",
+        "plateau",
+        "fast",
+        "optimizer",
+    ]
+    assert meta["fast"] is (engine == "fast")
+    assert (
+        sorted(meta["stopper"])
+        == sorted(meta["plateau"])
+        == [
+            "best",
+            "best_epoch",
+            "misses",
+            "patience",
+            "tol",
+        ]
+    )
+    layers = [f"layers.{i}.{p}" for i in range(2) for p in ("weight", "bias")]
+    if engine == "fast":
+        state = ["optimizer.exp_avg", "optimizer.exp_avg_sq", "optimizer.step_t"]
+        assert list(tensors) == ["params", *state, "generator", "best"] and meta["optimizer"] == {}
+    else:
+        state = [f"optimizer.{i}.{k}" for i in range(4) for k in ("step", "exp_avg", "exp_avg_sq")]
+        names = (
+            [f"model.{k}" for k in layers] + state + ["generator"] + [f"best.{k}" for k in layers]
+        )
+        assert list(tensors) == names and list(meta["optimizer"]) == ["param_groups"]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from nnreg.engine import DropoutSampler, FastMLP, FlatOptimizer, epoch_batches, supports
+from nnreg.engine.kernels import LOSS_KERNELS, loss_and_gradient_
 from nnreg.model import MLP, MLPConfig
-from nnreg.train import TrainConfig, fit, loss_function, make_optimizer
+from nnreg.train import ELEMENTWISE, TrainConfig, fit, loss_function, make_optimizer
 
 ACTIVATIONS = ["relu", "tanh", "gelu", "silu"]
 LOSSES = ["squared_error", "absolute_error", "huber"]
@@ -56,6 +57,28 @@ def test_gradients_match_autograd_in_float64(
     assert got_loss == pytest.approx(expected_loss, rel=1e-12)
     for got, want in zip(fast.G, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("shape", [(3, 17), (4, 3, 17)])  # one model; 4 batched members
+def test_loss_kernels_match_autograd_with_or_without_a_member_dimension(
+    loss: str, shape: tuple[int, ...]
+) -> None:
+    """The loss kernels both engines share: the weighted sum over (outputs, batch) and its
+    gradient, on residuals with and without a leading member dimension."""
+    torch.manual_seed(0)
+    D = torch.randn(shape, dtype=torch.float64) * 2  # (..., outputs, batch) residuals
+    w = torch.rand(*shape[:-2], 1, shape[-1], dtype=torch.float64)  # per-row weights
+    kernel = LOSS_KERNELS[loss]
+    leaf = D.clone().requires_grad_(True)
+    expected = (ELEMENTWISE[loss](leaf, torch.zeros_like(leaf)) * w).sum(dim=(-2, -1))
+    expected.sum().backward()
+
+    grad = D.clone()
+    got = loss_and_gradient_(kernel, grad, w, w * kernel.slope)  # grad <- dLoss/dD
+    assert got.shape == shape[:-2]
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-12, atol=0.0)
 
 
 def test_gradient_matches_finite_differences() -> None:

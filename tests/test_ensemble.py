@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from nnreg.ensemble import ConformalCalibrator, EnsembleTrainer, member_seeds
+from nnreg.ensemble import ConformalCalibrator, EnsembleTrainer
 from nnreg.model import MLP, MLPConfig
+from nnreg.recipe import member_seeds
 from nnreg.train import TrainConfig, Trainer
 
 
@@ -357,3 +358,30 @@ def test_the_roll_back_rule_needs_a_gap_of_two_standard_errors() -> None:
         assert bool((net.params == 0).all()) is rolls_back
     net.params.copy_(params)  # early stopping always goes back
     assert rule.finish(net.params, rollback_always=True) == 7 and bool((net.params == 0).all())
+
+
+def test_the_ensemble_follows_the_shared_cosine_schedule() -> None:
+    """Every step scales each member's rate by the cosine factor the single trainer uses; the
+    history records the factor of each epoch's last step."""
+    from nnreg.schedule import cosine
+
+    X, y = data()
+    members = make_members([0, 1], MLPConfig(n_inputs=3, hidden_sizes=(8,)))
+    config = TrainConfig(epochs=5, lr=0.01, optimizer="adam", batch_size=40, schedule="cosine")
+    trainer = EnsembleTrainer(members, config, [0, 1])
+    trainer.run(X, y)
+    steps = 3  # 120 rows in batches of 40
+    assert trainer.history.lr == [0.01 * cosine(e * steps + 2, 5 * steps) for e in range(5)]
+
+
+def test_a_diverging_ensemble_raises_the_shared_divergence_error() -> None:
+    from nnreg.exceptions import TrainingDivergedError
+
+    X, y = data()
+    members = make_members([0, 1], MLPConfig(n_inputs=3, hidden_sizes=(8,)))
+    message = (
+        r"^training diverged at epoch \d+ \(a member's loss is not finite\); lower the "
+        r"learning rate \(now 1000\) or scale the data\.$"
+    )
+    with pytest.raises(TrainingDivergedError, match=message):
+        EnsembleTrainer(members, TrainConfig(epochs=50, lr=1000.0), [0, 1]).run(X * 100, y * 1e4)

@@ -193,3 +193,92 @@ def test_batch_source_matches_in_memory_training(engine: str, sync: bool) -> Non
     np.testing.assert_allclose(ta.history.lr, tb.history.lr)
     if sync:
         assert isinstance(tb.sync, SoloSync) and tb.sync.calls >= 20
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+        {"optimizer": "sgd", "schedule": "plateau", "lr": 0.1, "n_iter_no_change": 2},
+        {"optimizer": "adamw", "weight_decay": 0.1, "schedule": "cosine", "loss": "huber"},
+        {
+            "optimizer": "adam",
+            "lr": 0.05,
+            "loss": "absolute_error",
+            "early_stopping": True,
+            "n_iter_no_change": 3,
+        },
+    ],
+)
+def test_both_backends_train_the_same_weights_through_one_trainer(recipe: dict) -> None:
+    """One loop, two step engines: the fast kernels and autograd agree to float64 rounding
+    on minibatches, sample weights, validation, schedules and early stopping."""
+    from nnreg.train import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(70, 3, generator=g, dtype=torch.float64)  # (rows, inputs)
+    y = torch.randn(70, 2, generator=g, dtype=torch.float64)  # (rows, outputs)
+    w = torch.rand(70, generator=g, dtype=torch.float64) + 0.5  # (rows,)
+    validation = (X[:20] * 1.1, y[:20], w[:20])
+    config = {"epochs": 12, "lr": 0.01, "batch_size": 16, **recipe}
+    trained = {}
+    for engine in ("fast", "autograd"):
+        torch.manual_seed(4)
+        model = MLP(MLPConfig(3, (8, 6), 2, activation="tanh", dropout=0.0)).double()
+        trainer = Trainer(
+            model, TrainConfig(**config, engine=engine), torch.Generator().manual_seed(1)
+        )
+        trainer.run(X, y, w, validation=validation)
+        assert trainer.fast == (engine == "fast")
+        trained[engine] = (model, trainer)
+    (fast, a), (ref, b) = trained["fast"], trained["autograd"]
+    for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.history.train_loss, b.history.train_loss, rtol=1e-9)
+    np.testing.assert_allclose(a.history.val_loss, b.history.val_loss, rtol=1e-9)
+    assert a.history.lr == b.history.lr and a.best_epoch == b.best_epoch
+    if config.get("schedule") == "plateau":
+        assert min(a.history.lr) < config["lr"]  # the rate was lowered on a stall
+    if config.get("early_stopping"):
+        assert len(a.history) < config["epochs"]  # it stopped early, on the same epoch
+
+
+def test_the_shared_schedule_decays_by_cosine_and_lowers_on_a_plateau() -> None:
+    from nnreg.schedule import PLATEAU_FACTOR, PLATEAU_MIN_SCALE, Schedule
+
+    cosine = Schedule("cosine", lr=0.2)
+    cosine.total_steps = 8
+    assert cosine.per_step
+    assert [cosine.rate(k) for k in (0, 2, 4, 8)] == pytest.approx(
+        [0.2, 0.1 * (1 + 2**-0.5), 0.1, 0.0], abs=1e-15
+    )
+    constant = Schedule("constant", lr=0.2)
+    assert not constant.per_step and constant.rate(5) == 0.2
+
+    plateau = Schedule("plateau", lr=0.5, patience=4, tol=0.0)  # stalls after 2 epochs
+    scales = []
+    for epoch, loss in enumerate([5.0, 4.0, 4.0, 4.0, 4.0, 4.0, 3.0, 3.0]):
+        plateau.observe(epoch, loss)
+        scales.append(plateau.scale)
+    f = PLATEAU_FACTOR
+    assert scales == [1.0, 1.0, 1.0, f, f, f * f, f * f, f * f]
+    assert plateau.rate(0) == 0.5 * f * f and not plateau.per_step
+    for epoch in range(8, 40):
+        plateau.observe(epoch, 3.0)
+    assert plateau.scale == PLATEAU_MIN_SCALE  # never lower
+    plateau.restart()  # a new run counts misses again, at the lowered rate
+    assert plateau.plateau.misses == 0 and plateau.scale == PLATEAU_MIN_SCALE
+
+
+def test_the_divergence_check_names_the_epoch_and_the_fix() -> None:
+    from nnreg.schedule import check_finite
+
+    check_finite(3, [1.0, 2.0], lr=0.1, what="loss is 1.0")  # finite: nothing happens
+    with pytest.raises(TrainingDivergedError) as info:
+        check_finite(3, [1.0, float("nan")], lr=0.1, what="loss is 1.0", kept=True)
+    assert str(info.value) == (
+        "training diverged at epoch 3 (loss is 1.0); lower the learning rate (now 0.1) or "
+        "scale the data; the weights of the last finite epoch are kept."
+    )
+    with pytest.raises(TrainingDivergedError, match=r"scale the data\.$"):
+        check_finite(0, [float("inf")], lr=1.0, what="a member's loss is not finite")

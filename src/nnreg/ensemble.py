@@ -20,16 +20,13 @@ import torch
 
 from .device import thread_policy
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
-from .exceptions import ConfigError, TrainingDivergedError
+from .exceptions import ConfigError
 from .model import MLP
-from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig
+from .recipe import member_seeds as member_seeds  # until estimator.py imports it from recipe
+from .schedule import Schedule, check_finite
+from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig, Validation
 
-__all__ = ["ConformalCalibrator", "EnsembleTrainer", "member_seeds"]
-
-
-def member_seeds(seed: int, n_models: int) -> list[int]:
-    """Seeds of the members: the first is ``seed`` itself, so member 0 is the single model."""
-    return [(seed + 7919 * k) % (2**31 - 1) for k in range(n_models)]
+__all__ = ["ConformalCalibrator", "EnsembleTrainer"]
 
 
 @dataclass
@@ -106,6 +103,8 @@ class EnsembleTrainer:
             config.betas,
             config.eps,
         )
+        # The members' own rates live in the optimizer; the schedule scales them all.
+        self.schedule = Schedule(config.schedule, 1.0)
         self.history = History()
         self.record = MemberRecord()
         self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
@@ -116,7 +115,7 @@ class EnsembleTrainer:
         y: torch.Tensor,
         sample_weight: torch.Tensor | None = None,
         *,
-        validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        validation: Validation | None = None,
         owner: torch.Tensor | None = None,
         callback: Callable[[int, float, float | None], None] | None = None,
     ) -> History:
@@ -132,98 +131,109 @@ class EnsembleTrainer:
         when it stalls and go back to its best epoch; without, they train every epoch and go
         back only if the best epoch beat the last clearly (see :class:`_OutOfFold`).
         """
-        cfg, K = self.config, self.K
-        n = X.shape[0]
-        X1 = torch.cat([X, X.new_ones(n, 1)], dim=1)  # (rows, inputs + 1)
-        w = None if sample_weight is None else sample_weight.expand(K, n)
-        batches = epoch_batches(n, cfg.batch_size)
-        total_steps = max(1, cfg.epochs * len(batches))
-        generators = []
-        for s in self.seeds:
-            g = torch.Generator(device=X.device)
-            g.manual_seed(s + 1)
-            generators.append(g)
-        joint = None
+        cfg, K, n = self.config, self.K, X.shape[0]
+        rows = _MemberRows(X, y, sample_weight, K, cfg.batch_size, self.seeds)
+        self.schedule.total_steps = max(1, cfg.epochs * len(rows.batches))
+        joint, per_member = None, None
         if validation is not None and owner is not None:
-            joint = _OutOfFold(self.net, self.config.loss, validation, owner, cfg.tol)
-        early = cfg.early_stopping and validation is not None and joint is None
-        # A full run scores the out-of-fold loss on at most MAX_SCORED_EPOCHS evenly spaced
-        # epochs (the last among them): its cost stays small beside many tiny epochs.
-        stride = max(1, math.ceil(cfg.epochs / MAX_SCORED_EPOCHS))
-        best = self.net.params.clone() if early else None
-        best_loss = torch.full((K,), math.inf)
-        misses = torch.zeros(K, dtype=torch.long)
+            joint = _OutOfFold(self.net, cfg.loss, validation, owner, cfg.tol)
+        elif validation is not None and cfg.early_stopping:
+            per_member = _MemberStopping(self.net.params, cfg.tol, cfg.n_iter_no_change)
         self.record = MemberRecord(best_epoch=[-1] * K, stopped_at=[-1] * K)
-        widest = max(self.net.widths)
-        with thread_policy(K * min(cfg.batch_size or n, n), widest, cfg.threads), torch.no_grad():
+        threads = thread_policy(K * min(cfg.batch_size or n, n), max(self.net.widths), cfg.threads)
+        with threads, torch.no_grad():
             for epoch in range(cfg.epochs):
-                if len(batches) == 1:  # every member sees the same rows: shared, not copied
-                    Xe, ye, we = X1, y, w
-                else:
-                    perms = torch.stack(
-                        [torch.randperm(n, generator=g, device=X.device) for g in generators]
-                    )
-                    Xe, ye = X1[perms], y[perms]  # (K, rows, ...)
-                    we = None if w is None else torch.gather(w, 1, perms)
-                total = X.new_zeros(K)
-                for b, (start, stop) in enumerate(batches):
-                    if cfg.schedule == "cosine":
-                        step = epoch * len(batches) + b
-                        self.optimizer.scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-                    if len(batches) == 1:  # the same tensors every epoch (the loss scale is kept)
-                        losses = self.net.loss_and_grad(Xe, ye, we)
-                        self.optimizer.step()
-                        total = losses
-                        break
-                    rows = slice(start, stop)
-                    wb = None if we is None else we[:, rows]
-                    losses = self.net.loss_and_grad(Xe[:, rows], ye[:, rows], wb)
-                    self.optimizer.step()
-                    total.add_(losses, alpha=(stop - start) / n)
-                train = total.cpu()  # the epoch's one host sync
-                # Per-member validation losses are only needed to stop early; the joint
-                # out-of-fold loss is also what a full run may roll back on.
-                val: torch.Tensor | None = None
-                if joint is not None and (
-                    cfg.early_stopping or (cfg.epochs - 1 - epoch) % stride == 0
-                ):
-                    val = torch.full((K,), joint.update(epoch, self.net.params))
-                elif validation is not None and early:
-                    val = self.validation_losses(validation)
+                train = self._train_epoch(rows, epoch)
+                val = self._score(epoch, validation, joint, per_member)
                 self._record(epoch, train, val)
-                if joint is not None and cfg.early_stopping:
-                    if joint.misses >= cfg.n_iter_no_change:
-                        self.record.stopped_at = [epoch] * K
-                        break
-                elif early:
-                    assert val is not None and best is not None
-                    self._early_stopping(epoch, val, best, best_loss, misses)
-                    if not bool(self.optimizer.active.any()):
-                        break
+                if self._stalled(epoch, val, joint, per_member):
+                    break
                 if callback is not None:
-                    callback(
-                        epoch,
-                        self.history.train_loss[-1],
-                        self.history.val_loss[-1] if val is not None else None,
-                    )
+                    val_loss = self.history.val_loss[-1] if val is not None else None
+                    callback(epoch, self.history.train_loss[-1], val_loss)
                 if self.stop is not None and self.stop.is_set():
                     break
-            if joint is not None:
-                kept = joint.finish(self.net.params, rollback_always=cfg.early_stopping)
-                self.record.best_epoch = [kept] * K
-            elif best is not None:
-                self.net.params.copy_(best)
+            self._keep_best(joint, per_member)
         self.net.copy_to(self.members)
         return self.history
 
+    def _train_epoch(self, rows: _MemberRows, epoch: int) -> torch.Tensor:
+        """One epoch of every member; their (K,) mean training losses, with one host sync."""
+        batches = rows.batches
+        if len(batches) == 1:  # every member sees the same rows: shared, not copied
+            self._set_scale(epoch)
+            losses = self.net.loss_and_grad(rows.X1, rows.y, rows.w)  # same tensors every epoch
+            self.optimizer.step()
+            return losses.cpu()
+        Xe, ye, we = rows.shuffled()  # (K, rows, ...)
+        total = Xe.new_zeros(self.K)
+        for b, (start, stop) in enumerate(batches):
+            self._set_scale(epoch * len(batches) + b)
+            part = slice(start, stop)
+            wb = None if we is None else we[:, part]
+            losses = self.net.loss_and_grad(Xe[:, part], ye[:, part], wb)
+            self.optimizer.step()
+            total.add_(losses, alpha=(stop - start) / rows.n)
+        return total.cpu()  # the epoch's one host sync
+
+    def _set_scale(self, step: int) -> None:
+        if self.schedule.per_step:  # cosine: the factor on every member's rate moves per step
+            self.optimizer.scale = self.schedule.rate(step)
+
+    def _score(
+        self,
+        epoch: int,
+        validation: Validation | None,
+        joint: _OutOfFold | None,
+        per_member: _MemberStopping | None,
+    ) -> torch.Tensor | None:
+        """The epoch's (K,) validation losses, or None when it is not scored.
+
+        Per-member losses are only needed to stop early. The joint out-of-fold loss is also
+        what a full run may roll back on; such a run scores it on at most MAX_SCORED_EPOCHS
+        evenly spaced epochs (the last among them), so its cost stays small beside many tiny
+        epochs.
+        """
+        cfg = self.config
+        if joint is not None:
+            stride = max(1, math.ceil(cfg.epochs / MAX_SCORED_EPOCHS))
+            if cfg.early_stopping or (cfg.epochs - 1 - epoch) % stride == 0:
+                return torch.full((self.K,), joint.update(epoch, self.net.params))
+            return None
+        if per_member is not None and validation is not None:
+            return self.validation_losses(validation)
+        return None
+
+    def _stalled(
+        self,
+        epoch: int,
+        val: torch.Tensor | None,
+        joint: _OutOfFold | None,
+        per_member: _MemberStopping | None,
+    ) -> bool:
+        """Early stopping's verdict on the epoch: True once every member has stopped."""
+        if joint is not None:
+            stopped = self.config.early_stopping and joint.misses >= self.config.n_iter_no_change
+            if stopped:
+                self.record.stopped_at = [epoch] * self.K
+            return stopped
+        if per_member is not None and val is not None:
+            per_member.update(epoch, val, self.net.params, self.optimizer, self.record)
+            return not bool(self.optimizer.active.any())
+        return False
+
+    def _keep_best(self, joint: _OutOfFold | None, per_member: _MemberStopping | None) -> None:
+        """Put back the weights that early stopping (or the out-of-fold rule) chose."""
+        if joint is not None:
+            kept = joint.finish(self.net.params, rollback_always=self.config.early_stopping)
+            self.record.best_epoch = [kept] * self.K
+        elif per_member is not None:
+            self.net.params.copy_(per_member.best)
+
     def _record(self, epoch: int, train_t: torch.Tensor, val: torch.Tensor | None) -> None:
         train = train_t.tolist()
-        finite = all(map(math.isfinite, train))
-        if not finite or (val is not None and not torch.isfinite(val).all()):
-            raise TrainingDivergedError(
-                f"training diverged at epoch {epoch} (a member's loss is not finite); lower "
-                f"the learning rate (now {self.config.lr:g}) or scale the data."
-            )
+        losses = train if val is None else train + val.tolist()
+        check_finite(epoch, losses, self.config.lr, "a member's loss is not finite")
         r = self.reported
         self.history.train_loss.append(sum(train[:r]) / r)
         self.history.val_loss.append(math.nan if val is None else float(val[:r].mean()))
@@ -232,36 +242,8 @@ class EnsembleTrainer:
         if val is not None:
             self.record.val_loss.append(val.tolist())
 
-    def _early_stopping(
-        self,
-        epoch: int,
-        val: torch.Tensor,
-        best: torch.Tensor,
-        best_loss: torch.Tensor,
-        misses: torch.Tensor,
-    ) -> None:
-        # The bookkeeping lives on the CPU (val, best_loss, misses); weights on their device.
-        device = self.net.params.device
-        active = self.optimizer.active.view(-1).cpu() > 0
-        improved = (val < best_loss - self.config.tol) & active
-        if improved.any():
-            rows = improved.nonzero().view(-1)
-            best[rows.to(device)] = self.net.params[rows.to(device)]
-            best_loss[improved] = val[improved]
-            for k in rows.tolist():
-                self.record.best_epoch[k] = epoch
-        misses[improved] = 0
-        misses[~improved & active] += 1
-        stalled = active & (misses >= self.config.n_iter_no_change)
-        if stalled.any():
-            self.optimizer.freeze(stalled.to(device))  # a finished member stops changing
-            for k in stalled.nonzero().view(-1).tolist():
-                self.record.stopped_at[k] = epoch
-
     @torch.no_grad()
-    def validation_losses(
-        self, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
-    ) -> torch.Tensor:
+    def validation_losses(self, validation: Validation) -> torch.Tensor:
         """Each member's loss on the validation rows (no dropout), as a (K,) tensor."""
         X, y, w = validation
         elementwise = ELEMENTWISE[self.config.loss]
@@ -287,6 +269,80 @@ class EnsembleTrainer:
 MAX_SCORED_EPOCHS = 128  # out-of-fold scorings of a full (not early-stopped) ensemble run
 
 
+class _MemberRows:
+    """The training rows as the members see them: inputs with their column of ones, and each
+    member's own shuffle (member k's generator is seeded ``seeds[k] + 1``, as a single model
+    fitted with that seed shuffles)."""
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        sample_weight: torch.Tensor | None,
+        K: int,
+        batch_size: int | None,
+        seeds: Sequence[int],
+    ) -> None:
+        self.n = X.shape[0]
+        self.X1 = torch.cat([X, X.new_ones(self.n, 1)], dim=1)  # (rows, inputs + 1)
+        self.y = y
+        self.w = None if sample_weight is None else sample_weight.expand(K, self.n)  # (K, rows)
+        self.batches = epoch_batches(self.n, batch_size)
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=X.device)
+            g.manual_seed(s + 1)
+            self.generators.append(g)
+
+    def shuffled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This epoch's rows in each member's order: (K, rows, ...) each."""
+        perms = torch.stack(
+            [torch.randperm(self.n, generator=g, device=self.X1.device) for g in self.generators]
+        )  # (K, rows)
+        w = None if self.w is None else torch.gather(self.w, 1, perms)
+        return self.X1[perms], self.y[perms], w
+
+
+class _MemberStopping:
+    """Per-member early stopping: each member's best validation loss and weights, and its
+    epochs without improving by ``tol``; a member that stalls is frozen (stops changing)."""
+
+    def __init__(self, params: torch.Tensor, tol: float, patience: int) -> None:
+        K = params.shape[0]
+        self.tol, self.patience = tol, patience
+        self.best = params.clone()  # (K, P), on the weights' device
+        # The bookkeeping lives on the CPU (val, best_loss, misses); weights on their device.
+        self.best_loss = torch.full((K,), math.inf)
+        self.misses = torch.zeros(K, dtype=torch.long)
+
+    def update(
+        self,
+        epoch: int,
+        val: torch.Tensor,
+        params: torch.Tensor,
+        optimizer: BatchedOptimizer,
+        record: MemberRecord,
+    ) -> None:
+        """Take the epoch's (K,) validation losses: keep improved members' weights, freeze
+        stalled members, and note both in ``record``."""
+        device = params.device
+        active = optimizer.active.view(-1).cpu() > 0
+        improved = (val < self.best_loss - self.tol) & active
+        if improved.any():
+            rows = improved.nonzero().view(-1)
+            self.best[rows.to(device)] = params[rows.to(device)]
+            self.best_loss[improved] = val[improved]
+            for k in rows.tolist():
+                record.best_epoch[k] = epoch
+        self.misses[improved] = 0
+        self.misses[~improved & active] += 1
+        stalled = active & (self.misses >= self.patience)
+        if stalled.any():
+            optimizer.freeze(stalled.to(device))  # a finished member stops changing
+            for k in stalled.nonzero().view(-1).tolist():
+                record.stopped_at[k] = epoch
+
+
 class _OutOfFold:
     """The out-of-fold loss of an ensemble's held-out rows, epoch by epoch, and the weights of
     its best epoch.
@@ -307,7 +363,7 @@ class _OutOfFold:
         self,
         net: BatchedMLP,
         loss: str,
-        validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        validation: Validation,
         owner: torch.Tensor,
         tol: float,
     ) -> None:

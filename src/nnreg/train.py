@@ -4,12 +4,13 @@ The model trains in training mode, the loss is called as ``loss(prediction, targ
 every epoch's losses are recorded in a :class:`History`. Data arrives as tensors already on
 the device; minibatches are slices of a per-epoch permutation. The per-step math runs on the
 hand-derived kernels of :mod:`nnreg.engine` when they cover the model and recipe, and on
-autograd otherwise; both visit the same minibatches in the same order.
+autograd otherwise: two backends (:mod:`nnreg.backends`) behind one interface, which visit the
+same minibatches in the same order. The learning-rate schedule, the score tracker and the
+divergence check live in :mod:`nnreg.schedule`, shared with the ensemble trainer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -17,12 +18,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .backends import ELEMENTWISE as ELEMENTWISE  # the autograd losses, public here too
+from .backends import MEAN as MEAN
+from .backends import AutogradBackend, FastBackend, StepBackend, loss_function
 from .device import thread_policy
 from .engine import FastMLP, FlatOptimizer, epoch_batches, supports
 from .exceptions import TrainingDivergedError
+from .schedule import EarlyStopping, Schedule, check_finite
 
 __all__ = [
     "LOSSES",
@@ -41,11 +45,8 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
-PLATEAU_FACTOR = 0.2  # reduce-on-plateau multiplies the learning rate by this
-PLATEAU_MIN_SCALE = 1e-3  # ... but never below this fraction of the initial rate
 EVAL_CHUNK = 8192  # rows per forward pass when scoring validation data
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 EpochCallback = Callable[[int, float, "float | None"], None]
 Validation = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 Minibatch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # X, y, sample weights
@@ -130,52 +131,6 @@ class History:
         )
 
 
-class EarlyStopping:
-    """Tracks the best score and the epochs since it improved by more than ``tol``."""
-
-    def __init__(self, patience: int, tol: float) -> None:
-        self.patience, self.tol = patience, tol
-        self.best, self.best_epoch, self.misses = math.inf, -1, 0
-
-    def update(self, epoch: int, score: float) -> bool:
-        """Record an epoch's score; True when it is a new best."""
-        if score < self.best - self.tol:
-            self.best, self.best_epoch, self.misses = score, epoch, 0
-            return True
-        self.misses += 1
-        return False
-
-    @property
-    def stalled(self) -> bool:
-        return self.misses >= self.patience
-
-
-def loss_function(name: str) -> LossFn:
-    """Per-batch loss ``f(prediction, target, weight)``, a scalar; weights are per row."""
-    elementwise, plain = ELEMENTWISE[name], MEAN[name]
-
-    def loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        if weight is None:
-            return plain(pred, target)
-        per_row = elementwise(pred, target).mean(dim=1)  # (batch,)
-        return (per_row * weight).sum() / weight.sum()
-
-    return loss
-
-
-Pointwise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ELEMENTWISE: dict[str, Pointwise] = {
-    "squared_error": lambda p, t: (p - t).square(),
-    "absolute_error": lambda p, t: (p - t).abs(),
-    "huber": lambda p, t: F.huber_loss(p, t, reduction="none", delta=1.0),
-}
-MEAN: dict[str, Pointwise] = {
-    "squared_error": lambda p, t: F.mse_loss(p, t),
-    "absolute_error": lambda p, t: F.l1_loss(p, t),
-    "huber": lambda p, t: F.huber_loss(p, t, delta=1.0),
-}
-
-
 def make_optimizer(params: Iterator[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -191,47 +146,67 @@ def make_optimizer(params: Iterator[nn.Parameter], config: TrainConfig) -> torch
     )
 
 
+def make_backend(
+    model: nn.Module, config: TrainConfig, generator: torch.Generator | None
+) -> StepBackend:
+    """The fast engine when ``config.engine`` asks for it or ("auto") it covers the model and
+    recipe; autograd otherwise."""
+    model_config = getattr(model, "config", None)
+    activation = getattr(model_config, "activation", "")
+    dropout = float(getattr(model_config, "dropout", 0.0))
+    fast = config.engine == "fast" or (
+        config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
+    )
+    if not fast:
+        return AutogradBackend(model, make_optimizer(model.parameters(), config), config.loss)
+    net = FastMLP(model, activation, config.loss, dropout, generator)
+    flat = FlatOptimizer(
+        net.params,
+        net.grads,
+        config.optimizer,
+        config.lr,
+        config.momentum,
+        config.nesterov,
+        config.weight_decay,
+        config.betas,
+        config.eps,
+    )
+    return FastBackend(model, net, flat)
+
+
+@dataclass
+class _Run:
+    """What one call of :meth:`Trainer.run` was given, and the weights it falls back on."""
+
+    validation: Validation | None
+    callback: EpochCallback | None
+    checkpoint: Callable[[Trainer], None] | None
+    checkpoint_every: int
+    steps_per_epoch: int
+    first: int  # the history index of the run's epoch 0
+    good: Any = None  # the weights of the last finite epoch
+
+
 class Trainer:
     """Training state that lives across calls: weights, optimiser state, history.
 
     ``run`` trains for some epochs and may be called again (``partial_fit``); the model's
-    ``nn.Linear`` layers hold the current weights whenever ``run`` returns.
+    ``nn.Linear`` layers hold the current weights whenever ``run`` returns. The steps run on
+    one backend (:mod:`nnreg.backends`): ``fast`` says which.
     """
 
     def __init__(
         self, model: nn.Module, config: TrainConfig, generator: torch.Generator | None = None
     ) -> None:
         self.model, self.config, self.generator = model, config, generator
-        model_config = getattr(model, "config", None)
-        activation = getattr(model_config, "activation", "")
-        dropout = float(getattr(model_config, "dropout", 0.0))
-        self.fast = config.engine == "fast" or (
-            config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
-        )
-        self.net: FastMLP | None = None
-        if self.fast:
-            self.net = FastMLP(model, activation, config.loss, dropout, generator)
-            self.optimizer: Any = FlatOptimizer(
-                self.net.params,
-                self.net.grads,
-                config.optimizer,
-                config.lr,
-                config.momentum,
-                config.nesterov,
-                config.weight_decay,
-                config.betas,
-                config.eps,
-            )
-        else:
-            self.optimizer = make_optimizer(model.parameters(), config)
-            self.loss_fn = loss_function(config.loss)
+        self.backend = make_backend(model, config, generator)
+        self.fast = self.backend.fast
         self.history = History()
-        self.lr_scale = 1.0  # lowered by reduce-on-plateau
+        self.schedule = Schedule(config.schedule, config.lr, config.n_iter_no_change, config.tol)
         self.best_epoch = -1
         self.best: Any = None  # weights of the best validation epoch, with early stopping
         self.run_epoch = 0  # epochs done in the current run (its schedule's position)
         self.stopper = EarlyStopping(config.n_iter_no_change, config.tol)
-        self.plateau = EarlyStopping(max(1, config.n_iter_no_change // 2), config.tol)
         self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
         self.sync: GradientSync | None = None  # set for distributed runs: gradients averaged
         self.resuming = False  # set by load_state_dict: the next run continues that one
@@ -262,74 +237,27 @@ class Trainer:
         current step, keeping the best weights so far. A NaN or infinite loss restores the
         last finite weights and raises :class:`TrainingDivergedError`.
         """
-        cfg = self.config
-        epochs = cfg.epochs if epochs is None else epochs
-        if isinstance(X, torch.Tensor):
-            assert y is not None, "in-memory training needs targets"
-            n = X.shape[0]
-            batches = epoch_batches(n, cfg.batch_size)
-            steps_per_epoch = len(batches)
-            batch_rows = min(cfg.batch_size or n, n)
-        else:
-            steps_per_epoch = max(1, X.steps_per_epoch)
-            batch_rows = cfg.batch_size or EVAL_CHUNK
-        total_steps = max(1, epochs * steps_per_epoch)
-        if not self.resuming:  # a fresh run: its own schedule, stopping state and best weights
-            self.run_epoch, self.best = 0, None
-            self.stopper = EarlyStopping(cfg.n_iter_no_change, cfg.tol)
-            self.plateau = EarlyStopping(max(1, cfg.n_iter_no_change // 2), cfg.tol)
-        self.resuming = False
+        epochs = self.config.epochs if epochs is None else epochs
+        batches, steps, batch_rows = self._plan(X)
+        self._begin(max(1, epochs * steps))
         start = self.run_epoch
         first = len(self.history) - start
+        run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first)
         widest = max(p.shape[0] for p in self.model.parameters())
-        no_graph = torch.no_grad() if self.net is not None else contextlib.nullcontext()
-        with thread_policy(batch_rows, widest, cfg.threads), no_graph:
-            good = self._snapshot()  # the last finite weights
+        with thread_policy(batch_rows, widest, self.config.threads), self.backend.no_graph():
+            run.good = self.backend.snapshot()
             if isinstance(X, torch.Tensor):
-                assert y is not None
-                epoch_losses = self._epochs(
-                    X, y, sample_weight, batches, start, epochs, total_steps
-                )
+                assert y is not None, "in-memory training needs targets"
+                losses = self._epochs(X, y, sample_weight, batches, start, epochs)
             else:
-                epoch_losses = self._source_epochs(X, start, epochs, total_steps)
-            for i, train_loss in enumerate(epoch_losses, start=start):
-                epoch = first + i
-                val_loss = self._validation_loss(validation) if validation else math.nan
-                checked = (train_loss, val_loss) if validation else (train_loss,)
-                if not all(math.isfinite(v) for v in checked):
-                    self._restore(good)
-                    self._finish()
-                    raise TrainingDivergedError(
-                        f"training diverged at epoch {epoch} (loss is {train_loss}); lower "
-                        f"the learning rate (now {cfg.lr:g}) or scale the data; the weights "
-                        "of the last finite epoch are kept."
-                    )
-                self._copy_into(good)
-                self.run_epoch = i + 1
-                self.history.train_loss.append(train_loss)
-                self.history.val_loss.append(val_loss)
-                self.history.lr.append(self._lr(i * steps_per_epoch, total_steps))
-                monitored = val_loss if validation else train_loss
-                if cfg.schedule == "plateau" and not self.plateau.update(epoch, monitored):
-                    self._maybe_reduce_lr(self.plateau)
-                stopping = cfg.early_stopping and validation is not None
-                if stopping and self.stopper.update(epoch, val_loss):
-                    self.best = self._snapshot()
-                    self.best_epoch = epoch
-                if callback is not None:
-                    callback(epoch, train_loss, val_loss if validation else None)
-                if self.stop_requested or (stopping and self.stopper.stalled):
+                losses = self._source_epochs(X, start, epochs)
+            for i, train_loss in enumerate(losses, start=start):
+                if self._end_epoch(run, i, train_loss):
                     break
-                if (
-                    checkpoint is not None
-                    and checkpoint_every
-                    and self.run_epoch % checkpoint_every == 0
-                ):
-                    checkpoint(self)
             if self.best is not None:
-                self._restore(self.best)
-        self._finish()
-        if self.best_epoch < first:
+                self.backend.restore(self.best)
+        self.backend.finish()
+        if self.best_epoch < run.first:
             self.best_epoch = len(self.history) - 1
         return self.history
 
@@ -337,107 +265,102 @@ class Trainer:
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def _finish(self) -> None:
-        if self.net is not None:
-            self.net.copy_to(self.model)
+    def _plan(self, X: torch.Tensor | BatchSource) -> tuple[list[tuple[int, int]], int, int]:
+        """(minibatch bounds, steps per epoch, rows per step) of a run on ``X``."""
+        batch_size = self.config.batch_size
+        if isinstance(X, torch.Tensor):
+            n = X.shape[0]
+            batches = epoch_batches(n, batch_size)
+            return batches, len(batches), min(batch_size or n, n)
+        return [], max(1, X.steps_per_epoch), batch_size or EVAL_CHUNK
 
-    def _copy_into(self, snapshot: Any) -> None:
-        if self.net is not None:
-            snapshot.copy_(self.net.params)
-        else:
-            for k, v in self.model.state_dict().items():
-                snapshot[k].copy_(v)
+    def _begin(self, total_steps: int) -> None:
+        """A fresh run gets its own schedule, stopping state and best weights; a resumed one
+        (after ``load_state_dict``) continues the saved ones."""
+        self.schedule.total_steps = total_steps
+        if not self.resuming:
+            self.run_epoch, self.best = 0, None
+            self.stopper = EarlyStopping(self.config.n_iter_no_change, self.config.tol)
+            self.schedule.restart()
+        self.resuming = False
+
+    def _end_epoch(self, run: _Run, i: int, train_loss: float) -> bool:
+        """Score, record and judge the run's epoch ``i``; True when training should stop."""
+        epoch = run.first + i
+        validation = run.validation
+        scored = validation is not None
+        val_loss = self._validation_loss(validation) if validation is not None else math.nan
+        self._check_finite(run, epoch, train_loss, val_loss)
+        self.run_epoch = i + 1
+        self.history.train_loss.append(train_loss)
+        self.history.val_loss.append(val_loss)
+        self.history.lr.append(self.schedule.rate(i * run.steps_per_epoch))
+        self.schedule.observe(epoch, val_loss if scored else train_loss)
+        stalled = self._early_stopping(epoch, val_loss) if scored else False
+        if run.callback is not None:
+            run.callback(epoch, train_loss, val_loss if scored else None)
+        if self.stop_requested or stalled:
+            return True
+        every = run.checkpoint_every
+        if run.checkpoint is not None and every and self.run_epoch % every == 0:
+            run.checkpoint(self)
+        return False
+
+    def _early_stopping(self, epoch: int, val_loss: float) -> bool:
+        """Keep the weights of a new best validation epoch; True once it has stalled."""
+        if not self.config.early_stopping:
+            return False
+        if self.stopper.update(epoch, val_loss):
+            self.best = self.backend.snapshot()
+            self.best_epoch = epoch
+        return self.stopper.stalled
+
+    def _check_finite(self, run: _Run, epoch: int, train_loss: float, val_loss: float) -> None:
+        """Keep this epoch's weights as the last finite ones, or go back to those and raise."""
+        checked = (train_loss, val_loss) if run.validation is not None else (train_loss,)
+        try:
+            check_finite(epoch, checked, self.config.lr, f"loss is {train_loss}", kept=True)
+        except TrainingDivergedError:
+            self.backend.restore(run.good)
+            self.backend.finish()
+            raise
+        self.backend.copy_into(run.good)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to continue bitwise: (tensors, JSON-able scalars)."""
-        tensors: dict[str, torch.Tensor] = {}
-        if self.net is not None:
-            tensors["params"] = self.net.params
-            for name in ("buf", "exp_avg", "exp_avg_sq", "step_t"):
-                value = getattr(self.optimizer, name, None)
-                if value is not None:
-                    tensors[f"optimizer.{name}"] = value
-            optimizer_meta: dict[str, Any] = {}
-        else:
-            tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-            state = self.optimizer.state_dict()
-            for index, entry in state["state"].items():
-                for key, value in entry.items():
-                    tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
-            optimizer_meta = {"param_groups": state["param_groups"]}
+        tensors, optimizer_meta = self.backend.state_tensors()
         if self.generator is not None:
             tensors["generator"] = self.generator.get_state()
         if self.best is not None:
-            best = self.best if self.net is not None else None
-            if best is not None:
-                tensors["best"] = best
-            else:
-                tensors.update({f"best.{k}": v for k, v in self.best.items()})
+            tensors.update(self.backend.best_tensors(self.best))
         meta = {
             "run_epoch": self.run_epoch,
             "history": self.history.to_dict(),
-            "lr_scale": self.lr_scale,
+            "lr_scale": self.schedule.scale,
             "best_epoch": self.best_epoch,
             "stopper": dict(vars(self.stopper)),
-            "plateau": dict(vars(self.plateau)),
-            "fast": self.net is not None,
+            "plateau": dict(vars(self.schedule.plateau)),
+            "fast": self.backend.fast,
             "optimizer": optimizer_meta,
         }
         return {k: v.detach().cpu().clone() for k, v in tensors.items()}, meta  # a snapshot
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (same model, data and config)."""
-        if bool(meta["fast"]) != (self.net is not None):
+        if bool(meta["fast"]) != self.backend.fast:
             raise ValueError("the checkpoint was written by the other training engine")
         with torch.no_grad():
-            if self.net is not None:
-                self.net.params.copy_(tensors["params"])
-                for name in ("buf", "exp_avg", "exp_avg_sq", "step_t"):
-                    if f"optimizer.{name}" in tensors:
-                        getattr(self.optimizer, name).copy_(tensors[f"optimizer.{name}"])
-                if "best" in tensors:
-                    self.best = tensors["best"].clone()
-            else:
-                self.model.load_state_dict(
-                    {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-                )
-                state: dict[int, dict[str, torch.Tensor]] = {}
-                for key, value in tensors.items():
-                    if key.startswith("optimizer."):
-                        _, index, name = key.split(".", 2)
-                        state.setdefault(int(index), {})[name] = value
-                self.optimizer.load_state_dict(
-                    {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
-                )
-                best = {k[5:]: v.clone() for k, v in tensors.items() if k.startswith("best.")}
-                self.best = best or None
+            self.backend.load_state(tensors, meta["optimizer"])
+            self.best = self.backend.best_from(tensors)
         if self.generator is not None and "generator" in tensors:
             self.generator.set_state(tensors["generator"])
         self.run_epoch = int(meta["run_epoch"])
         self.history = History.from_dict(meta["history"])
-        self.lr_scale = float(meta["lr_scale"])
+        self.schedule.scale = float(meta["lr_scale"])
         self.best_epoch = int(meta["best_epoch"])
         vars(self.stopper).update(meta["stopper"])
-        vars(self.plateau).update(meta["plateau"])
+        vars(self.schedule.plateau).update(meta["plateau"])
         self.resuming = True
-
-    def _maybe_reduce_lr(self, plateau: EarlyStopping) -> None:
-        if plateau.stalled:
-            self.lr_scale = max(self.lr_scale * PLATEAU_FACTOR, PLATEAU_MIN_SCALE)
-            plateau.misses = 0
-
-    def _lr(self, step: int, total_steps: int) -> float:
-        lr = self.config.lr * self.lr_scale
-        if self.config.schedule == "cosine":
-            lr *= 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-        return lr
-
-    def _set_lr(self, lr: float) -> None:
-        if self.net is not None:
-            self.optimizer.lr = lr
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
 
     def _epochs(
         self,
@@ -447,68 +370,58 @@ class Trainer:
         batches: list[tuple[int, int]],
         start: int,
         epochs: int,
-        total_steps: int,
     ) -> Iterator[float]:
         """Yield each epoch's mean training loss: one host sync per epoch."""
-        n = X.shape[0]
-        if self.net is not None:
-            X = torch.cat([X, X.new_ones(n, 1)], dim=1)  # (rows, inputs + 1): ones meet the bias
-        else:
-            self.model.train()
-        full = self.net.prepare(X, y, w) if self.net is not None and len(batches) == 1 else None
+        X = self.backend.inputs(X)
+        self.backend.start()
+        steps = len(batches)
+        full = None if steps > 1 or self.sync is not None else self.backend.full_batch(X, y, w)
         for epoch in range(start, epochs):
-            self._set_lr(self._lr(epoch * len(batches), total_steps))
-            if full is not None and self.sync is None:  # the seed experiment's path: just the step
-                assert self.net is not None
-                loss = self.net.loss_and_grad(full)
-                self.optimizer.step()
-                yield loss.item() * full.factor
-                continue
-            Xe, ye, we = X, y, w
-            if len(batches) > 1:
-                perm = torch.randperm(n, generator=self.generator, device=X.device)
-                Xe, ye = X[perm], y[perm]
-                we = None if w is None else w[perm]
-            minibatches = (
-                (Xe[lo:hi], ye[lo:hi], None if we is None else we[lo:hi]) for lo, hi in batches
-            )
-            yield self._train_epoch(minibatches, epoch, len(batches), total_steps, X)
+            self.backend.set_lr(self.schedule.rate(epoch * steps))
+            if full is not None:  # one fixed batch: the backend's shortest step
+                yield full()
+            else:
+                yield self._train_epoch(self._shuffle(X, y, w, batches), epoch, steps, X)
 
-    def _source_epochs(
-        self, source: BatchSource, start: int, epochs: int, total_steps: int
-    ) -> Iterator[float]:
+    def _shuffle(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+        batches: list[tuple[int, int]],
+    ) -> Iterator[Minibatch]:
+        """An epoch's minibatches: slices of a fresh permutation (drawn now, before any step
+        draws dropout masks from the same generator); one batch is not shuffled."""
+        if len(batches) > 1:
+            perm = torch.randperm(X.shape[0], generator=self.generator, device=X.device)
+            X, y = X[perm], y[perm]
+            w = None if w is None else w[perm]
+        return ((X[lo:hi], y[lo:hi], None if w is None else w[lo:hi]) for lo, hi in batches)
+
+    def _source_epochs(self, source: BatchSource, start: int, epochs: int) -> Iterator[float]:
         """Like ``_epochs``, for minibatches that a :class:`BatchSource` yields."""
         steps = max(1, source.steps_per_epoch)
         like = next(self.model.parameters())
-        if self.net is None:
-            self.model.train()
+        self.backend.start()
+        inputs = self.backend.inputs
         for epoch in range(start, epochs):
-            self._set_lr(self._lr(epoch * steps, total_steps))
-            minibatches = source.epoch(epoch)
-            if self.net is not None:  # the fast engine's inputs end in a column of ones
-                minibatches = (
-                    (torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1), yb, wb)
-                    for xb, yb, wb in minibatches
-                )
-            yield self._train_epoch(minibatches, epoch, steps, total_steps, like)
+            self.backend.set_lr(self.schedule.rate(epoch * steps))
+            minibatches = ((inputs(xb), yb, wb) for xb, yb, wb in source.epoch(epoch))
+            yield self._train_epoch(minibatches, epoch, steps, like)
 
     def _train_epoch(
-        self,
-        minibatches: Iterable[Minibatch],
-        epoch: int,
-        steps: int,
-        total_steps: int,
-        like: torch.Tensor,
+        self, minibatches: Iterable[Minibatch], epoch: int, steps: int, like: torch.Tensor
     ) -> float:
         """One step per minibatch (the cosine schedule moves every step); the epoch's mean
         training loss, with one host sync."""
-        step_lr = self.config.schedule == "cosine"
+        per_step = self.schedule.per_step
+        average = None if self.sync is None else self.sync.average_
         total = like.new_zeros(())
         rows = 0
         for b, (xb, yb, wb) in enumerate(minibatches):
-            if step_lr and b:
-                self._set_lr(self._lr(epoch * steps + b, total_steps))
-            loss, factor = self._step(xb, yb, wb)
+            if per_step and b:
+                self.backend.set_lr(self.schedule.rate(epoch * steps + b))
+            loss, factor = self.backend.step(xb, yb, wb, average)
             total.add_(loss, alpha=factor * xb.shape[0])
             rows += xb.shape[0]
             if self.stop_requested:  # a signal: end the epoch after this step
@@ -524,30 +437,9 @@ class Trainer:
             return total_all / rows_all if rows_all else math.nan
         return total.item() / rows if rows else math.nan
 
-    def _step(
-        self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None
-    ) -> tuple[torch.Tensor, float]:
-        """One update; returns the batch loss (0-d) and the factor that makes it a mean."""
-        if self.net is not None:
-            batch = self.net.prepare(xb, yb, wb)
-            loss = self.net.loss_and_grad(batch)
-            if self.sync is not None:
-                self.sync.average_(self.net.grads)
-            self.optimizer.step()
-            return loss, batch.factor
-        pred = self.model(xb)  # (batch, outputs)
-        loss = self.loss_fn(pred, yb, wb)
-        self.optimizer.zero_grad()
-        loss.backward()
-        if self.sync is not None:
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    self.sync.average_(p.grad)
-        self.optimizer.step()
-        return loss.detach(), 1.0
-
     @torch.no_grad()
     def _validation_loss(self, validation: Validation) -> float:
+        """The mean loss on the validation rows, scored in chunks of EVAL_CHUNK rows."""
         X, y, w = validation
         n = X.shape[0]
         weight_total = None if w is None else float(w.sum())
@@ -555,14 +447,7 @@ class Trainer:
         for start in range(0, n, EVAL_CHUNK):
             xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
             wb = None if w is None else w[start : start + EVAL_CHUNK]
-            if self.net is not None:
-                xb = torch.cat([xb, xb.new_ones(xb.shape[0], 1)], dim=1)
-                batch = self.net.prepare(xb, yb, wb, train=False)
-                loss = self.net.evaluate(batch).item() * batch.factor
-            else:
-                self.model.eval()
-                loss = self.loss_fn(self.model(xb), yb, wb).item()
-                self.model.train()
+            loss = self.backend.validation_loss(xb, yb, wb)
             # Chunks count by their rows, or by their share of the total sample weight.
             share = (
                 xb.shape[0] / n
@@ -571,17 +456,6 @@ class Trainer:
             )
             total += loss * share
         return total
-
-    def _snapshot(self) -> Any:
-        if self.net is not None:
-            return self.net.params.clone()
-        return {k: v.clone() for k, v in self.model.state_dict().items()}
-
-    def _restore(self, state: Any) -> None:
-        if self.net is not None:
-            self.net.params.copy_(state)
-        else:
-            self.model.load_state_dict(state)
 
 
 def fit(
