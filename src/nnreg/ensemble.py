@@ -22,7 +22,6 @@ from .device import thread_policy
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
 from .model import MLP
-from .recipe import member_seeds as member_seeds  # until estimator.py imports it from recipe
 from .schedule import Schedule, check_finite
 from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig, Validation
 
