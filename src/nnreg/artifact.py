@@ -231,7 +231,7 @@ def load(path: str | Path, *, history: bool = True) -> SavedModel:
             "changed or corrupted; retrain or restore the folder."
         )
     config = _config(doc, path)
-    _check_shapes(_header(data, weights), state_shapes(config, _n_models(doc, path)), path)
+    _check_shapes(_header(data, weights), config, _n_models(doc, path), path)
     try:
         state_dict = load_tensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -272,14 +272,15 @@ def _n_models(doc: dict[str, Any], path: Path) -> int:
     return n
 
 
-def _check_shapes(header: dict[str, Any], expected: Any, path: Path) -> None:
-    """The weights file must hold exactly the tensors the architecture describes."""
+def _check_shapes(header: dict[str, Any], config: MLPConfig, n_models: int, path: Path) -> None:
+    """The weights file must hold exactly the tensors the architecture describes; the
+    tensors are counted before their shapes are listed, so no absurd size is ever built."""
     found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    if len(found) != len(expected) or any(found.get(k) != s for k, s in expected.items()):
-        missing = sorted(set(expected) - set(found)) or sorted(
-            k for k in expected if found.get(k) != expected[k]
-        )
-        what = f"e.g. {missing[0]}" if missing else f"{len(found)} tensors found"
+    count = n_models * 2 * (len(config.hidden_sizes) + 1)
+    expected = state_shapes(config, n_models) if count == len(found) else {}
+    if not expected or any(found.get(k) != s for k, s in expected.items()):
+        wrong = sorted(k for k in expected if found.get(k) != expected[k])
+        what = f"e.g. {wrong[0]}" if wrong else f"{len(found)} tensors for {count}"
         raise ModelFileError(
             f"{path}: the weights do not fit the architecture in {MODEL_JSON} ({what}); the "
             "folder is corrupt or was edited."

@@ -72,7 +72,9 @@ class MLPConfig:
         checks = {
             "n_inputs": _count(d.get("n_inputs")),
             "n_outputs": _count(d.get("n_outputs")),
-            "hidden_sizes": isinstance(sizes, list) and all(_count(h) for h in sizes),
+            "hidden_sizes": isinstance(sizes, list)
+            and len(sizes) <= MAX_LAYERS
+            and all(_count(h) for h in sizes),
             "activation": d.get("activation") in ACTIVATIONS,
             "init": d.get("init") in INITS,
             "dropout": isinstance(d.get("dropout"), (int, float)) and 0 <= d["dropout"] < 1,
@@ -81,6 +83,9 @@ class MLPConfig:
         if bad:
             raise ValueError(f"{bad[0]} is {d.get(bad[0])!r}")
         return cls(**d)
+
+
+MAX_LAYERS = 1024  # hidden layers a saved configuration may have
 
 
 def _count(v: Any) -> bool:
