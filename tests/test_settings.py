@@ -132,6 +132,45 @@ def test_streamed_runs_get_the_default_shuffle_buffer() -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "toml", "named"),
+    [
+        (["--lr", "-1"], "learning_rate_init = -1.0", "--lr/learning_rate_init must be"),
+        (["--lr", "0"], "learning_rate_init = 0.0", "--lr/learning_rate_init must be"),
+        (
+            ["--hidden", "20,0"],
+            "hidden_layer_sizes = [20, 0]",
+            "every hidden size must be at least 1, got (20, 0)",
+        ),
+        (["--batch-size", "0"], "batch_size = 0", "--batch-size/batch_size must be a positive"),
+        (["--batch-size", "half"], 'batch_size = "half"', "got 'half'"),
+        (["--activation", "swish"], 'activation = "swish"', "activation must be one of"),
+        (["--epochs", "0"], "max_iter = 0", "--epochs/max_iter must be a positive integer"),
+        (["--dropout", "1.5"], "dropout = 1.5", "dropout must be a number in [0, 1)"),
+        (["--seed", "-1"], "random_state = -1", "--seed/random_state must be"),
+    ],
+)
+def test_a_bad_value_reads_the_same_from_a_flag_and_a_config_file(
+    capsys, tmp_path: Path, flags: list[str], toml: str, named: str
+) -> None:
+    _toml(tmp_path, f"[model]\n{toml}\n")
+    from_flag = run(["train", *flags, "--out", "a"], capsys)
+    from_file = run(["train", "--config", "c.toml", "--out", "b"], capsys)
+    assert from_flag[0] == from_file[0] == 2
+    assert from_flag[2] == from_file[2]  # the same one line
+    err = from_file[2]
+    assert err.startswith("error: invalid Regressor settings: ") and named in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "runs").exists()
+
+
+def test_sweep_options_are_checked_by_the_library(capsys, table_csv: Path) -> None:
+    code, _, err = run(["sweep", str(table_csv), "-t", "y", "--epochs", "0"], capsys)
+    assert code == 2 and "--epochs/max_iter must be a positive integer" in err
+    code, _, err = run(["sweep", str(table_csv), "-t", "y", "--hidden", "8,0"], capsys)
+    assert code == 2 and "hidden sizes must be positive integers, got (8, 0)" in err
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[model]\nspeed = 3\n", "unknown setting 'speed' in [model]"),
@@ -179,3 +218,9 @@ def test_checkpoint_info_is_what_resume_reads() -> None:
         "preset": "recommended",
         "checkpoint_every": 5,
     }
+
+
+def test_resuming_a_run_without_a_checkpoint_names_the_flag(capsys, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    code, _, err = run(["train", "--resume", "run"], capsys)
+    assert code == 1 and "no checkpoint at run" in err and "--checkpoint-every" in err
