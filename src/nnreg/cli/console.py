@@ -1,5 +1,5 @@
 """What the commands print: headers, progress (a bar on a terminal, lines otherwise), results,
-tables, and the JSON summaries."""
+tables, and the JSON summaries. Text from data and files is printed, never read as markup."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ class Report:
         self.out.print(f"[bold]nnreg {__version__}[/bold] · {command}")
         self.out.print(
             f"data    {source}: {rows} rows, features {', '.join(features)} -> "
-            f"target {', '.join(targets)}"
+            f"target {', '.join(targets)}",
+            markup=False,
         )
 
     def header(
@@ -54,7 +55,8 @@ class Report:
         self._data("train", source, rows, features, targets)
         self.out.print(
             f"preset  {preset}: {reg.optimizer}, lr {reg.learning_rate_init:g}, "
-            f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}"
+            f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}",
+            markup=False,
         )
 
     def ranks(self, world_size: int) -> None:
@@ -125,7 +127,7 @@ class Report:
                 f"R² {metrics['r2']:.4f}) after {reg.n_iter_} epochs in {seconds:.2f} s"
             )
             self.out.print(f"first observation: predicted {first[0]:.6g}, actual {first[1]:.6g}")
-            self.out.print(f"model folder: {out}")
+            self.out.print(f"model folder: {out}", markup=False)
 
     def sweep_header(self, source: str, table: Table, trials: list[Trial], settings: str) -> None:
         """The data and the grid of a sweep."""
@@ -153,7 +155,9 @@ class Report:
         else:
             self.out.print(ranking_table(ranking))
             kept = "the best configuration" if top == 1 else f"the best {top} as an ensemble"
-            self.out.print(f"model folder: {out} ({kept}); ranking: {out / 'sweep.csv'}")
+            self.out.print(
+                f"model folder: {out} ({kept}); ranking: {out / 'sweep.csv'}", markup=False
+            )
 
 
 def layer_table(rows: list[dict[str, Any]]) -> Any:
@@ -197,21 +201,20 @@ def ranking_table(ranking: pd.DataFrame) -> Any:
 def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any]]) -> None:
     """`nnreg info`: a model folder's versions, columns, layers, settings and metrics."""
     from rich.console import Console
+    from rich.text import Text
 
     out = Console(highlight=False, soft_wrap=True)
-    out.print(
-        f"[bold]{model_dir}[/bold]  (nnreg {meta['nnreg_version']}, "
-        f"torch {meta['torch_version']}, created {meta['created']})"
-    )
+    versions = f"nnreg {meta['nnreg_version']}, torch {meta['torch_version']}"
+    out.print(Text.assemble((str(model_dir), "bold"), f"  ({versions}, created {meta['created']})"))
     lines = [
         "features  " + ", ".join(f"{f['name']} ({f['dtype']})" for f in meta["features"]),
         "targets   " + ", ".join(meta["targets"]),
     ]
     for line in lines:
-        out.print(line)
+        out.print(line, markup=False)
     out.print(layer_table(layers))
     params = meta["training"]["params"]
-    out.print("training  " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    out.print("training  " + ", ".join(f"{k}={v}" for k, v in params.items()), markup=False)
     out.print(f"epochs    {meta['training']['epochs_run']}")
     out.print("metrics   " + ", ".join(f"{k}={v:.6g}" for k, v in meta["metrics"].items()))
 
