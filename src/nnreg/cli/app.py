@@ -1,0 +1,120 @@
+"""The ``nnreg`` command group and its entry point, the one place errors become exit codes.
+
+Every error a user can cause is printed once, as ``error: ...``: exit code 2 for usage errors
+(a click usage error or a :class:`~nnreg.exceptions.ConfigError`), 1 for any other failure,
+130 for Ctrl-C; ``--debug`` shows the traceback. Library messages name parameters; here they
+also name the flags that set them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+import click
+
+from .._version import __version__
+from .folder import export, info, plot
+from .predict import evaluate, predict
+from .sweep import sweep
+from .train import train
+
+OTHER_RANK_GRACE = 2.0  # seconds a failing rank other than 0 waits before it exits
+# Library messages name parameters; on the command line, the flags that set them.
+FLAG_HINTS = (
+    ("missing='impute'", "missing='impute' (--impute)"),
+    ("with checkpoints (checkpoint_every)", "with --checkpoint-every"),
+    ("checkpoints and resuming are", "checkpoints and --resume are"),
+    ("read it into memory instead of streaming", "read it into memory (without --stream)"),
+)
+# Rules the library states in Python's terms, in terms that serve a flag and a config file.
+RULE_HINTS = {
+    "hidden_layer_sizes": "layer sizes like --hidden 64,64 or hidden_layer_sizes = [64, 64] "
+    "(none or []: a linear model); every hidden size must be at least 1",
+}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nnreg")
+@click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
+def cli(debug: bool) -> None:
+    """Train neural-network regressors on tables (CSV or Parquet) with PyTorch.
+
+    Run `nnreg train` with no arguments to reproduce the seed experiment.
+    """
+
+
+for command in (train, predict, evaluate, info, sweep, plot, export):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``nnreg`` command."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    if not debug and _other_rank():
+        _silence()  # one process of a multi-process run speaks for all: rank 0
+    try:
+        code = cli.main(
+            args=args, prog_name="nnreg", standalone_mode=False, obj={"argv": list(args)}
+        )
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - errors become messages here
+        code = exit_code(exc, debug)
+    if code and _other_rank():
+        time.sleep(OTHER_RANK_GRACE)  # when rank 0 fails too, its message is the one shown
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def exit_code(exc: BaseException, debug: bool) -> int:
+    """Print ``exc`` as one line, ``error: ...``, and return the exit code it means."""
+    from ..exceptions import ConfigError, NnregError
+
+    if isinstance(exc, click.ClickException):
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
+        click.echo("error: interrupted", err=True)
+        return 130
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, NnregError):
+        usage = isinstance(exc, ConfigError)
+        click.echo(f"error: {with_flags(with_rules(str(exc)) if usage else str(exc))}", err=True)
+        return 2 if usage else 1
+    click.echo(
+        f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        err=True,
+    )
+    return 1
+
+
+def with_flags(message: str) -> str:
+    """A library message with the command-line flags named where it names a parameter."""
+    for said, flagged in FLAG_HINTS:
+        message = message.replace(said, flagged)
+    return message
+
+
+def with_rules(message: str) -> str:
+    """A parameter error with the rules of RULE_HINTS restated for the command line."""
+    from ..recipe import PARAMETER_RULES
+
+    for name, restated in RULE_HINTS.items():
+        message = message.replace(
+            f" must be {PARAMETER_RULES[name][1]}, got", f" must be {restated}, got"
+        )
+    return message
+
+
+def _other_rank() -> bool:
+    """True in a process that torchrun started as one of several, other than rank 0."""
+    return os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _silence() -> None:
+    """Send this process's output, its file descriptors included, to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)

@@ -1,0 +1,266 @@
+"""What the commands print: headers, progress (a bar on a terminal, lines otherwise), results,
+tables, and the JSON summaries. Text from data and files is printed, never read as markup."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._version import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..data import Table
+    from ..estimator import Regressor
+    from ..sweep import Trial
+
+SWEEP_ROWS_SHOWN = 20
+EpochFn = Callable[[int, float, "float | None"], None]
+
+
+class Report:
+    """What `nnreg train` and `nnreg sweep` print: a header, progress, and the result (or
+    JSON on stdout, with progress on stderr; or, quiet, only the model folder)."""
+
+    def __init__(self, quiet: bool, as_json: bool) -> None:
+        from rich.console import Console
+
+        self.quiet, self.as_json = quiet, as_json
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.progress_console = self.err if as_json else self.out
+        self.show = not (quiet or as_json)
+
+    def _data(self, command: str, source: str, rows: int, features: Any, targets: Any) -> None:
+        self.out.print(f"[bold]nnreg {__version__}[/bold] · {command}")
+        self.out.print(
+            f"data    {source}: {rows} rows, features {', '.join(features)} -> "
+            f"target {', '.join(targets)}",
+            markup=False,
+        )
+
+    def header(
+        self, source: str, rows: int, features: Any, targets: Any, preset: str, reg: Regressor
+    ) -> None:
+        """The data and the settings of a training run."""
+        if not self.show:
+            return
+        batch = {"full": "full batch", "auto": "batch auto"}.get(
+            str(reg.batch_size), f"batch {reg.batch_size}"
+        )
+        self._data("train", source, rows, features, targets)
+        self.out.print(
+            f"preset  {preset}: {reg.optimizer}, lr {reg.learning_rate_init:g}, "
+            f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}",
+            markup=False,
+        )
+
+    def ranks(self, world_size: int) -> None:
+        if self.show:
+            self.out.print(
+                f"ranks   {world_size} processes, data-parallel: each trains on "
+                f"1/{world_size} of the training rows"
+            )
+
+    def network(self, config: Any) -> None:
+        """fit's ``on_start``: told the network's architecture once the fit has built it (its
+        input width depends on the fitted encoding of categorical columns)."""
+        self.config = config
+
+    def layers(self, reg: Regressor) -> None:
+        """The layer table of the network the fit built, printed before the first epoch."""
+        from ..model import summary
+
+        if self.show and getattr(self, "config", None) is not None:
+            self.out.print(layer_table(summary(self.config)))
+
+    def progress(self, reg: Regressor, log_every: int | None) -> Any:
+        """A context manager yielding fit's epoch callback (None when nothing is shown)."""
+        epochs, console = reg.max_iter, self.progress_console
+        if self.quiet or (self.as_json and not console.is_terminal):
+            return contextlib.nullcontext(None)
+        if console.is_terminal and log_every is None:
+            return _bar(console, epochs, lambda: self.layers(reg))
+        return self._lines(reg, log_every or max(1, epochs // 10))
+
+    @contextlib.contextmanager
+    def _lines(self, reg: Regressor, every: int) -> Iterator[EpochFn]:
+        epochs = reg.max_iter
+        width = len(str(epochs))
+
+        def on_epoch(epoch: int, loss: float, val: float | None) -> None:
+            if epoch == 0:
+                self.layers(reg)
+            if epoch % every == 0 or epoch == epochs - 1:
+                extra = "" if val is None else f"  val {val:.6g}"
+                self.progress_console.print(
+                    f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}{extra}"
+                )
+
+        yield on_epoch
+
+    def result(
+        self,
+        out: Path,
+        reg: Regressor,
+        metrics: dict[str, float],
+        first: tuple[float, float],
+        seconds: float,
+    ) -> None:
+        """The trained model's metrics and folder."""
+        if self.as_json:
+            summary = {
+                "model_dir": str(out),
+                "n_parameters": reg.n_parameters(),
+                "epochs": reg.n_iter_,
+                "final_train_loss": reg.loss_curve_[-1],
+                "train_metrics": metrics,
+                "first_observation": {"predicted": first[0], "actual": first[1]},
+                "seconds": round(seconds, 4),
+            }
+            print(json.dumps(summary, indent=2))
+        elif self.quiet:
+            print(out)
+        else:
+            self.out.print(
+                f"final training MSE: {metrics['mse']:.6g} (RMSE {metrics['rmse']:.4g}, "
+                f"R² {metrics['r2']:.4f}) after {reg.n_iter_} epochs in {seconds:.2f} s"
+            )
+            self.out.print(f"first observation: predicted {first[0]:.6g}, actual {first[1]:.6g}")
+            self.out.print(f"model folder: {out}", markup=False)
+
+    def sweep_header(self, source: str, table: Table, trials: list[Trial], settings: str) -> None:
+        """The data and the grid of a sweep."""
+        if not self.show:
+            return
+        rows, features, targets = len(table.features), table.feature_names, table.target_names
+        self._data("sweep", source, rows, features, targets)
+        n_arch = len({t.hidden for t in trials})
+        batches = f"{n_arch} batch{'es' if n_arch > 1 else ''} (one per architecture)"
+        self.out.print(f"grid    {len(trials)} configurations in {batches}, {settings}")
+
+    def sweep_progress(self) -> Any:
+        """A context manager yielding the sweep's progress callback (None off a terminal)."""
+        if self.show and self.progress_console.is_terminal:
+            return _sweep_bar(self.progress_console)
+        return contextlib.nullcontext(None)
+
+    def sweep_result(self, out: Path, ranking: pd.DataFrame, top: int) -> None:
+        """The ranking and where the best model went."""
+        if self.as_json:
+            records = ranking.to_dict(orient="records")
+            print(json.dumps({"model_dir": str(out), "ranking": records}, indent=2))
+        elif self.quiet:
+            print(out)
+        else:
+            self.out.print(ranking_table(ranking))
+            kept = "the best configuration" if top == 1 else f"the best {top} as an ensemble"
+            self.out.print(
+                f"model folder: {out} ({kept}); ranking: {out / 'sweep.csv'}", markup=False
+            )
+
+
+def layer_table(rows: list[dict[str, Any]]) -> Any:
+    """The network's layers with their weight, bias and parameter counts, and the totals."""
+    from rich.table import Table
+
+    t = Table(title=None, show_edge=False, pad_edge=False)
+    for col in ("layer", "shape", "weights", "biases", "params"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        shape = f"{r['in']} -> {r['out']}"
+        t.add_row(r["layer"], shape, str(r["weights"]), str(r["biases"]), str(r["params"]))
+    totals = (str(sum(r[k] for r in rows)) for k in ("weights", "biases", "params"))
+    t.add_row("total", "", *totals, style="bold")
+    return t
+
+
+def ranking_table(ranking: pd.DataFrame) -> Any:
+    """The best configurations of a sweep, best first."""
+    from rich.table import Table
+
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("rank", "hidden", "lr", "weight decay", "seed", "val RMSE", "val MAE", "epochs"):
+        t.add_column(col, justify="left" if col == "hidden" else "right")
+    for r in ranking.head(SWEEP_ROWS_SHOWN).itertuples():
+        t.add_row(
+            str(r.rank),
+            r.hidden,
+            f"{r.lr:g}",
+            f"{r.weight_decay:g}",
+            str(r.seed),
+            f"{r.val_rmse:.5g}",
+            f"{r.val_mae:.5g}",
+            str(r.epochs),
+        )
+    if len(ranking) > SWEEP_ROWS_SHOWN:
+        t.caption = f"{len(ranking) - SWEEP_ROWS_SHOWN} more rows in sweep.csv"
+    return t
+
+
+def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any]]) -> None:
+    """`nnreg info`: a model folder's versions, columns, layers, settings and metrics."""
+    from rich.console import Console
+    from rich.text import Text
+
+    out = Console(highlight=False, soft_wrap=True)
+    versions = f"nnreg {meta['nnreg_version']}, torch {meta['torch_version']}"
+    out.print(Text.assemble((str(model_dir), "bold"), f"  ({versions}, created {meta['created']})"))
+    lines = [
+        "features  " + ", ".join(f"{f['name']} ({f['dtype']})" for f in meta["features"]),
+        "targets   " + ", ".join(meta["targets"]),
+    ]
+    for line in lines:
+        out.print(line, markup=False)
+    out.print(layer_table(layers))
+    params = meta["training"]["params"]
+    out.print("training  " + ", ".join(f"{k}={v}" for k, v in params.items()), markup=False)
+    out.print(f"epochs    {meta['training']['epochs_run']}")
+    out.print("metrics   " + ", ".join(f"{k}={v:.6g}" for k, v in meta["metrics"].items()))
+
+
+@contextlib.contextmanager
+def _bar(console: Any, epochs: int, before: Callable[[], None]) -> Iterator[EpochFn]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=epochs, loss="-")
+
+        def on_epoch(epoch: int, loss: float, val: float | None) -> None:
+            if epoch == 0:
+                before()
+            shown = f"{loss:.6g}" if val is None else f"{loss:.6g}  val {val:.6g}"
+            progress.update(task, completed=epoch + 1, loss=shown)
+
+        yield on_epoch
+
+
+@contextlib.contextmanager
+def _sweep_bar(console: Any) -> Iterator[Callable[[int, int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("sweeping"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("sweep", total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update

@@ -1,0 +1,223 @@
+"""Options shared by the commands, and the parameter types behind them.
+
+click parses syntax only (numbers, comma-separated lists, "20,20" into a tuple); the library
+checks values, so a bad value reads the same from a flag as from a config file. An option
+that sets an estimator parameter is declared with that parameter as its destination
+(``--lr`` -> ``learning_rate_init``), so nothing renames it on the way to the library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class Names(click.ParamType):
+    """One of the names in a library constant, e.g. ``nnreg.model.ACTIVATIONS``, listed in
+    --help. The constant is imported only when needed (it lives beside PyTorch). With
+    ``check=False`` any name passes, for the library to check."""
+
+    name = "choice"
+
+    def __init__(self, module: str, constant: str, *, check: bool = False) -> None:
+        self.module, self.constant, self.check = module, constant, check
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.constant))
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(self.choices) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if self.check and value not in self.choices:
+            listed = ", ".join(repr(c) for c in self.choices)
+            self.fail(f"{value!r} is not one of {listed}.", param, ctx)
+        return value
+
+
+def comma_list(kind: type = str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback parsing ``a,b,c`` into a list of ``kind`` (str, int or float)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return [kind(v) for v in value.split(",")]
+        except ValueError:
+            noun, like = ("integers", "0,1,2") if kind is int else ("numbers", "1e-3,3e-3")
+            raise click.BadParameter(
+                f"expected comma-separated {noun} like {like}, got {value!r}"
+            ) from None
+
+    return parse
+
+
+def hidden_sizes(value: str) -> tuple[int, ...]:
+    """``"20,20"`` -> ``(20, 20)``; ``""`` or ``"none"`` -> ``()`` (a linear model)."""
+    if value.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers like 20,20, got {value!r}"
+        ) from None
+
+
+def _parse_hidden(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if param.multiple:
+        return [hidden_sizes(v) for v in value] or None
+    return None if value is None else hidden_sizes(value)
+
+
+def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A whole number of rows when it reads as one, else the word as given."""
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return value
+
+
+def compose(*decorators: Decorator) -> Decorator:
+    """One decorator applying ``decorators``; their options appear in --help in this order."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+def flag_label(command: click.Command) -> Callable[[str], str]:
+    """How the library's messages name a parameter for this command: its flag, then its
+    name, where the two are spelt differently (``--lr/learning_rate_init``,
+    ``--batch-size/batch_size``), else its name alone; the flag's user and the config file's
+    author both find theirs, in the same message."""
+    flags = {}
+    for p in command.params:
+        if isinstance(p, click.Option) and p.name and not p.is_flag:
+            flag = max(p.opts, key=len)
+            if flag != "--" + p.name:
+                flags[p.name] = flag
+    return lambda name: f"{flags[name]}/{name}" if name in flags else name
+
+
+def json_flag(help: str) -> Decorator:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def columns(*, target_required: bool = False) -> Decorator:
+    """--target, --features, --categorical and --impute: which columns a table holds."""
+    return compose(
+        click.option(
+            "--target",
+            "-t",
+            required=target_required,
+            callback=comma_list(),
+            help="Target column (several: a,b).",
+        ),
+        click.option(
+            "--features",
+            callback=comma_list(),
+            help="Feature columns, comma-separated (default: all but the target).",
+        ),
+        click.option(
+            "--categorical",
+            callback=comma_list(),
+            help="Columns to treat as categorical even if they hold numbers, comma-separated.",
+        ),
+        click.option(
+            "--impute",
+            "missing",
+            flag_value="impute",
+            default=None,
+            help="Fill missing values (median + indicator; a category for text) instead of "
+            "failing.",
+        ),
+    )
+
+
+def outputs(folder: str, as_json: str) -> Decorator:
+    """--out, --quiet and --json: where the model folder goes and what is printed."""
+    return compose(
+        click.option("--out", "-o", type=click.Path(path_type=Path), help=folder),
+        click.option("--quiet", "-q", is_flag=True, help="Print only the model folder's path."),
+        json_flag(as_json),
+    )
+
+
+def model_and_data(*, data_required: bool = True) -> Decorator:
+    """The MODEL_DIR and DATA arguments of the commands that use a trained model."""
+    return compose(
+        click.argument("model_dir", type=click.Path(path_type=Path)),
+        click.argument("data", required=data_required, type=click.Path(path_type=Path)),
+    )
+
+
+epochs = click.option("--epochs", "max_iter", type=int, help="Number of epochs (at least 1).")
+batch_size = click.option(
+    "--batch-size",
+    callback=_parse_batch,
+    help="Rows per step (a positive integer), 'auto' or 'full'.",
+)
+
+
+def _choice(flag: str, param: str, module: str, constant: str, help: str | None) -> Decorator:
+    return click.option(flag, param, type=Names(module, constant), help=help)
+
+
+def preset(**attrs: Any) -> Decorator:
+    return click.option("--preset", type=Names("nnreg.recipe", "PRESETS", check=True), **attrs)
+
+
+def hidden(param: str, help: str, *, multiple: bool = False) -> Decorator:
+    return click.option("--hidden", param, multiple=multiple, callback=_parse_hidden, help=help)
+
+
+def estimator_parameters() -> Decorator:
+    """The options that set Regressor parameters, each named after its parameter."""
+    option = click.option
+    return compose(
+        epochs,
+        option("--lr", "learning_rate_init", type=float, help="Learning rate (> 0)."),
+        hidden("hidden_layer_sizes", "Hidden layer sizes, e.g. 20,20."),
+        batch_size,
+        _choice("--optimizer", "optimizer", "nnreg.train", "OPTIMIZERS", None),
+        _choice("--activation", "activation", "nnreg.model", "ACTIVATIONS", None),
+        _choice("--loss", "loss", "nnreg.train", "LOSSES", None),
+        option("--momentum", type=float, help="SGD momentum, in [0, 1)."),
+        option("--weight-decay", type=float, help="Weight decay (>= 0)."),
+        option("--dropout", type=float, help="Dropout rate, in [0, 1)."),
+        _choice(
+            "--schedule", "learning_rate", "nnreg.train", "SCHEDULES", "Learning-rate schedule."
+        ),
+        option(
+            "--early-stopping/--no-early-stopping",
+            default=None,
+            help="Hold out --validation-fraction of the rows; stop when their loss stalls.",
+        ),
+        option("--validation-fraction", type=float, help="Share of rows held out, in (0, 1)."),
+        option("--patience", "n_iter_no_change", type=int, help="Epochs without improvement."),
+        _choice("--scaling", "scaling", "nnreg.preprocess", "SCALINGS", None),
+        option(
+            "--n-models",
+            type=int,
+            help="Train an ensemble of N members at once (mean prediction, calibrated intervals).",
+        ),
+        option(
+            "--seed",
+            "random_state",
+            type=int,
+            help="Random seed of the weights and batches (and the seed data), in [0, 2**32). "
+            "Default 0.",
+        ),
+        option("--device", help="Where to train: auto (CUDA if available), cpu, cuda, cuda:N."),
+    )

@@ -1,0 +1,123 @@
+"""`nnreg predict` and `nnreg evaluate`: use a trained model on a table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import options
+from .tables import feature_names, model_and_table, target_values
+
+
+@click.command()
+@options.model_and_data()
+@click.option(
+    "--interval",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Also write <target>_lower and <target>_upper bounds with this coverage, e.g. 0.9.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="File to write (.csv or .parquet); default: CSV on stdout.",
+)
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Read DATA (a Parquet file or folder) and write the output in chunks; needs -o.",
+)
+def predict(
+    model_dir: Path, data: Path, interval: float | None, output: Path | None, stream: bool
+) -> None:
+    """Predict DATA with the model in MODEL_DIR.
+
+    Columns are chosen by the feature names saved with the model; other columns are ignored.
+    The output has one column per target, named <target>_pred, in the rows' order; with
+    --interval, also <target>_lower and <target>_upper.
+
+    \b
+    Examples:
+      nnreg predict runs/houses new_houses.csv -o predictions.csv
+      nnreg predict runs/houses-ensemble new_houses.csv --interval 0.9 -o predictions.csv
+    """
+    import pandas as pd
+
+    from ..artifact import write_file_atomic
+
+    if stream:
+        if output is None:
+            raise click.UsageError("--stream writes to a file: give -o/--output FILE.")
+        _predict_streamed(model_dir, data, interval, output)
+        return
+    reg, table = model_and_table(model_dir, data, with_target=False)
+    rows, targets = len(table.features), reg.model_info_["targets"]
+    pred = reg.predict(table.features).reshape(rows, -1).T
+    columns = {f"{t}_pred": v for t, v in zip(targets, pred, strict=True)}
+    if interval is not None:
+        lower, upper = reg.predict_interval(table.features, coverage=interval)
+        bounds = zip(targets, lower.reshape(rows, -1).T, upper.reshape(rows, -1).T, strict=True)
+        for t, lo, hi in bounds:
+            columns[f"{t}_lower"], columns[f"{t}_upper"] = lo, hi
+    frame = pd.DataFrame(columns)
+    if output is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    if output.suffix.lower() in (".parquet", ".pq"):
+        write_file_atomic(output, lambda p: frame.to_parquet(p, index=False))
+    else:
+        write_file_atomic(output, lambda p: frame.to_csv(p, index=False))
+    click.echo(f"wrote {len(frame)} predictions to {output}", err=True)
+
+
+def _predict_streamed(model_dir: Path, data: Path, interval: float | None, output: Path) -> None:
+    from ..estimator import load
+    from ..stream import ParquetData, predict_parquet
+
+    reg = load(model_dir)
+    rows = predict_parquet(
+        reg,
+        ParquetData(data, features=feature_names(reg)),
+        output,
+        target_names=reg.model_info_["targets"],
+        interval=interval,
+    )
+    click.echo(f"wrote {rows} predictions to {output}", err=True)
+
+
+@click.command()
+@options.model_and_data()
+@options.json_flag("Print the metrics as JSON.")
+@click.option("--stream", is_flag=True, help="Read DATA (a Parquet file or folder) in chunks.")
+def evaluate(model_dir: Path, data: Path, as_json: bool, stream: bool) -> None:
+    """Score the model in MODEL_DIR on DATA, which must hold the target column(s).
+
+    Prints MSE, RMSE, MAE and R².
+
+    \b
+    Example:
+      nnreg evaluate runs/houses test.csv --json
+    """
+    from ..metrics import regression_metrics
+
+    if stream:
+        from ..estimator import load
+        from ..stream import ParquetData, evaluate_parquet
+
+        reg = load(model_dir)
+        source = ParquetData(data, reg.model_info_["targets"], feature_names(reg))
+        result = evaluate_parquet(reg, source)
+        metrics, rows = result.metrics, result.rows
+    else:
+        reg, table = model_and_table(model_dir, data, with_target=True)
+        metrics = regression_metrics(target_values(table), reg.predict(table.features))
+        rows = len(table.features)
+    if as_json:
+        click.echo(json.dumps({"rows": rows, **metrics}, indent=2))
+        return
+    click.echo(f"rows  {rows}")
+    for key in ("mse", "rmse", "mae", "r2"):
+        click.echo(f"{key.upper() if key != 'r2' else 'R²':<5} {metrics[key]:.6g}")

@@ -1,0 +1,211 @@
+"""Running a fit from the command line: signals stop it after the current step (exit 130 or
+143), a diverging run still leaves its folder (exit 1), only rank 0 of a multi-process run
+writes, and ``--nproc`` starts this same command as several processes."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from ..data import Table
+    from ..estimator import Regressor
+    from ..settings import RunSettings
+    from .console import Report
+
+Scores = tuple[dict[str, float], tuple[float, float]]  # metrics, (predicted, actual) of row 0
+SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class SignalStop:
+    """While the block runs, SIGINT and SIGTERM set ``event`` (so training stops after the
+    current step) and are recorded in ``signal``; the previous handlers come back after.
+    Outside the main thread (e.g. embedded), signals cannot be caught and are left be."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.event = threading.Event() if enabled else None
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+        if self.event is not None:
+            self.event.set()
+
+    def __enter__(self) -> SignalStop:
+        if self.event is not None:
+            for sig in SIGNAL_NAMES:
+                with contextlib.suppress(ValueError):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def exit_if_stopped(self, stopped: bool, message: Callable[[str], str]) -> None:
+        """When a signal stopped the work: print ``message(signal name)``, exit 128 + signal."""
+        if stopped and self.signal is not None:
+            click.echo(message(SIGNAL_NAMES.get(self.signal, str(self.signal))), err=True)
+            raise click.exceptions.Exit(128 + int(self.signal))
+
+
+def fit_and_save(
+    reg: Regressor,
+    out: Path,
+    group: Any,
+    report: Report,
+    log_every: int | None,
+    fit: Callable[[Any, Any], None],
+    save: Callable[[], Scores],
+) -> None:
+    """Run ``fit(on_epoch, stop)`` with progress, then ``save()`` the model folder (after a
+    divergence too, with the last finite weights), print the result, and exit 130/143 when a
+    signal ended training."""
+    from ..exceptions import TrainingDivergedError
+
+    started = time.perf_counter()
+    # Processes of one run stop together or not at all: there, a signal simply ends them.
+    with SignalStop(enabled=group is None) as stop:
+        try:
+            with report.progress(reg, log_every) as on_epoch:
+                fit(on_epoch, stop.event)
+        except TrainingDivergedError as exc:
+            if hasattr(reg, "model_"):  # a streamed run may fail before its network exists
+                save()
+            raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
+    seconds = time.perf_counter() - started
+    metrics, first = save()
+    report.result(out, reg, metrics, first, seconds)
+    stop.exit_if_stopped(
+        bool(reg.interrupted_),
+        lambda name: (
+            f"interrupted by {name} after epoch {reg.n_iter_ - 1}; the model folder "
+            f"{out} holds the best weights so far"
+        ),
+    )
+
+
+def save_model(reg: Regressor, out: Path, run: dict[str, Any], table: Table, y: Any) -> Scores:
+    """Score the training rows and write the model folder (in a multi-process run, rank 0
+    alone writes)."""
+    from ..distributed import current, on_rank0
+    from ..metrics import regression_metrics
+
+    pred = reg.predict(table.features)
+    metrics = regression_metrics(y, pred)
+    first = (float(pred.reshape(len(pred), -1)[0, 0]), float(y.reshape(len(y), -1)[0, 0]))
+    on_rank0(
+        current(),
+        lambda: reg.save(
+            out,
+            metrics={f"train_{k}": v for k, v in metrics.items()},
+            run_settings=run,
+            target_names=table.target_names,
+        ),
+    )
+    return metrics, first
+
+
+def save_streamed(reg: Regressor, out: Path, run: dict[str, Any], data: Any, group: Any) -> Scores:
+    """Score the training data in a second streamed pass and write the model folder (rank 0
+    of a distributed run only; the others report NaN)."""
+    from ..distributed import on_rank0
+    from ..stream import evaluate_parquet
+
+    nan = float("nan")
+    found: dict[str, Any] = {
+        "metrics": dict.fromkeys(("mse", "rmse", "mae", "r2"), nan),
+        "first": (nan, nan),
+    }
+
+    def write() -> None:
+        evaluation = evaluate_parquet(reg, data)
+        found.update(metrics=evaluation.metrics, first=evaluation.first)
+        reg.save(
+            out,
+            metrics={f"train_{k}": v for k, v in evaluation.metrics.items()},
+            run_settings=run,
+            target_names=data.target_names,
+        )
+
+    on_rank0(group, write)
+    return found["metrics"], found["first"]
+
+
+def checkpointing(out: Path, settings: RunSettings) -> dict[str, Any]:
+    """fit's checkpoint arguments; the run's settings travel in the file, for --resume."""
+    from ..artifact import CHECKPOINT, MODEL_JSON
+
+    if not settings.checkpoint_every:
+        return {}
+    if (
+        out.exists()
+        and any(out.iterdir())
+        and not any((out / f).is_file() for f in (MODEL_JSON, CHECKPOINT))
+    ):
+        raise click.UsageError(
+            f"{out} exists and is not an nnreg run folder; choose another --out."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "checkpoint": out / CHECKPOINT,
+        "checkpoint_every": settings.checkpoint_every,
+        "checkpoint_info": settings.checkpoint_info(),
+    }
+
+
+def join_process_group(device: str) -> Any:
+    """In a process torchrun started as one of several: join its process group (left when
+    the command ends) and return it; None otherwise."""
+    from ..distributed import join, leave
+
+    group = join(device)
+    if group is not None:
+        click.get_current_context().call_on_close(leave)
+    return group
+
+
+def relaunch(nproc: int) -> None:
+    """Run this same command as ``nproc`` processes, and exit with their exit code."""
+    from ..distributed import launch
+
+    raise click.exceptions.Exit(launch(nproc, _without_nproc(_argv())))
+
+
+def default_out(stem: str) -> Path:
+    """runs/STEM, or runs/STEM-2, -3, ... when that exists: a new folder each run."""
+    base = Path("runs")
+    candidate, k = base / stem, 2
+    while candidate.exists():
+        candidate, k = base / f"{stem}-{k}", k + 1
+    return candidate
+
+
+def _argv() -> list[str]:
+    """The command's arguments, as ``main`` received them."""
+    obj = click.get_current_context().find_root().obj
+    return list(obj["argv"]) if isinstance(obj, dict) and "argv" in obj else sys.argv[1:]
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept

@@ -1,0 +1,147 @@
+"""`nnreg sweep`: train a grid of configurations and keep the best by validation RMSE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from . import options
+from .console import Report
+from .run import SignalStop, default_out, save_model
+from .tables import target_values, training_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..data import Table
+    from ..estimator import Regressor
+    from ..sweep import Trial
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@options.columns(target_required=True)
+@options.preset(default="recommended", show_default=True, help="Settings the sweep does not vary.")
+@options.hidden(
+    "hidden",
+    "Hidden sizes to try; repeat the option: --hidden 64,64 --hidden 128,128.",
+    multiple=True,
+)
+@click.option("--lr", callback=options.comma_list(float), help="Learning rates, e.g. 1e-3,3e-3.")
+@click.option(
+    "--weight-decay", callback=options.comma_list(float), help="Weight decays, e.g. 0,0.02."
+)
+@click.option("--seeds", callback=options.comma_list(int), help="Seeds, e.g. 0,1,2 (default 0).")
+@options.epochs
+@options.batch_size
+@click.option("--early-stopping", is_flag=True, default=None, help="Stop each model early.")
+@click.option(
+    "--validation-fraction",
+    type=float,
+    help="Share of rows held out to rank the configurations, in (0, 1) (default 0.1).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Save the best configuration, or the best N of its architecture as an ensemble.",
+)
+@options.outputs(
+    folder="Model folder for the best model (default: runs/<name>-sweep/); sweep.csv goes in it.",
+    as_json="Print the ranking as JSON on stdout.",
+)
+def sweep(
+    data: Path,
+    target: list[str],
+    features: list[str] | None,
+    categorical: list[str] | None,
+    preset: str,
+    top: int,
+    out: Path | None,
+    quiet: bool,
+    as_json: bool,
+    **values: Any,
+) -> None:
+    """Train a grid of configurations on DATA and keep the best by validation RMSE.
+
+    Every combination of --hidden, --lr, --weight-decay and --seeds trains on the same rows
+    and is scored on the same held-out rows; configurations with the same hidden sizes train
+    together as one batch. Prints the ranking, writes it to OUT/sweep.csv, and saves the best
+    model (or, with --top N, the best N of its architecture as an ensemble) in OUT.
+
+    \b
+    Examples:
+      nnreg sweep houses.csv --target price --lr 1e-3,3e-3,1e-2 --weight-decay 0,0.02
+      nnreg sweep houses.csv -t price --hidden 64,64 --hidden 128,128,128 --seeds 0,1,2 --top 3
+    """
+    from ..estimator import Regressor
+    from ..settings import load_settings
+    from ..sweep import Sweep
+
+    lists = {name: values.pop(name) for name in ("hidden", "lr", "weight_decay", "seeds")}
+    columns = {"path": data, "target": target, "features": features, "categorical": categorical}
+    settings = load_settings(
+        preset=preset,
+        params=values,
+        data=columns,
+        label=options.flag_label(click.get_current_context().command),
+    )
+    base = Regressor(**settings.params)
+    trials = _grid(base, lists)
+    table, source = training_table(settings.data)
+    y = target_values(table)
+    runner = Sweep(base, trials)
+    report = Report(quiet=quiet, as_json=as_json)
+    report.sweep_header(source, table, trials, f"preset {preset}, {base.max_iter} epochs")
+    with SignalStop() as stop:
+        runner.stop = stop.event
+        with report.sweep_progress() as progress:
+            runner.fit(table.features, y, progress=progress)
+    ranking = runner.table()
+    out = out or default_out(f"{data.stem}-sweep")
+    _save(runner.regressor(top=top), out, ranking, table, y, data, categorical)
+    report.sweep_result(out, ranking, top)
+    stop.exit_if_stopped(
+        runner.interrupted_,
+        lambda name: (
+            f"interrupted after {len(ranking)} of {len(trials)} configurations; "
+            f"{out} holds the best so far"
+        ),
+    )
+
+
+def _grid(base: Regressor, lists: dict[str, Any]) -> list[Trial]:
+    """The configurations: every combination of the lists given, the base's value for the
+    others."""
+    from ..sweep import grid
+
+    defaults: dict[str, list[Any]] = {
+        "hidden": [tuple(base.hidden_layer_sizes)],
+        "lr": [base.learning_rate_init],
+        "weight_decay": [base.weight_decay],
+        "seeds": [0],
+    }
+    return grid(**{name: lists[name] or defaults[name] for name in defaults})
+
+
+def _save(
+    reg: Regressor,
+    out: Path,
+    ranking: pd.DataFrame,
+    table: Table,
+    y: Any,
+    data: Path,
+    categorical: list[str] | None,
+) -> None:
+    """The best model's folder, with the ranking in it as sweep.csv."""
+    from ..artifact import write_file_atomic
+
+    run = {"path": str(data.resolve()), "target": table.target_names}
+    run["features"] = table.feature_names
+    if categorical:
+        run["categorical"] = categorical
+    save_model(reg, out, run, table, y)
+    write_file_atomic(out / "sweep.csv", lambda tmp: ranking.to_csv(tmp, index=False))
