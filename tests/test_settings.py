@@ -167,7 +167,8 @@ def test_sweep_options_are_checked_by_the_library(capsys, table_csv: Path) -> No
     code, _, err = run(["sweep", str(table_csv), "-t", "y", "--epochs", "0"], capsys)
     assert code == 2 and "--epochs/max_iter must be a positive integer" in err
     code, _, err = run(["sweep", str(table_csv), "-t", "y", "--hidden", "8,0"], capsys)
-    assert code == 2 and "hidden sizes must be positive integers, got (8, 0)" in err
+    assert code == 2 and "sweep's hidden (hidden_layer_sizes) values must each be" in err
+    assert "got (8, 0)" in err
 
 
 @pytest.mark.parametrize(

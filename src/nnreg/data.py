@@ -155,6 +155,9 @@ def select_columns(
 
 
 def _require_columns(wanted: list[str], columns: list[str], source: str, what: str) -> None:
+    twice = sorted({c for c in wanted if wanted.count(c) > 1})
+    if twice:
+        raise DataError(f"{what} column {twice[0]!r} is given twice; name each column once.")
     missing = [c for c in wanted if c not in columns]
     if missing:
         shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")

@@ -190,7 +190,7 @@ def _fitted_regressor(model: Any) -> Regressor:
     from .estimator import Regressor, load
 
     if isinstance(model, (str, Path)):
-        return load(model)
+        return load(model, history=False)
     if not isinstance(model, Regressor):
         raise ConfigError(
             "export_onnx needs a fitted nnreg.Regressor or the path of a model folder, got "

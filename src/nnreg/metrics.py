@@ -15,10 +15,12 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     """
     t = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)  # (rows, targets)
     p = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
-    err = p - t
-    mse = float(np.mean(err**2))
-    ss_res = np.sum(err**2, axis=0)
-    ss_tot = np.sum((t - t.mean(axis=0)) ** 2, axis=0)
+    # Errors too large to square are infinite (and reported as such): no warning for them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = p - t
+        mse = float(np.mean(err**2))
+        ss_res = np.sum(err**2, axis=0)
+        ss_tot = np.sum((t - t.mean(axis=0)) ** 2, axis=0)
     # R² is undefined for a constant target: 1 for a perfect fit, else 0, as in scikit-learn.
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))

@@ -110,6 +110,11 @@ def check_replaceable(
                 f"{dest} holds {path}, which this run reads; choose an output folder outside it."
             )
     if not os.path.lexists(dest):
+        ancestor = dest.parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OutputError(f"cannot create {dest}: {ancestor} is a file, not a folder.")
         return
     if dest.is_symlink():
         raise OutputError(f"{dest} is a symbolic link; give the path of a folder to write.")

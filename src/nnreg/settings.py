@@ -127,6 +127,9 @@ def load_settings(
     return RunSettings(merged, run, preset, every or 0, checkpoint, stream)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes
+
+
 def read_config(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a settings file: its ``[data]`` and ``[model]`` tables (column lists may be given
     as ``"a,b"``). A missing file, invalid TOML, or an unknown table or key is a
@@ -136,10 +139,14 @@ def read_config(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; check the path.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than a settings file can be; check the path.")
     try:
-        settings = tomllib.loads(path.read_text())
+        settings = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path} nests too deeply to be a settings file.") from exc
     allowed = {"data": DATA_KEYS, "model": frozenset(Regressor().get_params())}
     for table, values in settings.items():
         if table not in allowed or not isinstance(values, dict):

@@ -223,11 +223,18 @@ class Evaluation:
     metrics: dict[str, float]
     rows: int
     first: tuple[float, float]  # (predicted, actual) of the first row's first target
+    complete: bool = True  # False: stopped before the last chunk
 
 
-def evaluate_parquet(reg: Regressor, data: ParquetData, chunk_rows: int = CHUNK_ROWS) -> Evaluation:
+def evaluate_parquet(
+    reg: Regressor,
+    data: ParquetData,
+    chunk_rows: int = CHUNK_ROWS,
+    stop: threading.Event | None = None,
+) -> Evaluation:
     """MSE, RMSE, MAE and R² of ``reg`` on ``data`` (which names its targets), computed chunk
-    by chunk; equal to :func:`nnreg.metrics.regression_metrics` up to rounding."""
+    by chunk; equal to :func:`nnreg.metrics.regression_metrics` up to rounding. Setting
+    ``stop`` ends the pass after the current chunk (``complete`` is then False)."""
     _require_fitted(reg)
     if not data.target_names:
         raise ConfigError("evaluation needs the target column(s); give target=...")
@@ -239,6 +246,8 @@ def evaluate_parquet(reg: Regressor, data: ParquetData, chunk_rows: int = CHUNK_
         if metrics.rows == 0:
             first = (float(pred[0, 0]), float(chunk.y[0, 0]))
         metrics.update(chunk.y, pred)
+        if stop is not None and stop.is_set():
+            return Evaluation(metrics.result(), metrics.rows, first, complete=False)
     return Evaluation(metrics.result(), metrics.rows, first)
 
 

@@ -9,9 +9,11 @@ also name the flags that set them.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 import click
 
@@ -50,18 +52,29 @@ for command in (train, predict, evaluate, info, sweep, plot, export):
     cli.add_command(command)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside training: unwinds like Ctrl-C, so that temporaries are removed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``nnreg`` command."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     if not debug and _other_rank():
         _silence()  # one process of a multi-process run speaks for all: rank 0
+    previous = _on_sigterm(_terminate)
     try:
         code = cli.main(
             args=args, prog_name="nnreg", standalone_mode=False, obj={"argv": list(args)}
         )
-    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - errors become messages here
+    except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - the one place
         code = exit_code(exc, debug)
+    finally:
+        _on_sigterm(previous)
     if code and _other_rank():
         time.sleep(OTHER_RANK_GRACE)  # when rank 0 fails too, its message is the one shown
     sys.exit(code if isinstance(code, int) else 0)
@@ -77,17 +90,53 @@ def exit_code(exc: BaseException, debug: bool) -> int:
     if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
         click.echo("error: interrupted", err=True)
         return 130
+    if isinstance(exc, Terminated):
+        click.echo("error: terminated by SIGTERM; nothing was left half-written", err=True)
+        return 143
     if debug:
         traceback.print_exception(exc)
     if isinstance(exc, NnregError):
         usage = isinstance(exc, ConfigError)
         click.echo(f"error: {with_flags(with_rules(str(exc)) if usage else str(exc))}", err=True)
         return 2 if usage else 1
+    known = known_failure(exc)
+    if known is not None:
+        click.echo(f"error: {known}", err=True)
+        return 1
     click.echo(
         f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
         err=True,
     )
     return 1
+
+
+def known_failure(exc: BaseException) -> str | None:
+    """One sentence, problem and fix, for the failures of the machine rather than of nnreg:
+    a full or read-only disk, a missing permission, memory that cannot be had."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f" {exc.filename}" if exc.filename else ""
+        fixes = {
+            errno.ENOSPC: "free some space or write elsewhere (--out, -o)",
+            errno.EDQUOT: "free some space or write elsewhere (--out, -o)",
+            errno.EROFS: "the file system is read-only: write elsewhere (--out, -o)",
+            errno.EACCES: "check the permissions, or write elsewhere (--out, -o)",
+            errno.EPERM: "check the permissions, or write elsewhere (--out, -o)",
+        }
+        fix = fixes.get(exc.errno, "check the path and the disk")
+        return f"cannot access{where}: {exc.strerror}; {fix}."
+    memory = isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "allocate" in str(exc).lower()
+    )
+    if memory:
+        return (
+            "not enough memory for this run; use fewer or smaller hidden layers, a smaller "
+            "--batch-size, fewer --n-models, or --stream for data larger than memory."
+        )
+    if isinstance(exc, RecursionError):
+        return "a file nests too deeply to be read; it is not one nnreg wrote or reads."
+    return None
 
 
 def with_flags(message: str) -> str:
@@ -106,6 +155,15 @@ def with_rules(message: str) -> str:
             f" must be {PARAMETER_RULES[name][1]}, got", f" must be {restated}, got"
         )
     return message
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM and return the previous one (None where signals
+    cannot be handled: outside the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):
+        return None
 
 
 def _other_rank() -> bool:

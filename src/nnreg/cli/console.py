@@ -122,7 +122,7 @@ class Report:
                 "first_observation": {"predicted": first[0], "actual": first[1]},
                 "seconds": round(seconds, 4),
             }
-            print(json.dumps(summary, indent=2))
+            print(to_json(summary))
         elif self.quiet:
             print(out)
         else:
@@ -153,7 +153,7 @@ class Report:
         """The ranking and where the best model went."""
         if self.as_json:
             records = ranking.to_dict(orient="records")
-            print(json.dumps({"model_dir": str(out), "ranking": records}, indent=2))
+            print(to_json({"model_dir": str(out), "ranking": records}))
         elif self.quiet:
             print(out)
         else:
@@ -264,3 +264,19 @@ def _sweep_bar(console: Any) -> Iterator[Callable[[int, int], None]]:
             progress.update(task, completed=done, total=total)
 
         yield update
+
+
+def to_json(value: Any) -> str:
+    """``value`` as indented JSON that any parser reads: NaN and infinities become null."""
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=2, allow_nan=False)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import options
-from .console import print_info
+from .console import print_info, to_json
 from .tables import model_and_table, target_values
 
 
@@ -25,9 +25,9 @@ def info(model_dir: Path, as_json: bool) -> None:
     from ..artifact import load
     from ..model import summary
 
-    saved = load(model_dir)
+    saved = load(model_dir, history=False)
     if as_json:
-        click.echo(json.dumps({**saved.meta, "architecture": saved.config.to_dict()}, indent=2))
+        click.echo(to_json({**saved.meta, "architecture": saved.config.to_dict()}))
         return
     print_info(model_dir, saved.meta, summary(saved.config))
 
@@ -48,27 +48,29 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
     Example:
       nnreg plot runs/houses test.csv --out-dir figures
     """
-    from ..artifact import load, write_file_atomic
+    from ..artifact import add_files, load, write_file_atomic
     from ..plot import loss_curve, predicted_vs_actual
 
     out_dir = out_dir or model_dir
     if data is not None:
-        reg, table = model_and_table(model_dir, data, with_target=True)
+        reg, table = model_and_table(model_dir, data, with_target=True, history=True)
         history = reg.history_.to_dict()
     else:
         history = load(model_dir).history
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "loss.png"]
-    write_file_atomic(written[0], lambda p: loss_curve(history, p))
+    figures: dict[str, Any] = {"loss.png": lambda p: loss_curve(history, p)}
     if data is not None:
         pred, title = reg.predict(table.features), f"Predicted vs actual ({data.name})"
-        written.append(out_dir / "pred_vs_actual.png")
-        write_file_atomic(
-            written[1],
-            lambda p: predicted_vs_actual(target_values(table), pred, p, title=title),
+        figures["pred_vs_actual.png"] = lambda p: predicted_vs_actual(
+            target_values(table), pred, p, title=title
         )
-    for path in written:
-        click.echo(f"wrote {path}")
+    if out_dir.resolve() == Path(model_dir).resolve():
+        add_files(model_dir, figures)  # the folder's manifest lists them: still nnreg's own
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, write in figures.items():
+            write_file_atomic(out_dir / name, write)
+    for name in figures:
+        click.echo(f"wrote {out_dir / name}")
 
 
 @click.command()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
 from . import options
+from .console import to_json
 from .tables import feature_names, model_and_table, target_values
 
 
@@ -77,7 +77,7 @@ def _predict_streamed(model_dir: Path, data: Path, interval: float | None, outpu
     from ..estimator import load
     from ..stream import ParquetData, predict_parquet
 
-    reg = load(model_dir)
+    reg = load(model_dir, history=False)
     rows = predict_parquet(
         reg,
         ParquetData(data, features=feature_names(reg)),
@@ -107,7 +107,7 @@ def evaluate(model_dir: Path, data: Path, as_json: bool, stream: bool) -> None:
         from ..estimator import load
         from ..stream import ParquetData, evaluate_parquet
 
-        reg = load(model_dir)
+        reg = load(model_dir, history=False)
         source = ParquetData(data, reg.model_info_["targets"], feature_names(reg))
         result = evaluate_parquet(reg, source)
         metrics, rows = result.metrics, result.rows
@@ -116,7 +116,7 @@ def evaluate(model_dir: Path, data: Path, as_json: bool, stream: bool) -> None:
         metrics = regression_metrics(target_values(table), reg.predict(table.features))
         rows = len(table.features)
     if as_json:
-        click.echo(json.dumps({"rows": rows, **metrics}, indent=2))
+        click.echo(to_json({"rows": rows, **metrics}))
         return
     click.echo(f"rows  {rows}")
     for key in ("mse", "rmse", "mae", "r2"):

@@ -68,11 +68,12 @@ def fit_and_save(
     report: Report,
     log_every: int | None,
     fit: Callable[[Any, Any], None],
-    save: Callable[[], Scores],
+    save: Callable[[threading.Event | None], Scores],
 ) -> None:
-    """Run ``fit(on_epoch, stop)`` with progress, then ``save()`` the model folder (after a
-    divergence too, with the last finite weights), print the result, and exit 130/143 when a
-    signal ended training."""
+    """Run ``fit(on_epoch, stop)`` with progress, then ``save(stop)`` the model folder (after
+    a divergence too, with the last finite weights), print the result, and exit 130/143 when
+    a signal came. Signals are held until the folder is written: one during training ends it
+    after the current step, one while scoring or saving lets the folder be completed."""
     from ..exceptions import TrainingDivergedError
 
     started = time.perf_counter()
@@ -83,23 +84,32 @@ def fit_and_save(
                 fit(on_epoch, stop.event)
         except TrainingDivergedError as exc:
             if hasattr(reg, "model_"):  # a streamed run may fail before its network exists
-                save()
+                save(stop.event)
             raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
-    seconds = time.perf_counter() - started
-    metrics, first = save()
+        seconds = time.perf_counter() - started
+        metrics, first = save(stop.event)
     report.result(out, reg, metrics, first, seconds)
     stop.exit_if_stopped(
-        bool(reg.interrupted_),
+        stop.signal is not None,
         lambda name: (
             f"interrupted by {name} after epoch {reg.n_iter_ - 1}; the model folder "
             f"{out} holds the best weights so far"
+            if reg.interrupted_
+            else f"interrupted by {name} while saving; the model folder {out} is complete"
         ),
     )
 
 
-def save_model(reg: Regressor, out: Path, run: dict[str, Any], table: Table, y: Any) -> Scores:
-    """Score the training rows and write the model folder (in a multi-process run, rank 0
-    alone writes)."""
+def save_model(
+    reg: Regressor,
+    out: Path,
+    run: dict[str, Any],
+    table: Table,
+    y: Any,
+    files: dict[str, Any] | None = None,
+) -> Scores:
+    """Score the training rows and write the model folder, with ``files`` in it (in a
+    multi-process run, rank 0 alone writes)."""
     from ..distributed import current, on_rank0
     from ..metrics import regression_metrics
 
@@ -113,14 +123,24 @@ def save_model(reg: Regressor, out: Path, run: dict[str, Any], table: Table, y: 
             metrics={f"train_{k}": v for k, v in metrics.items()},
             run_settings=run,
             target_names=table.target_names,
+            files=files,
+            protect=protected(run),
         ),
     )
     return metrics, first
 
 
-def save_streamed(reg: Regressor, out: Path, run: dict[str, Any], data: Any, group: Any) -> Scores:
+def save_streamed(
+    reg: Regressor,
+    out: Path,
+    run: dict[str, Any],
+    data: Any,
+    group: Any,
+    stop: threading.Event | None = None,
+) -> Scores:
     """Score the training data in a second streamed pass and write the model folder (rank 0
-    of a distributed run only; the others report NaN)."""
+    of a distributed run only; the others report NaN). After a stop request the scoring pass
+    is left out (or cut short), so that the folder is written at once."""
     from ..distributed import on_rank0
     from ..stream import evaluate_parquet
 
@@ -131,39 +151,50 @@ def save_streamed(reg: Regressor, out: Path, run: dict[str, Any], data: Any, gro
     }
 
     def write() -> None:
-        evaluation = evaluate_parquet(reg, data)
-        found.update(metrics=evaluation.metrics, first=evaluation.first)
+        stopped = stop is not None and stop.is_set()
+        evaluation = None if stopped else evaluate_parquet(reg, data, stop=stop)
+        if evaluation is not None and evaluation.complete:
+            found.update(metrics=evaluation.metrics, first=evaluation.first)
         reg.save(
             out,
-            metrics={f"train_{k}": v for k, v in evaluation.metrics.items()},
+            metrics={f"train_{k}": v for k, v in found["metrics"].items()},
             run_settings=run,
             target_names=data.target_names,
+            protect=protected(run),
         )
 
     on_rank0(group, write)
     return found["metrics"], found["first"]
 
 
-def checkpointing(out: Path, settings: RunSettings) -> dict[str, Any]:
-    """fit's checkpoint arguments; the run's settings travel in the file, for --resume."""
-    from ..artifact import CHECKPOINT, MODEL_JSON
+def prepare_output(out: Path, settings: RunSettings) -> dict[str, Any]:
+    """Refuse, before any work, an output folder nnreg may not replace (one it did not
+    write, or one that holds the data); return fit's checkpoint arguments (the run's
+    settings travel in the checkpoint, for --resume)."""
+    from ..artifact import CHECKPOINT
 
+    check_output(out, settings.data)
     if not settings.checkpoint_every:
         return {}
-    if (
-        out.exists()
-        and any(out.iterdir())
-        and not any((out / f).is_file() for f in (MODEL_JSON, CHECKPOINT))
-    ):
-        raise click.UsageError(
-            f"{out} exists and is not an nnreg run folder; choose another --out."
-        )
     out.mkdir(parents=True, exist_ok=True)
     return {
         "checkpoint": out / CHECKPOINT,
         "checkpoint_every": settings.checkpoint_every,
         "checkpoint_info": settings.checkpoint_info(),
     }
+
+
+def check_output(out: Path, run: dict[str, Any]) -> None:
+    """Refuse an output folder that nnreg did not write, or that holds the run's data."""
+    from ..artifact import owned
+    from ..outputs import check_replaceable
+
+    check_replaceable(out, owned, protected(run))
+
+
+def protected(run: dict[str, Any]) -> list[Path]:
+    """What a run reads and its output must never replace: the data."""
+    return [Path(run["path"])] if run.get("path") else []
 
 
 def join_process_group(device: str) -> Any:

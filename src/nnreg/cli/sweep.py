@@ -9,7 +9,7 @@ import click
 
 from . import options
 from .console import Report
-from .run import SignalStop, default_out, save_model
+from .run import SignalStop, check_output, default_out, save_model
 from .tables import target_values, training_table
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ def sweep(
     table, source = training_table(settings.data)
     y = target_values(table)
     runner = Sweep(base, trials)
+    out = out or default_out(f"{data.stem}-sweep")
+    check_output(out, settings.data)  # before any training
     report = Report(quiet=quiet, as_json=as_json)
     report.sweep_header(source, table, trials, f"preset {preset}, {base.max_iter} epochs")
     with SignalStop() as stop:
@@ -101,7 +103,6 @@ def sweep(
         with report.sweep_progress() as progress:
             runner.fit(table.features, y, progress=progress)
     ranking = runner.table()
-    out = out or default_out(f"{data.stem}-sweep")
     _save(runner.regressor(top=top), out, ranking, table, y, data, categorical)
     report.sweep_result(out, ranking, top)
     stop.exit_if_stopped(
@@ -136,12 +137,10 @@ def _save(
     data: Path,
     categorical: list[str] | None,
 ) -> None:
-    """The best model's folder, with the ranking in it as sweep.csv."""
-    from ..artifact import write_file_atomic
-
+    """The best model's folder, with the ranking in it (and its manifest) as sweep.csv."""
     run = {"path": str(data.resolve()), "target": table.target_names}
     run["features"] = table.feature_names
     if categorical:
         run["categorical"] = categorical
-    save_model(reg, out, run, table, y)
-    write_file_atomic(out / "sweep.csv", lambda tmp: ranking.to_csv(tmp, index=False))
+    ranked = {"sweep.csv": lambda tmp: ranking.to_csv(tmp, index=False)}
+    save_model(reg, out, run, table, y, files=ranked)

@@ -49,12 +49,15 @@ def target_values(table: Table) -> Any:
     return table.y[:, 0] if table.y.shape[1] == 1 else table.y
 
 
-def model_and_table(model_dir: Path, data: Path, with_target: bool) -> tuple[Regressor, Table]:
-    """The model in ``model_dir``, and ``data``'s columns that it was trained on."""
+def model_and_table(
+    model_dir: Path, data: Path, with_target: bool, history: bool = False
+) -> tuple[Regressor, Table]:
+    """The model in ``model_dir`` (its training history only if asked for: predicting does
+    not read it), and ``data``'s columns that it was trained on."""
     from ..data import read_table, table_from_frame
     from ..estimator import load
 
-    reg = load(model_dir)
+    reg = load(model_dir, history=history)
     frame = read_table(data)
     return reg, table_from_frame(
         frame,

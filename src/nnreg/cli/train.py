@@ -11,10 +11,10 @@ import click
 from . import options
 from .console import Report
 from .run import (
-    checkpointing,
     default_out,
     fit_and_save,
     join_process_group,
+    prepare_output,
     relaunch,
     save_model,
     save_streamed,
@@ -134,7 +134,7 @@ def _train_in_memory(
     y = target_values(table)
     reg = Regressor(**settings.params)
     out = out or default_out("seed" if settings.seed_experiment else Path(run["path"]).stem)
-    fit_args = checkpointing(out, settings)
+    fit_args = prepare_output(out, settings)
     rows = len(table.features)
     preset = settings.preset or "config"
     report.header(source, rows, table.feature_names, table.target_names, preset, reg)
@@ -154,7 +154,7 @@ def _train_in_memory(
         )
 
     fit_and_save(
-        reg, out, group, report, log_every, fit, lambda: save_model(reg, out, run, table, y)
+        reg, out, group, report, log_every, fit, lambda stop: save_model(reg, out, run, table, y)
     )
 
 
@@ -177,7 +177,7 @@ def _train_streamed(
     reg = Regressor(**settings.params)
     check_streamable(reg)
     out = out or default_out(Path(run["path"]).stem)
-    fit_args = checkpointing(out, settings)
+    fit_args = prepare_output(out, settings)
     names = (data.feature_names, data.target_names)
     report.header(data.source, data.n_rows, *names, settings.preset or "config", reg)
     group = join_process_group(reg.device)
@@ -203,5 +203,11 @@ def _train_streamed(
         )
 
     fit_and_save(
-        reg, out, group, report, log_every, fit, lambda: save_streamed(reg, out, run, data, group)
+        reg,
+        out,
+        group,
+        report,
+        log_every,
+        fit,
+        lambda stop: save_streamed(reg, out, run, data, group, stop),
     )

@@ -1,0 +1,228 @@
+"""Nothing lost, nothing leaked, through the command line: output folders, signals while
+saving, kills at random moments, hostile names and absurd settings. Each case first
+reproduced a loss, a leak or an "unexpected" error; each now ends in one line or a complete
+folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nnreg
+from cli_helpers import run
+from nnreg import plot as plot_module
+from nnreg.reading import read_file, sha256
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def one_line(err: str) -> bool:
+    return err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_foreign_out_folder_is_refused_before_training(capsys, tmp_path, table_csv) -> None:
+    tfjs = tmp_path / "tfjs"
+    tfjs.mkdir()
+    (tfjs / "model.json").write_text('{"format": "layers-model"}')
+    (tfjs / "shard.bin").write_bytes(b"x")
+    before = snapshot(tfjs)
+    for extra in ([], ["--checkpoint-every", "1"]):
+        code, out, err = run(
+            ["train", str(table_csv), "-t", "y", "--out", str(tfjs), *extra], capsys
+        )
+        assert code == 1 and one_line(err) and "not an nnreg model folder" in err
+        assert "epoch" not in out  # refused before any training
+        assert snapshot(tfjs) == before
+    code, _, err = run(["sweep", str(table_csv), "-t", "y", "--out", str(tfjs)], capsys)
+    assert code == 1 and one_line(err) and snapshot(tfjs) == before
+
+
+def test_the_training_data_inside_out_is_refused(capsys, tmp_path, table_frame) -> None:
+    folder = tmp_path / "m1"
+    code, _, _ = run(["train", "--epochs", "2", "--out", str(folder)], capsys)
+    assert code == 0
+    table_frame.to_csv(folder / "train.csv", index=False)
+    args = ["train", str(folder / "train.csv"), "-t", "y", "--epochs", "2", "--out", str(folder)]
+    code, _, err = run(args, capsys)
+    assert code == 1 and one_line(err) and "which this run reads" in err
+    assert (folder / "train.csv").is_file()
+
+
+def test_out_dot_in_a_folder_nnreg_did_not_write(capsys, tmp_path, table_csv, monkeypatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "notes.txt").write_text("mine")
+    code, _, err = run(["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", "."], capsys)
+    assert code == 1 and one_line(err) and "not an nnreg model folder" in err
+    assert (work / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("moment", ["scoring", "saving"])
+def test_a_signal_while_scoring_or_saving_leaves_a_complete_folder(
+    capsys, tmp_path, table_csv, monkeypatch, signum: int, moment: str
+) -> None:
+    sent = []
+
+    def send() -> None:
+        if not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+
+    if moment == "saving":  # the loss curve is drawn inside the folder being written
+        curve = plot_module.loss_curve
+
+        def loss_curve(*args, **kwargs):
+            send()
+            return curve(*args, **kwargs)
+
+        monkeypatch.setattr(plot_module, "loss_curve", loss_curve)
+    else:
+        predict = nnreg.Regressor.predict
+
+        def scored(self, *args, **kwargs):
+            send()
+            return predict(self, *args, **kwargs)
+
+        monkeypatch.setattr(nnreg.Regressor, "predict", scored)
+    out = tmp_path / "m"
+    code, _, err = run(
+        ["train", str(table_csv), "-t", "y", "--epochs", "3", "--out", str(out)], capsys
+    )
+    assert sent and code == 128 + signum
+    assert "is complete" in err
+    assert nnreg.load(out).n_iter_ == 3  # the whole run, saved
+
+
+def test_evaluate_json_is_json_even_when_a_metric_is_undefined(capsys, tmp_path, table_csv) -> None:
+    out = tmp_path / "m"
+    assert (
+        run(["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", str(out)], capsys)[0]
+        == 0
+    )
+    huge = pd.read_csv(table_csv).assign(y=1e200)  # squared errors overflow to infinity
+    huge.to_csv(tmp_path / "c.csv", index=False)
+    code, stdout, _ = run(["evaluate", str(out), str(tmp_path / "c.csv"), "--json"], capsys)
+    assert code == 0
+    found = json.loads(stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert found["mse"] is None and found["mae"] == pytest.approx(1e200)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--target", "y,y"], 1, "given twice"),
+        (["--hidden", "1000000,1000000"], 1, "not enough memory"),
+        (["--out", "{csv}/inside"], 1, "is a file"),
+    ],
+)
+def test_absurd_settings_are_one_line(capsys, table_csv, args, code, message) -> None:
+    args = [a.replace("{csv}", str(table_csv)) for a in args]
+    base = ["train", str(table_csv), "--epochs", "1"]
+    if "--target" not in args:
+        base += ["-t", "y"]
+    found, _, err = run([*base, *args], capsys)
+    assert found == code and one_line(err) and message in err and "unexpected" not in err
+
+
+def test_deeply_nested_config_is_a_settings_error(capsys, tmp_path) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text("[model]\nmax_iter = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    code, _, err = run(["train", "--config", str(path)], capsys)
+    assert code == 2 and one_line(err) and "nests too deeply" in err
+
+
+def test_resume_with_other_hidden_sizes_is_one_line(
+    capsys, tmp_path, table_csv, monkeypatch
+) -> None:
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the run dies before its final save: a checkpoint remains
+
+    out = tmp_path / "run"
+    args = ["train", str(table_csv), "-t", "y", "--epochs", "4", "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(nnreg.Regressor, "save", killed)
+        assert run([*args, "--checkpoint-every", "2"], capsys)[0] == 130
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors"]
+    code, _, err = run(["train", "--resume", str(out), "--hidden", "9"], capsys)
+    assert code == 1 and one_line(err) and "made from other data or settings" in err
+    assert run(["train", "--resume", str(out)], capsys)[0] == 0  # unchanged: it resumes
+
+
+def test_column_names_with_markup_and_emoji_train_and_repeat(capsys, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(60, 3)), columns=["[/x]", "weight [kg]", "😀 score"])
+    frame["y"] = frame.sum(axis=1)
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    out = tmp_path / "m"
+    code, stdout, err = run(
+        ["train", str(tmp_path / "d.csv"), "-t", "y", "--epochs", "2", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert "weight [kg]" in stdout and "[/x]" in stdout
+    again = tmp_path / "again"
+    code, _, err = run(["train", "--config", str(out / "config.toml"), "--out", str(again)], capsys)
+    assert code == 0, err
+    assert read_file(again / "weights.safetensors") == read_file(out / "weights.safetensors")
+
+
+def test_plot_into_the_model_folder_keeps_it_nnregs(capsys, tmp_path, table_csv) -> None:
+    out = tmp_path / "m"
+    args = ["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", str(out)]
+    assert run(args, capsys)[0] == 0
+    assert run(["plot", str(out), str(table_csv)], capsys)[0] == 0
+    assert (out / "pred_vs_actual.png").is_file()
+    assert run(args, capsys)[0] == 0  # still a folder nnreg may replace
+    assert not (out / "pred_vs_actual.png").exists()
+
+
+# -- kills at random moments ----------------------------------------------------------------
+
+
+def weights_hash(folder: Path) -> str:
+    return sha256(read_file(folder / "weights.safetensors"))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_never_loses_the_model(tmp_path: Path, table_csv: Path) -> None:
+    out = tmp_path / "m"
+    command = [sys.executable, "-m", "nnreg", "train", str(table_csv), "-t", "y", "--quiet"]
+    command += ["--epochs", "3", "--out", str(out)]
+    subprocess.run([*command, "--seed", "0"], check=True, capture_output=True)
+    old = weights_hash(out)
+    started = time.monotonic()
+    subprocess.run([*command, "--seed", "1"], check=True, capture_output=True)
+    duration = time.monotonic() - started
+    new = weights_hash(out)
+    subprocess.run([*command, "--seed", "0"], check=True, capture_output=True)
+    assert old != new and weights_hash(out) == old
+    rng = random.Random(0)
+    seen = set()
+    for k in range(50):
+        proc = subprocess.Popen(
+            [*command, "--seed", str(k % 2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.2, 1.1) * duration)  # mostly late: training and saving
+        proc.kill()
+        proc.wait()
+        assert out.is_dir(), f"kill {k} left no model folder"
+        loaded = nnreg.load(out)  # a complete folder, every hash valid
+        seen.add(weights_hash(out))
+        assert seen <= {old, new} and loaded.n_iter_ == 3
+    subprocess.run([*command, "--seed", "0"], check=True, capture_output=True)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == [] and [p for p in out.iterdir() if p.name.startswith(".")] == []
+    assert len(seen) == 2  # both the old and the new model survived some kills
