@@ -3,12 +3,13 @@
 Trains the recommended preset (``Regressor(max_iter=20)``) on 4,000 rows x 8 features, in a
 fresh process each time (OpenMP reads its settings when torch loads), first on an idle
 machine and then while another process keeps one core busy (``while True: pass``), under
-three thread settings:
+four thread settings:
 
-* ``nnreg``: what nnreg does by itself (see ``nnreg.device``);
-* ``spinning``: OpenMP threads that spin while they wait (``OMP_WAIT_POLICY=ACTIVE``), as
-  torch's default OpenMP build does for a while after every parallel region;
-* ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` set by hand.
+* ``nnreg``: what nnreg does by itself: torch's thread count for steps this large, but no
+  more threads than the cores other processes leave free (``nnreg.device.thread_policy``);
+* ``fixed``: torch's thread count throughout, as nnreg did before it watched the machine;
+* ``passive``: the same, with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
+* ``one thread``: ``OMP_NUM_THREADS=1``.
 
 Writes ``benchmarks/results/contention.md``: seconds per fit (median of the repeats) and the
 busy/idle ratio of each. The target is nnreg's ratio at most 2.5 (with one of two cores
@@ -36,6 +37,9 @@ FIT = """
 import json, sys, time
 import numpy as np
 import nnreg
+import nnreg.device
+if sys.argv[2] == "fixed":  # no look at the machine: the thread count stays as torch has it
+    nnreg.device._busy_seconds = lambda cores: None
 rng = np.random.default_rng(0)
 X = rng.normal(size=(4000, 8))
 y = np.sin(X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=4000)
@@ -49,18 +53,19 @@ import torch
 print(json.dumps({"times": times, "threads": torch.get_num_threads()}))
 """
 
-SETTINGS = {
-    "nnreg": {},
-    "spinning": {"OMP_WAIT_POLICY": "ACTIVE"},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+SETTINGS = {  # name -> (environment, nnreg watches the machine)
+    "nnreg": ({}, True),
+    "fixed": ({}, False),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),
+    "one thread": ({"OMP_NUM_THREADS": "1"}, False),
 }
 
 
-def fit_seconds(extra_env: dict[str, str], repeats: int) -> tuple[float, int]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def fit_seconds(extra_env: dict[str, str], watch: bool, repeats: int) -> tuple[float, int]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env.update(extra_env)
     done = subprocess.run(
-        [sys.executable, "-c", FIT, str(repeats)],
+        [sys.executable, "-c", FIT, str(repeats), "watch" if watch else "fixed"],
         env=env,
         capture_output=True,
         text=True,
@@ -79,12 +84,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rows = []
-    for name, env in SETTINGS.items():
-        idle, threads = fit_seconds(env, args.repeats)
+    for name, (env, watch) in SETTINGS.items():
+        idle, threads = fit_seconds(env, watch, args.repeats)
         hog = busy_core()
         try:
             time.sleep(0.5)  # let the scheduler settle on the busy process
-            busy, _ = fit_seconds(env, args.repeats)
+            busy, _ = fit_seconds(env, watch, args.repeats)
         finally:
             hog.kill()
             hog.wait()
@@ -110,7 +115,7 @@ def write(rows: list[tuple[str, int, float, float, float]], repeats: int) -> Non
         "each setting in fresh processes, idle and then beside a process that keeps one core "
         "busy.",
         "",
-        "| threads | intra-op threads | idle s | one core busy s | busy / idle |",
+        "| threads | torch threads at start | idle s | one core busy s | busy / idle |",
         "|---|---|---|---|---|",
     ]
     lines += [f"| {n} | {t} | {i:.3f} | {b:.3f} | {r:.2f} |" for n, t, i, b, r in rows]

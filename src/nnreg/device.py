@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -18,6 +19,7 @@ from .exceptions import ConfigError
 __all__ = [
     "DEVICE_HELP",
     "ONE_THREAD_MAX_WORK",
+    "adapt_threads",
     "is_device_name",
     "local_rank",
     "resolve_device",
@@ -91,16 +93,98 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
     """Run the block with ``threads`` intra-op threads, or by measurement when None.
 
     Small matrix products finish before a second thread is worth waking, so steps whose
-    ``batch * widest**2`` is at most :data:`ONE_THREAD_MAX_WORK` use one thread; larger ones
-    keep torch's setting. The previous setting is restored afterwards.
+    ``batch * widest**2`` is at most :data:`ONE_THREAD_MAX_WORK` use one thread. Larger ones
+    use torch's setting, but only as many threads as there are cores that other processes
+    leave free: a :class:`_Governor` watches the machine while the block runs (the trainers
+    call :func:`adapt_threads` every step), because threads that wait for a core another
+    process holds slow every step down several times. The thread count does not change the
+    result (tested). The previous setting is restored afterwards.
     """
+    global _governor
     before = torch.get_num_threads()
+    governor = None
     if threads is None:
         threads = 1 if batch * widest**2 <= ONE_THREAD_MAX_WORK else before
+        if threads > 1:
+            governor = _Governor(threads)
+            threads = governor.current
     if threads != before:
         torch.set_num_threads(threads)
+    outer, _governor = _governor, governor
     try:
         yield
     finally:
+        _governor = outer
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def adapt_threads() -> None:
+    """Let the running :func:`thread_policy` adjust its thread count (cheap: it looks at the
+    machine at most every :data:`_Governor.PERIOD` seconds)."""
+    if _governor is not None:
+        _governor.check()
+
+
+class _Governor:
+    """Intra-op threads that follow the cores other processes leave free.
+
+    Every PERIOD seconds it compares the CPU time the machine spent (``/proc/stat``, on the
+    cores this process may use) with this process's own: the difference is what other
+    processes used. The thread count becomes the free cores, at least one and at most the
+    count asked for. Where there is no ``/proc/stat``, the count stays as asked.
+    """
+
+    PERIOD = 0.25  # seconds between looks at the machine
+    FIRST_LOOK = 0.02  # the look before the first step
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = self.current = wanted
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.last = self._sample()
+        if self.last is not None:
+            time.sleep(self.FIRST_LOOK)
+            self._update()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall seconds, busy core-seconds of the machine, this process's CPU seconds)."""
+        busy = _busy_seconds(self.cores)
+        return None if busy is None else (time.monotonic(), busy, time.process_time())
+
+    def check(self) -> None:
+        if self.last is not None and time.monotonic() - self.last[0] >= self.PERIOD:
+            self._update()
+
+    def _update(self) -> None:
+        now = self._sample()
+        if now is None or self.last is None or now[0] <= self.last[0]:
+            return
+        wall = now[0] - self.last[0]
+        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / wall
+        self.last = now
+        free = len(self.cores) - others
+        target = max(1, min(self.wanted, int(free + 0.5)))  # free cores, rounded
+        if target != self.current:
+            torch.set_num_threads(target)
+            self.current = target
+
+
+_governor: _Governor | None = None
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_seconds(cores: list[int]) -> float | None:
+    """Core-seconds the machine has spent busy on ``cores`` since boot, or None."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    wanted = {f"cpu{c}" for c in cores}
+    busy = 0
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            ticks = [int(v) for v in fields[1:8]]  # user nice system idle iowait irq softirq
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy / _TICKS if wanted else None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import thread_policy
+from .device import adapt_threads, thread_policy
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
 from .model import MLP
@@ -163,6 +163,7 @@ class EnsembleTrainer:
             self._set_scale(epoch)
             losses = self.net.loss_and_grad(rows.X1, rows.y, rows.w)  # same tensors every epoch
             self.optimizer.step()
+            adapt_threads()  # another process may have taken a core
             return losses.cpu()
         Xe, ye, we = rows.shuffled()  # (K, rows, ...)
         total = Xe.new_zeros(self.K)
@@ -172,6 +173,7 @@ class EnsembleTrainer:
             wb = None if we is None else we[:, part]
             losses = self.net.loss_and_grad(Xe[:, part], ye[:, part], wb)
             self.optimizer.step()
+            adapt_threads()
             total.add_(losses, alpha=(stop - start) / rows.n)
         return total.cpu()  # the epoch's one host sync
 

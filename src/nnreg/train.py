@@ -23,7 +23,7 @@ from torch import nn
 from .backends import ELEMENTWISE as ELEMENTWISE  # the autograd losses, public here too
 from .backends import MEAN as MEAN
 from .backends import AutogradBackend, FastBackend, StepBackend, loss_function
-from .device import thread_policy
+from .device import adapt_threads, thread_policy
 from .engine import FastMLP, FlatOptimizer, epoch_batches, supports
 from .exceptions import TrainingDivergedError
 from .schedule import EarlyStopping, Schedule, check_finite
@@ -379,6 +379,7 @@ class Trainer:
         for epoch in range(start, epochs):
             self.backend.set_lr(self.schedule.rate(epoch * steps))
             if full is not None:  # one fixed batch: the backend's shortest step
+                adapt_threads()
                 yield full()
             else:
                 yield self._train_epoch(self._shuffle(X, y, w, batches), epoch, steps, X)
@@ -422,6 +423,7 @@ class Trainer:
             if per_step and b:
                 self.backend.set_lr(self.schedule.rate(epoch * steps + b))
             loss, factor = self.backend.step(xb, yb, wb, average)
+            adapt_threads()  # another process may have taken a core
             total.add_(loss, alpha=factor * xb.shape[0])
             rows += xb.shape[0]
             if self.stop_requested:  # a signal: end the epoch after this step

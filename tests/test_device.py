@@ -1,0 +1,64 @@
+"""Devices and threads: the thread count follows the free cores and never changes a result."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+import nnreg
+from nnreg import device
+
+
+@pytest.mark.parametrize(("others", "threads"), [(0.0, 2), (0.3, 2), (1.0, 1), (1.9, 1)])
+def test_the_governor_leaves_the_cores_other_processes_use(
+    monkeypatch: pytest.MonkeyPatch, others: float, threads: int
+) -> None:
+    clock = {"wall": 0.0, "own": 0.0}
+    monkeypatch.setattr(device.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(device.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(device.time, "sleep", lambda s: None)
+    busy = {"total": 0.0}
+
+    def busy_seconds(cores: list[int]) -> float:
+        return busy["total"]
+
+    monkeypatch.setattr(device, "_busy_seconds", busy_seconds)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    governor = device._Governor(2)
+    before = torch.get_num_threads()
+    try:
+        for _ in range(3):  # one second of training: this process busy on 1.5 cores
+            clock["wall"] += 1.0
+            clock["own"] += 1.5
+            busy["total"] += 1.5 + others
+            governor.check()
+        assert governor.current == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_proc_stat_the_thread_count_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "_busy_seconds", lambda cores: None)
+    governor = device._Governor(2)
+    governor.check()
+    assert governor.current == 2
+
+
+def test_the_thread_count_does_not_change_the_fit() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 8))
+    y = np.sin(X[:, 0]) + X[:, 1] ** 2
+    digests = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with device.thread_policy(10**9, 10**9, threads):  # forced, as TrainConfig.threads
+                reg = nnreg.Regressor(max_iter=3, random_state=0).fit(X, y)
+            digests.append(hashlib.sha256(reg.predict(X).tobytes()).hexdigest())
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1]
