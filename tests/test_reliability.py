@@ -128,6 +128,9 @@ def test_files_are_written_with_the_users_umask(tmp_path: Path, fitted) -> None:
     finally:
         os.umask(previous)
     assert (folder.stat().st_mode & 0o777) == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == dict.fromkeys(
+        sorted(p.name for p in folder.iterdir()), 0o644
+    )
     assert ((tmp_path / "p.csv").stat().st_mode & 0o777) == 0o644
 
 

@@ -145,7 +145,10 @@ def atomic_folder(
     tmp.mkdir(mode=0o777)  # an ordinary folder, as the umask has it
     try:
         yield tmp
+        mode = _file_mode()
         for f in tmp.iterdir():
+            if f.is_file() and not f.is_symlink():
+                f.chmod(mode)  # some writers (safetensors) make private files
             _fsync(f)
         _fsync(tmp)
         check_replaceable(dest, owned, protect)  # nothing foreign arrived meanwhile
@@ -182,11 +185,19 @@ def write_file_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
+        tmp.chmod(_file_mode())  # a writer may have made the file anew, private
         _fsync(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _file_mode() -> int:
+    """The permissions the umask gives a new file (read from the umask, which is restored)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync(path: Path) -> None:
