@@ -65,9 +65,17 @@ def test_out_dot_in_a_folder_nnreg_did_not_write(capsys, tmp_path, table_csv, mo
     work.mkdir()
     monkeypatch.chdir(work)
     (work / "notes.txt").write_text("mine")
-    code, _, err = run(["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", "."], capsys)
-    assert code == 1 and one_line(err) and "not an nnreg model folder" in err
-    assert (work / "notes.txt").read_text() == "mine"
+    for extra in ([], ["--checkpoint-every", "1"]):
+        args = ["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", ".", *extra]
+        code, out, err = run(args, capsys)
+        assert code == 1 and one_line(err) and "is the current folder" in err
+        assert "epoch" not in out
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # nothing left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    code, out, err = run(["train", str(table_csv), "-t", "y", "--out", "."], capsys)
+    assert code == 1 and "is the current folder" in err and list(empty.iterdir()) == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -187,6 +195,103 @@ def test_plot_into_the_model_folder_keeps_it_nnregs(capsys, tmp_path, table_csv)
     assert (out / "pred_vs_actual.png").is_file()
     assert run(args, capsys)[0] == 0  # still a folder nnreg may replace
     assert not (out / "pred_vs_actual.png").exists()
+
+
+def test_outputs_never_overwrite_the_inputs_or_files_nnreg_did_not_write(
+    capsys, tmp_path, table_csv
+) -> None:
+    model = tmp_path / "m"
+    assert (
+        run(["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", str(model)], capsys)[0]
+        == 0
+    )
+    before, data = snapshot(model), table_csv.read_bytes()
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my,own\n1,2\n")
+    figure = tmp_path / "figs" / "loss.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"\x89PNG my own drawing")
+    attempts = [
+        ["predict", str(model), str(table_csv), "-o", str(model / "model.json")],
+        ["predict", str(model), str(table_csv), "-o", str(model / "new.csv")],
+        ["predict", str(model), str(table_csv), "-o", str(table_csv)],
+        ["predict", str(model), str(table_csv), "-o", str(mine)],
+        ["export", str(model), str(table_csv)],
+        ["export", str(model), str(model / "model.json")],
+        ["plot", str(model), "--out-dir", str(figure.parent)],
+    ]
+    for args in attempts:
+        code, _, err = run(args, capsys)
+        assert code == 1 and one_line(err), (args, err)
+    assert snapshot(model) == before and table_csv.read_bytes() == data
+    assert mine.read_text() == "my,own\n1,2\n" and figure.read_bytes() == b"\x89PNG my own drawing"
+    preds = tmp_path / "preds.csv"  # nnreg's own outputs are replaced as before
+    for _ in range(2):
+        assert run(["predict", str(model), str(table_csv), "-o", str(preds)], capsys)[0] == 0
+    for _ in range(2):
+        assert run(["plot", str(model), "--out-dir", str(tmp_path / "mine-figs")], capsys)[0] == 0
+
+
+def test_a_folder_entry_named_like_a_temporary_is_not_taken_for_one(
+    capsys, tmp_path, table_csv
+) -> None:
+    model = tmp_path / "m"
+    args = ["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", str(model)]
+    assert run(args, capsys)[0] == 0
+    precious = model / ".precious.nnreg-1-deadbeef.tmp"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    code, _, err = run(args, capsys)
+    assert code == 1 and "not one of its files" in err
+    assert (precious / "thesis.txt").read_text() == "years of work"
+
+
+def test_resume_elsewhere_is_refused(capsys, tmp_path) -> None:
+    code, _, err = run(
+        ["train", "--resume", str(tmp_path / "a"), "--out", str(tmp_path / "b")], capsys
+    )
+    assert code == 2 and "leave out --out" in err
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.update(calibration=[1]),
+        lambda d: d.pop("target_1d"),
+        lambda d: d.pop("targets"),
+        lambda d: d.update(targets=["y", "z"]),
+        lambda d: d.update(targets=[1]),
+        lambda d: d.update(features=["a", "b", "c"]),
+        lambda d: d.update(training=[1]),
+        lambda d: d.update(metrics={"train_mse": "x"}),
+    ],
+)
+def test_an_edited_model_json_is_one_line_for_every_command(
+    capsys, tmp_path, table_csv, change
+) -> None:
+    model = tmp_path / "m"
+    assert (
+        run(["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", str(model)], capsys)[0]
+        == 0
+    )
+    doc = json.loads((model / "model.json").read_text())
+    change(doc)
+    (model / "model.json").write_text(json.dumps(doc))
+    for args in (["info", str(model)], ["predict", str(model), str(table_csv)]):
+        code, _, err = run(args, capsys)
+        assert code == 1 and one_line(err) and "unexpected" not in err, (args, err)
+
+
+def test_a_padded_weights_file_is_refused_before_it_is_read(capsys, tmp_path, table_csv) -> None:
+    model = tmp_path / "m"
+    assert (
+        run(["train", str(table_csv), "-t", "y", "--epochs", "2", "--out", str(model)], capsys)[0]
+        == 0
+    )
+    with open(model / "weights.safetensors", "ab") as f:
+        f.truncate(1 << 30)  # a sparse gigabyte: reading it would cost a gigabyte of memory
+    code, _, err = run(["info", str(model)], capsys)
+    assert code == 1 and "not the size its header describes" in err
 
 
 # -- kills at random moments ----------------------------------------------------------------

@@ -38,7 +38,14 @@ from .checkpoint import CHECKPOINT, is_checkpoint, load_checkpoint, save_checkpo
 from .exceptions import ModelFileError
 from .model import MLPConfig, state_shapes
 from .outputs import atomic_folder, write_file_atomic
-from .reading import MAX_JSON_BYTES, MAX_TEXT_BYTES, read_file, read_json, sha256
+from .reading import (
+    MAX_JSON_BYTES,
+    MAX_TEXT_BYTES,
+    read_file,
+    read_json,
+    safetensors_size,
+    sha256,
+)
 from .reading import safetensors_header as _header
 
 __all__ = [
@@ -64,7 +71,11 @@ HISTORY = "history.csv"
 CONFIG = "config.toml"
 LOSS_PNG = "loss.png"
 V1_FILES = (WEIGHTS, HISTORY, CONFIG, LOSS_PNG)  # a version-1 folder's files (no manifest)
-TEMPORARY = re.compile(r"\..+\.nnreg-\d+-[0-9a-f]{8}\.(tmp|old)")  # outputs.temporary_name
+# What nnreg's own writes inside a folder leave while they run (outputs.temporary_name): a
+# file named after one of the folder's files. Anything else, however named, is not nnreg's.
+TEMPORARY = re.compile(
+    r"\.(checkpoint\.safetensors|model\.json|[\w-]+\.png)\.nnreg-\d+-[0-9a-f]{8}\.tmp"
+)
 
 Writer = Callable[[Path], Any]  # writes a file at the path it is given
 
@@ -153,7 +164,7 @@ def add_files(folder: str | Path, files: dict[str, Writer]) -> None:
 
 def owned(folder: Path) -> str | None:
     """None when nnreg wrote ``folder`` (see the module docstring), else why it cannot tell."""
-    names = {p.name for p in Path(folder).iterdir() if not TEMPORARY.fullmatch(p.name)}
+    names = {p.name for p in Path(folder).iterdir() if not _temporary(p)}
     if MODEL_JSON not in names:
         if names == {CHECKPOINT} and is_checkpoint(folder / CHECKPOINT):
             return None  # a run that has only checkpointed so far
@@ -174,6 +185,11 @@ def owned(folder: Path) -> str | None:
         if expected is not None and sha256(read_file(path)) != expected:
             return f"{name} was changed after nnreg wrote it"
     return None
+
+
+def _temporary(path: Path) -> bool:
+    """A temporary file that one of nnreg's writes into the folder leaves while it runs."""
+    return bool(TEMPORARY.fullmatch(path.name)) and path.is_file() and not path.is_symlink()
 
 
 def _document(path: Path) -> dict[str, Any]:
@@ -223,7 +239,7 @@ def load(path: str | Path, *, history: bool = True) -> SavedModel:
     doc = _document(path)
     manifest = _manifest(doc)
     weights = path / WEIGHTS
-    data = _checked(path, WEIGHTS, manifest, limit=None)
+    data = _checked(path, WEIGHTS, manifest, limit=None, expect=safetensors_size(weights))
     expected = (doc.get("weights") or {}).get("sha256")
     if sha256(data) != expected:
         raise ModelFileError(
@@ -241,14 +257,20 @@ def load(path: str | Path, *, history: bool = True) -> SavedModel:
     return SavedModel(path=path, config=config, state_dict=state_dict, meta=meta, history=hist)
 
 
-def _checked(folder: Path, name: str, manifest: dict[str, str | None], limit: int | None) -> bytes:
+def _checked(
+    folder: Path,
+    name: str,
+    manifest: dict[str, str | None],
+    limit: int | None,
+    expect: Any = None,
+) -> bytes:
     """The bytes of ``folder/name``, which must match the manifest's hash."""
     path = folder / name
     if name not in manifest:
         raise ModelFileError(f"{path} is not listed in {MODEL_JSON}; the folder is corrupt.")
     if not path.exists() and not path.is_symlink():
         raise ModelFileError(f"{folder} has no {name}; the folder is incomplete.")
-    data = read_file(path, limit)
+    data = read_file(path, limit, expect)
     expected = manifest[name]
     if expected is not None and name != WEIGHTS and sha256(data) != expected:
         raise ModelFileError(

@@ -44,9 +44,9 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .artifact import write_file_atomic
 from .exceptions import ConfigError, DataError, ModelFileError, NotFittedError
 from .model import MLP, MLPEnsemble
+from .outputs import check_output_file, write_file_atomic
 from .preprocess import MISSING_CATEGORY, OTHER, SMOOTH_CLIP, TablePreprocessor
 
 if TYPE_CHECKING:
@@ -105,10 +105,12 @@ def export_onnx(model: Regressor | str | Path, path: str | Path, *, opset: int =
     '.onnx'
     """
     onnx = _import_onnx()
-    reg = _fitted_regressor(model)
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; give the path of the .onnx file to write.")
+    reads = [model] if isinstance(model, (str, Path)) else []
+    check_output_file(path, lambda p: _made_onnx(onnx, p), protect=reads)
+    reg = _fitted_regressor(model)
     max_opset = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ConfigError(
@@ -119,6 +121,14 @@ def export_onnx(model: Regressor | str | Path, path: str | Path, *, opset: int =
     onnx.checker.check_model(proto, full_check=True)  # types and shapes agree end to end
     write_file_atomic(path, lambda tmp: onnx.save_model(proto, str(tmp)))
     return path
+
+
+def _made_onnx(onnx: Any, path: Path) -> bool:
+    """True for an ONNX file that nnreg exported (its producer is nnreg)."""
+    try:
+        return onnx.load(str(path), load_external_data=False).producer_name == "nnreg"
+    except Exception:  # noqa: BLE001 - unreadable: not provably nnreg's
+        return False
 
 
 def onnx_inputs(path: str | Path, X: Any) -> dict[str, np.ndarray]:

@@ -38,6 +38,9 @@ from .exceptions import OutputError
 
 __all__ = [
     "atomic_folder",
+    "check_output_file",
+    "made_figure",
+    "made_predictions",
     "check_replaceable",
     "clean_stale",
     "exchange",
@@ -50,6 +53,7 @@ Owned = Callable[[Path], "str | None"]  # None: nnreg wrote this folder; else wh
 
 def temporary_name(dest: Path, kind: str = "tmp") -> Path:
     """A sibling of ``dest`` that names this process: ``.NAME.nnreg-PID-TOKEN.KIND``."""
+    dest = Path(os.path.abspath(dest))  # '.' and 'a/..' have a name and a parent only so
     return dest.parent / f".{dest.name}.nnreg-{os.getpid()}-{secrets.token_hex(4)}.{kind}"
 
 
@@ -72,7 +76,7 @@ def _alive(pid: int) -> bool:
 def clean_stale(dest: Path) -> None:
     """Remove the temporaries of writes to ``dest`` whose process has died; put back an old
     folder that a dead process had moved aside and not replaced."""
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))
     if not dest.parent.is_dir():
         return
     pattern = _pattern(dest)
@@ -102,7 +106,12 @@ def check_replaceable(
     exists and is not an empty folder or one that ``owned`` vouches for (``owned(dest)``
     returns None for a folder nnreg wrote, else the reason it is not), or that is or holds
     one of the ``protect`` paths."""
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))
+    here = Path.cwd()
+    if dest == here or dest in here.parents:
+        raise OutputError(
+            f"{dest} is the current folder or holds it; choose another output folder."
+        )
     for path in protect:
         inside = Path(path).resolve()
         if inside == dest.resolve() or dest.resolve() in inside.parents:
@@ -137,7 +146,7 @@ def atomic_folder(
     """Yield a temporary sibling folder; when the block ends it replaces ``dest`` in one
     step (see the module docstring), when it raises it vanishes. ``dest`` is checked by
     :func:`check_replaceable` first, and again just before it is replaced."""
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))
     check_replaceable(dest, owned, protect)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(dest)
@@ -171,6 +180,58 @@ def _replace_folder(tmp: Path, dest: Path) -> None:
     os.rename(dest, old)  # a kill right here is repaired by the next run's clean_stale
     os.rename(tmp, dest)
     _remove(old)
+
+
+def check_output_file(
+    dest: Path, proof: Callable[[Path], bool] | None = None, protect: Iterable[str | Path] = ()
+) -> None:
+    """Refuse, with one :class:`OutputError`, an output file that nnreg may not write: one of
+    the ``protect`` paths (what the command reads) or a file inside one of them, a file inside
+    an nnreg model folder, or an existing file that ``proof`` does not show nnreg wrote."""
+    dest = Path(os.path.abspath(dest))
+    for path in protect:
+        inside = Path(os.path.abspath(path))
+        if dest == inside or inside in dest.parents:
+            raise OutputError(f"{dest} is {path}, which this command reads; write elsewhere.")
+    if (dest.parent / "model.json").is_file():
+        from .artifact import owned
+
+        if owned(dest.parent) is None:
+            raise OutputError(
+                f"{dest} is inside the model folder {dest.parent}, which holds only nnreg's "
+                "own files; write elsewhere."
+            )
+    if os.path.lexists(dest) and not dest.is_dir() and (proof is None or not proof(dest)):
+        raise OutputError(
+            f"{dest} exists and nnreg did not write it; remove it first or choose another name."
+        )
+
+
+def made_predictions(path: Path) -> bool:
+    """True for a predictions file nnreg writes: CSV or Parquet whose columns are all
+    ``<target>_pred``, ``_lower`` or ``_upper``."""
+    names: list[str]
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+        else:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                names = f.readline(1 << 16).rstrip("\r\n").split(",")
+    except Exception:  # noqa: BLE001 - unreadable: not provably nnreg's
+        return False
+    return bool(names) and all(n.endswith(("_pred", "_lower", "_upper")) for n in names)
+
+
+def made_figure(path: Path) -> bool:
+    """True for a PNG that nnreg drew (it names itself as the PNG's software)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"Software\x00nnreg" in head
 
 
 def write_file_atomic(dest: Path, write: Callable[[Path], Any]) -> None:

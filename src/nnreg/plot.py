@@ -56,6 +56,8 @@ def _finish(plt: Any, fig: Any, ax: Any, labels: tuple[str, str, str], path: str
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")  # by content, not by the (temporary) file's suffix
+    fig.savefig(
+        path, format="png", metadata={"Software": "nnreg"}
+    )  # by content, not by the (temporary) file's suffix
     plt.close(fig)
     return Path(path)

@@ -15,6 +15,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ __all__ = [
     "read_file",
     "read_json",
     "safetensors_header",
+    "safetensors_size",
     "sha256",
 ]
 
-MAX_JSON_BYTES = 64 << 20  # model.json: settings, preprocessing, calibration scores
+MAX_JSON_BYTES = 16 << 20  # model.json: settings, preprocessing, calibration scores
 MAX_TEXT_BYTES = 64 << 20  # history.csv, config.toml
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
 
@@ -38,9 +40,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_file(path: Path, limit: int | None = None) -> bytes:
+def read_file(
+    path: Path, limit: int | None = None, expect: Callable[[int, int], None] | None = None
+) -> bytes:
     """The bytes of the regular file ``path``, opened without following a link; refused
-    when larger than ``limit`` (checked before reading)."""
+    when larger than ``limit``, or by ``expect(fd, size)``, before the file is read."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
@@ -61,10 +65,10 @@ def read_file(path: Path, limit: int | None = None) -> bytes:
                 f"{path} is {info.st_size:,} bytes, more than the {limit:,} nnreg reads for "
                 "it; the folder is corrupt or not nnreg's."
             )
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        if expect is not None:
+            expect(fd, info.st_size)
+        with os.fdopen(os.dup(fd), "rb") as f:  # one buffer of the file's size, read once
+            return f.read()
     finally:
         os.close(fd)
 
@@ -76,6 +80,29 @@ def read_json(data: bytes, where: Path) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelFileError(f"{where} is not valid JSON ({exc}); the folder is corrupt.") from exc
+
+
+def safetensors_size(where: Path) -> Callable[[int, int], None]:
+    """An ``expect`` for :func:`read_file`: the file must be as long as its safetensors header
+    says (checked from the header alone, so a padded or truncated file is never read)."""
+
+    def check(fd: int, size: int) -> None:
+        head = os.pread(fd, 8, 0)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 0 or n > min(size - 8, MAX_JSON_BYTES):
+            raise ModelFileError(f"{where} is not a safetensors file; it is corrupt.")
+        header = read_json(os.pread(fd, n, 8), where)
+        ends = [
+            e["data_offsets"][1]
+            for k, e in (header.items() if isinstance(header, dict) else [])
+            if k != "__metadata__" and isinstance(e, dict) and len(e.get("data_offsets", [])) == 2
+        ]
+        if not all(isinstance(e, int) for e in ends) or size != 8 + n + max(ends, default=0):
+            raise ModelFileError(
+                f"{where} is {size:,} bytes, not the size its header describes; it is corrupt."
+            )
+
+    return check
 
 
 def safetensors_header(data: bytes, where: Path) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from . import fitting
 from .artifact import SavedModel
 from .ensemble import ConformalCalibrator
@@ -27,13 +29,16 @@ __all__ = ["restore"]
 def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting.FitResult]:
     """The estimator parameters (those in ``names``) and the fit result a folder holds."""
     meta = saved.meta
+    config = saved.config
     try:
         params, pre, y_scaler, features = _parts(meta, names)
-        calibrator = _calibrator(meta.get("calibration"), saved.config.n_outputs)
+        calibrator = _calibrator(meta.get("calibration"), config.n_outputs)
         history = History.from_dict(saved.history)
-    except (KeyError, TypeError, ValueError) as exc:
+        _check_description(meta, config.n_outputs)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{saved.path}/model.json is inconsistent: {_reason(exc)}.") from exc
-    config = saved.config
+    if not all(bool(torch.isfinite(t).all()) for t in saved.state_dict.values()):
+        raise ModelFileError(f"{saved.path}: the weights hold NaN or infinite values.")
     if len(pre.output_names) != config.n_inputs or len(y_scaler.mean) != config.n_outputs:
         raise ModelFileError(
             f"{saved.path}/model.json is inconsistent: its preprocessing makes "
@@ -60,6 +65,33 @@ def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting
     )
 
 
+def _check_description(meta: dict[str, Any], n_outputs: int) -> None:
+    """What ``nnreg info`` and ``predict`` print or use of model.json, checked (ValueError)."""
+    targets = meta["targets"]
+    if (
+        not (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+        or len(set(targets)) != n_outputs
+        or len(targets) != n_outputs
+    ):
+        raise ValueError("its targets are not one name per output of the network")
+    features = meta["features"]
+    if not isinstance(features, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("dtype"), str)
+        for f in features
+    ):
+        raise ValueError("its features are not a list of names and dtypes")
+    if not isinstance(meta["target_1d"], bool) or not isinstance(meta["training"], dict):
+        raise ValueError("its target shape or training settings are not what nnreg writes")
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        raise ValueError("its metrics are not numbers")
+    for key in ("nnreg_version", "torch_version", "created"):
+        if not isinstance(meta.get(key, ""), str):
+            raise ValueError(f"its {key} is not text")
+
+
 def _parts(
     meta: dict[str, Any], names: set[str]
 ) -> tuple[dict[str, Any], TablePreprocessor, Standardizer, list[str]]:
@@ -78,6 +110,8 @@ def _parts(
 def _calibrator(d: Any, n_outputs: int) -> ConformalCalibrator | None:
     if d is None:
         return None
+    if not isinstance(d, dict) or not isinstance(d.get("scaled", True), bool):
+        raise ValueError("its calibration is not what nnreg writes")
     scores, floor = d.get("scores"), d.get("floor")
     rows = [_finite(s) for s in scores] if isinstance(scores, list) else None
     if rows is None or len(rows) != n_outputs or len(_finite(floor)) != n_outputs:

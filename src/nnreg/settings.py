@@ -114,10 +114,10 @@ def load_settings(
         every = int(saved["checkpoint_every"]) if every is None else every
     overrides = {k: v for k, v in (params or {}).items() if v is not None}
     run = _merged_data(layers.get("data", {}), data or {}, overrides.get("random_state"))
-    stream = bool((data or {}).get("stream")) or bool(run.get("stream"))
+    _check_run(run, every, label or (lambda name: name))
+    stream = bool((data or {}).get("stream")) or run.get("stream") is True
     preset, merged = _merged_params(preset, layers, overrides, seed_experiment="path" not in run)
     check_params(merged, label)
-    _check_run(run, every, label or (lambda name: name))
     if stream:
         from .stream import SHUFFLE_BUFFER
 
@@ -223,6 +223,13 @@ def _check_run(run: Mapping[str, Any], every: Any, label: Label) -> None:
         f"{label(name)} must be {what}, got {value!r}"
         for name, value, least, what in rules
         if value is not None and not _whole(value, least)
+    ]
+    kinds = (("path", str, "a file path"), ("source", str, "'seed_dataset'"))
+    kinds += (("stream", bool, "true or false"),)
+    problems += [
+        f"{label(key)} must be {what}, got {run[key]!r}"
+        for key, kind, what in kinds
+        if key in run and not isinstance(run[key], kind)
     ]
     problems += [
         f"{label(key)} must be a list of column names, got {run[key]!r}"

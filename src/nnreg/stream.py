@@ -267,10 +267,11 @@ def predict_parquet(
     ``interval``, a coverage in (0, 1)), rows in file order, as ``nnreg predict`` writes
     them. The file is written under a temporary name and renamed when complete.
     """
-    from .artifact import write_file_atomic
+    from .outputs import check_output_file, made_predictions, write_file_atomic
 
     _require_fitted(reg)
     output = Path(output)
+    check_output_file(output, made_predictions, protect=[data.path])
     n_out = int(reg.n_outputs_)
     targets = list(target_names or (["y"] if n_out == 1 else [f"y{j}" for j in range(n_out)]))
     if interval is not None and not hasattr(reg, "calibrator_"):

@@ -208,8 +208,9 @@ def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any
     from rich.text import Text
 
     out = Console(highlight=False, soft_wrap=True)
-    versions = f"nnreg {meta['nnreg_version']}, torch {meta['torch_version']}"
-    out.print(Text.assemble((str(model_dir), "bold"), f"  ({versions}, created {meta['created']})"))
+    versions = f"nnreg {meta.get('nnreg_version', '?')}, torch {meta.get('torch_version', '?')}"
+    created = meta.get("created", "?")
+    out.print(Text.assemble((str(model_dir), "bold"), f"  ({versions}, created {created})"))
     lines = [
         "features  " + ", ".join(f"{f['name']} ({f['dtype']})" for f in meta["features"]),
         "targets   " + ", ".join(meta["targets"]),
@@ -219,8 +220,9 @@ def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any
     out.print(layer_table(layers))
     params = meta["training"]["params"]
     out.print("training  " + ", ".join(f"{k}={v}" for k, v in params.items()), markup=False)
-    out.print(f"epochs    {meta['training']['epochs_run']}")
-    out.print("metrics   " + ", ".join(f"{k}={v:.6g}" for k, v in meta["metrics"].items()))
+    out.print(f"epochs    {meta['training'].get('epochs_run', '?')}", markup=False)
+    metrics = ", ".join(f"{k}={v:.6g}" for k, v in meta.get("metrics", {}).items())
+    out.print("metrics   " + metrics, markup=False)
 
 
 @contextlib.contextmanager

@@ -22,14 +22,15 @@ def info(model_dir: Path, as_json: bool) -> None:
     Example:
       nnreg info runs/seed
     """
-    from ..artifact import load
+    from ..estimator import load
     from ..model import summary
 
-    saved = load(model_dir, history=False)
+    reg = load(model_dir, history=False)  # every part of the folder checked, as for predict
+    meta, config = reg.model_info_, reg.model_.config
     if as_json:
-        click.echo(to_json({**saved.meta, "architecture": saved.config.to_dict()}))
+        click.echo(to_json({**meta, "architecture": config.to_dict()}))
         return
-    print_info(model_dir, saved.meta, summary(saved.config))
+    print_info(model_dir, meta, summary(config))
 
 
 @click.command()
@@ -49,8 +50,10 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
       nnreg plot runs/houses test.csv --out-dir figures
     """
     from ..artifact import add_files, load, write_file_atomic
+    from ..outputs import check_output_file, made_figure
     from ..plot import loss_curve, predicted_vs_actual
 
+    data_paths = [] if data is None else [data]
     out_dir = out_dir or model_dir
     if data is not None:
         reg, table = model_and_table(model_dir, data, with_target=True, history=True)
@@ -66,6 +69,8 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
     if out_dir.resolve() == Path(model_dir).resolve():
         add_files(model_dir, figures)  # the folder's manifest lists them: still nnreg's own
     else:
+        for name in figures:  # all checked before any is written
+            check_output_file(out_dir / name, made_figure, protect=[model_dir, *data_paths])
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, write in figures.items():
             write_file_atomic(out_dir / name, write)

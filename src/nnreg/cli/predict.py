@@ -47,7 +47,10 @@ def predict(
     import pandas as pd
 
     from ..artifact import write_file_atomic
+    from ..outputs import check_output_file, made_predictions
 
+    if output is not None:  # before any work: never over the inputs or a file not nnreg's
+        check_output_file(output, made_predictions, protect=[data, model_dir])
     if stream:
         if output is None:
             raise click.UsageError("--stream writes to a file: give -o/--output FILE.")

@@ -104,6 +104,10 @@ def train(
 
     if nproc is not None and nproc > 1:  # this same command, as NPROC processes
         relaunch(nproc)
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise click.UsageError(
+            "--resume continues the run in its own folder; leave out --out (or give that folder)."
+        )
     columns = {"path": data, "target": target, "features": features, "categorical": categorical}
     settings = load_settings(
         preset=preset,
