@@ -224,8 +224,11 @@ def _check_run(run: Mapping[str, Any], every: Any, label: Label) -> None:
         for name, value, least, what in rules
         if value is not None and not _whole(value, least)
     ]
-    kinds = (("path", str, "a file path"), ("source", str, "'seed_dataset'"))
-    kinds += (("stream", bool, "true or false"),)
+    kinds: list[tuple[str, type, str]] = [
+        ("path", str, "a file path"),
+        ("source", str, "'seed_dataset'"),
+        ("stream", bool, "true or false"),
+    ]
     problems += [
         f"{label(key)} must be {what}, got {run[key]!r}"
         for key, kind, what in kinds
