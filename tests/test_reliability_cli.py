@@ -294,6 +294,33 @@ def test_a_padded_weights_file_is_refused_before_it_is_read(capsys, tmp_path, ta
     assert code == 1 and "not the size its header describes" in err
 
 
+def test_an_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(
+    capsys, tmp_path, table_csv, monkeypatch
+) -> None:
+    from nnreg import fitting
+
+    args = ["train", str(table_csv), "-t", "y", "--epochs", "6", "--checkpoint-every", "1"]
+    assert run([*args, "--out", str(tmp_path / "ref")], capsys)[0] == 0
+    written = []
+    save = fitting.save_checkpoint
+
+    def save_then_interrupt(*a, **k):
+        save(*a, **k)
+        written.append(1)
+        if len(written) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "m"
+    with monkeypatch.context() as patch:
+        patch.setattr(fitting, "save_checkpoint", save_then_interrupt)
+        code, _, err = run([*args, "--out", str(out)], capsys)
+    assert code == 130 and "best weights so far" in err
+    assert (out / "checkpoint.safetensors").is_file() and nnreg.load(out).n_iter_ < 6
+    assert run(["train", "--resume", str(out)], capsys)[0] == 0
+    assert weights_hash(out) == weights_hash(tmp_path / "ref")
+    assert not (out / "checkpoint.safetensors").exists()  # a finished run keeps none
+
+
 # -- kills at random moments ----------------------------------------------------------------
 
 

@@ -123,11 +123,24 @@ def save_model(
             metrics={f"train_{k}": v for k, v in metrics.items()},
             run_settings=run,
             target_names=table.target_names,
-            files=files,
+            files={**kept_checkpoint(reg, out), **(files or {})},
             protect=protected(run),
         ),
     )
     return metrics, first
+
+
+def kept_checkpoint(reg: Regressor, out: Path) -> dict[str, Any]:
+    """An interrupted run keeps its last checkpoint in the folder it saves, so that
+    ``--resume`` can still continue it; a finished run does not."""
+    import shutil
+
+    from ..checkpoint import CHECKPOINT
+
+    source = out / CHECKPOINT
+    if not (reg.interrupted_ and source.is_file()):
+        return {}
+    return {CHECKPOINT: lambda path: shutil.copyfile(source, path)}
 
 
 def save_streamed(
@@ -160,6 +173,7 @@ def save_streamed(
             metrics={f"train_{k}": v for k, v in found["metrics"].items()},
             run_settings=run,
             target_names=data.target_names,
+            files=kept_checkpoint(reg, out),
             protect=protected(run),
         )
 
