@@ -118,6 +118,7 @@ def save(
         loss_curve(history, tmp / LOSS_PNG)
         for name, write in (extra or {}).items():
             write(tmp / name)
+        files = {f.name: sha256(read_file(f)) for f in sorted(tmp.iterdir())}
         document = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -127,8 +128,8 @@ def save(
             "architecture": config.to_dict(),
             "n_parameters": sum(t.numel() for t in tensors.values()),
             **meta,
-            "weights": {"file": WEIGHTS, "sha256": sha256(read_file(tmp / WEIGHTS))},
-            "files": {f.name: sha256(read_file(f)) for f in sorted(tmp.iterdir())},
+            "weights": {"file": WEIGHTS, "sha256": files[WEIGHTS]},
+            "files": files,
         }
         _write_json(tmp / MODEL_JSON, document)
     return path

@@ -22,7 +22,7 @@ from . import artifact, distributed, fitting
 from .ensemble import ConformalCalibrator
 from .exceptions import ConfigError, NotFittedError, TrainingDivergedError
 from .model import MLPEnsemble, count_parameters, predict_moments
-from .recipe import PRESETS, Recipe, check_params, is_real, jsonable
+from .recipe import PRESETS, Recipe, is_real, jsonable
 from .restore import restore
 from .train import EpochCallback
 from .validation import check_sample_weight, check_X, check_y, drop_zero_weights
@@ -257,15 +257,13 @@ class Regressor(RegressorMixin, BaseEstimator):
         share of the training rows, ``batch_size`` rows per step, and gradients are averaged
         every step, so all processes end with the same model (see :mod:`nnreg.distributed`).
         """
-        params = self.get_params()
-        check_params(params)
+        warm = bool(self.warm_start) and self.__sklearn_is_fitted__()
+        recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if warm else None)
         if self.warm_start and self.n_models > 1:
             raise ConfigError("warm_start is not available with n_models > 1.")
         if self.n_models > 1 and (checkpoint is not None or resume is not None):
             raise ConfigError("checkpoints are available for single models (n_models=1).")
-        warm = self.warm_start and self.__sklearn_is_fitted__()
         data = self._fit_data(X, y, sample_weight, reset=not warm)
-        recipe = Recipe.from_params(params, seed=self.seed_ if warm else None)
         checkpoints = fitting.Checkpoints(checkpoint, checkpoint_every, checkpoint_info, resume)
         try:
             result = fitting.fit(
@@ -291,15 +289,13 @@ class Regressor(RegressorMixin, BaseEstimator):
         """
         previous = self._fit if self.__sklearn_is_fitted__() else None
         first = previous is None or previous.trainer is None
+        recipe = Recipe.from_params(self.get_params(), seed=None if first else self.seed_)
         if first:
-            check_params(self.get_params())
             if self.n_models > 1:
                 raise ConfigError("partial_fit trains one model; use n_models=1.")
             if distributed.current() is not None:
                 raise ConfigError("partial_fit trains in one process; use fit in distributed runs.")
         data = self._fit_data(X, y, sample_weight, reset=first)
-        seed = None if first else self.seed_
-        recipe = Recipe.from_params(self.get_params(), seed=seed)
         return self.adopt(fitting.partial_fit(recipe, data, None if first else previous))
 
     def adopt(self, result: fitting.FitResult) -> Regressor:

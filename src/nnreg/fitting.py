@@ -404,8 +404,9 @@ def run_fingerprint(
     """What a checkpoint is tied to: the settings (but the device), the fitted preprocessing
     and the training rows (or, streamed, the row groups and how they are read)."""
     settings = {k: v for k, v in jsonable(recipe.params).items() if k != "device"}
-    rows: list[Any] = [t for t in data if t is not None] if isinstance(data, tuple) else []
-    if not isinstance(data, tuple):
+    if isinstance(data, tuple):
+        rows: list[Any] = [t for t in data if t is not None]
+    else:
         rows = [getattr(data, "describe", dict)()]
     pre = [result.preprocessor.to_dict(), result.y_scaler.to_dict()]
     return fingerprint([settings, *pre, *rows])

@@ -88,7 +88,7 @@ class Standardizer:
     def from_dict(cls, d: dict[str, Any]) -> Standardizer:
         """The state saved as ``d``, checked (ValueError): equal lengths, finite means and
         finite positive scales."""
-        mean, scale = _floats(d.get("mean"), "mean"), _floats(d.get("scale"), "scale")
+        mean, scale = finite_floats(d.get("mean"), "mean"), finite_floats(d.get("scale"), "scale")
         if not isinstance(d.get("enabled"), bool) or len(mean) != len(scale):
             raise ValueError("the target scaling is not a list of means and scales")
         if any(v <= 0 for v in scale):
@@ -96,7 +96,7 @@ class Standardizer:
         return cls(enabled=d["enabled"], mean=mean, scale=scale)
 
 
-def _floats(v: Any, name: str) -> list[float]:
+def finite_floats(v: Any, name: str) -> list[float]:
     """``v`` as a list of finite floats, or ValueError naming it."""
     if not isinstance(v, list) or not all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
@@ -302,7 +302,7 @@ class TablePreprocessor:
         columns, numeric = _strings(d["columns"], "columns"), _strings(d["numeric"], "numeric")
         categorical = _strings(d["categorical"], "categorical")
         n = len(numeric)
-        center, scale, fill = (_floats(d[k], k) for k in ("center", "scale", "fill"))
+        center, scale, fill = (finite_floats(d[k], k) for k in ("center", "scale", "fill"))
         cats = d["categories"]
         checks = {
             "scaling": d["scaling"] in SCALINGS,

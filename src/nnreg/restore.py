@@ -9,7 +9,6 @@ a :class:`~nnreg.exceptions.ModelFileError` of one line, raised before the netwo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from .artifact import SavedModel
 from .ensemble import ConformalCalibrator
 from .exceptions import ModelFileError
 from .model import MLP, MLPEnsemble
-from .preprocess import Standardizer, TablePreprocessor
+from .preprocess import Standardizer, TablePreprocessor, finite_floats
 from .recipe import DTYPES, check_params
 from .train import History
 
@@ -113,20 +112,16 @@ def _calibrator(d: Any, n_outputs: int) -> ConformalCalibrator | None:
     if not isinstance(d, dict) or not isinstance(d.get("scaled", True), bool):
         raise ValueError("its calibration is not what nnreg writes")
     scores, floor = d.get("scores"), d.get("floor")
-    rows = [_finite(s) for s in scores] if isinstance(scores, list) else None
-    if rows is None or len(rows) != n_outputs or len(_finite(floor)) != n_outputs:
+    rows = (
+        [finite_floats(s, "calibration scores") for s in scores]
+        if isinstance(scores, list)
+        else None
+    )
+    if rows is None or len(rows) != n_outputs or len(finite_floats(floor, "floor")) != n_outputs:
         raise ValueError("its calibration does not have one list of scores per target")
     if any(r != sorted(r) or any(v < 0 for v in r) for r in rows):
         raise ValueError("its calibration scores are not sorted non-negative numbers")
     return ConformalCalibrator.from_dict(d)
-
-
-def _finite(v: Any) -> list[float]:
-    if not isinstance(v, list) or not all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
-    ):
-        raise ValueError("its calibration holds something other than finite numbers")
-    return [float(x) for x in v]
 
 
 def _reason(exc: Exception) -> str:
