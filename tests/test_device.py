@@ -19,7 +19,6 @@ def test_the_governor_leaves_the_cores_other_processes_use(
     clock = {"wall": 0.0, "own": 0.0}
     monkeypatch.setattr(device.time, "monotonic", lambda: clock["wall"])
     monkeypatch.setattr(device.time, "process_time", lambda: clock["own"])
-    monkeypatch.setattr(device.time, "sleep", lambda s: None)
     busy = {"total": 0.0}
 
     def busy_seconds(cores: list[int]) -> float:

@@ -135,16 +135,12 @@ class _Governor:
     count asked for. Where there is no ``/proc/stat``, the count stays as asked.
     """
 
-    PERIOD = 0.25  # seconds between looks at the machine
-    FIRST_LOOK = 0.02  # the look before the first step
+    PERIOD = 0.25  # seconds between looks at the machine; the first comes after the first
 
     def __init__(self, wanted: int) -> None:
         self.wanted = self.current = wanted
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        self.last = self._sample()
-        if self.last is not None:
-            time.sleep(self.FIRST_LOOK)
-            self._update()
+        self.last = self._sample()  # no waiting here: every run (each partial_fit) starts now
 
     def _sample(self) -> tuple[float, float, float] | None:
         """(wall seconds, busy core-seconds of the machine, this process's CPU seconds)."""
