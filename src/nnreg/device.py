@@ -95,9 +95,10 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
     Small matrix products finish before a second thread is worth waking, so steps whose
     ``batch * widest**2`` is at most :data:`ONE_THREAD_MAX_WORK` use one thread. Larger ones
     use torch's setting, but only as many threads as there are cores that other processes
-    leave free: a :class:`_Governor` watches the machine while the block runs (the trainers
-    call :func:`adapt_threads` every step), because threads that wait for a core another
-    process holds slow every step down several times. The thread count does not change the
+    leave free (outside a data-parallel process group): a :class:`_Governor` watches the
+    machine while the block runs (the trainers call :func:`adapt_threads` every step),
+    because threads that wait for a core another process holds slow every step down
+    several times. The thread count does not change the
     result (tested). The previous setting is restored afterwards.
     """
     global _governor
@@ -105,7 +106,7 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
     governor = None
     if threads is None:
         threads = 1 if batch * widest**2 <= ONE_THREAD_MAX_WORK else before
-        if threads > 1:
+        if threads > 1 and not _in_process_group():
             governor = _Governor(threads)
             threads = governor.current
     if threads != before:
@@ -166,6 +167,15 @@ class _Governor:
 
 
 _governor: _Governor | None = None
+
+
+def _in_process_group() -> bool:
+    """A data-parallel process: its launcher already chose its share of the cores, and its
+    collectives' threads are not to be raced by changing the pool mid-run."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
