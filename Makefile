@@ -17,11 +17,11 @@ $(VENV)/.base: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install -e '.[dev,onnx]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,serve]' $(TORCH)
 	touch $@ $(VENV)/.base
 
 $(VENV)/.bench: $(VENV)/.dev
-	$(BIN)/python -m pip install -e '.[dev,onnx,bench]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,serve,bench]' $(TORCH)
 	touch $@
 
 demo: $(VENV)/.base

@@ -255,6 +255,7 @@ def load(path: str | Path, *, history: bool = True) -> SavedModel:
         raise ModelFileError(f"{weights} is corrupt: {exc}") from exc
     hist = _read_history(path, manifest) if history else {"epoch": [], "train_loss": []}
     meta = {k: v for k, v in doc.items() if k not in ("architecture", "weights", "files")}
+    meta["weights_sha256"] = expected  # checked above: the hash of the weights in use
     return SavedModel(path=path, config=config, state_dict=state_dict, meta=meta, history=hist)
 
 

@@ -1,0 +1,116 @@
+"""Serving a model folder over HTTP: ``nnreg serve`` (the ``nnreg[serve]`` extra).
+
+::
+
+    app.py      the FastAPI application: /predict, /health, /metadata, limits, errors
+    schema.py   the request contract derived from the model's features (and its JSON Schema)
+
+:func:`run` loads the model (once, hash-checked: a tampered folder stops it before it binds a
+port), binds the socket, and serves until SIGTERM or Ctrl-C, after which the requests in
+flight are answered before it returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .app import ENVIRONMENT, Limits, MissingExtraError, create_app, require_extra
+
+__all__ = ["Limits", "MissingExtraError", "create_app", "require_extra", "run"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def run(
+    model_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    limits: Limits | None = None,
+    access_log: bool = True,
+    announce: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Serve ``model_dir`` until SIGTERM or SIGINT; returns the requests taken in and answered
+    (counted by this process: with ``workers`` > 1 each worker counts its own, and both are 0
+    here). ``announce`` receives the lines a person starting the server should read."""
+    require_extra()
+    import uvicorn
+
+    limits = limits or Limits()
+    app = create_app(model_dir, limits)  # loads and checks the folder before anything binds
+    from .app import Counter
+
+    counter = Counter(app)
+    config = uvicorn.Config(
+        counter if workers == 1 else "nnreg.serving.app:from_environment",
+        factory=workers > 1,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
+        timeout_graceful_shutdown=max(1, round(limits.timeout)),
+        lifespan="off",
+    )
+    served = app.state.served
+    sock = config.bind_socket()
+    where = _address(sock.getsockname(), host)
+    announce(
+        f"serving {Path(model_dir)} ({len(served.contract.names)} features -> "
+        f"{', '.join(served.targets)}) at {where}"
+    )
+    announce(
+        f"POST {where}/predict   GET /health /metadata /openapi.json   SIGTERM or Ctrl-C stops"
+    )
+    if host not in LOOPBACK:
+        announce(f"warning: {host} is reachable from other machines; nnreg serve has no login.")
+    with _quiet_signals():
+        if workers > 1:
+            import torch
+
+            threads = max(1, torch.get_num_threads() // workers)
+            os.environ[ENVIRONMENT] = json.dumps(
+                {"model": str(model_dir), "limits": asdict(limits), "threads": threads}
+            )
+            from uvicorn.supervisors import Multiprocess
+
+            extra = {}  # uvicorn before 0.36 also wants the function each worker runs
+            if "target" in inspect.signature(Multiprocess).parameters:
+                extra["target"] = uvicorn.Server(config).run
+            Multiprocess(config, sockets=[sock], **extra).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
+    return {"taken": counter.taken, "answered": counter.answered}
+
+
+def _address(name: Any, host: str) -> str:
+    bound = f"[{name[0]}]" if ":" in str(name[0]) else str(name[0])
+    return f"http://{host if host == 'localhost' else bound}:{name[1]}"
+
+
+@contextmanager
+def _quiet_signals() -> Iterator[None]:
+    """While uvicorn serves, SIGTERM and SIGINT are its (it stops taking requests and
+    finishes those in flight); it raises them again once stopped, which must then end the
+    command normally rather than as an interruption."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, _ignore)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A signal raised again by uvicorn after its graceful shutdown: already handled."""

@@ -1,0 +1,273 @@
+"""A model folder behind FastAPI, on uvicorn: what ``nnreg serve`` runs.
+
+The folder is loaded once, with :func:`nnreg.load` (no pickle, every file's hash checked),
+before the server binds its port; each request is then checked against the model's
+:class:`~nnreg.serving.schema.Contract` and predicted by :meth:`nnreg.Regressor.predict`
+itself, under ``torch.inference_mode``, one request at a time per process (in a worker
+thread, so that the event loop keeps taking requests). Every answer that is not a prediction
+is JSON of one key, ``{"error": "..."}``, with a 4xx status naming the problem: a bad body, a
+body over ``max_body`` bytes (refused before it is read, or as soon as it passes the limit),
+more than ``max_rows`` rows, or a body that takes longer than ``timeout`` seconds to arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._version import __version__
+from ..exceptions import ConfigError, DataError, NnregError
+from .schema import Contract, RequestError, parse_json
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.requests import Request
+
+__all__ = [
+    "Limits",
+    "Served",
+    "check_content_type",
+    "create_app",
+    "from_environment",
+    "predict_openapi",
+    "read_body",
+    "require_extra",
+]
+
+ENVIRONMENT = "NNREG_SERVE"  # the model and limits, for the processes of --workers N
+JSON_TYPES = ("application/json",)
+EXTRA_MESSAGE = (
+    "nnreg serve needs the 'serve' extra, which is not installed ({}); "
+    "install it with: pip install 'nnreg[serve]'"
+)
+
+
+class MissingExtraError(NnregError, ImportError):
+    """An optional dependency of a command is not installed."""
+
+
+def require_extra() -> None:
+    """Raise :class:`MissingExtraError` (one line naming the extra) without FastAPI/uvicorn."""
+    for module in ("fastapi", "uvicorn", "anyio"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise MissingExtraError(EXTRA_MESSAGE.format(f"no module {module!r}")) from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask: rows, body bytes, seconds for the body to arrive and for its
+    prediction to start and finish."""
+
+    max_rows: int = 10_000
+    max_body: int = 16 * 2**20
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_rows, int) and self.max_rows >= 1):
+            raise ConfigError(f"max_rows must be an integer >= 1, got {self.max_rows!r}.")
+        if not (isinstance(self.max_body, int) and self.max_body >= 2):
+            raise ConfigError(f"max_body must be an integer >= 2 bytes, got {self.max_body!r}.")
+        if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < math.inf):
+            raise ConfigError(f"timeout must be a positive number, got {self.timeout!r}.")
+
+
+class Served:
+    """A loaded model and what answering for it needs; shared by the requests of a process."""
+
+    def __init__(self, model_dir: str | Path, limits: Limits) -> None:
+        from ..artifact import MODEL_JSON
+        from ..estimator import load
+
+        self.reg = load(model_dir, history=False)
+        self.limits, self.folder = limits, Path(model_dir).name
+        self.contract = Contract.of(self.reg, limits.max_rows)
+        info = self.reg.model_info_
+        self.targets: list[str] = list(info["targets"])
+        self.intervals = hasattr(self.reg, "calibrator_")
+        self.metadata = {
+            "nnreg_version": __version__,
+            "model": {
+                "folder": self.folder,
+                "created": info.get("created"),
+                "trained_with": info.get("nnreg_version"),
+                "weights_sha256": info.get("weights_sha256"),
+                "n_models": info.get("n_models", 1),
+                "n_parameters": self.reg.n_parameters(),
+                "intervals": self.intervals,
+                "metrics": info.get("metrics", {}),
+            },
+            "features": [f.describe() for f in self.contract.features],
+            "targets": self.targets,
+            "limits": asdict(limits),
+            "source": MODEL_JSON,
+        }
+
+    def answer(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        """The JSON answer to a prediction request, or :class:`RequestError`."""
+        import torch
+
+        interval = self._interval(query)
+        frame = self.contract.frame(parse_json(body))
+        with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
+            try:  # (overflow far outside the training data is caught below, as not finite)
+                pred = self.reg.predict(frame)
+                bounds = self.reg.predict_interval(frame, interval) if interval else None
+            except DataError as exc:  # what the contract cannot see, as predict words it
+                raise RequestError(422, str(exc)) from None
+        out: dict[str, Any] = {"targets": self.targets, "predictions": _finite(pred)}
+        if bounds is not None:
+            out.update(interval=interval, lower=_finite(bounds[0]), upper=_finite(bounds[1]))
+        return out
+
+    def _interval(self, query: dict[str, str]) -> float | None:
+        unknown = sorted(set(query) - {"interval"})
+        if unknown:
+            raise RequestError(
+                400, f"unknown query parameter {unknown[0]!r}; /predict takes only 'interval'."
+            )
+        if "interval" not in query:
+            return None
+        try:
+            coverage = float(query["interval"])
+        except ValueError:
+            coverage = math.nan
+        if not 0 < coverage < 1:
+            raise RequestError(
+                400, f"interval must be a coverage in (0, 1) like 0.9, got {query['interval']!r}."
+            )
+        if not self.intervals:
+            raise RequestError(
+                400,
+                "this model has no prediction intervals: it was trained as one network without "
+                "early stopping, so no rows were held out to calibrate them.",
+            )
+        return coverage
+
+
+def _finite(a: np.ndarray) -> list[Any]:
+    if not np.isfinite(a).all():
+        row = int(np.argwhere(~np.isfinite(a))[0][0])
+        raise RequestError(
+            422,
+            f"the prediction for row {row} is not a finite number: its inputs lie far outside "
+            "the training data.",
+        )
+    return list(a.tolist())
+
+
+class Counter:
+    """ASGI middleware that counts the HTTP requests taken in and those fully answered."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.taken, self.answered = app, 0, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.taken += 1
+
+        async def counted(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.answered += 1
+
+        await self.app(scope, receive, counted)
+
+
+def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
+    """The FastAPI application serving the model in ``model_dir``."""
+    from .routes import application
+
+    return application(Served(model_dir, limits or Limits()))
+
+
+def check_content_type(value: str | None) -> None:
+    if value is None:
+        return
+    kind = value.split(";")[0].strip().lower()
+    if kind not in JSON_TYPES and not kind.endswith("+json"):
+        raise RequestError(
+            415, f"the body must be JSON (Content-Type: application/json), got {value!r}."
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise RequestError(
+            413 if declared.isdigit() else 400,
+            f"the body has {declared} bytes; at most {limit} are taken (--max-body-mb)."
+            if declared.isdigit()
+            else f"Content-Length is not a number: {declared!r}.",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the body exceeds {limit} bytes (--max-body-mb).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def predict_openapi(served: Served) -> dict[str, Any]:
+    """The /predict operation's body, query parameter and answers, from the model's features."""
+    numbers = {"type": "array", "items": {"type": "number"}}
+    if len(served.targets) > 1:
+        numbers = {"type": "array", "items": numbers}
+    answer = {
+        "type": "object",
+        "properties": {
+            "targets": {"type": "array", "items": {"type": "string"}},
+            "predictions": numbers,
+            "interval": {"type": "number"},
+            "lower": numbers,
+            "upper": numbers,
+        },
+        "required": ["targets", "predictions"],
+    }
+    failure = {"type": "object", "properties": {"error": {"type": "string"}}}
+    statuses = {"400": "malformed", "408": "too slow", "413": "too large", "415": "not JSON"}
+    statuses |= {"422": "invalid rows", "503": "busy"}
+    responses: dict[str, Any] = {
+        "200": {"content": {"application/json": {"schema": answer}}},
+        **{
+            code: {"description": why, "content": {"application/json": {"schema": failure}}}
+            for code, why in statuses.items()
+        },
+    }
+    interval = {
+        "name": "interval",
+        "in": "query",
+        "required": False,
+        "description": "Also return lower and upper bounds with this coverage, e.g. 0.9.",
+        "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    }
+    return {
+        "parameters": [interval] if served.intervals else [],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": served.contract.openapi()}},
+        },
+        "responses": responses,
+    }
+
+
+def from_environment() -> FastAPI:
+    """The application described by :data:`ENVIRONMENT` (for uvicorn's worker processes)."""
+    settings = json.loads(os.environ[ENVIRONMENT])
+    threads = settings.get("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return create_app(settings["model"], Limits(**settings["limits"]))

@@ -1,0 +1,81 @@
+"""The HTTP routes of a served model (FastAPI reads these signatures, so this module imports
+FastAPI at the top and keeps its annotations evaluated; :mod:`nnreg.serving.app` imports it
+only once the extra is known to be installed)."""
+
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .._version import __version__
+from .app import Served, check_content_type, predict_openapi, read_body
+from .schema import RequestError
+
+__all__ = ["application"]
+
+
+def error(status: int, message: str) -> JSONResponse:
+    """Every answer that is not a prediction: one JSON key, one sentence."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def application(served: Served) -> FastAPI:
+    """The FastAPI application answering for ``served``."""
+    app = FastAPI(
+        title=f"nnreg model {served.folder}",
+        version=__version__,
+        description="Predictions of an nnreg model; the request schema is its feature list.",
+        docs_url=None,  # the interactive pages load scripts from the internet; the schema
+        redoc_url=None,  # is at /openapi.json
+    )
+    app.state.served = served
+    limiter = anyio.CapacityLimiter(1)  # one prediction at a time: torch has the cores
+    limits = served.limits
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, f"{exc.detail} ({request.method} {request.url.path}).")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+        return error(422, f"{'.'.join(map(str, first.get('loc', ())))}: {first['msg']}.")
+
+    @app.get("/health", summary="Whether the server is up and its model loaded.")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metadata", summary="The model's features, targets, versions and weights' hash.")
+    async def metadata() -> dict[str, Any]:
+        return served.metadata
+
+    @app.post("/predict", summary="Predict rows.", openapi_extra=predict_openapi(served))
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            check_content_type(request.headers.get("content-type"))
+            with anyio.fail_after(limits.timeout):
+                body = await read_body(request, limits.max_body)
+        except RequestError as exc:
+            return error(exc.status, exc.message)
+        except TimeoutError:
+            return error(408, f"the body did not arrive within {limits.timeout:g} s.")
+        query = dict(request.query_params)
+        with anyio.move_on_after(limits.timeout) as scope:
+            try:  # in a worker thread, so that the event loop goes on taking requests
+                answer = await anyio.to_thread.run_sync(
+                    served.answer, body, query, limiter=limiter, abandon_on_cancel=True
+                )
+            except RequestError as exc:
+                return error(exc.status, exc.message)
+        if scope.cancelled_caught:
+            return error(
+                503,
+                f"the prediction did not finish within {limits.timeout:g} s; the server is "
+                "busy: retry later or send fewer rows.",
+            )
+        return JSONResponse(answer)
+
+    return app
