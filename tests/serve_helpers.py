@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -29,6 +30,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its worker processes too are stopped at the end
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -71,9 +73,13 @@ class Server:
         self._close()
         return code
 
-    def _close(self) -> None:
-        self._reader.join(30)  # it reads the last lines, then the pipe ends
-        if self.proc.stderr is not None:
+    def _close(self, force: bool = False) -> None:
+        self._reader.join(10)  # it reads the last lines, then the pipe ends
+        if self._reader.is_alive() and force:  # a process left holds the pipe: end it first
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._reader.join(10)
+        if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
 
     def output(self) -> str:
@@ -83,10 +89,10 @@ class Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and any worker left
+        self.proc.wait()
+        self._close(force=True)
 
 
 def request(

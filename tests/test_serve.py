@@ -97,9 +97,9 @@ def strict(seed_model: Path) -> Served:
 GOOD = {"size": 80.0, "rooms": 3, "city": "Oslo", "new": False}
 BAD_BODIES = [
     (b"[{", 400, "not valid JSON"),
-    (b"\xff\xfe", 400, "not UTF-8"),
-    (b'[{"size": NaN, "rooms": 3, "city": "Oslo", "new": false}]', 400, "NaN is not a JSON"),
-    (b"[" * 100_000 + b"]" * 100_000, 400, "nests too deeply"),
+    (b"\xff\xfe", 400, "not valid UTF-8"),
+    (b'[{"size": NaN, "rooms": 3, "city": "Oslo", "new": false}]', 400, "send null for a missing"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "depth limit exceeded"),
     (b"7", 400, "list of records"),
     (b"[7]", 400, "body[0] is 7, not a record"),
     (b"[]", 422, "no rows"),
@@ -114,8 +114,8 @@ BAD_BODIES = [
     (json.dumps([{**GOOD, "city": 2.5}]).encode(), 422, "expected text (a category), got 2.5"),
     (json.dumps([{**GOOD, "city": [1]}]).encode(), 422, "got a list"),
     (json.dumps([{**GOOD, "new": "yes"}]).encode(), 422, 'got the text "yes"'),
-    (b'[{"size": 1e999, "rooms": 3, "city": "Oslo", "new": false}]', 422, "too large for"),
-    (json.dumps([{**GOOD, "size": 10**400}]).encode(), 422, "too large for float64"),
+    (b'[{"size": 1e999, "rooms": 3, "city": "Oslo", "new": false}]', 400, "is infinity"),
+    (json.dumps([{**GOOD, "size": 10**400}]).encode(), 400, "is infinity"),
     (b'[{"size": 1' + b"0" * 5000 + b"}]", 400, "not valid JSON"),  # Python's digit limit
     (json.dumps([GOOD] * 51).encode(), 413, "51 rows; at most 50"),
     (json.dumps({k: [v] for k, v in GOOD.items()} | {"rooms": [1, 2]}).encode(), 422, "lengths"),
@@ -420,7 +420,12 @@ def test_sigterm_during_a_burst_loses_no_request_taken_in(house_model: Path) -> 
 
 
 @pytest.mark.slow
-def test_several_workers_serve_the_same_predictions(seed_model: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_several_workers_serve_the_same_predictions_and_end_with_the_server(
+    seed_model: Path, stop: int
+) -> None:
+    """Two worker processes answer as the estimator does; SIGTERM stops them all, and so
+    does SIGKILL of the server process alone (no orphaned worker keeps the port)."""
     reg = nnreg.load(seed_model)
     frame = nnreg.seed_dataset(n=20, random_state=5)[["x1", "x2"]]
     with Server(seed_model, "--workers", "2") as srv:
@@ -428,7 +433,29 @@ def test_several_workers_serve_the_same_predictions(seed_model: Path) -> None:
             status, answer = request(srv.port, "POST", "/predict", records(frame))
             assert status == 200
             np.testing.assert_allclose(answer["predictions"], reg.predict(frame), rtol=1e-12)
-        assert srv.stop() == 0
+        workers = _children(srv.proc.pid)
+        assert len(workers) >= 2
+        code = srv.stop(stop)
+        assert code == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_the_cli_options_are_checked_before_the_model_is_read(

@@ -44,7 +44,11 @@ MISSING_CATEGORY = "__missing__"
 
 def is_categorical(col: pd.Series) -> bool:
     """Strings, objects, booleans-as-objects and pandas categories are categorical."""
-    return not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col))
+    return not _numeric_dtype(col.dtype)
+
+
+def _numeric_dtype(dtype: Any) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
 
 
 def _weighted_quantiles(a: np.ndarray, q: list[float], w: np.ndarray | None) -> np.ndarray:
@@ -237,13 +241,16 @@ class TablePreprocessor:
     def _numeric_block(self, frame: pd.DataFrame, first_row: int = 0) -> np.ndarray:
         if not self.numeric:
             return np.zeros((len(frame), 0))
+        columns = frame.columns.tolist()
+        dtypes = dict(zip(columns, frame.dtypes.tolist(), strict=True))  # no Series per column
         for c in self.numeric:
-            if is_categorical(frame[c]):
+            if not _numeric_dtype(dtypes[c]):
                 raise DataError(
                     f"column {c!r} was numeric when the model was fitted but now holds text "
                     f"(e.g. {_first_text(frame[c])!r}); give it numbers."
                 )
-        block = frame[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        same = columns == self.numeric  # then no copy of the frame, column by column
+        block = (frame if same else frame[self.numeric]).to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isinf(block).any():
             row, col = map(int, np.argwhere(np.isinf(block))[0])
             raise DataError(

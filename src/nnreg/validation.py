@@ -26,6 +26,8 @@ __all__ = ["check_X", "check_sample_weight", "check_y", "drop_zero_weights"]
 def check_X(estimator: BaseEstimator, X: Any, *, reset: bool, allow_nan: bool) -> pd.DataFrame:
     """``X`` as a DataFrame with string column names; ``reset`` records its features on
     ``estimator`` (fit), else checks them against the recorded ones (predict)."""
+    if not reset and isinstance(X, pd.DataFrame) and _known_columns(estimator, X):
+        return X  # what validate_data would find: the fitted names, in order, and some rows
     with _as_data_errors():
         if isinstance(X, pd.DataFrame):
             validate_data(estimator, X, reset=reset, skip_check_array=True)
@@ -38,6 +40,20 @@ def check_X(estimator: BaseEstimator, X: Any, *, reset: bool, allow_nan: bool) -
         arr = validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_all_finite=False)
     _require_finite(arr, "X", allow_nan=allow_nan)
     return pd.DataFrame(arr, columns=[f"x{j}" for j in range(arr.shape[1])], copy=False)
+
+
+def _known_columns(estimator: BaseEstimator, X: pd.DataFrame) -> bool:
+    """True when ``X`` has rows and exactly the string columns ``estimator`` was fitted on,
+    in order (the common case at prediction, checked in microseconds)."""
+    names = getattr(estimator, "feature_names_in_", None)
+    columns = X.columns.tolist()
+    return (
+        names is not None
+        and X.shape[0] > 0
+        and len(columns) == len(names)
+        and all(type(c) is str for c in columns)
+        and all(c == n for c, n in zip(columns, names, strict=True))
+    )
 
 
 def check_y(y: Any, n_rows: int, n_outputs: int | None = None) -> tuple[np.ndarray, bool]:

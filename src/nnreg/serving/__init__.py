@@ -12,10 +12,12 @@ flight are answered before it returns.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -60,9 +62,10 @@ def run(
         log_level="info" if access_log else "warning",
         timeout_graceful_shutdown=max(1, round(limits.timeout)),
         lifespan="off",
+        proxy_headers=False,  # X-Forwarded-For is taken from no one: the log shows the peer
     )
     served = app.state.served
-    sock = config.bind_socket()
+    sock = bind(host, port)
     where = _address(sock.getsockname(), host)
     announce(
         f"serving {Path(model_dir)} ({len(served.contract.names)} features -> "
@@ -73,6 +76,7 @@ def run(
     )
     if host not in LOOPBACK:
         announce(f"warning: {host} is reachable from other machines; nnreg serve has no login.")
+    gc.freeze()  # what is loaded now stays: the collector no longer walks it between requests
     with _quiet_signals():
         if workers > 1:
             import torch
@@ -90,6 +94,24 @@ def run(
         else:
             uvicorn.Server(config).run(sockets=[sock])
     return {"taken": counter.taken, "answered": counter.answered}
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, made with the TCP protocol number: asyncio sets
+    TCP_NODELAY only on such sockets (and on the connections they accept), and without it
+    every answer on a kept-alive connection waits about 40 ms for a delayed ACK (Nagle)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)  # for the worker processes of --workers N
+    return sock
 
 
 def _address(name: Any, host: str) -> str:

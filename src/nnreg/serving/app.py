@@ -12,9 +12,12 @@ more than ``max_rows`` rows, or a body that takes longer than ``timeout`` second
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
+import signal
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,7 @@ __all__ = [
     "require_extra",
 ]
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 ENVIRONMENT = "NNREG_SERVE"  # the model and limits, for the processes of --workers N
 JSON_TYPES = ("application/json",)
 EXTRA_MESSAGE = (
@@ -54,7 +58,7 @@ class MissingExtraError(NnregError, ImportError):
 
 def require_extra() -> None:
     """Raise :class:`MissingExtraError` (one line naming the extra) without FastAPI/uvicorn."""
-    for module in ("fastapi", "uvicorn", "anyio"):
+    for module in ("fastapi", "uvicorn", "anyio", "orjson"):
         try:
             __import__(module)
         except ImportError:
@@ -87,6 +91,9 @@ class Served:
         from ..estimator import load
 
         self.reg = load(model_dir, history=False)
+        # Regressor.predict computes in float64 from float64 copies of the weights: made once
+        # here rather than at every request (the same numbers: widening float32 is exact).
+        self.reg.model_.double()
         self.limits, self.folder = limits, Path(model_dir).name
         self.contract = Contract.of(self.reg, limits.max_rows)
         info = self.reg.model_info_
@@ -174,13 +181,8 @@ class Counter:
             await self.app(scope, receive, send)
             return
         self.taken += 1
-
-        async def counted(message: dict[str, Any]) -> None:
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                self.answered += 1
-
-        await self.app(scope, receive, counted)
+        await self.app(scope, receive, send)
+        self.answered += 1  # the application returns once the whole answer was sent
 
 
 def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
@@ -264,10 +266,29 @@ def predict_openapi(served: Served) -> dict[str, Any]:
 
 def from_environment() -> FastAPI:
     """The application described by :data:`ENVIRONMENT` (for uvicorn's worker processes)."""
+    _die_with_parent()
     settings = json.loads(os.environ[ENVIRONMENT])
     threads = settings.get("threads")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    return create_app(settings["model"], Limits(**settings["limits"]))
+    app = create_app(settings["model"], Limits(**settings["limits"]))
+    gc.freeze()  # as in the single process: the loaded model is not walked by the collector
+    return app
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker when the server process that started it dies, even by
+    SIGKILL, so that no orphaned worker keeps the port (elsewhere: nothing to do)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
