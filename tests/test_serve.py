@@ -187,6 +187,21 @@ def test_inputs_far_outside_the_training_data_never_give_a_number_that_is_not_fi
             assert np.isfinite(answer["predictions"]).all()
 
 
+def test_a_model_fitted_on_an_array_with_two_targets(tmp_path: Path) -> None:
+    """Features named x0, x1, ... as in its folder; one list of targets per row."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    Y = np.c_[X.sum(axis=1), X[:, 0] - X[:, 1]]
+    reg = nnreg.Regressor(max_iter=5, random_state=0).fit(X, Y)
+    served = Served(reg.save(tmp_path / "array"), Limits())
+    rows = [{"x0": 1.0, "x1": 2.0, "x2": 3.0}, {"x0": -1.0, "x1": 0.5, "x2": 0.0}]
+    answer = served.answer(json.dumps(rows).encode(), {})
+    assert answer["targets"] == ["y0", "y1"]
+    expected = reg.predict(np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]))
+    np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-12)
+    assert np.asarray(answer["predictions"]).shape == (2, 2)
+
+
 def test_an_unseen_category_and_an_integer_category_are_read_as_predict_reads_them(
     served: Served,
 ) -> None:
@@ -215,6 +230,69 @@ def test_limits_are_checked() -> None:
     for bad in ({"max_rows": 0}, {"max_body": 1}, {"timeout": 0}, {"timeout": float("inf")}):
         with pytest.raises(nnreg.ConfigError):
             Limits(**bad)  # type: ignore[arg-type]
+
+
+def _call(app: Any, body_parts: list[bytes], stall: bool = False) -> tuple[int, Any]:
+    """POST /predict to the ASGI ``app`` in-process; ``stall``: the body never ends."""
+    import anyio
+
+    sent: list[dict[str, Any]] = []
+    parts = list(body_parts)
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return {"type": "http.request", "body": parts.pop(0), "more_body": bool(parts) or stall}
+        await anyio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    anyio.run(app, scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(house_model: Path) -> None:
+    from nnreg.serving.routes import application
+
+    app = application(Served(house_model, Limits(timeout=0.3)))
+    status, answer = _call(app, [b'[{"size": 1'], stall=True)
+    assert status == 408 and "did not arrive within 0.3 s" in answer["error"]
+
+
+def test_a_prediction_that_takes_too_long_gets_503(
+    house_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nnreg.serving.routes import INLINE_BYTES, application
+
+    served = Served(house_model, Limits(timeout=0.3))
+    slow = served.answer
+
+    def answer(body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        time.sleep(1.0)
+        return slow(body, query)
+
+    monkeypatch.setattr(served, "answer", answer)
+    rows = json.dumps([GOOD] * (INLINE_BYTES // 40)).encode()  # past the inline size
+    status, answer_ = _call(application(served), [rows])
+    assert status == 503 and "did not finish within 0.3 s" in answer_["error"]
 
 
 # -- the real server ---------------------------------------------------------------------------

@@ -71,29 +71,33 @@ def run(
         f"serving {Path(model_dir)} ({len(served.contract.names)} features -> "
         f"{', '.join(served.targets)}) at {where}"
     )
-    announce(
-        f"POST {where}/predict   GET /health /metadata /openapi.json   SIGTERM or Ctrl-C stops"
-    )
+    announce(f"POST {where}/predict; GET /health, /metadata, /openapi.json; SIGTERM stops")
     if host not in LOOPBACK:
         announce(f"warning: {host} is reachable from other machines; nnreg serve has no login.")
     gc.freeze()  # what is loaded now stays: the collector no longer walks it between requests
     with _quiet_signals():
         if workers > 1:
-            import torch
-
-            threads = max(1, torch.get_num_threads() // workers)
-            os.environ[ENVIRONMENT] = json.dumps(
-                {"model": str(model_dir), "limits": asdict(limits), "threads": threads}
-            )
-            from uvicorn.supervisors import Multiprocess
-
-            extra = {}  # uvicorn before 0.36 also wants the function each worker runs
-            if "target" in inspect.signature(Multiprocess).parameters:
-                extra["target"] = uvicorn.Server(config).run
-            Multiprocess(config, sockets=[sock], **extra).run()
+            _run_workers(config, sock, model_dir, limits)
         else:
             uvicorn.Server(config).run(sockets=[sock])
     return {"taken": counter.taken, "answered": counter.answered}
+
+
+def _run_workers(config: Any, sock: socket.socket, model_dir: str | Path, limits: Limits) -> None:
+    """uvicorn's supervisor of ``config.workers`` processes, each loading the model itself
+    (told where by :data:`ENVIRONMENT`) with its share of the cores."""
+    import torch
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    threads = max(1, torch.get_num_threads() // config.workers)
+    os.environ[ENVIRONMENT] = json.dumps(
+        {"model": str(model_dir), "limits": asdict(limits), "threads": threads}
+    )
+    extra = {}  # uvicorn before 0.36 also wants the function each worker runs
+    if "target" in inspect.signature(Multiprocess).parameters:
+        extra["target"] = uvicorn.Server(config).run
+    Multiprocess(config, sockets=[sock], **extra).run()
 
 
 def bind(host: str, port: int) -> socket.socket:

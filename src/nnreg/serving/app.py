@@ -99,6 +99,7 @@ class Served:
         info = self.reg.model_info_
         self.targets: list[str] = list(info["targets"])
         self.intervals = hasattr(self.reg, "calibrator_")
+        self.named = hasattr(self.reg, "feature_names_in_")  # fitted on a DataFrame
         self.metadata = {
             "nnreg_version": __version__,
             "model": {
@@ -122,7 +123,9 @@ class Served:
         import torch
 
         interval = self._interval(query)
-        frame = self.contract.frame(parse_json(body))
+        frame: Any = self.contract.frame(parse_json(body))
+        if not self.named:  # fitted on an array: given one, as predict expects (numbers only)
+            frame = frame.to_numpy(dtype=np.float64)
         with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
             try:  # (overflow far outside the training data is caught below, as not finite)
                 pred = self.reg.predict(frame)
