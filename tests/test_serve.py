@@ -543,3 +543,17 @@ def test_the_cli_options_are_checked_before_the_model_is_read(
     assert code == 2 and "--max-rows" in err
     code, _, err = run(["serve", str(tmp_path / "none")], capsys)
     assert code == 1 and "model folder not found" in err
+
+
+def test_a_port_in_use_or_an_address_not_here_is_one_line(
+    seed_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code, _, err = run(["serve", str(seed_model), "--port", port], capsys)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    code, _, err = run(["serve", str(seed_model), "--host", "192.0.2.1"], capsys)  # not ours
+    assert code == 2 and "cannot listen on 192.0.2.1:8000" in err
+    assert len(err.strip().splitlines()) == 1

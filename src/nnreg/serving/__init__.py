@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..exceptions import ConfigError
 from .app import ENVIRONMENT, Limits, MissingExtraError, create_app, require_extra
 
 __all__ = ["Limits", "MissingExtraError", "create_app", "require_extra", "run"]
@@ -104,16 +105,21 @@ def bind(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port``, made with the TCP protocol number: asyncio sets
     TCP_NODELAY only on such sockets (and on the connections they accept), and without it
     every answer on a kept-alive connection waits about 40 ms for a delayed ACK (Nagle)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )[0]
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}; check --host.") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or --host."
+        ) from None
     sock.set_inheritable(True)  # for the worker processes of --workers N
     return sock
 

@@ -39,7 +39,6 @@ def application(served: Served) -> FastAPI:
     )
     app.state.served = served
     limiter = anyio.CapacityLimiter(1)  # one prediction at a time: torch has the cores
-    limits = served.limits
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -60,36 +59,42 @@ def application(served: Served) -> FastAPI:
 
     @app.post("/predict", summary="Predict rows.", openapi_extra=predict_openapi(served))
     async def predict(request: Request) -> Response:
-        try:
-            check_content_type(request.headers.get("content-type"))
-            with anyio.fail_after(limits.timeout):
-                body = await read_body(request, limits.max_body)
-        except RequestError as exc:
-            return error(exc.status, exc.message)
-        except TimeoutError:
-            return error(408, f"the body did not arrive within {limits.timeout:g} s.")
-        query = dict(request.query_params)
-        if len(body) <= INLINE_BYTES:  # a few rows: answered at once, in well under 1 ms
-            try:
-                return answered(served.answer(body, query))
-            except RequestError as exc:
-                return error(exc.status, exc.message)
-        with anyio.move_on_after(limits.timeout) as scope:
-            try:  # in a worker thread, so that the event loop goes on taking requests
-                answer = await anyio.to_thread.run_sync(
-                    served.answer, body, query, limiter=limiter, abandon_on_cancel=True
-                )
-            except RequestError as exc:
-                return error(exc.status, exc.message)
-        if scope.cancelled_caught:
-            return error(
-                503,
-                f"the prediction did not finish within {limits.timeout:g} s; the server is "
-                "busy: retry later or send fewer rows.",
-            )
-        return answered(answer)
+        return await answer_request(served, limiter, request)
 
     return app
+
+
+async def answer_request(served: Served, limiter: Any, request: Request) -> Response:
+    """The answer to one POST /predict: read within the limits, predicted, or refused."""
+    limits = served.limits
+    try:
+        check_content_type(request.headers.get("content-type"))
+        with anyio.fail_after(limits.timeout):
+            body = await read_body(request, limits.max_body)
+    except RequestError as exc:
+        return error(exc.status, exc.message)
+    except TimeoutError:
+        return error(408, f"the body did not arrive within {limits.timeout:g} s.")
+    query = dict(request.query_params)
+    if len(body) <= INLINE_BYTES:  # a few rows: answered at once, in well under 1 ms
+        try:
+            return answered(served.answer(body, query))
+        except RequestError as exc:
+            return error(exc.status, exc.message)
+    with anyio.move_on_after(limits.timeout) as scope:
+        try:  # in a worker thread, so that the event loop goes on taking requests
+            answer = await anyio.to_thread.run_sync(
+                served.answer, body, query, limiter=limiter, abandon_on_cancel=True
+            )
+        except RequestError as exc:
+            return error(exc.status, exc.message)
+    if scope.cancelled_caught:
+        return error(
+            503,
+            f"the prediction did not finish within {limits.timeout:g} s; the server is "
+            "busy: retry later or send fewer rows.",
+        )
+    return answered(answer)
 
 
 def answered(answer: dict[str, Any]) -> Response:
