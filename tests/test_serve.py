@@ -367,6 +367,20 @@ def test_an_oversized_body_is_refused_unread(server: Server) -> None:
     assert request(server.port, "GET", "/health")[0] == 200
 
 
+def test_refused_large_bodies_do_not_stay_in_memory(server: Server) -> None:
+    """Bodies under the byte limit but over the row limit are parsed, then refused; each
+    one's parsed rows must be freed at once (they once stayed, in reference cycles)."""
+    n = 40_000  # rows: ~1 MiB of JSON, 20x the row limit
+    body = json.dumps({k: [v] * n for k, v in GOOD.items()}).encode()
+    assert len(body) < 2**20
+    request(server.port, "POST", "/predict", raw=body)
+    before = server.rss()
+    for _ in range(10):
+        status, answer = request(server.port, "POST", "/predict", raw=body)
+        assert status == 413 and "40000 rows" in answer["error"]
+    assert server.rss() - before < 8 * 2**20
+
+
 def _chunked_post(port: int, chunks: int, chunk: int) -> int:
     """POST a chunked body of ``chunks`` x ``chunk`` bytes, stopping when the server answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

@@ -118,6 +118,18 @@ class Served:
             "source": MODEL_JSON,
         }
 
+    def respond(self, body: bytes, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """(status, JSON answer) for a prediction request; never raises :class:`RequestError`.
+
+        A refusal is returned, not raised across the thread that computed it: an exception's
+        traceback keeps the frames that hold the parsed body, and when it travels through
+        the event loop's futures those references form cycles that only a full garbage
+        collection frees (each refused large body stayed in memory until then)."""
+        try:
+            return 200, self.answer(body, query)
+        except RequestError as exc:
+            return exc.status, {"error": exc.message}
+
     def answer(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
         """The JSON answer to a prediction request, or :class:`RequestError`."""
         import torch

@@ -77,26 +77,20 @@ async def answer_request(served: Served, limiter: Any, request: Request) -> Resp
         return error(408, f"the body did not arrive within {limits.timeout:g} s.")
     query = dict(request.query_params)
     if len(body) <= INLINE_BYTES:  # a few rows: answered at once, in well under 1 ms
-        try:
-            return answered(served.answer(body, query))
-        except RequestError as exc:
-            return error(exc.status, exc.message)
-    with anyio.move_on_after(limits.timeout) as scope:
-        try:  # in a worker thread, so that the event loop goes on taking requests
-            answer = await anyio.to_thread.run_sync(
-                served.answer, body, query, limiter=limiter, abandon_on_cancel=True
-            )
-        except RequestError as exc:
-            return error(exc.status, exc.message)
+        return answered(*served.respond(body, query))
+    with anyio.move_on_after(limits.timeout) as scope:  # in a worker thread, so that the
+        status, answer = await anyio.to_thread.run_sync(  # event loop goes on reading
+            served.respond, body, query, limiter=limiter, abandon_on_cancel=True
+        )
     if scope.cancelled_caught:
         return error(
             503,
             f"the prediction did not finish within {limits.timeout:g} s; the server is "
             "busy: retry later or send fewer rows.",
         )
-    return answered(answer)
+    return answered(status, answer)
 
 
-def answered(answer: dict[str, Any]) -> Response:
-    """A prediction as JSON (orjson: the shortest text that reads back as the same float)."""
-    return Response(orjson.dumps(answer), media_type="application/json")
+def answered(status: int, answer: dict[str, Any]) -> Response:
+    """An answer as JSON (orjson: the shortest text that reads back as the same float)."""
+    return Response(orjson.dumps(answer), status_code=status, media_type="application/json")
