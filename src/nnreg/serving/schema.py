@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Contract", "Feature", "RequestError", "parse_json"]
 
 NUMBER, BOOLEAN, TEXT = "number", "boolean", "text"
+NUMBERS = {int, float}  # the Python types of JSON numbers
 SHOWN_CATEGORIES = 50  # categories listed in the OpenAPI schema per feature
 
 
@@ -165,6 +167,7 @@ class Contract:
         self.features, self.max_rows = features, max_rows
         self.names = [f.name for f in features]
         self._keys = set(self.names)
+        self._all_numbers = all(f.kind == NUMBER for f in features)
         # Built once, of Python strings: pandas checks given columns slowly, and reads the
         # names of an Arrow-backed index back slowly.
         self._index = pd.Index(self.names, dtype=object)
@@ -187,6 +190,9 @@ class Contract:
     def frame(self, body: Any) -> pd.DataFrame:
         """The request's rows as a DataFrame of the model's features, in its column order."""
         if isinstance(body, list):
+            block = self._number_records(body)
+            if block is not None:
+                return pd.DataFrame(block, columns=self._index, copy=False)
             columns = self._records(body)
         elif isinstance(body, dict):
             columns = self._columns(body)
@@ -208,6 +214,25 @@ class Contract:
             raise RequestError(
                 413, f"the request has {n} rows; at most {self.max_rows} are taken at once."
             )
+
+    def _number_records(self, body: list[Any]) -> np.ndarray | None:
+        """The common case at once: records of exactly the features, all numeric and given
+        as numbers. None for anything else, which :meth:`_records` checks value by value
+        (and words the error for)."""
+        if not self._all_numbers or not 0 < len(body) <= self.max_rows:
+            return None
+        names, keys = self.names, self._keys
+        try:
+            rows = [[r[n] for n in names] for r in body if r.keys() == keys]
+        except (AttributeError, TypeError):  # a record that is not an object
+            return None
+        if len(rows) != len(body) or not set(map(type, chain.from_iterable(rows))) <= NUMBERS:
+            return None
+        try:
+            block = np.array(rows, dtype=np.float64)
+        except OverflowError:
+            return None
+        return block if np.isfinite(block).all() else None
 
     def _records(self, body: list[Any]) -> dict[str, np.ndarray]:
         self._rows(len(body))
