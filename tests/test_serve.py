@@ -202,6 +202,37 @@ def test_a_model_fitted_on_an_array_with_two_targets(tmp_path: Path) -> None:
     assert np.asarray(answer["predictions"]).shape == (2, 2)
 
 
+def test_requests_predicted_together_get_what_each_gets_alone(served: Served) -> None:
+    frames = [house_frame(n, seed=10 + n).drop(columns="price") for n in (1, 7, 3, 12)]
+    queries: list[dict[str, str]] = [{}, {"interval": "0.8"}, {}, {"interval": "0.8"}]
+    bodies = [json.dumps(records(f)).encode() for f in frames]
+    together = served.predict([served.prepare(b, q) for b, q in zip(bodies, queries, strict=True)])
+    for (status, answer), body, query in zip(together, bodies, queries, strict=True):
+        alone = served.answer(body, query)
+        assert status == 200 and answer.keys() == alone.keys()
+        for key in ("predictions", "lower", "upper"):
+            if key in alone:
+                np.testing.assert_allclose(answer[key], alone[key], rtol=1e-12)
+
+
+def test_a_batch_that_fails_is_answered_request_by_request(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request then hears only of its own problem."""
+    real = served._predict
+
+    def predict(parts: list[Any], interval: float | None) -> Any:
+        if len(parts) > 1 or parts[0].n == 2:
+            raise RequestError(422, f"cannot predict {sum(p.n for p in parts)} rows")
+        return real(parts, interval)
+
+    monkeypatch.setattr(served, "_predict", predict)
+    bodies = [json.dumps(records(house_frame(n, seed=n).drop(columns="price"))) for n in (1, 2)]
+    answers = served.predict([served.prepare(b.encode(), {}) for b in bodies])
+    assert answers[0][0] == 200 and len(answers[0][1]["predictions"]) == 1
+    assert answers[1] == (422, {"error": "cannot predict 2 rows"})
+
+
 def test_an_unseen_category_and_an_integer_category_are_read_as_predict_reads_them(
     served: Served,
 ) -> None:
@@ -283,13 +314,13 @@ def test_a_prediction_that_takes_too_long_gets_503(
     from nnreg.serving.routes import INLINE_BYTES, application
 
     served = Served(house_model, Limits(timeout=0.3))
-    slow = served.answer
+    slow = served.predict
 
-    def answer(body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    def predict(batch: list[Any]) -> list[Any]:
         time.sleep(1.0)
-        return slow(body, query)
+        return slow(batch)
 
-    monkeypatch.setattr(served, "answer", answer)
+    monkeypatch.setattr(served, "predict", predict)
     rows = json.dumps([GOOD] * (INLINE_BYTES // 40)).encode()  # past the inline size
     status, answer_ = _call(application(served), [rows])
     assert status == 503 and "did not finish within 0.3 s" in answer_["error"]
@@ -429,10 +460,15 @@ def test_a_missing_extra_is_one_line_naming_it(
 
 
 @pytest.mark.slow
-def test_a_load_test_has_no_errors_and_flat_memory(server: Server) -> None:
-    """2,000 requests at concurrency 16; resident memory between the first and the last
-    quarter stays within a few MiB."""
-    bodies = [json.dumps(records(house_frame(n, seed=n))).encode() for n in (1, 10, 100)]
+def test_a_load_test_has_no_errors_and_flat_memory(server: Server, house_model: Path) -> None:
+    """2,000 requests of 1, 10 and 100 rows at concurrency 16 (predicted in batches): each
+    gets the estimator's predictions for its own rows, and resident memory between the first
+    and the last quarter stays within a few MiB."""
+    frames = [house_frame(n, seed=n).drop(columns="price") for n in (1, 10, 100)]
+    bodies = [json.dumps(records(f)).encode() for f in frames]
+    reg = nnreg.load(house_model)
+    expected = [reg.predict(f) for f in frames]
+    wrong: list[int] = []
     statuses: list[int] = []
     rss: list[int] = []
     lock = threading.Lock()
@@ -440,9 +476,12 @@ def test_a_load_test_has_no_errors_and_flat_memory(server: Server) -> None:
     def client(k: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         for i in range(125):
-            conn.request("POST", "/predict", bodies[(k + i) % 3], JSON)
+            which = (k + i) % 3
+            conn.request("POST", "/predict", bodies[which], JSON)
             response = conn.getresponse()
-            response.read()
+            got = json.loads(response.read())
+            if not np.allclose(got["predictions"], expected[which], rtol=1e-12, atol=0):
+                wrong.append(which)  # answered with another request's rows
             with lock:
                 statuses.append(response.status)
                 if len(statuses) in (500, 2000):
@@ -451,6 +490,7 @@ def test_a_load_test_has_no_errors_and_flat_memory(server: Server) -> None:
 
     _run_threads(client, 16)
     assert len(statuses) == 2000 and set(statuses) == {200}
+    assert not wrong
     assert rss[1] - rss[0] < 8 * 2**20, rss
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from .._version import __version__
 from ..exceptions import ConfigError, DataError, NnregError
-from .schema import Contract, RequestError, parse_json
+from .schema import Contract, RequestError, Rows, parse_json
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -83,6 +84,17 @@ class Limits:
             raise ConfigError(f"timeout must be a positive number, got {self.timeout!r}.")
 
 
+Answer = tuple[int, dict[str, Any]]  # (HTTP status, JSON answer)
+
+
+@dataclass
+class Prepared:
+    """A prediction request, checked: its rows and the interval it asks for."""
+
+    rows: Rows
+    interval: float | None
+
+
 class Served:
     """A loaded model and what answering for it needs; shared by the requests of a process."""
 
@@ -94,6 +106,10 @@ class Served:
         # Regressor.predict computes in float64 from float64 copies of the weights: made once
         # here rather than at every request (the same numbers: widening float32 is exact).
         self.reg.model_.double()
+        self._lock = threading.Lock()  # one prediction at a time: the event loop's batches
+        # and the worker thread's large requests share the model and torch's thread setting
+        config = self.reg.model_.config
+        self.widest = max([config.n_inputs, *config.hidden_sizes])
         self.limits, self.folder = limits, Path(model_dir).name
         self.contract = Contract.of(self.reg, limits.max_rows)
         info = self.reg.model_info_
@@ -118,36 +134,100 @@ class Served:
             "source": MODEL_JSON,
         }
 
-    def respond(self, body: bytes, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        """(status, JSON answer) for a prediction request; never raises :class:`RequestError`.
+    def respond(self, body: bytes, query: dict[str, str]) -> Answer:
+        """(status, JSON answer) for one prediction request; never raises
+        :class:`RequestError`.
 
         A refusal is returned, not raised across the thread that computed it: an exception's
         traceback keeps the frames that hold the parsed body, and when it travels through
         the event loop's futures those references form cycles that only a full garbage
         collection frees (each refused large body stayed in memory until then)."""
         try:
-            return 200, self.answer(body, query)
+            prepared = self.prepare(body, query)
         except RequestError as exc:
             return exc.status, {"error": exc.message}
+        return self.predict([prepared])[0]
 
     def answer(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        """The JSON answer to a prediction request, or :class:`RequestError`."""
+        """The JSON answer to one prediction request, or :class:`RequestError`."""
+        status, answer = self.predict([self.prepare(body, query)])[0]
+        if status != 200:
+            raise RequestError(status, answer["error"])
+        return answer
+
+    def prepare(self, body: bytes, query: dict[str, str]) -> Prepared:
+        """A request checked against the contract, ready to predict (or RequestError)."""
+        interval = self._interval(query)
+        return Prepared(self.contract.rows(parse_json(body)), interval)
+
+    def predict(self, batch: list[Prepared]) -> list[Answer]:
+        """The answers to ``batch``, predicted together: one call of Regressor.predict for
+        the requests that ask for the same interval. A row's prediction does not depend on
+        the rows beside it (nnreg predicts in float64), so each answer is what the request
+        would get alone; a batch that fails is predicted request by request, so that each
+        request hears only of its own problem."""
+        answers: list[Answer | None] = [None] * len(batch)
+        groups: dict[float | None, list[int]] = {}
+        for i, prepared in enumerate(batch):
+            groups.setdefault(prepared.interval, []).append(i)
+        for interval, members in groups.items():
+            try:
+                pred, bounds = self._predict([batch[i].rows for i in members], interval)
+            except RequestError as exc:
+                for i in members:
+                    answers[i] = (
+                        (exc.status, {"error": exc.message})
+                        if len(members) == 1
+                        else self.predict([batch[i]])[0]
+                    )
+                continue
+            lo = 0
+            for i in members:
+                hi = lo + batch[i].rows.n
+                answers[i] = self._answer(pred[lo:hi], bounds, lo, hi, interval)
+                lo = hi
+        return [a for a in answers if a is not None]
+
+    def _predict(
+        self, parts: list[Rows], interval: float | None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         import torch
 
-        interval = self._interval(query)
-        frame: Any = self.contract.frame(parse_json(body))
+        from ..device import thread_policy
+
+        frame: Any = self.contract.frame_of(parts)
         if not self.named:  # fitted on an array: given one, as predict expects (numbers only)
             frame = frame.to_numpy(dtype=np.float64)
-        with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
+        threads = thread_policy(len(frame), self.widest)  # one thread for a few rows
+        with (
+            self._lock,
+            threads,
+            torch.inference_mode(),
+            np.errstate(over="ignore", invalid="ignore"),
+        ):
             try:  # (overflow far outside the training data is caught below, as not finite)
                 pred = self.reg.predict(frame)
                 bounds = self.reg.predict_interval(frame, interval) if interval else None
             except DataError as exc:  # what the contract cannot see, as predict words it
                 raise RequestError(422, str(exc)) from None
-        out: dict[str, Any] = {"targets": self.targets, "predictions": _finite(pred)}
-        if bounds is not None:
-            out.update(interval=interval, lower=_finite(bounds[0]), upper=_finite(bounds[1]))
-        return out
+        return pred, bounds
+
+    def _answer(
+        self,
+        pred: np.ndarray,
+        bounds: tuple[np.ndarray, np.ndarray] | None,
+        lo: int,
+        hi: int,
+        interval: float | None,
+    ) -> Answer:
+        try:
+            out: dict[str, Any] = {"targets": self.targets, "predictions": _finite(pred)}
+            if bounds is not None:
+                lower, upper = _finite(bounds[0][lo:hi]), _finite(bounds[1][lo:hi])
+                out.update(interval=interval, lower=lower, upper=upper)
+        except RequestError as exc:
+            return exc.status, {"error": exc.message}
+        return 200, out
 
     def _interval(self, query: dict[str, str]) -> float | None:
         unknown = sorted(set(query) - {"interval"})

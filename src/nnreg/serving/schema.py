@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from ..estimator import Regressor
 
-__all__ = ["Contract", "Feature", "RequestError", "parse_json"]
+__all__ = ["Contract", "Feature", "RequestError", "Rows", "parse_json"]
 
 NUMBER, BOOLEAN, TEXT = "number", "boolean", "text"
 NUMBERS = {int, float}  # the Python types of JSON numbers
@@ -160,6 +160,16 @@ def _shown(v: Any) -> str:
     return json.dumps(v)
 
 
+@dataclass
+class Rows:
+    """One request's checked rows: ``n`` rows as a (rows, features) float block, or as one
+    array per feature."""
+
+    n: int
+    block: np.ndarray | None = None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class Contract:
     """What a model accepts: its features, in order, and the row limit."""
 
@@ -189,10 +199,15 @@ class Contract:
 
     def frame(self, body: Any) -> pd.DataFrame:
         """The request's rows as a DataFrame of the model's features, in its column order."""
+        return self.frame_of([self.rows(body)])
+
+    def rows(self, body: Any) -> Rows:
+        """The request's rows, checked: a float block when every value is a number, else a
+        column per feature."""
         if isinstance(body, list):
             block = self._number_records(body)
             if block is not None:
-                return pd.DataFrame(block, columns=self._index, copy=False)
+                return Rows(len(block), block=block)
             columns = self._records(body)
         elif isinstance(body, dict):
             columns = self._columns(body)
@@ -202,8 +217,20 @@ class Contract:
                 "the body must be a JSON list of records ([{feature: value, ...}, ...]) or an "
                 "object of columns ({feature: [values], ...}).",
             )
-        if all(f.kind != TEXT for f in self.features):  # one float block: built at once
-            block = np.column_stack([columns[n] for n in self.names]) if self.names else None
+        return Rows(len(next(iter(columns.values()))) if columns else 0, columns=columns)
+
+    def frame_of(self, parts: list[Rows]) -> pd.DataFrame:
+        """One DataFrame of the rows of one or several requests, in their order."""
+        if all(p.block is not None for p in parts):  # one float block: built at once
+            blocks = [p.block for p in parts if p.block is not None]
+            block = blocks[0] if len(blocks) == 1 else np.vstack(blocks)
+            return pd.DataFrame(block, columns=self._index, copy=False)
+        columns = {}
+        for j, name in enumerate(self.names):
+            pieces = [p.block[:, j] if p.block is not None else p.columns[name] for p in parts]
+            columns[name] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if all(f.kind != TEXT for f in self.features):
+            block = np.column_stack([columns[n] for n in self.names])
             return pd.DataFrame(block, columns=self._index, copy=False)
         return pd.DataFrame(columns, columns=self._index, copy=False)
 
