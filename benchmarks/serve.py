@@ -13,8 +13,8 @@ connections (a fixed number of requests at a fixed concurrency):
 Both run one process with their access logs sent to a file. For single-row and 1,000-row
 requests it records requests/s, p50 and p99 latency (from sending a request to having read
 its answer); an answer of each size is first compared with ``Regressor.predict``, and every
-timed answer must be a 200 with JSON. Writes ``benchmarks/results/serve.md``. Targets: nnreg's p99 for single
-rows under 20 ms, and at least 2x MLflow's requests/s.
+timed answer must be a 200 with JSON. Writes ``benchmarks/results/serve.md``. Targets:
+nnreg's p99 for single rows under 20 ms, and at least 2x MLflow's requests/s.
 
     python benchmarks/serve.py [--requests 2000] [--concurrency 16]
 """
