@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from . import artifact, distributed, fitting
 from .ensemble import ConformalCalibrator
 from .exceptions import ConfigError, NotFittedError, TrainingDivergedError
+from .importance import Importance
 from .model import MLPEnsemble, count_parameters, predict_moments
 from .recipe import PRESETS, Recipe, is_real, jsonable
 from .restore import restore
@@ -385,6 +386,16 @@ class Regressor(RegressorMixin, BaseEstimator):
 
     def _shape(self, a: np.ndarray) -> np.ndarray:
         return a.ravel() if self._y_1d else a
+
+    def feature_importances(
+        self, X: Any, y: Any, *, n_repeats: int = 5, random_state: int | None = 0
+    ) -> Importance:
+        """Permutation importance of each input column on rows ``(X, y)``: how much the RMSE
+        grows when the column is shuffled (a categorical column as one); see
+        :mod:`nnreg.importance`. ``.to_frame()`` lists them, the most important first."""
+        from .importance import permutation_importance
+
+        return permutation_importance(self, X, y, n_repeats=n_repeats, random_state=random_state)
 
     def n_parameters(self) -> int:
         """Number of trainable parameters of the fitted network."""

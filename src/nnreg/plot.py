@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["loss_curve", "predicted_vs_actual"]
+__all__ = ["importance_chart", "loss_curve", "predicted_vs_actual"]
 
 
 def _pyplot() -> Any:
@@ -46,6 +46,23 @@ def predicted_vs_actual(
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="perfect")
     return _finish(plt, fig, ax, ("actual", "predicted", title), path)
+
+
+def importance_chart(frame: Any, baseline_rmse: float, path: str | Path, title: str) -> Path:
+    """Horizontal bars of permutation importance (RMSE growth), the most important on top,
+    with the spread over the shuffles as error bars."""
+    plt = _pyplot()
+    shown = frame.head(30).iloc[::-1]  # barh draws bottom-up
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.32 * len(shown)), dpi=100)
+    ax.barh(shown["feature"], shown["importance"], xerr=shown["std"], color="#4c72b0")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"RMSE growth when shuffled (baseline RMSE {baseline_rmse:.4g})")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": "nnreg"})
+    plt.close(fig)
+    return Path(path)
 
 
 def _finish(plt: Any, fig: Any, ax: Any, labels: tuple[str, str, str], path: str | Path) -> Path:

@@ -202,6 +202,21 @@ def ranking_table(ranking: pd.DataFrame) -> Any:
     return t
 
 
+def importance_table(frame: pd.DataFrame) -> None:
+    """The columns by permutation importance, the most important first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("rank", "feature", "RMSE growth", "std", "share of RMSE"):
+        t.add_column(col, justify="left" if col == "feature" else "right")
+    for rank, r in enumerate(frame.itertuples(), start=1):
+        t.add_row(
+            str(rank), str(r.feature), f"{r.importance:.4g}", f"{r.std:.2g}", f"{r.share:.1%}"
+        )
+    Console().print(t)
+
+
 def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any]]) -> None:
     """`nnreg info`: a model folder's versions, columns, layers, settings and metrics."""
     from rich.console import Console
