@@ -115,7 +115,7 @@ def save(
         save_file(tensors, str(tmp / WEIGHTS))
         _write_history(tmp / HISTORY, history)
         (tmp / CONFIG).write_text(to_toml(settings), encoding="utf-8")
-        loss_curve(history, tmp / LOSS_PNG)
+        loss_curve(history, tmp / LOSS_PNG, **loss_labels(meta))
         for name, write in (extra or {}).items():
             write(tmp / name)
         files = {f.name: sha256(read_file(f)) for f in sorted(tmp.iterdir())}
@@ -133,6 +133,18 @@ def save(
         }
         _write_json(tmp / MODEL_JSON, document)
     return path
+
+
+def loss_labels(meta: dict[str, Any]) -> dict[str, Any]:
+    """What the loss figure of a model with this metadata marks and says: the epoch its
+    weights come from, and the loss and units it was trained on."""
+    training = meta.get("training") or {}
+    params = training.get("params") or {}
+    loss = str(params.get("loss", "squared_error")).replace("_", " ")
+    targets = meta.get("targets") or ["y"]
+    units = "standardised target" if params.get("scale_target", True) else ", ".join(targets)
+    best = training.get("best_epoch")
+    return {"best_epoch": best if isinstance(best, int) else None, "ylabel": f"{loss} ({units})"}
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Figures: the loss curve and predicted-against-actual values, written as PNG files."""
+"""Figures, written as PNG files: the loss curve, predicted against actual values, residuals
+against predictions, and permutation importance."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["importance_chart", "loss_curve", "predicted_vs_actual"]
+__all__ = ["importance_chart", "loss_curve", "predicted_vs_actual", "residuals"]
 
 
 def _pyplot() -> Any:
@@ -20,32 +21,103 @@ def _pyplot() -> Any:
     return plt
 
 
-def loss_curve(history: Mapping[str, Sequence[float]], path: str | Path) -> Path:
-    """Plot training (and any validation) loss per epoch; log scale when it spans decades."""
+def loss_curve(
+    history: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    best_epoch: int | None = None,
+    ylabel: str = "loss",
+) -> Path:
+    """Training (and validation, when there was any) loss per epoch, the epoch the weights
+    come from marked; log scale when the loss spans decades."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key, label in (("train_loss", "training"), ("val_loss", "validation")):
         values = np.asarray(history.get(key, []), dtype=float)
-        if values.size:
+        if values.size and np.isfinite(values).any():  # no legend entry for a line not drawn
             ax.plot(np.arange(values.size), values, label=label)
     losses = np.asarray(history.get("train_loss", []), dtype=float)
     if losses.size and np.all(losses > 0) and losses.max() / max(losses.min(), 1e-300) > 100:
         ax.set_yscale("log")
-    return _finish(plt, fig, ax, ("epoch", "loss", "Training loss"), path)
+    if best_epoch is not None and 0 <= best_epoch < losses.size - 1:  # not simply the last
+        ax.axvline(best_epoch, color="gray", linestyle=":", label=f"weights: epoch {best_epoch}")
+    return _finish(plt, fig, ax, ("epoch", ylabel, "Training loss"), path)
 
 
 def predicted_vs_actual(
-    y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str = "Predicted vs actual"
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    path: str | Path,
+    title: str = "Predicted vs actual",
+    *,
+    target: str = "y",
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    coverage: float | None = None,
 ) -> Path:
-    """Scatter of predictions against true values, with the identity line."""
+    """Predictions against true values with the identity line, the RMSE and R² in a corner,
+    and each prediction's interval when ``bounds`` (lower, upper) are given."""
     plt = _pyplot()
     t = np.asarray(y_true, dtype=float).ravel()
     p = np.asarray(y_pred, dtype=float).ravel()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.scatter(t, p, s=10, alpha=0.6)
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    if bounds is not None:
+        lower, upper = np.ravel(bounds[0]), np.ravel(bounds[1])
+        _bars(ax, t, lower, upper, _inside(t, lower, upper), coverage)
+    ax.scatter(t, p, s=10, alpha=0.6, zorder=3)
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="perfect")
-    return _finish(plt, fig, ax, ("actual", "predicted", title), path)
+    _scores(ax, t, p)
+    return _finish(plt, fig, ax, (f"actual {target}", f"predicted {target}", title), path)
+
+
+def residuals(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    path: str | Path,
+    title: str = "Residuals",
+    *,
+    target: str = "y",
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    coverage: float | None = None,
+) -> Path:
+    """Residuals (actual - predicted) against the predictions, with the zero line, and each
+    prediction's interval around it when ``bounds`` are given: a point outside its bar is
+    a row the interval missed."""
+    plt = _pyplot()
+    t = np.asarray(y_true, dtype=float).ravel()
+    p = np.asarray(y_pred, dtype=float).ravel()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if bounds is not None:
+        lower, upper = np.ravel(bounds[0]), np.ravel(bounds[1])
+        _bars(ax, p, lower - p, upper - p, _inside(t, lower, upper), coverage)
+    ax.scatter(p, t - p, s=10, alpha=0.6, zorder=3)
+    ax.axhline(0, color="black", linewidth=1, linestyle="--", label="zero")
+    _scores(ax, t, p)
+    labels = (f"predicted {target}", f"actual - predicted {target}", title)
+    return _finish(plt, fig, ax, labels, path)
+
+
+def _inside(t: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    return float(np.mean((t >= lower) & (t <= upper)))
+
+
+def _bars(
+    ax: Any, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, share: float, coverage: float | None
+) -> None:
+    """Each row's interval as a faint vertical bar, labelled with the share of rows inside."""
+    asked = f"{coverage:.0%} interval, " if coverage is not None else "interval, "
+    label = f"{asked}{share:.0%} of these rows inside"
+    ax.vlines(x, lo, hi, color="#dd8452", alpha=0.35, linewidth=1.5, zorder=2, label=label)
+
+
+def _scores(ax: Any, t: np.ndarray, p: np.ndarray) -> None:
+    """RMSE and R² of these rows in the upper-left corner."""
+    rmse = float(np.sqrt(np.mean((t - p) ** 2)))
+    spread = float(np.sum((t - t.mean()) ** 2))
+    r2 = 1 - float(np.sum((t - p) ** 2)) / spread if spread > 0 else float("nan")
+    text = f"RMSE {rmse:.4g}\nR² {r2:.3f}\n{t.size} rows"
+    box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.8}
+    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", ha="left", fontsize=9, bbox=box)
 
 
 def importance_chart(frame: Any, baseline_rmse: float, path: str | Path, title: str) -> Path:

@@ -43,29 +43,30 @@ def info(model_dir: Path, as_json: bool) -> None:
 def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
     """Draw the loss curve of MODEL_DIR, and predicted against actual values on DATA.
 
-    Writes loss.png, and pred_vs_actual.png when DATA (with the target) is given.
+    Writes loss.png (the epoch the weights come from marked), and with DATA (which holds
+    the target) pred_vs_actual.png and residuals.png, with RMSE and R² on DATA and, for a
+    model with intervals, each row's 90% interval.
 
     \b
     Example:
       nnreg plot runs/houses test.csv --out-dir figures
     """
-    from ..artifact import add_files, load, write_file_atomic
+    from ..artifact import add_files, load, loss_labels, write_file_atomic
     from ..outputs import check_output_file, made_figure
-    from ..plot import loss_curve, predicted_vs_actual
+    from ..plot import loss_curve
 
     data_paths = [] if data is None else [data]
     out_dir = out_dir or model_dir
     if data is not None:
         reg, table = model_and_table(model_dir, data, with_target=True, history=True)
-        history = reg.history_.to_dict()
+        history, meta = reg.history_.to_dict(), reg.model_info_
     else:
-        history = load(model_dir).history
-    figures: dict[str, Any] = {"loss.png": lambda p: loss_curve(history, p)}
+        saved = load(model_dir)
+        history, meta = saved.history, saved.meta
+    labels = loss_labels(meta)
+    figures: dict[str, Any] = {"loss.png": lambda p: loss_curve(history, p, **labels)}
     if data is not None:
-        pred, title = reg.predict(table.features), f"Predicted vs actual ({data.name})"
-        figures["pred_vs_actual.png"] = lambda p: predicted_vs_actual(
-            target_values(table), pred, p, title=title
-        )
+        figures.update(_data_figures(reg, table, data.name))
     if out_dir.resolve() == Path(model_dir).resolve():
         add_files(model_dir, figures)  # the folder's manifest lists them: still nnreg's own
     else:
@@ -76,6 +77,23 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
             write_file_atomic(out_dir / name, write)
     for name in figures:
         click.echo(f"wrote {out_dir / name}")
+
+
+def _data_figures(reg: Any, table: Any, name: str) -> dict[str, Any]:
+    """pred_vs_actual.png and residuals.png of ``reg`` on ``table``: writers by file name."""
+    from ..plot import predicted_vs_actual, residuals
+
+    y, pred = target_values(table), reg.predict(table.features)
+    target = ", ".join(reg.model_info_["targets"])
+    extra: dict[str, Any] = {"target": target}
+    if hasattr(reg, "calibrator_"):
+        extra.update(bounds=reg.predict_interval(table.features, 0.9), coverage=0.9)
+    return {
+        "pred_vs_actual.png": lambda p: predicted_vs_actual(
+            y, pred, p, title=f"Predicted vs actual ({name})", **extra
+        ),
+        "residuals.png": lambda p: residuals(y, pred, p, title=f"Residuals ({name})", **extra),
+    }
 
 
 @click.command()
