@@ -17,11 +17,11 @@ $(VENV)/.base: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install -e '.[dev,onnx,serve]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,serve,tensorboard]' $(TORCH)
 	touch $@ $(VENV)/.base
 
 $(VENV)/.bench: $(VENV)/.dev
-	$(BIN)/python -m pip install -e '.[dev,onnx,serve,bench]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,serve,tensorboard,bench]' $(TORCH)
 	touch $@
 
 demo: $(VENV)/.base

@@ -61,6 +61,10 @@ class ModelFileError(NnregError, ValueError):
     """A model folder is missing, corrupt, tampered with or written by a newer nnreg."""
 
 
+class MissingExtraError(NnregError, ImportError):
+    """An optional dependency of a feature is not installed (the message names the extra)."""
+
+
 class NotFittedError(NnregError, _SklearnNotFittedError):
     """The estimator is used before ``fit`` was called."""
 

@@ -69,6 +69,7 @@ def fit_and_save(
     log_every: int | None,
     fit: Callable[[Any, Any], None],
     save: Callable[[threading.Event | None], Scores],
+    log_to: str | None = None,
 ) -> None:
     """Run ``fit(on_epoch, stop)`` with progress, then ``save(stop)`` the model folder (after
     a divergence too, with the last finite weights), print the result, and exit 130/143 when
@@ -77,17 +78,23 @@ def fit_and_save(
     from ..exceptions import TrainingDivergedError
 
     started = time.perf_counter()
+    log = _tracker(log_to, out, group)
     # Processes of one run stop together or not at all: there, a signal simply ends them.
     with SignalStop(enabled=group is None) as stop:
         try:
             with report.progress(reg, log_every) as on_epoch:
-                fit(on_epoch, stop.event)
+                fit(_logged(on_epoch, log), stop.event)
         except TrainingDivergedError as exc:
             if hasattr(reg, "model_"):  # a streamed run may fail before its network exists
                 save(stop.event)
             raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
         seconds = time.perf_counter() - started
         metrics, first = save(stop.event)
+    if log is not None:
+        log.finish(
+            reg.history_.to_dict(), {f"train_{k}": v for k, v in metrics.items()}, reg.get_params()
+        )
+        click.echo(f"logged the run for TensorBoard in {log.logdir}", err=True)
     report.result(out, reg, metrics, first, seconds)
     stop.exit_if_stopped(
         stop.signal is not None,
@@ -98,6 +105,28 @@ def fit_and_save(
             else f"interrupted by {name} while saving; the model folder {out} is complete"
         ),
     )
+
+
+def _tracker(log_to: str | None, out: Path, group: Any) -> Any:
+    """The run's tracker (:mod:`nnreg.tracking`), on rank 0 only; None without --log."""
+    if log_to is None or (group is not None and group.rank != 0):
+        return None
+    from ..tracking import tracker
+
+    return tracker(log_to, out.name)
+
+
+def _logged(on_epoch: Any, log: Any) -> Any:
+    """The epoch callback that also sends each epoch to the tracker."""
+    if log is None:
+        return on_epoch
+
+    def both(epoch: int, loss: float, val: float | None) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, loss, val)
+        log.epoch(epoch, loss, val)
+
+    return both
 
 
 def save_model(

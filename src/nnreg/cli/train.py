@@ -67,6 +67,13 @@ if TYPE_CHECKING:
     type=click.IntRange(min=1),
     help="Print a progress line every N epochs (when not on a terminal).",
 )
+@click.option(
+    "--log",
+    "log_to",
+    metavar="tensorboard[:DIR]",
+    help="Also log the run for TensorBoard, under DIR (default tensorboard/); needs "
+    "nnreg[tensorboard].",
+)
 @options.outputs(
     folder="Model folder to write (default: runs/<name>/, a new one each run).",
     as_json="Print a JSON summary on stdout.",
@@ -84,6 +91,7 @@ def train(
     checkpoint_every: int | None,
     resume: Path | None,
     log_every: int | None,
+    log_to: str | None,
     out: Path | None,
     quiet: bool,
     as_json: bool,
@@ -120,12 +128,20 @@ def train(
     )
     if shuffle_buffer is not None and not settings.stream:
         raise click.UsageError("--shuffle-buffer works with --stream only.")
+    if log_to is not None:
+        from ..tracking import check
+
+        check(log_to)  # before any work: a wrong kind or a missing extra is one line
     fit = _train_streamed if settings.stream else _train_in_memory
-    fit(settings, resume or out, log_every, Report(quiet=quiet, as_json=as_json))
+    fit(settings, resume or out, log_every, Report(quiet=quiet, as_json=as_json), log_to)
 
 
 def _train_in_memory(
-    settings: RunSettings, out: Path | None, log_every: int | None, report: Report
+    settings: RunSettings,
+    out: Path | None,
+    log_every: int | None,
+    report: Report,
+    log_to: str | None = None,
 ) -> None:
     from ..estimator import Regressor
 
@@ -158,12 +174,23 @@ def _train_in_memory(
         )
 
     fit_and_save(
-        reg, out, group, report, log_every, fit, lambda stop: save_model(reg, out, run, table, y)
+        reg,
+        out,
+        group,
+        report,
+        log_every,
+        fit,
+        lambda stop: save_model(reg, out, run, table, y),
+        log_to=log_to,
     )
 
 
 def _train_streamed(
-    settings: RunSettings, out: Path | None, log_every: int | None, report: Report
+    settings: RunSettings,
+    out: Path | None,
+    log_every: int | None,
+    report: Report,
+    log_to: str | None = None,
 ) -> None:
     """`nnreg train --stream`: train on Parquet data read in chunks (see nnreg.stream)."""
     from ..distributed import TorchSync, refuse_unsupported
@@ -214,4 +241,5 @@ def _train_streamed(
         log_every,
         fit,
         lambda stop: save_streamed(reg, out, run, data, group, stop),
+        log_to=log_to,
     )

@@ -24,8 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import ConfigError
-from .app import ENVIRONMENT, Limits, MissingExtraError, create_app, require_extra
+from ..exceptions import ConfigError, MissingExtraError
+from .app import ENVIRONMENT, Limits, create_app, require_extra
 
 __all__ = ["Limits", "MissingExtraError", "create_app", "require_extra", "run"]
 

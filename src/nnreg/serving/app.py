@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._version import __version__
-from ..exceptions import ConfigError, DataError, NnregError
+from ..exceptions import ConfigError, DataError, MissingExtraError
 from .schema import Contract, RequestError, Rows, parse_json
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ EXTRA_MESSAGE = (
     "nnreg serve needs the 'serve' extra, which is not installed ({}); "
     "install it with: pip install 'nnreg[serve]'"
 )
-
-
-class MissingExtraError(NnregError, ImportError):
-    """An optional dependency of a command is not installed."""
 
 
 def require_extra() -> None:
