@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import regression_metrics
+
 __all__ = ["importance_chart", "loss_curve", "predicted_vs_actual", "residuals"]
 
 
@@ -112,10 +114,8 @@ def _bars(
 
 def _scores(ax: Any, t: np.ndarray, p: np.ndarray) -> None:
     """RMSE and R² of these rows in the upper-left corner."""
-    rmse = float(np.sqrt(np.mean((t - p) ** 2)))
-    spread = float(np.sum((t - t.mean()) ** 2))
-    r2 = 1 - float(np.sum((t - p) ** 2)) / spread if spread > 0 else float("nan")
-    text = f"RMSE {rmse:.4g}\nR² {r2:.3f}\n{t.size} rows"
+    scores = regression_metrics(t, p)
+    text = f"RMSE {scores['rmse']:.4g}\nR² {scores['r2']:.3f}\n{t.size} rows"
     box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.8}
     ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", ha="left", fontsize=9, bbox=box)
 
