@@ -84,9 +84,8 @@ def serve(
       curl -s localhost:8000/predict -H 'Content-Type: application/json' \\
            -d '[{"x1": 0.5, "x2": -1.0}]'
     """
-    from ..serving import Limits, require_extra, run
+    from ..serving import Limits, run
 
-    require_extra()  # before loading anything: the one line that names the extra
     limits = Limits(max_rows=max_rows, max_body=int(max_body_mb * 2**20), timeout=timeout)
     counts = run(
         model_dir,

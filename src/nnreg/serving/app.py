@@ -95,7 +95,6 @@ class Served:
     """A loaded model and what answering for it needs; shared by the requests of a process."""
 
     def __init__(self, model_dir: str | Path, limits: Limits) -> None:
-        from ..artifact import MODEL_JSON
         from ..estimator import load
 
         self.reg = load(model_dir, history=False)
@@ -127,7 +126,6 @@ class Served:
             "features": [f.describe() for f in self.contract.features],
             "targets": self.targets,
             "limits": asdict(limits),
-            "source": MODEL_JSON,
         }
 
     def respond(self, body: bytes, query: dict[str, str]) -> Answer:
@@ -180,7 +178,7 @@ class Served:
             lo = 0
             for i in members:
                 hi = lo + batch[i].rows.n
-                answers[i] = self._answer(pred[lo:hi], bounds, lo, hi, interval)
+                answers[i] = self._answer(pred, bounds, lo, hi, interval)
                 lo = hi
         return [a for a in answers if a is not None]
 
@@ -216,8 +214,9 @@ class Served:
         hi: int,
         interval: float | None,
     ) -> Answer:
+        """The answer of the request whose rows are ``lo:hi`` of the batch's."""
         try:
-            out: dict[str, Any] = {"targets": self.targets, "predictions": _finite(pred)}
+            out: dict[str, Any] = {"targets": self.targets, "predictions": _finite(pred[lo:hi])}
             if bounds is not None:
                 lower, upper = _finite(bounds[0][lo:hi]), _finite(bounds[1][lo:hi])
                 out.update(interval=interval, lower=lower, upper=upper)
@@ -296,12 +295,11 @@ def check_content_type(value: str | None) -> None:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request's body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and not declared.isdigit():
+        raise RequestError(400, f"Content-Length is not a number: {declared!r}.")
+    if declared is not None and int(declared) > limit:
         raise RequestError(
-            413 if declared.isdigit() else 400,
-            f"the body has {declared} bytes; at most {limit} are taken (--max-body-mb)."
-            if declared.isdigit()
-            else f"Content-Length is not a number: {declared!r}.",
+            413, f"the body has {declared} bytes; at most {limit} are taken (--max-body-mb)."
         )
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -9,7 +9,7 @@ import anyio
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from .._version import __version__
@@ -26,9 +26,9 @@ INLINE_BYTES = 16 * 1024
 BATCH_ROWS = 4096  # the most rows of small requests predicted in one call
 
 
-def error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str) -> Response:
     """Every answer that is not a prediction: one JSON key, one sentence."""
-    return JSONResponse({"error": message}, status_code=status)
+    return answered(status, {"error": message})
 
 
 class Batcher:
@@ -85,11 +85,11 @@ def application(served: Served) -> FastAPI:
     batcher = Batcher(served)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         return error(exc.status_code, f"{exc.detail} ({request.method} {request.url.path}).")
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
         return error(422, f"{'.'.join(map(str, first.get('loc', ())))}: {first['msg']}.")
 
