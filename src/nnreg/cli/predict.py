@@ -165,18 +165,17 @@ def importance(
     found = reg.feature_importances(
         table.features, target_values(table), n_repeats=repeats, random_state=seed
     )
+    ranked = found.to_frame()
     if as_json:
         click.echo(to_json(found.to_dict()))
     else:
         from .console import importance_table
 
         click.echo(f"baseline RMSE {found.baseline_rmse:.6g} on {len(table.features)} rows")
-        importance_table(found.to_frame())
+        importance_table(ranked)
     if output is not None:
         from ..plot import importance_chart
 
         title = f"Permutation importance ({data.name}, {repeats} shuffles)"
-        write_file_atomic(
-            output, lambda p: importance_chart(found.to_frame(), found.baseline_rmse, p, title)
-        )
+        write_file_atomic(output, lambda p: importance_chart(ranked, found.baseline_rmse, p, title))
         click.echo(f"wrote {output}", err=True)
