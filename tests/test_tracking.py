@@ -66,3 +66,18 @@ def test_a_wrong_kind_or_a_missing_extra_is_one_line_before_training(
     code, _, err = run([*base, "--log", "tensorboard"], capsys)
     assert code == 1 and "pip install 'nnreg[tensorboard]'" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_run_that_fails_keeps_the_epochs_it_logged(tmp_path: Path) -> None:
+    """The seed experiment at a learning rate that diverges after its first epoch, in a
+    process of its own (which, ending, would drop what its writer had not flushed): the
+    event file is closed on the way out, so that epoch can be read back."""
+    import subprocess
+
+    logdir = tmp_path / "tb"
+    args = ["train", "--lr", "1e8", "-o", str(tmp_path / "model"), "--log", f"tensorboard:{logdir}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "nnreg", *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1 and "training diverged" in done.stderr
+    assert [step for step, _ in scalars(logdir)["loss/train"]] == [0]

@@ -4,9 +4,9 @@
 ``nnreg[tensorboard]`` extra): during training, the training and validation loss of every
 epoch (``loss/train``, ``loss/validation``); at the end, the learning rate of every epoch
 (``lr``), the final metrics on the training rows (``final/train_rmse``, ...) and the run's
-settings as text. Each run gets
-a folder of its own under DIR (default ``tensorboard/``), named after its model folder and
-the time it started, so ``tensorboard --logdir DIR`` shows runs side by side.
+settings as text. Each run gets a folder of its own under DIR (default ``tensorboard/``),
+named after its model folder and the time it started, so ``tensorboard --logdir DIR``
+shows runs side by side.
 """
 
 from __future__ import annotations

@@ -79,17 +79,21 @@ def fit_and_save(
 
     started = time.perf_counter()
     log = _tracker(log_to, out, group)
-    # Processes of one run stop together or not at all: there, a signal simply ends them.
-    with SignalStop(enabled=group is None) as stop:
-        try:
-            with report.progress(reg, log_every) as on_epoch:
-                fit(_logged(on_epoch, log), stop.event)
-        except TrainingDivergedError as exc:
-            if hasattr(reg, "model_"):  # a streamed run may fail before its network exists
-                save(stop.event)
-            raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
-        seconds = time.perf_counter() - started
-        metrics, first = save(stop.event)
+    try:  # Processes of one run stop together or not at all: there, a signal ends them.
+        with SignalStop(enabled=group is None) as stop:
+            try:
+                with report.progress(reg, log_every) as on_epoch:
+                    fit(_logged(on_epoch, log), stop.event)
+            except TrainingDivergedError as exc:
+                if hasattr(reg, "model_"):  # a streamed run may fail before its network exists
+                    save(stop.event)
+                raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
+            seconds = time.perf_counter() - started
+            metrics, first = save(stop.event)
+    except BaseException:
+        if log is not None:
+            log.close()  # the epochs logged before the failure stay readable
+        raise
     if log is not None:
         log.finish(
             reg.history_.to_dict(), {f"train_{k}": v for k, v in metrics.items()}, reg.get_params()
