@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest browser bench clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,15 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy src
 
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev browser
 	$(BIN)/pytest
+
+# The report's browser test opens pages in Chromium, Debian's package; as root, installed here.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is not installed (needs root): the browser test will be skipped"; fi; }
 
 # Peers (skorch, Lightning, ...) come from the `bench` extra; results land in benchmarks/results/.
 bench: $(VENV)/.bench

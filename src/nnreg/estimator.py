@@ -117,6 +117,9 @@ class Regressor(RegressorMixin, BaseEstimator):
     loss_curve_ : list of float
     validation_scores_ : list of float
         Validation loss per epoch; only with ``early_stopping``.
+    validation_metrics_ : dict
+        ``rows``, MSE, RMSE, MAE and R² in the target's units on the rows the fit held out
+        (an ensemble's scored out-of-fold by its helper members); only when it held some out.
     n_iter_ : int
         Epochs trained.
     best_epoch_ : int
@@ -319,6 +322,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         for name, value in (
             ("calibrator_", result.calibrator),
             ("member_best_epochs_", result.member_best_epochs),
+            ("validation_metrics_", result.held_out),
         ):
             if value is not None:
                 setattr(self, name, value)
@@ -444,6 +448,7 @@ class Regressor(RegressorMixin, BaseEstimator):
             },
             "metrics": {
                 "final_train_loss": (self.loss_curve_ or [math.nan])[-1],
+                **{f"validation_{k}": v for k, v in self._held_out().items()},
                 **(metrics or {}),
             },
             "n_models": len(self.model_.members) if isinstance(self.model_, MLPEnsemble) else 1,
@@ -463,6 +468,9 @@ class Regressor(RegressorMixin, BaseEstimator):
             extra=files,
             protect=protect,
         )
+
+    def _held_out(self) -> dict[str, float]:
+        return dict(getattr(self, "validation_metrics_", {}))
 
     @classmethod
     def _from_saved(cls, saved: artifact.SavedModel) -> Regressor:

@@ -25,6 +25,7 @@ from . import distributed
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .ensemble import ConformalCalibrator, EnsembleTrainer
 from .exceptions import ModelFileError, TrainingDivergedError
+from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
 from .recipe import Recipe, jsonable, member_seeds
@@ -92,6 +93,7 @@ class FitResult:
     best_epoch: int = -1  # the epoch whose weights were kept; -1: the last
     member_best_epochs: list[int] | None = None  # an ensemble's, member by member
     calibrator: ConformalCalibrator | None = None  # held-out scores for prediction intervals
+    held_out: dict[str, float] | None = None  # metrics on the held-out rows, the target's units
     interrupted: bool = False  # a stop event ended training early
     trainer: Trainer | None = field(default=None, repr=False)  # partial_fit continues it
 
@@ -217,7 +219,17 @@ def _fit_single(
         recipe, result, (X, y, w), config, validation, hooks.callback, hooks.stop, checkpoints, sync
     )
     result.calibrator = calibrate(result.model, validation)
+    if val_rows is not None and validation is not None:
+        held = predict_moments(result.model, validation[0])[0]
+        result.held_out = held_out_metrics(result.y_scaler, data.y[val_rows], held)
     return result
+
+
+def held_out_metrics(y_scaler: Standardizer, y: np.ndarray, scaled: np.ndarray) -> dict[str, float]:
+    """``rows`` and the metrics of :func:`~nnreg.metrics.regression_metrics` of standardised
+    predictions ``scaled`` of held-out rows, in the target's units."""
+    pred = y_scaler.inverse_transform(np.asarray(scaled, dtype=np.float64))
+    return {"rows": float(len(y)), **regression_metrics(y, pred)}
 
 
 def train_single(
@@ -306,21 +318,21 @@ def _fit_ensemble(recipe: Recipe, data: FitData, hooks: _Hooks) -> FitResult:
     result.member_best_epochs = [b if b >= 0 else last for b in trainer.record.best_epoch[:K]]
     if cal_rows is not None:
         assert folds is not None
-        result.calibrator = _out_of_fold(X[cal_rows], y[cal_rows], folds, helpers)
+        out_of_fold = _out_of_fold(X[cal_rows], folds, helpers)
+        result.calibrator = ConformalCalibrator.fit(y[cal_rows].cpu().double().numpy(), out_of_fold)
+        result.held_out = held_out_metrics(result.y_scaler, data.y[cal_rows], out_of_fold)
     return result
 
 
-def _out_of_fold(
-    X_cal: torch.Tensor, y_cal: torch.Tensor, folds: np.ndarray, helpers: list[MLP]
-) -> ConformalCalibrator:
-    """Conformity scores of the calibration rows, each the residual of the helper member
-    that did not train on it. Unscaled: one network's out-of-sample residuals are no
-    smaller than the mean of members trained on every row, so the intervals keep (slightly
-    more than) their coverage, and the members' spread on rows they fitted is not the
-    spread a new row gets."""
+def _out_of_fold(X_cal: torch.Tensor, folds: np.ndarray, helpers: list[MLP]) -> np.ndarray:
+    """Standardised predictions (rows, targets) of the calibration rows, each by the helper
+    member that did not train on it. Their residuals are the conformity scores, unscaled:
+    one network's out-of-sample residuals are no smaller than the mean of members trained
+    on every row, so the intervals keep (slightly more than) their coverage, and the
+    members' spread on rows they fitted is not the spread a new row gets. The same
+    predictions give the held-out metrics: those of one network, so no flattery."""
     out = torch.stack([h.predict_float64(X_cal) for h in helpers]).cpu().numpy()
-    out_of_fold = out[folds, np.arange(out.shape[1])]  # (rows, targets)
-    return ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
+    return out[folds, np.arange(out.shape[1])]  # (rows, targets)
 
 
 def calibrate(

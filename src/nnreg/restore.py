@@ -61,7 +61,14 @@ def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting
         y_1d=bool(meta["target_1d"]),
         best_epoch=int(best) if isinstance(best, int) else len(history) - 1,
         calibrator=calibrator,
+        held_out=_held_out(meta.get("metrics", {})),
     )
+
+
+def _held_out(metrics: dict[str, float]) -> dict[str, float] | None:
+    """The held-out metrics that ``validation_*`` entries of model.json hold, or None."""
+    found = {k[len("validation_") :]: v for k, v in metrics.items() if k.startswith("validation_")}
+    return found or None
 
 
 def _check_description(meta: dict[str, Any], n_outputs: int) -> None:

@@ -31,8 +31,8 @@ from sklearn.base import clone
 from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError
-from .fitting import FitData, FitResult, calibrate
-from .model import MLP, MLPEnsemble
+from .fitting import FitData, FitResult, calibrate, held_out_metrics
+from .model import MLP, MLPEnsemble, predict_moments
 from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History
 from .validation import check_sample_weight, check_X, check_y
@@ -328,6 +328,12 @@ class Sweep:
             best_epoch=max(epochs),
             member_best_epochs=epochs if len(members) > 1 else None,
             calibrator=calibrate(model, self._validation),
+            # The rows that chose this configuration: a slightly flattering score.
+            held_out=held_out_metrics(
+                self.y_scaler_,
+                data.y[self.val_rows_],
+                predict_moments(model, self._validation[0])[0],
+            ),
             interrupted=self.interrupted_,
         )
         reg = clone(self.base).set_params(**first.params(), n_models=len(chosen))

@@ -20,6 +20,7 @@ import click
 from .._version import __version__
 from .folder import export, info, plot
 from .predict import evaluate, importance, predict
+from .report import report
 from .serve import serve
 from .sweep import sweep
 from .train import train
@@ -49,7 +50,7 @@ def cli(debug: bool) -> None:
     """
 
 
-for command in (train, predict, evaluate, importance, info, sweep, plot, export, serve):
+for command in (train, predict, evaluate, importance, report, info, sweep, plot, export, serve):
     cli.add_command(command)
 
 

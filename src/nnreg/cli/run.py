@@ -153,7 +153,7 @@ def save_model(
         current(),
         lambda: reg.save(
             out,
-            metrics={f"train_{k}": v for k, v in metrics.items()},
+            metrics={"train_rows": float(len(y))} | {f"train_{k}": v for k, v in metrics.items()},
             run_settings=run,
             target_names=table.target_names,
             files={**kept_checkpoint(reg, out), **(files or {})},
