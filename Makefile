@@ -17,11 +17,11 @@ $(VENV)/.base: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml
-	$(BIN)/python -m pip install -e '.[dev,onnx,serve,tensorboard]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,serve,tensorboard,mlflow]' $(TORCH)
 	touch $@ $(VENV)/.base
 
 $(VENV)/.bench: $(VENV)/.dev
-	$(BIN)/python -m pip install -e '.[dev,onnx,serve,tensorboard,bench]' $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,onnx,serve,tensorboard,mlflow,bench]' $(TORCH)
 	touch $@
 
 demo: $(VENV)/.base
@@ -52,6 +52,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

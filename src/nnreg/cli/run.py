@@ -92,13 +92,12 @@ def fit_and_save(
             metrics, first = save(stop.event)
     except BaseException:
         if log is not None:
-            log.close()  # the epochs logged before the failure stay readable
+            log.close("FAILED")  # the epochs logged before the failure stay readable
         raise
     if log is not None:
-        log.finish(
-            reg.history_.to_dict(), {f"train_{k}": v for k, v in metrics.items()}, reg.get_params()
-        )
-        click.echo(f"logged the run for TensorBoard in {log.logdir}", err=True)
+        final = {f"train_{k}": v for k, v in metrics.items()}
+        final |= {f"validation_{k}": v for k, v in getattr(reg, "validation_metrics_", {}).items()}
+        click.echo(log.finish(reg.history_.to_dict(), final, reg.get_params(), out), err=True)
     report.result(out, reg, metrics, first, seconds)
     stop.exit_if_stopped(
         stop.signal is not None,

@@ -1,0 +1,7 @@
+"""The code MLflow runs to load a logged nnreg model (see :mod:`nnreg.mlflow_model`)."""
+
+from mlflow.models import set_model
+
+from nnreg.mlflow_model import NnregModel
+
+set_model(NnregModel())
