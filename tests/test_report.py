@@ -234,3 +234,21 @@ def test_saved_and_loaded_held_out_metrics_are_the_same(tmp_path: Path) -> None:
     loaded = nnreg.load(tmp_path / "m")
     assert loaded.validation_metrics_ == reg.validation_metrics_
     assert loaded.model_info_["metrics"]["validation_rows"] == 100  # a third: calibration
+
+
+def test_train_prints_the_held_out_score_it_saves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    houses(200, seed=5).drop(columns=[HOSTILE]).to_csv(tmp_path / "t.csv", index=False)
+    args = ["train", str(tmp_path / "t.csv"), "--target", "price", "--categorical", "city"]
+    args += ["--early-stopping", "--epochs", "15", "--hidden", "8"]
+    code, out, _ = run([*args, "-o", str(tmp_path / "m")], capsys)
+    assert code == 0
+    saved = json.loads((tmp_path / "m" / "model.json").read_text())["metrics"]
+    line = re.search(r"held-out MSE: (\S+) \(RMSE (\S+), R² (\S+)\) on the 20 rows", out)
+    assert line is not None
+    assert float(line.group(2)) == pytest.approx(saved["validation_rmse"], rel=1e-3)
+    code, out, _ = run([*args, "-o", str(tmp_path / "m2"), "--json"], capsys)
+    assert json.loads(out)["validation_metrics"]["rows"] == 20
+    code, out, _ = run(["train", "--epochs", "3", "-o", str(tmp_path / "seed")], capsys)
+    assert "held-out" not in out  # the seed experiment holds nothing out

@@ -119,6 +119,7 @@ class Report:
                 "epochs": reg.n_iter_,
                 "final_train_loss": reg.loss_curve_[-1],
                 "train_metrics": metrics,
+                "validation_metrics": getattr(reg, "validation_metrics_", None),
                 "first_observation": {"predicted": first[0], "actual": first[1]},
                 "seconds": round(seconds, 4),
             }
@@ -130,6 +131,12 @@ class Report:
                 f"final training MSE: {metrics['mse']:.6g} (RMSE {metrics['rmse']:.4g}, "
                 f"R² {metrics['r2']:.4f}) after {reg.n_iter_} epochs in {seconds:.2f} s"
             )
+            held = getattr(reg, "validation_metrics_", None)
+            if held is not None:
+                self.out.print(
+                    f"held-out MSE: {held['mse']:.6g} (RMSE {held['rmse']:.4g}, R² "
+                    f"{held['r2']:.4f}) on the {int(held['rows'])} rows the fit set aside"
+                )
             self.out.print(f"first observation: predicted {first[0]:.6g}, actual {first[1]:.6g}")
             self.out.print(f"model folder: {out}", markup=False)
 
