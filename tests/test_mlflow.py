@@ -118,3 +118,38 @@ def test_a_missing_extra_is_one_line_before_training(
     code, _, err = run([*base, "--log", "mlflow"], capsys)
     assert code == 1 and "pip install 'nnreg[mlflow]'" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_a_signal_stops_is_killed_with_its_model(store: Path) -> None:
+    """SIGINT mid-training: the folder keeps the best weights so far (exit 130), and the
+    MLflow run says KILLED, with its epochs and the model logged."""
+    import signal
+    import subprocess
+    import time
+
+    cities(200, seed=2).to_csv(store / "t.csv", index=False)
+    args = ["train", "t.csv", "--target", "y", "--epochs", "1000000", "--hidden", "8"]
+    args += ["-o", "model", "--log", "mlflow:stopped", "-q"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnreg", *args],
+        cwd=store,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client, deadline = mlflow.MlflowClient(), time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the first batch of epochs is in the store
+        found = client.get_experiment_by_name("stopped")
+        runs = client.search_runs([found.experiment_id]) if found is not None else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            break
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    found = only_run("stopped")
+    assert found.info.status == "KILLED"
+    losses = client.get_metric_history(found.info.run_id, "train_loss")
+    assert len(losses) == len(pd.read_csv(store / "model" / "history.csv")) > 0
+    assert mlflow.pyfunc.load_model(f"runs:/{found.info.run_id}/model") is not None

@@ -111,6 +111,7 @@ class TensorBoardLog:
         metrics: Mapping[str, float],
         settings: Mapping[str, Any],
         model_dir: Path,
+        status: str = "FINISHED",
     ) -> str:
         """The learning rate of every epoch, the final metrics and the settings; closes.
         Returns where the run went, for the user."""
@@ -169,7 +170,10 @@ class MLflowLog:
         metrics: Mapping[str, float],
         settings: Mapping[str, Any],
         model_dir: Path,
+        status: str = "FINISHED",
     ) -> str:
+        """Everything but the epochs' losses, then the model; ends the run with ``status``
+        (KILLED for a run a signal stopped: its folder holds the best weights so far)."""
         from .artifact import load
         from .mlflow_model import log_model
 
@@ -185,7 +189,7 @@ class MLflowLog:
         }
         self._mlflow.log_params(params)
         uri = log_model(model_dir, load(model_dir, history=False).meta)
-        self.close()
+        self.close(status)
         return f"logged the run to MLflow ({self._mlflow.get_tracking_uri()}); its model: {uri}"
 
     def close(self, status: str = "FINISHED") -> None:

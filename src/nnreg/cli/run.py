@@ -97,7 +97,10 @@ def fit_and_save(
     if log is not None:
         final = {f"train_{k}": v for k, v in metrics.items()}
         final |= {f"validation_{k}": v for k, v in getattr(reg, "validation_metrics_", {}).items()}
-        click.echo(log.finish(reg.history_.to_dict(), final, reg.get_params(), out), err=True)
+        ended = "KILLED" if stop.signal is not None else "FINISHED"  # a signal stopped it
+        click.echo(
+            log.finish(reg.history_.to_dict(), final, reg.get_params(), out, ended), err=True
+        )
     report.result(out, reg, metrics, first, seconds)
     stop.exit_if_stopped(
         stop.signal is not None,
