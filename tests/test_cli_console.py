@@ -25,4 +25,4 @@ def test_column_names_and_paths_are_printed_as_given(
     assert "model folder: m[bold]" in out
     code, out, err = run(["info", "m[bold]"], capsys)
     assert code == 0, err
-    assert out.startswith("m[bold]  (nnreg ") and "size[red] (float64)" in out
+    assert out.startswith("m[bold]  (nnreg ") and "size[red] │ numeric" in out

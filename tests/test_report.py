@@ -245,9 +245,11 @@ def test_train_prints_the_held_out_score_it_saves(
     code, out, _ = run([*args, "-o", str(tmp_path / "m")], capsys)
     assert code == 0
     saved = json.loads((tmp_path / "m" / "model.json").read_text())["metrics"]
-    line = re.search(r"held-out MSE: (\S+) \(RMSE (\S+), R² (\S+)\) on the 20 rows", out)
-    assert line is not None
-    assert float(line.group(2)) == pytest.approx(saved["validation_rmse"], rel=1e-3)
+    line = re.search(r"held-out rows\s+│\s+20 │\s+(\S+) │\s+(\S+) │\s+(\S+)", out)
+    assert line is not None, out
+    assert float(line.group(1)) == pytest.approx(saved["validation_rmse"], rel=1e-3)
+    assert float(line.group(2)) == pytest.approx(saved["validation_mae"], rel=1e-3)
+    assert float(line.group(3)) == pytest.approx(saved["validation_r2"], abs=1e-4)
     code, out, _ = run([*args, "-o", str(tmp_path / "m2"), "--json"], capsys)
     assert json.loads(out)["validation_metrics"]["rows"] == 20
     code, out, _ = run(["train", "--epochs", "3", "-o", str(tmp_path / "seed")], capsys)

@@ -121,6 +121,7 @@ def test_a_model_folders_config_repeats_the_run(capsys, tmp_path: Path, table_cs
         "path": str(table_csv.resolve()),
         "target": ["y"],
         "features": ["a", "b", "c"],
+        "holdout": 0.2,  # the share of rows the run kept out to score: the same again
     }
 
 

@@ -6,9 +6,11 @@ the target is finite numbers); feature values are checked by the estimator at fi
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,8 +52,15 @@ def seed_dataset(n: int = 100, random_state: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "y": np.sin(x1) + x2**2})
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, TSV or Parquet file into a DataFrame, with one clear error on failure."""
+def read_table(
+    path: str | Path, sep: str | None = None, na_values: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read a CSV, TSV or Parquet file into a DataFrame, with one clear error on failure.
+
+    A text file's delimiter is ``sep``, or sniffed from its first lines (comma, semicolon,
+    tab or bar). ``na_values`` are the only texts read as missing (an empty field always
+    is); without it, pandas' usual ones (``NA``, ``null``, ``None``, ...) are.
+    """
     path = Path(path)
     kind = READERS.get(path.suffix.lower())
     if kind is None:
@@ -69,22 +78,51 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+            sep = sep or ("\t" if kind == "tsv" else sniff_delimiter(path))
+            missing: dict[str, Any] = {}
+            if na_values is not None:
+                missing = {"keep_default_na": False, "na_values": [""] + list(na_values)}
+            frame = pd.read_csv(path, sep=sep, **missing)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataFileError(f"cannot read {path} as {kind.upper()}: {detail}") from exc
-    _refuse_duplicate_columns(path, kind, frame)
+    _refuse_duplicate_columns(path, kind, frame, sep)
     if len(frame) == 0:
         raise DataFileError(f"data file {path} has a header but no rows; it needs at least one.")
     return frame
 
 
-def _refuse_duplicate_columns(path: Path, kind: str, frame: pd.DataFrame) -> None:
+DELIMITERS = ",;\t|"
+
+
+def sniff_delimiter(path: Path, size: int = 64 << 10) -> str:
+    """The delimiter of a text table, from its first ``size`` bytes: the one character of
+    DELIMITERS that splits the header and the first rows into equally many fields (the
+    most fields wins), else a comma."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        head = f.read(size)
+    lines = [line for line in head.splitlines()[:20] if line.strip()]
+    if len(head) == size and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut
+    best, fields = ",", 1
+    for d in DELIMITERS:
+        try:
+            counts = {len(r) for r in csv.reader(lines, delimiter=d)}
+        except csv.Error:
+            continue
+        if len(counts) == 1 and (n := counts.pop()) > fields:
+            best, fields = d, n
+    return best
+
+
+def _refuse_duplicate_columns(
+    path: Path, kind: str, frame: pd.DataFrame, sep: str | None = None
+) -> None:
     """Refuse repeated column names (pandas silently renames a repeated CSV header to 'a.1')."""
     if kind == "parquet":
         names = [str(c) for c in frame.columns]
     else:
-        sep = "\t" if kind == "tsv" else ","
+        sep = sep or ("\t" if kind == "tsv" else ",")
         # Read the header as text: parsed as data, "1" and "01" (or "NA" and "nan") collide.
         header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
         names = [str(v) for v in header.iloc[0]]

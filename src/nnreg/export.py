@@ -111,6 +111,7 @@ def export_onnx(model: Regressor | str | Path, path: str | Path, *, opset: int =
     reads = [model] if isinstance(model, (str, Path)) else []
     check_output_file(path, lambda p: _made_onnx(onnx, p), protect=reads)
     reg = _fitted_regressor(model)
+    _refuse_dates(reg)
     max_opset = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ConfigError(
@@ -209,6 +210,15 @@ def _fitted_regressor(model: Any) -> Regressor:
     if not model.__sklearn_is_fitted__():
         raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before exporting.")
     return model
+
+
+def _refuse_dates(reg: Regressor) -> None:
+    dates = list(reg.preprocessor_.dates)
+    if dates:  # the graph would need a date parser
+        raise ConfigError(
+            f"the model reads the date column {dates[0]!r}, which ONNX export does not "
+            "support yet; store the date as numbers to export the model."
+        )
 
 
 def _array_frame(X: Any, features: list[str]) -> pd.DataFrame:

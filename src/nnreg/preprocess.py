@@ -8,7 +8,10 @@ matrix the network sees:
   clip to about +-3, as in RealMLP) or ``"none"``;
 * categorical columns (strings, objects, pandas categories): one-hot over the most frequent
   categories seen in fit; rarer ones share an ``other`` column, and so do categories first
-  seen at prediction.
+  seen at prediction;
+* date and datetime columns (datetime64): numeric columns derived from them by
+  :mod:`nnreg.dates` (days since the first date, year, day of year, day of week), which are
+  then imputed and scaled like the others.
 
 :class:`Standardizer` centres and scales targets. Statistics honour sample weights, so an
 integer weight acts exactly like repeating a row.
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .dates import expand_dates, fit_dates, is_date
 from .exceptions import DataError
 
 __all__ = [
@@ -142,14 +146,18 @@ class TablePreprocessor:
     fill: list[float] = field(default_factory=list)  # median of each numeric column
     indicators: list[str] = field(default_factory=list)  # numeric columns with NaN in fit
     categories: dict[str, list[str]] = field(default_factory=dict)
+    # date column -> its first date and derived parts; ``numeric`` names the parts
+    dates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def fit(
         self, frame: pd.DataFrame, sample_weight: np.ndarray | None = None
     ) -> TablePreprocessor:
         self.columns = [str(c) for c in frame.columns]
         self.dtypes = {c: str(frame[c].dtype) for c in self.columns}
-        self.numeric = [c for c in self.columns if not is_categorical(frame[c])]
-        self.categorical = [c for c in self.columns if is_categorical(frame[c])]
+        self.dates = fit_dates(frame, [c for c in self.columns if is_date(frame[c])])
+        frame = expand_dates(frame, self.dates)
+        self.numeric = [str(c) for c in frame.columns if not is_categorical(frame[c])]
+        self.categorical = [str(c) for c in frame.columns if is_categorical(frame[c])]
         for c in self.categorical:
             _refuse_stray_text(frame[c])
         num = self._numeric_block(frame)  # (rows, numeric)
@@ -206,6 +214,7 @@ class TablePreprocessor:
         ``first_row`` is the number of the frame's first row in a larger table, for errors
         about chunks of one (rows are numbered from 0).
         """
+        frame = expand_dates(frame, self.dates, first_row)
         num = self._numeric_block(frame, first_row)
         nan = np.isnan(num)
         parts = []
@@ -298,12 +307,15 @@ class TablePreprocessor:
             "fill": list(self.fill),
             "indicators": list(self.indicators),
             "categories": {k: list(v) for k, v in self.categories.items()},
+            "dates": {k: dict(v) for k, v in self.dates.items()},
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TablePreprocessor:
         """The state saved as ``d``, checked for consistency (ValueError names the problem):
         it may come from a file nnreg did not write."""
+        if isinstance(d, dict) and "dates" not in d:  # saved before date columns were read
+            d = {**d, "dates": {}}
         if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
             raise ValueError("the input preprocessing is not a saved TablePreprocessor")
         columns, numeric = _strings(d["columns"], "columns"), _strings(d["numeric"], "numeric")
@@ -314,7 +326,7 @@ class TablePreprocessor:
         checks = {
             "scaling": d["scaling"] in SCALINGS,
             "missing": d["missing"] in MISSING,
-            "columns": sorted(columns) == sorted(numeric + categorical),
+            "columns": sorted(columns) == sorted(_raw(numeric, d["dates"]) + categorical),
             "center": len(center) == len(scale) == n and all(v > 0 for v in scale),
             "fill": len(fill) in (0, n),
             "indicators": set(_strings(d["indicators"], "indicators")) <= set(numeric),
@@ -322,11 +334,43 @@ class TablePreprocessor:
             and set(cats) == set(categorical)
             and all(_strings(v, "categories") is not None for v in cats.values()),
             "dtypes": isinstance(d["dtypes"], dict) and set(d["dtypes"]) == set(columns),
+            "dates": _valid_dates(d["dates"], numeric),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"the input preprocessing has an inconsistent {bad[0]!r}")
         return cls(**{**d, "center": center, "scale": scale, "fill": fill})
+
+
+def _raw(numeric: list[str], dates: Any) -> list[str]:
+    """The input columns behind ``numeric``: a date column once for its derived columns."""
+    parts = {
+        f"{name}:{p}": name
+        for name, spec in (dates.items() if isinstance(dates, dict) else [])
+        if isinstance(spec, dict) and isinstance(spec.get("parts"), list)
+        for p in spec["parts"]
+    }
+    return list(dict.fromkeys(parts.get(c, c) for c in numeric))
+
+
+def _valid_dates(dates: Any, numeric: list[str]) -> bool:
+    from .dates import DATE_PARTS
+
+    if not isinstance(dates, dict):
+        return False
+    for name, spec in dates.items():
+        if not (isinstance(spec, dict) and set(spec) == {"origin", "parts"}):
+            return False
+        parts = spec["parts"]
+        if not (isinstance(parts, list) and set(parts) <= {*DATE_PARTS, "hour"} and parts):
+            return False
+        if not all(f"{name}:{p}" in numeric for p in parts):
+            return False
+        try:
+            pd.Timestamp(spec["origin"])
+        except (ValueError, TypeError):
+            return False
+    return True
 
 
 def _spread(a: np.ndarray, mean: np.ndarray, w: np.ndarray | None) -> np.ndarray:

@@ -42,10 +42,10 @@ SEED_SOURCE = "seed_dataset"  # [data] source of the seed experiment's rows
 # The [data] table: a file (path) or the seed data (source, n, random_state), the columns,
 # and streaming.
 DATA_KEYS = frozenset(
-    {"path", "source", "n", "random_state", "target", "features", "categorical"}
-    | {"stream", "shuffle_buffer"}
+    {"path", "source", "n", "random_state", "target", "features", "categorical", "drop"}
+    | {"sep", "na_values", "holdout", "test", "stream", "shuffle_buffer"}
 )
-COLUMN_KEYS = ("target", "features", "categorical")  # lists of column names
+COLUMN_KEYS = ("target", "features", "categorical", "drop", "na_values")  # lists of names
 SEED_FEATURES = ("x1", "x2")
 # [data] settings that are whole numbers: name, least value, what is allowed.
 RUN_RULES = (
@@ -172,10 +172,11 @@ def _merged_data(
     run = dict(table)
     if overrides.get("path") is not None:
         run = {"path": str(overrides["path"])}
-    for key in (*COLUMN_KEYS, "shuffle_buffer"):
+    for key in (*COLUMN_KEYS, "shuffle_buffer", "sep", "holdout", "test"):
         value = overrides.get(key)
         if value is not None:
             run[key] = list(value) if isinstance(value, (list, tuple)) else value
+            run[key] = str(value) if isinstance(value, Path) else run[key]
     if seed is not None and run.get("source") == SEED_SOURCE:
         run["random_state"] = seed
     return run
@@ -228,6 +229,8 @@ def _check_run(run: Mapping[str, Any], every: Any, label: Label) -> None:
         ("path", str, "a file path"),
         ("source", str, "'seed_dataset'"),
         ("stream", bool, "true or false"),
+        ("sep", str, "one character"),
+        ("test", str, "a file path"),
     ]
     problems += [
         f"{label(key)} must be {what}, got {run[key]!r}"
@@ -240,6 +243,13 @@ def _check_run(run: Mapping[str, Any], every: Any, label: Label) -> None:
         if key in run
         and not (isinstance(run[key], list) and all(isinstance(v, str) for v in run[key]))
     ]
+    if isinstance(run.get("sep"), str) and len(run["sep"]) != 1:
+        problems.append(f"{label('sep')} must be one character, got {run['sep']!r}")
+    holdout = run.get("holdout")
+    if holdout is not None and not (
+        isinstance(holdout, (int, float)) and not isinstance(holdout, bool) and 0 <= holdout < 1
+    ):
+        problems.append(f"{label('holdout')} must be a share of rows in [0, 1), got {holdout!r}")
     if problems:
         raise ConfigError("invalid run settings: " + "; ".join(problems) + ".")
 

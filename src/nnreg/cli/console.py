@@ -47,6 +47,7 @@ class Report:
         self, source: str, rows: int, features: Any, targets: Any, preset: str, reg: Regressor
     ) -> None:
         """The data and the settings of a training run."""
+        self.targets = list(targets)
         if not self.show:
             return
         batch = {"full": "full batch", "auto": "batch auto"}.get(
@@ -58,6 +59,22 @@ class Report:
             f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}",
             markup=False,
         )
+        self.out.print(f"loss    {loss_units(reg)}", markup=False)
+
+    def columns(self, roles: Any, train_rows: int, held: Any) -> None:
+        """How the table's columns are read, and which rows train and which are held out (a
+        file's table: the summary then scores them all)."""
+        self.train_rows = train_rows
+        if not self.show:
+            return
+        self.out.print(roles_table(roles))
+        if held is not None:
+            n = len(held.features)
+            self.out.print(
+                f"rows    {train_rows} to train on, {n} held out to score the model "
+                "(--holdout 0 trains on every row)",
+                markup=False,
+            )
 
     def ranks(self, world_size: int) -> None:
         if self.show:
@@ -91,6 +108,7 @@ class Report:
     def _lines(self, reg: Regressor, every: int) -> Iterator[EpochFn]:
         epochs = reg.max_iter
         width = len(str(epochs))
+        tag = "  (standardised)" if reg.scale_target else ""
 
         def on_epoch(epoch: int, loss: float, val: float | None) -> None:
             if epoch == 0:
@@ -98,7 +116,7 @@ class Report:
             if epoch % every == 0 or epoch == epochs - 1:
                 extra = "" if val is None else f"  val {val:.6g}"
                 self.progress_console.print(
-                    f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}{extra}"
+                    f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}{extra}{tag}"
                 )
 
         yield on_epoch
@@ -110,8 +128,11 @@ class Report:
         metrics: dict[str, float],
         first: tuple[float, float],
         seconds: float,
+        tests: dict[str, dict[str, float]] | None = None,
     ) -> None:
-        """The trained model's metrics and folder."""
+        """The trained model's metrics (on the training rows, the held-out rows and each
+        --test file) and folder."""
+        tests = tests or {}
         if self.as_json:
             summary = {
                 "model_dir": str(out),
@@ -120,13 +141,18 @@ class Report:
                 "final_train_loss": reg.loss_curve_[-1],
                 "train_metrics": metrics,
                 "validation_metrics": getattr(reg, "validation_metrics_", None),
+                "test_metrics": next(iter(tests.values()), None),
+                "best_epoch": reg.best_epoch_,
+                "device": trained_on(reg),
                 "first_observation": {"predicted": first[0], "actual": first[1]},
                 "seconds": round(seconds, 4),
             }
             print(to_json(summary))
         elif self.quiet:
             print(out)
-        else:
+        elif getattr(self, "train_rows", None) is not None:
+            self._scores(out, reg, metrics, seconds, tests)
+        else:  # the seed experiment's own summary
             self.out.print(
                 f"final training MSE: {metrics['mse']:.6g} (RMSE {metrics['rmse']:.4g}, "
                 f"R² {metrics['r2']:.4f}) after {reg.n_iter_} epochs in {seconds:.2f} s"
@@ -140,11 +166,41 @@ class Report:
             self.out.print(f"first observation: predicted {first[0]:.6g}, actual {first[1]:.6g}")
             self.out.print(f"model folder: {out}", markup=False)
 
+    def _scores(
+        self,
+        out: Path,
+        reg: Regressor,
+        metrics: dict[str, float],
+        seconds: float,
+        tests: dict[str, dict[str, float]],
+    ) -> None:
+        last = reg.n_iter_ - 1
+        which = "the last" if reg.best_epoch_ == last else "the best on the validation rows"
+        self.out.print(
+            f"trained {reg.n_iter_} epochs in {seconds:.2f} s on {trained_on(reg)}; the weights "
+            f"are epoch {reg.best_epoch_}'s ({which})",
+            markup=False,
+        )
+        rows = {"training rows": metrics | {"rows": float(self.train_rows)}}
+        held = getattr(reg, "validation_metrics_", None)
+        if held is not None:
+            rows["held-out rows"] = held
+        rows |= tests
+        self.out.print(scores_table(rows, ", ".join(self.targets)))
+        if held is None and not tests:
+            self.out.print(
+                "(training rows only: they flatter the model; --test FILE or --holdout 0.2 "
+                "scores rows it did not train on)",
+                markup=False,
+            )
+        self.out.print(f"model folder: {out}", markup=False)
+
     def sweep_header(self, source: str, table: Table, trials: list[Trial], settings: str) -> None:
         """The data and the grid of a sweep."""
         if not self.show:
             return
         rows, features, targets = len(table.features), table.feature_names, table.target_names
+        self.targets = list(targets)
         self._data("sweep", source, rows, features, targets)
         n_arch = len({t.hidden for t in trials})
         batches = f"{n_arch} batch{'es' if n_arch > 1 else ''} (one per architecture)"
@@ -156,19 +212,71 @@ class Report:
             return _sweep_bar(self.progress_console)
         return contextlib.nullcontext(None)
 
-    def sweep_result(self, out: Path, ranking: pd.DataFrame, top: int) -> None:
-        """The ranking and where the best model went."""
+    def sweep_result(
+        self,
+        out: Path,
+        ranking: pd.DataFrame,
+        top: int,
+        tests: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        """The ranking, the chosen model's scores on each --test file, and where it went."""
+        tests = tests or {}
         if self.as_json:
             records = ranking.to_dict(orient="records")
-            print(to_json({"model_dir": str(out), "ranking": records}))
+            found = {"model_dir": str(out), "ranking": records}
+            print(to_json(found | {"test_metrics": next(iter(tests.values()), None)}))
         elif self.quiet:
             print(out)
         else:
             self.out.print(ranking_table(ranking))
+            if tests:
+                self.out.print(scores_table(tests, ", ".join(self.targets)))
             kept = "the best configuration" if top == 1 else f"the best {top} as an ensemble"
             self.out.print(
                 f"model folder: {out} ({kept}); ranking: {out / 'sweep.csv'}", markup=False
             )
+
+
+def loss_units(reg: Regressor) -> str:
+    """What the progress line's loss is, in words."""
+    loss = str(reg.loss).replace("_", " ")
+    if reg.scale_target:
+        return f"{loss} on the standardised target (1.0: no better than predicting the mean)"
+    return f"{loss} in the target's units"
+
+
+def trained_on(reg: Regressor) -> str:
+    """The device the network trained on (where its weights are after fit)."""
+    return str(next(reg.model_.parameters()).device)
+
+
+def roles_table(roles: Any) -> Any:
+    """Each column of the table and how the run reads it."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("column", "role", "how it is read"):
+        t.add_column(col)
+    for r in roles:
+        t.add_row(Text(r.name), r.role, Text(r.note))  # names are text, never markup
+    return t
+
+
+def scores_table(rows: dict[str, dict[str, float]], target: str) -> Any:
+    """Metrics in the target's units, one row per set of rows scored."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(show_edge=False, pad_edge=False, title=None)
+    t.add_column(Text(f"scores ({target})"))
+    for col in ("rows", "RMSE", "MAE", "R²"):
+        t.add_column(col, justify="right")
+    for name, m in rows.items():
+        t.add_row(
+            Text(name), f"{int(m['rows'])}", f"{m['rmse']:.5g}", f"{m['mae']:.5g}", f"{m['r2']:.4f}"
+        )
+    return t
 
 
 def layer_table(rows: list[dict[str, Any]]) -> Any:
@@ -233,12 +341,9 @@ def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any
     versions = f"nnreg {meta.get('nnreg_version', '?')}, torch {meta.get('torch_version', '?')}"
     created = meta.get("created", "?")
     out.print(Text.assemble((str(model_dir), "bold"), f"  ({versions}, created {created})"))
-    lines = [
-        "features  " + ", ".join(f"{f['name']} ({f['dtype']})" for f in meta["features"]),
-        "targets   " + ", ".join(meta["targets"]),
-    ]
-    for line in lines:
-        out.print(line, markup=False)
+    from ..columns import saved_roles
+
+    out.print(roles_table(saved_roles(meta)))
     out.print(layer_table(layers))
     params = meta["training"]["params"]
     out.print("training  " + ", ".join(f"{k}={v}" for k, v in params.items()), markup=False)

@@ -43,13 +43,15 @@ class Names(click.ParamType):
 
 
 def comma_list(kind: type = str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A callback parsing ``a,b,c`` into a list of ``kind`` (str, int or float)."""
+    """A callback parsing ``a,b,c`` (or ``a, b, c``) into a list of ``kind`` (str, int or
+    float); a repeated option's values are joined."""
 
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        if value is None:
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or (param.multiple and not value):
             return None
+        text = ",".join(value) if isinstance(value, (list, tuple)) else value
         try:
-            return [kind(v) for v in value.split(",")]
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError:
             noun, like = ("integers", "0,1,2") if kind is int else ("numbers", "1e-3,3e-3")
             raise click.BadParameter(
@@ -135,12 +137,43 @@ def columns(*, target_required: bool = False) -> Decorator:
             help="Columns to treat as categorical even if they hold numbers, comma-separated.",
         ),
         click.option(
+            "--drop",
+            callback=comma_list(),
+            help="Columns to leave out, comma-separated.",
+        ),
+        click.option(
             "--impute",
             "missing",
             flag_value="impute",
             default=None,
             help="Fill missing values (median + indicator; a category for text) instead of "
             "failing.",
+        ),
+        dialect(),
+    )
+
+
+DATA_OPTIONS = ("target", "features", "categorical", "drop", "sep", "na_values", "test", "holdout")
+
+
+def data_settings(data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The [data] settings a command's options give (removed from ``given``, which keeps
+    the estimator's parameters): DATA's path and the column and dialect options."""
+    return {"path": data} | {k: given.pop(k) for k in DATA_OPTIONS if k in given}
+
+
+def dialect() -> Decorator:
+    """--sep and --na-values: how a text file is read."""
+    return compose(
+        click.option(
+            "--sep",
+            help="Field delimiter of a text file (default: sniffed from its first lines).",
+        ),
+        click.option(
+            "--na-values",
+            callback=comma_list(),
+            help="The texts that mean missing, comma-separated, e.g. NA,? (default: pandas' "
+            "usual ones, such as NA, null and None; an empty field is always missing).",
         ),
     )
 

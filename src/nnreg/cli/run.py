@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from ..settings import RunSettings
     from .console import Report
 
-Scores = tuple[dict[str, float], tuple[float, float]]  # metrics, (predicted, actual) of row 0
+# Training metrics, (predicted, actual) of row 0, and each --test file's metrics by name.
+Scores = tuple[dict[str, float], tuple[float, float], dict[str, dict[str, float]]]
 SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
@@ -89,7 +90,7 @@ def fit_and_save(
                     save(stop.event)
                 raise TrainingDivergedError(f"{exc} Model folder: {out}") from exc
             seconds = time.perf_counter() - started
-            metrics, first = save(stop.event)
+            metrics, first, tests = save(stop.event)
     except BaseException:
         if log is not None:
             log.close("FAILED")  # the epochs logged before the failure stay readable
@@ -97,11 +98,12 @@ def fit_and_save(
     if log is not None:
         final = {f"train_{k}": v for k, v in metrics.items()}
         final |= {f"validation_{k}": v for k, v in getattr(reg, "validation_metrics_", {}).items()}
+        final |= {f"test_{k}": v for m in tests.values() for k, v in m.items()}
         ended = "KILLED" if stop.signal is not None else "FINISHED"  # a signal stopped it
         click.echo(
             log.finish(reg.history_.to_dict(), final, reg.get_params(), out, ended), err=True
         )
-    report.result(out, reg, metrics, first, seconds)
+    report.result(out, reg, metrics, first, seconds, tests)
     stop.exit_if_stopped(
         stop.signal is not None,
         lambda name: (
@@ -142,27 +144,33 @@ def save_model(
     table: Table,
     y: Any,
     files: dict[str, Any] | None = None,
+    tests: dict[str, Table] | None = None,
 ) -> Scores:
-    """Score the training rows and write the model folder, with ``files`` in it (in a
+    """Score the training rows and the ``tests`` tables (name -> rows kept out of training;
+    one, saved as ``test_*`` metrics), and write the model folder, with ``files`` in it (in a
     multi-process run, rank 0 alone writes)."""
     from ..distributed import current, on_rank0
     from ..metrics import regression_metrics
+    from .tables import score
 
     pred = reg.predict(table.features)
     metrics = regression_metrics(y, pred)
     first = (float(pred.reshape(len(pred), -1)[0, 0]), float(y.reshape(len(y), -1)[0, 0]))
+    scored = {name: score(reg, rows) for name, rows in (tests or {}).items()}
+    saved = {"train_rows": float(len(y))} | {f"train_{k}": v for k, v in metrics.items()}
+    saved |= {f"test_{k}": v for m in scored.values() for k, v in m.items()}
     on_rank0(
         current(),
         lambda: reg.save(
             out,
-            metrics={"train_rows": float(len(y))} | {f"train_{k}": v for k, v in metrics.items()},
+            metrics=saved,
             run_settings=run,
             target_names=table.target_names,
             files={**kept_checkpoint(reg, out), **(files or {})},
             protect=protected(run),
         ),
     )
-    return metrics, first
+    return metrics, first, scored
 
 
 def kept_checkpoint(reg: Regressor, out: Path) -> dict[str, Any]:
@@ -213,7 +221,7 @@ def save_streamed(
         )
 
     on_rank0(group, write)
-    return found["metrics"], found["first"]
+    return found["metrics"], found["first"], {}
 
 
 def prepare_output(out: Path, settings: RunSettings) -> dict[str, Any]:
@@ -242,8 +250,8 @@ def check_output(out: Path, run: dict[str, Any]) -> None:
 
 
 def protected(run: dict[str, Any]) -> list[Path]:
-    """What a run reads and its output must never replace: the data."""
-    return [Path(run["path"])] if run.get("path") else []
+    """What a run reads and its output must never replace: the data and the --test file."""
+    return [Path(run[k]) for k in ("path", "test") if run.get(k)]
 
 
 def join_process_group(device: str) -> Any:

@@ -10,7 +10,7 @@ import click
 from . import options
 from .console import Report
 from .run import SignalStop, check_output, default_out, save_model
-from .tables import target_values, training_table
+from .tables import target_values, test_table, training_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     help="Share of rows held out to rank the configurations, in (0, 1) (default 0.1).",
 )
 @click.option(
+    "--test",
+    type=click.Path(path_type=Path),
+    help="A file of rows kept out of the sweep, on which the chosen model is scored.",
+)
+@click.option(
     "--top",
     type=click.IntRange(min=1),
     default=1,
@@ -55,9 +60,6 @@ if TYPE_CHECKING:
 )
 def sweep(
     data: Path,
-    target: list[str],
-    features: list[str] | None,
-    categorical: list[str] | None,
     preset: str,
     top: int,
     out: Path | None,
@@ -82,7 +84,7 @@ def sweep(
     from ..sweep import Sweep
 
     lists = {name: values.pop(name) for name in ("hidden", "lr", "weight_decay", "seeds")}
-    columns = {"path": data, "target": target, "features": features, "categorical": categorical}
+    columns = options.data_settings(data, values)
     settings = load_settings(
         preset=preset,
         params=values,
@@ -91,8 +93,10 @@ def sweep(
     )
     base = Regressor(**settings.params)
     trials = _grid(base, lists)
-    table, source = training_table(settings.data)
+    table, source, _ = training_table(settings.data, base.max_categories)
     y = target_values(table)
+    test = columns.get("test")
+    tests = {test.name: test_table(test, settings.data, table)} if test is not None else {}
     runner = Sweep(base, trials)
     out = out or default_out(f"{data.stem}-sweep")
     check_output(out, settings.data)  # before any training
@@ -103,8 +107,8 @@ def sweep(
         with report.sweep_progress() as progress:
             runner.fit(table.features, y, progress=progress)
     ranking = runner.table()
-    _save(runner.regressor(top=top), out, ranking, table, y, data, categorical)
-    report.sweep_result(out, ranking, top)
+    scored = _save(runner.regressor(top=top), out, ranking, table, y, settings.data, tests)
+    report.sweep_result(out, ranking, top, scored)
     stop.exit_if_stopped(
         runner.interrupted_,
         lambda name: (
@@ -134,13 +138,15 @@ def _save(
     ranking: pd.DataFrame,
     table: Table,
     y: Any,
-    data: Path,
-    categorical: list[str] | None,
-) -> None:
-    """The best model's folder, with the ranking in it (and its manifest) as sweep.csv."""
-    run = {"path": str(data.resolve()), "target": table.target_names}
+    data: dict[str, Any],
+    tests: dict[str, Table],
+) -> dict[str, dict[str, float]]:
+    """The best model's folder, with the ranking in it (and its manifest) as sweep.csv; the
+    chosen model's metrics on each --test file."""
+    run = {"path": str(Path(data["path"]).resolve()), "target": table.target_names}
     run["features"] = table.feature_names
-    if categorical:
-        run["categorical"] = categorical
+    run |= {k: data[k] for k in ("categorical", "sep", "na_values") if data.get(k)}
+    if "test" in data:
+        run["test"] = str(Path(data["test"]).resolve())
     ranked = {"sweep.csv": lambda tmp: ranking.to_csv(tmp, index=False)}
-    save_model(reg, out, run, table, y, files=ranked)
+    return save_model(reg, out, run, table, y, files=ranked, tests=tests)[2]

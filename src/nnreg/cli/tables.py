@@ -9,26 +9,47 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from ..columns import Role
     from ..data import Table
     from ..estimator import Regressor
 
 
-def training_table(data: dict[str, Any]) -> tuple[Table, str]:
-    """The table a run's [data] settings name, and where its rows came from."""
-    from ..data import read_table, seed_dataset
+def training_table(data: dict[str, Any], max_categories: int = 32) -> tuple[Table, str, list[Role]]:
+    """The table a run's [data] settings name, where its rows came from, and each column's
+    role (see :mod:`nnreg.columns`: ids left out, dates read as dates)."""
+    from ..columns import Role, read_roles
+    from ..data import seed_dataset
     from ..settings import SEED_SOURCE
 
     if data.get("source") == SEED_SOURCE:
         n, seed = data["n"], data["random_state"]
         source = f"seed experiment: seed_dataset(n={n}, random_state={seed})"
         frame = seed_dataset(n=n, random_state=seed)
-    else:
-        source = str(Path(data["path"]))
-        frame = read_table(source)
-        if "target" not in data:
-            raise click.UsageError("DATA needs --target COLUMN (the column to predict).")
-    found = table(frame, data["target"], data.get("features"), source, data.get("categorical"))
-    return found, source
+        found = table(frame, data["target"], data.get("features"), source)
+        roles = [Role(c, "numeric") for c in found.feature_names] + [Role("y", "target")]
+        return found, source, roles
+    source = str(Path(data["path"]))
+    frame = read_file(Path(source), data)
+    if "target" not in data:
+        raise click.UsageError("DATA needs --target COLUMN (the column to predict).")
+    categorical = data.get("categorical") or []
+    frame, feats, roles = read_roles(
+        frame,
+        data["target"],
+        data.get("features"),
+        categorical,
+        data.get("drop") or [],
+        max_categories,
+        source,
+    )
+    return table(frame, data["target"], feats, source, categorical), source, roles
+
+
+def read_file(path: Path, data: dict[str, Any]) -> Any:
+    """``path`` read with the run's dialect (its ``sep`` and ``na_values``)."""
+    from ..data import read_table
+
+    return read_table(path, sep=data.get("sep"), na_values=data.get("na_values"))
 
 
 def table(frame: Any, target: Any, features: Any, source: str, categorical: Any = None) -> Table:
@@ -70,3 +91,58 @@ def model_and_table(
 def feature_names(reg: Regressor) -> list[str]:
     """The feature columns a loaded model reads, in its order."""
     return [f["name"] for f in reg.model_info_["features"]]
+
+
+DEFAULT_HOLDOUT = 0.2  # share of a file's rows `nnreg train` keeps out to score the model
+MIN_HOLDOUT_ROWS = 10  # a smaller table is too small to split: trained on whole
+
+
+def holdout_share(run: dict[str, Any], reg: Regressor, n_rows: int) -> float:
+    """The share of the rows to keep out of training and score: as given, else 0 when the
+    fit sets rows aside itself (an ensemble, early stopping) or a --test file scores it,
+    else DEFAULT_HOLDOUT (0 for a table of fewer than MIN_HOLDOUT_ROWS rows)."""
+    if run.get("holdout") is not None:
+        return float(run["holdout"])
+    own = int(reg.n_models) > 1 or bool(reg.early_stopping)
+    if own or "test" in run or n_rows < MIN_HOLDOUT_ROWS:
+        return 0.0
+    return DEFAULT_HOLDOUT
+
+
+def split_table(whole: Table, share: float, seed: Any) -> tuple[Table, Table | None]:
+    """(the rows to train on, the held-out rows or None): ``share`` of the rows, drawn with
+    the run's seed (as :func:`nnreg.recipe.split_rows` draws a validation split)."""
+    from dataclasses import replace
+
+    from ..recipe import split_rows
+
+    n = len(whole.features)
+    if share <= 0 or n < 2:
+        return whole, None
+    held, train = split_rows(n, share, int(seed or 0), min_rows=1, min_train=1)
+    y = whole.y
+    assert y is not None
+
+    def rows(idx: Any) -> Table:
+        return replace(whole, features=whole.features.iloc[idx], y=y[idx])
+
+    return rows(train), rows(held)
+
+
+def test_table(path: Path, run: dict[str, Any], like: Table) -> Table:
+    """The --test file's rows, with the training table's columns (read the same way)."""
+    from ..data import table_from_frame
+
+    frame = read_file(path, run)
+    for name in run.get("categorical") or []:
+        if name in frame.columns:
+            frame = frame.assign(**{name: frame[name].astype(str).astype("category")})
+    return table_from_frame(frame, like.target_names, like.feature_names, source=str(path))
+
+
+def score(reg: Regressor, table: Table) -> dict[str, float]:
+    """Metrics of ``reg`` on ``table``, in the target's units, with the number of rows."""
+    from ..metrics import regression_metrics
+
+    metrics = regression_metrics(target_values(table), reg.predict(table.features))
+    return {"rows": float(len(table.features)), **metrics}

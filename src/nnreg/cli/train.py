@@ -19,7 +19,15 @@ from .run import (
     save_model,
     save_streamed,
 )
-from .tables import target_values, training_table
+from .tables import (
+    DEFAULT_HOLDOUT,
+    holdout_share,
+    score,
+    split_table,
+    target_values,
+    test_table,
+    training_table,
+)
 
 if TYPE_CHECKING:
     from ..settings import RunSettings
@@ -28,6 +36,19 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @options.columns()
+@click.option(
+    "--test",
+    type=click.Path(path_type=Path),
+    help="A file of rows kept out of training, scored after it (then no rows of DATA are "
+    "held out).",
+)
+@click.option(
+    "--holdout",
+    type=float,
+    help="Share of DATA's rows held out of training and scored after it, in [0, 1) "
+    f"(default {DEFAULT_HOLDOUT} for a single model; an ensemble or --early-stopping holds "
+    "out its own rows; 0 trains on every row).",
+)
 @click.option(
     "--stream",
     is_flag=True,
@@ -80,9 +101,6 @@ if TYPE_CHECKING:
 )
 def train(
     data: Path | None,
-    target: list[str] | None,
-    features: list[str] | None,
-    categorical: list[str] | None,
     stream: bool | None,
     shuffle_buffer: int | None,
     preset: str | None,
@@ -116,7 +134,7 @@ def train(
         raise click.UsageError(
             "--resume continues the run in its own folder; leave out --out (or give that folder)."
         )
-    columns = {"path": data, "target": target, "features": features, "categorical": categorical}
+    columns = options.data_settings(data, params)
     settings = load_settings(
         preset=preset,
         config=config_path,
@@ -128,6 +146,10 @@ def train(
     )
     if shuffle_buffer is not None and not settings.stream:
         raise click.UsageError("--shuffle-buffer works with --stream only.")
+    in_memory = ("test", "holdout", "drop", "sep", "na_values")
+    given = ["--" + k.replace("_", "-") for k in in_memory if columns.get(k) is not None]
+    if settings.stream and given:
+        raise click.UsageError(f"{given[0]} works without --stream only.")
     if log_to is not None:
         from ..tracking import check
 
@@ -145,19 +167,27 @@ def _train_in_memory(
 ) -> None:
     from ..estimator import Regressor
 
-    table, source = training_table(settings.data)
+    reg = Regressor(**settings.params)
+    whole, source, roles = training_table(settings.data, reg.max_categories)
     run = dict(settings.data)
+    tests = {}
     if not settings.seed_experiment:
         run["path"] = str(Path(run["path"]).resolve())
-    run["features"] = table.feature_names
+        run["holdout"] = holdout_share(run, reg, len(whole.features))
+        if "test" in run:  # read before training: a file that does not fit fails at once
+            run["test"] = str(Path(run["test"]).resolve())
+            tests = {Path(run["test"]).name: test_table(Path(run["test"]), run, whole)}
+    run["features"] = whole.feature_names
     settings = replace(settings, data=run)
+    table, held = split_table(whole, run.get("holdout", 0.0), reg.random_state)
     y = target_values(table)
-    reg = Regressor(**settings.params)
     out = out or default_out("seed" if settings.seed_experiment else Path(run["path"]).stem)
     fit_args = prepare_output(out, settings)
-    rows = len(table.features)
+    rows = len(whole.features)
     preset = settings.preset or "config"
     report.header(source, rows, table.feature_names, table.target_names, preset, reg)
+    if not settings.seed_experiment:
+        report.columns(roles, len(table.features), held)
     group = join_process_group(reg.device)
     if group is not None:
         report.ranks(group.world_size)
@@ -172,6 +202,8 @@ def _train_in_memory(
             resume=settings.resume,
             **fit_args,
         )
+        if held is not None:  # rows the CLI kept out: the fit's held-out score
+            reg.validation_metrics_ = score(reg, held)
 
     fit_and_save(
         reg,
@@ -180,7 +212,7 @@ def _train_in_memory(
         report,
         log_every,
         fit,
-        lambda stop: save_model(reg, out, run, table, y),
+        lambda stop: save_model(reg, out, run, table, y, tests=tests),
         log_to=log_to,
     )
 

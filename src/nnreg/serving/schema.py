@@ -66,6 +66,8 @@ class Feature:
         types = {NUMBER: ["number"], BOOLEAN: ["boolean", "number"], TEXT: ["string", "integer"]}
         kinds = types[self.kind] + (["null"] if self.nullable else [])
         schema: dict[str, Any] = {"type": kinds if len(kinds) > 1 else kinds[0]}
+        if self.kind == TEXT and self.dtype.startswith("datetime"):
+            schema["description"] = "A date or date and time, e.g. 2024-05-01 or 2024-05-01T13:30."
         if self.kind == TEXT and self.categories:
             shown = list(self.categories[:SHOWN_CATEGORIES])
             schema["examples"] = shown[:3]
@@ -192,6 +194,8 @@ class Contract:
             dtype = pre.dtypes[name]
             if name in pre.categorical:
                 kind, cats = TEXT, tuple(c for c in pre.categories[name] if c != OTHER)
+            elif name in pre.dates:  # sent as text, e.g. "2024-05-01", parsed by the model
+                kind, cats = TEXT, ()
             else:
                 kind, cats = (BOOLEAN if dtype == "bool" else NUMBER), ()
             features.append(Feature(name, kind, dtype, pre.missing == "impute", cats))

@@ -1,0 +1,130 @@
+"""Date and datetime columns as numeric features.
+
+A date column becomes a few numbers the network can use: the days since the first date seen
+in fit (the trend), the year, the day of the year and the day of the week (season and week),
+and the hour of the day for a column whose values carry times. The derived columns are then
+scaled like any numeric column. Text that parses as dates (a CSV's ``2021-03-01``) is read as
+dates at prediction too, so a model folder predicts from the file as it was written.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import DataError
+
+__all__ = [
+    "DATE_PARTS",
+    "date_parts",
+    "expand_dates",
+    "fit_dates",
+    "is_date",
+    "looks_like_dates",
+    "parse",
+]
+
+DATE_PARTS = ("days", "year", "dayofyear", "dayofweek")  # and "hour" for datetimes
+# Text that looks like a calendar date: 2021-03-01, 2021/3/1, 01.03.2021, 3/1/2021, each
+# optionally followed by a time. Plain numbers (20210301) are left as numbers.
+_DATE_TEXT = re.compile(
+    r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})"
+    r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?\s*$"
+)
+
+
+def is_date(col: pd.Series) -> bool:
+    """A column of datetime64 values (with or without a time zone)."""
+    return bool(pd.api.types.is_datetime64_any_dtype(col.dtype))
+
+
+def looks_like_dates(col: pd.Series) -> bool:
+    """Text whose every non-missing value is a calendar date (at least one value)."""
+    if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+        return False
+    values = col.dropna()
+    if len(values) == 0 or not all(isinstance(v, str) for v in values):
+        return False
+    if not values.str.match(_DATE_TEXT).all():
+        return False
+    try:
+        parse(values, str(col.name))
+    except DataError:
+        return False
+    return True
+
+
+def parse(col: pd.Series, name: str, first_row: int = 0) -> pd.Series:
+    """``col`` as timezone-naive datetime64 (UTC for zoned values); text that is not a date
+    is a :class:`DataError` naming the column and the row."""
+    if is_date(col):
+        out = col
+    else:
+        try:
+            out = pd.to_datetime(col, format="mixed", utc=True, errors="coerce")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataError(f"column {name!r} should hold dates: {exc}.") from exc
+        bad = out.isna().to_numpy() & col.notna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"column {name!r} holds dates, but {col.iloc[row]!r} at row {first_row + row} "
+                "is not one; fix it or leave it empty."
+            )
+    if getattr(out.dt, "tz", None) is not None:
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out
+
+
+def date_parts(col: pd.Series) -> list[str]:
+    """The derived columns of a date column: with ``hour`` when any value has a time."""
+    times = col.dropna()
+    has_time = bool(len(times)) and bool((times != times.dt.normalize()).any())
+    return [*DATE_PARTS, "hour"] if has_time else list(DATE_PARTS)
+
+
+def expand_dates(
+    frame: pd.DataFrame, dates: dict[str, dict[str, Any]], first_row: int = 0
+) -> pd.DataFrame:
+    """``frame`` with each date column replaced, in place, by its derived numeric columns
+    (``name:days``, ``name:year``, ...); a missing date is NaN in each of them."""
+    if not dates:
+        return frame
+    parts: dict[str, pd.Series] = {}
+    for name in frame.columns:
+        if name not in dates:
+            parts[name] = frame[name]
+            continue
+        when = parse(frame[name], name, first_row)
+        origin = pd.Timestamp(dates[name]["origin"])
+        derived = {
+            "days": (when - origin) / pd.Timedelta(days=1),
+            "year": when.dt.year,
+            "dayofyear": when.dt.day_of_year,
+            "dayofweek": when.dt.day_of_week,
+            "hour": when.dt.hour + when.dt.minute / 60 + when.dt.second / 3600,
+        }
+        for part in dates[name]["parts"]:
+            parts[f"{name}:{part}"] = derived[part].astype(np.float64)
+    return pd.DataFrame(parts, index=frame.index)
+
+
+def fit_dates(frame: pd.DataFrame, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What :func:`expand_dates` needs for each date column: its first date and its parts."""
+    out = {}
+    for name in names:
+        when = parse(frame[name], name)
+        first = when.min()
+        if pd.isna(first):
+            raise DataError(f"date column {name!r} has no dates; drop it or fill it.")
+        out[name] = {"origin": first.isoformat(), "parts": date_parts(when)}
+        clash = [f"{name}:{p}" for p in out[name]["parts"] if f"{name}:{p}" in frame.columns]
+        if clash:
+            raise DataError(
+                f"column {clash[0]!r} has the name of a feature derived from the date column "
+                f"{name!r}; rename it."
+            )
+    return out

@@ -1,0 +1,210 @@
+"""Reading a table the way its owner meant: ids left out, dates as dates, the dialect sniffed,
+rows held out and scored, and every choice printed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nnreg
+from cli_helpers import run
+from nnreg.columns import id_reason, read_roles
+from nnreg.preprocess import TablePreprocessor
+from nnreg.recipe import split_rows
+
+QUICK = ["--epochs", "8", "--hidden", "16"]
+
+
+def dated(n: int, seed: int) -> pd.DataFrame:
+    """A monthly series with a trend, a season and a numeric feature."""
+    rng = np.random.default_rng(seed)
+    when = pd.date_range("2001-01-31", periods=n, freq="ME")
+    t = np.arange(n) / n
+    x = rng.normal(size=n)
+    y = 3 * t + np.sin(2 * np.pi * when.month.to_numpy() / 12) + x + rng.normal(0, 0.1, n)
+    return pd.DataFrame({"date": when.strftime("%Y-%m-%d"), "x": x, "y": y})
+
+
+def row_scores(out: str, name: str) -> tuple[int, float, float, float]:
+    """(rows, RMSE, MAE, R²) of one row of the summary's scores table."""
+    found = re.search(rf"{re.escape(name)}\s+│\s+(\d+) │\s+(\S+) │\s+(\S+) │\s+(\S+)", out)
+    assert found is not None, out
+    return int(found.group(1)), *(float(found.group(k)) for k in (2, 3, 4))
+
+
+def test_an_r_row_name_column_is_left_out_and_a_date_column_read_as_dates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = dated(120, seed=0)
+    frame.index = range(1, 121)
+    frame.to_csv(tmp_path / "t.csv")  # as R's write.csv: an unnamed first column 1..n
+    code, out, err = run(
+        ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK, "-o", str(tmp_path / "m")], capsys
+    )
+    assert code == 0, err
+    assert re.search(r"Unnamed: 0\s+│ id\s+│ row numbers \(an unnamed column\): left out", out)
+    assert re.search(r"date\s+│ date\s+│ as days since the first", out)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert [f["name"] for f in meta["features"]] == ["date", "x"]
+    parts = meta["preprocessing"]["inputs"]["dates"]["date"]
+    assert parts == {
+        "origin": "2001-01-31T00:00:00",
+        "parts": ["days", "year", "dayofyear", "dayofweek"],
+    }
+    # predict reads the dates from the file as written, and agrees with the estimator
+    code, _, err = run(
+        ["predict", str(tmp_path / "m"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "p.csv")],
+        capsys,
+    )
+    assert code == 0, err
+    reg = nnreg.load(tmp_path / "m")
+    expected = reg.predict(frame[["date", "x"]].assign(date=pd.to_datetime(frame["date"])))
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")["y_pred"], expected, rtol=1e-10)
+    code, out, _ = run(["info", str(tmp_path / "m")], capsys)
+    assert code == 0 and re.search(r"date\s+│ date\s+│ as days, year, dayofyear, dayofweek", out)
+
+
+def test_date_parts_are_the_calendar_values_in_the_estimator_too() -> None:
+    when = pd.to_datetime(["2020-02-28", "2020-03-01", "2021-01-01 06:30", None], format="mixed")
+    frame = pd.DataFrame({"d": when, "x": [1.0, 2.0, 3.0, 4.0]})
+    pre = TablePreprocessor(scaling="none", missing="impute").fit(frame)
+    z = pd.DataFrame(pre.transform(frame), columns=pre.output_names)
+    np.testing.assert_allclose(z["d:days"][:3], [0.0, 2.0, 308.2708333333], rtol=1e-9)
+    np.testing.assert_array_equal(z["d:year"][:3], [2020, 2020, 2021])
+    np.testing.assert_array_equal(z["d:dayofyear"][:3], [59, 61, 1])
+    np.testing.assert_array_equal(z["d:dayofweek"][:3], [4, 6, 4])  # Friday, Sunday, Friday
+    np.testing.assert_allclose(z["d:hour"][:3], [0, 0, 6.5])
+    assert z["d:days__missing"].tolist() == [0, 0, 0, 1]  # a missing date is imputed
+    again = TablePreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    text = frame.assign(d=["2020-02-28", "2020-03-01", "2021-01-01T06:30", None])
+    np.testing.assert_allclose(again.transform(text), pre.transform(frame))
+    with pytest.raises(nnreg.DataError, match=r"column 'd' holds dates, but 'soon' at row 1"):
+        pre.transform(frame.assign(d=["2020-01-01", "soon", None, None]))
+
+
+def test_a_regressor_fits_a_datetime_column() -> None:
+    frame = dated(150, seed=1)
+    X = frame[["date", "x"]].assign(date=pd.to_datetime(frame["date"]))
+    reg = nnreg.Regressor(max_iter=30, random_state=0).fit(X, frame["y"])
+    as_numbers = X.assign(date=(X["date"] - X["date"].min()).dt.days)
+    other = nnreg.Regressor(max_iter=30, random_state=0).fit(as_numbers, frame["y"])
+    assert reg.score(X, frame["y"]) > 0.8 and other.score(as_numbers, frame["y"]) > 0.5
+
+
+def test_ids_are_unique_per_row_and_real_features_are_not() -> None:
+    n = 50
+    assert id_reason(pd.Series(range(n), name="Unnamed: 0")) is not None
+    assert id_reason(pd.Series([f"person {i}" for i in range(n)])) == "text unique per row"
+    assert id_reason(pd.Series(np.random.default_rng(0).normal(size=n))) is None  # floats
+    assert id_reason(pd.Series(range(1967, 1967 + n), name="year")) is None  # a yearly series
+    assert id_reason(pd.Series([str(i) for i in range(n)])) is None  # numbers stored as text
+    assert id_reason(pd.Series(range(5))) is None  # too few rows to tell
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "y": np.arange(n) * 1.0})
+    with pytest.raises(nnreg.DataError, match="looks like an id"):
+        read_roles(frame, ["y"], None)
+    _, feats, roles = read_roles(frame, ["y"], ["id"])  # named by the user: used
+    assert feats == ["id"] and roles[0].role == "categorical"
+
+
+def test_a_capped_categorical_column_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(2)
+    model = rng.choice([f"model {k}" for k in range(40)], 200)
+    frame = pd.DataFrame({"model": model, "x": rng.normal(size=200), "y": rng.normal(size=200)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    code, out, err = run(
+        ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK, "-o", str(tmp_path / "m")], capsys
+    )
+    assert code == 0, err
+    assert re.search(r"model\s+│ categorical │ 40 values; the 32 commonest kept, the other 8", out)
+
+
+def test_drop_spaces_na_values_and_a_semicolon_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(3)
+    n = 60
+    bags = rng.choice(["None", "Driver", "Both"], n)
+    frame = pd.DataFrame({"nr": rng.integers(0, 9, n), "bags": bags, "w": rng.normal(size=n)})
+    frame["y"] = frame["w"] + (frame["bags"] == "None")
+    frame.to_csv(tmp_path / "t.csv", index=False, sep=";")
+    base = ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK]
+    code, out, err = run(
+        [*base, "--features", "bags, w", "--na-values", "NA", "-o", str(tmp_path / "a")], capsys
+    )
+    assert code == 0, err
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert [f["name"] for f in meta["features"]] == ["bags", "w"]
+    assert "None" in meta["preprocessing"]["inputs"]["categories"]["bags"]  # a category
+    code, out, err = run(
+        [*base, "--drop", "nr", "--na-values", "NA", "-o", str(tmp_path / "b")], capsys
+    )
+    assert code == 0 and re.search(r"nr\s+│ dropped\s+│ --drop", out)
+    code, _, err = run([*base, "--drop", "nr", "-o", str(tmp_path / "c")], capsys)
+    assert code == 1 and "bags" in err and "missing" in err  # "None" read as missing, by default
+    code, _, err = run([*base, "--drop", "nope", "-o", str(tmp_path / "d")], capsys)
+    assert code == 1 and "--drop column 'nope' not found" in err
+    code, _, err = run([*base, "--sep", ",", "-o", str(tmp_path / "e")], capsys)
+    assert code == 1 and "target column 'y' not found" in err  # the file is not comma-separated
+
+
+def test_a_file_trained_on_holds_rows_out_and_scores_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = dated(100, seed=4)[["x", "y"]]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    base = ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK]
+    code, out, err = run([*base, "-o", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    assert "rows    80 to train on, 20 held out to score the model" in out
+    assert "the weights are epoch 7's (the last)" in out and "on cpu" in out
+    rows, rmse, mae, r2 = row_scores(out, "held-out rows")
+    held, _ = split_rows(100, 0.2, 0, min_rows=1, min_train=1)
+    reg = nnreg.load(tmp_path / "m")
+    pred = reg.predict(frame[["x"]].iloc[held])
+    err_ = pred - frame["y"].to_numpy()[held]
+    assert rows == 20 and rmse == pytest.approx(np.sqrt(np.mean(err_**2)), rel=1e-4)
+    assert mae == pytest.approx(np.mean(np.abs(err_)), rel=1e-4)
+    assert reg.model_info_["metrics"]["train_rows"] == 80
+    code, out, _ = run([*base, "--holdout", "0", "-o", str(tmp_path / "all")], capsys)
+    assert code == 0 and "held-out rows" not in out and "training rows only" in out
+    assert nnreg.load(tmp_path / "all").model_info_["metrics"]["train_rows"] == 100
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_test_file_is_scored_as_evaluate_scores_it(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = dated(160, seed=5)
+    frame.iloc[:120].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[120:].to_csv(tmp_path / "test.csv", index=False)
+    args = [
+        command,
+        str(tmp_path / "train.csv"),
+        "-t",
+        "y",
+        *QUICK,
+        "--test",
+        str(tmp_path / "test.csv"),
+    ]
+    code, out, err = run([*args, "-o", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    rows, rmse, mae, r2 = row_scores(out, "test.csv")
+    code, got, _ = run(
+        ["evaluate", str(tmp_path / "m"), str(tmp_path / "test.csv"), "--json"], capsys
+    )
+    metrics = json.loads(got)
+    assert rows == metrics["rows"] == 40
+    assert rmse == pytest.approx(metrics["rmse"], rel=1e-4)
+    assert mae == pytest.approx(metrics["mae"], rel=1e-4)
+    assert r2 == pytest.approx(metrics["r2"], abs=1e-4)
+    saved = nnreg.load(tmp_path / "m").model_info_["metrics"]
+    assert saved["test_rmse"] == pytest.approx(metrics["rmse"], rel=1e-9)
+    if command == "train":  # with a test file, every row of DATA trains
+        assert saved["train_rows"] == 120 and "held-out rows" not in out
