@@ -47,7 +47,7 @@ def test_an_r_row_name_column_is_left_out_and_a_date_column_read_as_dates(
         ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK, "-o", str(tmp_path / "m")], capsys
     )
     assert code == 0, err
-    assert re.search(r"Unnamed: 0\s+│ id\s+│ row numbers \(an unnamed column\): left out", out)
+    assert re.search(r"Unnamed: 0\s+│ id\s+│ row numbers, unnamed: left out", out)
     assert re.search(r"date\s+│ date\s+│ as days since the first", out)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert [f["name"] for f in meta["features"]] == ["date", "x"]

@@ -64,7 +64,7 @@ def read_roles(
     for name in kept:
         why = None if given or name in categorical else id_reason(frame[name])
         if why is not None:
-            roles[name] = Role(name, "id", f"{why}: left out (--features can name it)")
+            roles[name] = Role(name, "id", f"{why}: left out")
             continue
         feats.append(name)
         if name not in categorical and _is_text(frame[name]):
@@ -91,7 +91,7 @@ def id_reason(col: pd.Series) -> str | None:
     if pd.api.types.is_integer_dtype(col.dtype):
         start = int(values.iloc[0])
         if start in (0, 1) and values.tolist() == list(range(start, start + n)):
-            return "row numbers" + (" (an unnamed column)" if ROW_NAME.match(str(col.name)) else "")
+            return "row numbers" + (", unnamed" if ROW_NAME.match(str(col.name)) else "")
         return None
     if pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype):
         numbers = pd.to_numeric(values.astype(str), errors="coerce").notna().mean()

@@ -213,7 +213,8 @@ def _numeric_targets(frame: pd.DataFrame, names: list[str], source: str) -> np.n
             example = bad.iloc[0] if len(bad) else None
             raise DataError(
                 f"target column {name!r} in {source} holds text (e.g. {example!r}), but a "
-                "regression target must be numbers; convert it or choose another target."
+                "regression target must be numbers (nnreg does regression; classification is "
+                "out of its scope); convert it or choose another target."
             )
     block = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(block)

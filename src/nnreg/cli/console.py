@@ -68,6 +68,8 @@ class Report:
         if not self.show:
             return
         self.out.print(roles_table(roles))
+        if any(r.role == "id" for r in roles):
+            self.out.print("(a column left out as an id is used when --features names it)")
         if held is not None:
             n = len(held.features)
             self.out.print(
