@@ -215,7 +215,7 @@ class TablePreprocessor:
         about chunks of one (rows are numbered from 0).
         """
         frame = expand_dates(frame, self.dates, first_row)
-        num = self._numeric_block(frame, first_row)
+        num = self._numeric_block(frame, first_row, fitted=True)
         nan = np.isnan(num)
         parts = []
         if self.numeric:
@@ -230,7 +230,7 @@ class TablePreprocessor:
             parts.append(nan[:, idx].astype(np.float64))
         for c in self.categorical:
             cats = self.categories[c]
-            values = self._category_values(frame[c], first_row)
+            values = self._category_values(frame[c], first_row, fitted=True)
             codes = pd.Index(cats).get_indexer(values)  # -1: not among cats
             if OTHER in cats:
                 codes = np.where(codes < 0, cats.index(OTHER), codes)
@@ -247,7 +247,9 @@ class TablePreprocessor:
             names += [f"{c}={v}" for v in self.categories[c]]
         return names
 
-    def _numeric_block(self, frame: pd.DataFrame, first_row: int = 0) -> np.ndarray:
+    def _numeric_block(
+        self, frame: pd.DataFrame, first_row: int = 0, fitted: bool = False
+    ) -> np.ndarray:
         if not self.numeric:
             return np.zeros((len(frame), 0))
         columns = frame.columns.tolist()
@@ -274,20 +276,21 @@ class TablePreprocessor:
             raise DataError(
                 f"column {self.numeric[col]!r} has {count} missing values{where} (first at row "
                 f"{first_row + row}); "
-                "fill or drop them, or use missing='impute' to fill "
-                "them with the median and add a missing-indicator column."
+                + _fill_hint(fitted, "fill them with the median and add a missing-indicator column")
             )
         return block
 
-    def _category_values(self, col: pd.Series, first_row: int = 0) -> np.ndarray:
+    def _category_values(
+        self, col: pd.Series, first_row: int = 0, fitted: bool = False
+    ) -> np.ndarray:
         missing = col.isna().to_numpy()
         if missing.any() and self.missing == "error":
             row = first_row + int(np.flatnonzero(missing)[0])
             where = "" if first_row == 0 else f" in rows from {first_row}"
             raise DataError(
                 f"categorical column {col.name!r} has {int(missing.sum())} missing values"
-                f"{where} (first at row {row}); fill them, or use missing='impute' to treat "
-                "missing as a category of its own."
+                f"{where} (first at row {row}); "
+                + _fill_hint(fitted, "treat missing as a category of its own")
             )
         values = col.astype(object).to_numpy()
         values = np.where(missing, MISSING_CATEGORY, values)
@@ -371,6 +374,17 @@ def _valid_dates(dates: Any, numeric: list[str]) -> bool:
         except (ValueError, TypeError):
             return False
     return True
+
+
+def _fill_hint(fitted: bool, what: str) -> str:
+    """How to get past missing values: at fit, impute; at prediction, with a model fitted
+    without imputation, fill them (or fit again, imputing)."""
+    if fitted:
+        return (
+            "this model was fitted without missing='impute', so fill or drop them, or fit it "
+            f"again with missing='impute' to {what}."
+        )
+    return f"fill or drop them, or use missing='impute' to {what}."
 
 
 def _spread(a: np.ndarray, mean: np.ndarray, w: np.ndarray | None) -> np.ndarray:

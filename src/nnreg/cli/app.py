@@ -28,7 +28,15 @@ from .train import train
 OTHER_RANK_GRACE = 2.0  # seconds a failing rank other than 0 waits before it exits
 # Library messages name parameters; on the command line, the flags that set them.
 FLAG_HINTS = (
-    ("missing='impute'", "missing='impute' (--impute)"),
+    (
+        "make it categorical on purpose by storing it as pandas 'category' dtype",
+        "make it categorical on purpose with --categorical COLUMN",
+    ),
+    (
+        "predict_interval needs rows held out during fit: use",
+        "--interval needs a model that calibrated on rows it held out, and this one did not: "
+        "train it with",
+    ),
     ("with checkpoints (checkpoint_every)", "with --checkpoint-every"),
     ("checkpoints and resuming are", "checkpoints and --resume are"),
     ("read it into memory instead of streaming", "read it into memory (without --stream)"),
@@ -65,7 +73,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``nnreg`` command."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    debug, args = _debug_anywhere(list(args))
     if not debug and _other_rank():
         _silence()  # one process of a multi-process run speaks for all: rank 0
     previous = _on_sigterm(_terminate)
@@ -84,8 +92,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def exit_code(exc: BaseException, debug: bool) -> int:
     """Print ``exc`` as one line, ``error: ...``, and return the exit code it means."""
-    from ..exceptions import ConfigError, NnregError
-
     if isinstance(exc, click.ClickException):
         click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
@@ -97,6 +103,8 @@ def exit_code(exc: BaseException, debug: bool) -> int:
         return 143
     if debug:
         traceback.print_exception(exc)
+    from ..exceptions import ConfigError, NnregError  # not before: it imports scikit-learn
+
     if isinstance(exc, NnregError):
         usage = isinstance(exc, ConfigError)
         click.echo(f"error: {with_flags(with_rules(str(exc)) if usage else str(exc))}", err=True)
@@ -142,10 +150,24 @@ def known_failure(exc: BaseException) -> str | None:
 
 
 def with_flags(message: str) -> str:
-    """A library message with the command-line flags named where it names a parameter."""
+    """A library message with the command-line flags named where it names a parameter, and
+    rows counted from 1 (the first row under a file's header), as a spreadsheet shows them."""
+    from .vocabulary import flags_of
+    from .vocabulary import with_flags as in_flags
+
     for said, flagged in FLAG_HINTS:
         message = message.replace(said, flagged)
-    return message
+    return in_flags(message, flags_of(cli.commands.values()), rows_in_file=True)
+
+
+def _debug_anywhere(args: list[str]) -> tuple[bool, list[str]]:
+    """(whether --debug is on the line, before any ``--``; the line with it first), so that
+    ``nnreg train --debug`` works as ``nnreg --debug train`` does."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return False, args
+    rest = [a for i, a in enumerate(args) if not (a == "--debug" and i < end)]
+    return True, ["--debug", *rest]
 
 
 def with_rules(message: str) -> str:

@@ -179,6 +179,10 @@ def _train_in_memory(
             tests = {Path(run["test"]).name: test_table(Path(run["test"]), run, whole)}
     run["features"] = whole.feature_names
     settings = replace(settings, data=run)
+    if run.get("holdout"):  # the table's values are checked whole: errors name its rows
+        from ..preprocess import TablePreprocessor
+
+        TablePreprocessor(missing=reg.missing).fit(whole.features)
     table, held = split_table(whole, run.get("holdout", 0.0), reg.random_state)
     y = target_values(table)
     out = out or default_out("seed" if settings.seed_experiment else Path(run["path"]).stem)
