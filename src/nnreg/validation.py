@@ -5,6 +5,15 @@ Each check converts its input once (X to a DataFrame with string column names, y
 :class:`~nnreg.exceptions.NnregError` subclass with one line that names the problem and the
 fix; scikit-learn's own validation (``validate_data``, which also records
 ``n_features_in_`` and ``feature_names_in_`` on the estimator) does the shape and type checks.
+
+Besides pandas DataFrames and arrays, X may be a polars DataFrame, read as the pandas frame
+its ``to_pandas()`` gives (text, ``pl.Categorical`` and ``pl.Enum`` columns become
+categorical features, nulls missing values; polars is imported by nobody here, only used
+when given), or a SciPy sparse matrix or array (CSR, CSC, COO, ...). A tabular network
+takes dense inputs, and standardising the columns would fill them in anyway, so a sparse X
+is densified once per call: at most :data:`MAX_DENSE_VALUES` values, which keeps the copy
+to 2 GiB (float64); a larger one is refused with a message saying to pass fewer rows (for
+prediction, in chunks) or fewer columns.
 """
 
 from __future__ import annotations
@@ -15,19 +24,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, validate_data
 
 from .exceptions import DataError, DataTypeError
 
-__all__ = ["check_X", "check_sample_weight", "check_y", "drop_zero_weights"]
+__all__ = ["MAX_DENSE_VALUES", "check_X", "check_sample_weight", "check_y", "drop_zero_weights"]
+
+MAX_DENSE_VALUES = 2**28  # the most values a sparse X is densified to (2 GiB in float64)
 
 
 def check_X(estimator: BaseEstimator, X: Any, *, reset: bool, allow_nan: bool) -> pd.DataFrame:
     """``X`` as a DataFrame with string column names; ``reset`` records its features on
-    ``estimator`` (fit), else checks them against the recorded ones (predict)."""
-    if not reset and isinstance(X, pd.DataFrame) and _known_columns(estimator, X):
-        return X  # what validate_data would find: the fitted names, in order, and some rows
+    ``estimator`` (fit), else checks them against the recorded ones (predict). A polars
+    DataFrame or a sparse matrix is converted first (see the module's docstring)."""
+    X = _densified(from_polars(X, "X"))
+    if not reset and isinstance(X, pd.DataFrame):
+        if _known_columns(estimator, X):
+            return X  # what validate_data would find: the fitted names, in order, and rows
+        _check_names(estimator, X)
     with _as_data_errors():
         if isinstance(X, pd.DataFrame):
             validate_data(estimator, X, reset=reset, skip_check_array=True)
@@ -56,9 +72,68 @@ def _known_columns(estimator: BaseEstimator, X: pd.DataFrame) -> bool:
     )
 
 
+def from_polars(a: Any, name: str) -> Any:
+    """A polars DataFrame as a pandas one and a polars Series as a NumPy array; anything
+    else as it is. polars is not imported: the object's own methods convert it."""
+    kind = type(a)
+    if not kind.__module__.startswith("polars."):
+        return a
+    if kind.__name__ == "DataFrame":
+        return a.to_pandas()
+    if kind.__name__ == "Series":
+        return a.to_numpy()
+    raise DataTypeError(
+        f"{name} is a polars {kind.__name__}; pass a polars DataFrame or Series (collect a "
+        "LazyFrame first)."
+    )
+
+
+def _densified(X: Any) -> Any:
+    """A SciPy sparse ``X`` as a dense array (at most MAX_DENSE_VALUES values); anything else
+    as it is."""
+    if not sp.issparse(X):
+        return X
+    rows, cols = X.shape
+    if rows * cols > MAX_DENSE_VALUES:
+        raise DataError(
+            f"X is a sparse {rows} x {cols} matrix, which nnreg would densify to "
+            f"{rows * cols:,} values, over its limit of {MAX_DENSE_VALUES:,} (2 GiB); pass "
+            "fewer rows at a time (predict in chunks) or fewer columns (e.g. reduced by "
+            "TruncatedSVD)."
+        )
+    return X.toarray()
+
+
+def _check_names(estimator: BaseEstimator, X: pd.DataFrame) -> None:
+    """Refuse, in one line naming each of them, the columns of ``X`` that were not seen at
+    fit and the fitted ones it lacks (only when both sides have string names: otherwise
+    scikit-learn's own check warns or refuses)."""
+    names = getattr(estimator, "feature_names_in_", None)
+    columns = X.columns.tolist()
+    if names is None or not all(isinstance(c, str) for c in columns):
+        return
+    fitted = [str(n) for n in names]
+    missing = [n for n in fitted if n not in set(columns)]
+    unexpected = [c for c in columns if c not in set(fitted)]
+    if not (missing or unexpected):
+        return  # the same names in another order, or repeated: scikit-learn says which
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} fitted column(s): {', '.join(map(repr, missing))}")
+    if unexpected:
+        listed = ", ".join(map(repr, unexpected))
+        parts.append(f"{len(unexpected)} column(s) not seen at fit: {listed}")
+    raise DataError(
+        "X's columns are not those the Regressor was fitted on: "
+        + "; ".join(parts)
+        + "; pass the fitted columns, e.g. X[reg.feature_names_in_]."
+    )
+
+
 def check_y(y: Any, n_rows: int, n_outputs: int | None = None) -> tuple[np.ndarray, bool]:
     """``y`` as (rows, targets) float64, and whether it was 1-D; ``n_outputs`` (when
     continuing a fit) is the number of targets it must have."""
+    y = from_polars(y, "y")
     with _as_data_errors():
         if y is None:
             raise DataError(
@@ -84,6 +159,7 @@ def check_sample_weight(sample_weight: Any, n_rows: int) -> np.ndarray | None:
     """(rows,) finite, non-negative weights that are not all zero, or None."""
     if sample_weight is None:
         return None
+    sample_weight = from_polars(sample_weight, "sample_weight")
     with _as_data_errors():
         w = check_array(
             sample_weight, ensure_2d=False, dtype=np.float64, input_name="sample_weight"
@@ -128,7 +204,10 @@ def _one_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines()]
     text = " ".join(line for line in lines if line and not line.startswith("array="))
     if "could not convert" in text or "argument must be" in text:
-        text += "; X must hold numbers (pass a DataFrame to use text columns as categories)"
+        text += (
+            "; X must hold numbers (pass a pandas or polars DataFrame to use text columns as "
+            "categories)"
+        )
     return text
 
 
