@@ -208,3 +208,19 @@ def test_a_test_file_is_scored_as_evaluate_scores_it(
     assert saved["test_rmse"] == pytest.approx(metrics["rmse"], rel=1e-9)
     if command == "train":  # with a test file, every row of DATA trains
         assert saved["train_rows"] == 120 and "held-out rows" not in out
+
+
+def test_a_model_with_a_date_column_serves_dates_sent_as_text(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from nnreg.serving.app import Limits, Served
+    from nnreg.serving.schema import RequestError
+
+    frame = dated(80, seed=6)
+    X = frame[["date", "x"]].assign(date=pd.to_datetime(frame["date"]))
+    nnreg.Regressor(max_iter=5, random_state=0).fit(X, frame["y"]).save(tmp_path / "m")
+    served = Served(tmp_path / "m", Limits())
+    rows = frame[["date", "x"]].head(5).to_dict(orient="records")
+    answer = served.answer(json.dumps(rows).encode(), {})
+    np.testing.assert_allclose(answer["predictions"], served.reg.predict(X.head(5)), rtol=1e-12)
+    with pytest.raises(RequestError, match="'someday' at row 0 is not one"):
+        served.answer(json.dumps([{**rows[0], "date": "someday"}]).encode(), {})

@@ -167,13 +167,21 @@ def _columns(meta: dict[str, Any], scored: Scored | None) -> str:
     rows = []
     for feature in meta.get("features", []):
         name = feature["name"]
-        if name in categories:
+        if name in pre.get("dates", {}):
+            parts = ", ".join(pre["dates"][name]["parts"])
+            role, reading = "date", f"as {parts}, each scaled ({scaling})"
+        elif name in categories:
             kept = [c for c in categories[name] if not c.startswith("__")]
             other = " + other (the rarer ones)" if "__other__" in categories[name] else ""
             role, reading = "categorical", f"one-hot, {len(kept)} categories{other}"
         else:
             role, reading = "numeric", f"scaled ({scaling})"
-        if name in indicators or (name in categories and "__missing__" in categories[name]):
+        derived = [f"{name}:{p}" for p in pre.get("dates", {}).get(name, {}).get("parts", [])]
+        if (
+            name in indicators
+            or set(derived) & indicators
+            or (name in categories and "__missing__" in categories[name])
+        ):
             reading += "; missing values imputed"
         rows.append((name, role, feature.get("dtype", "?"), reading, *_on_data(scored, name)))
     target = meta.get("preprocessing", {}).get("target", {})
