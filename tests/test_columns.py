@@ -55,6 +55,7 @@ def test_an_r_row_name_column_is_left_out_and_a_date_column_read_as_dates(
     assert parts == {
         "origin": "2001-01-31T00:00:00",
         "parts": ["days", "year", "dayofyear", "dayofweek"],
+        "dayfirst": False,
     }
     # predict reads the dates from the file as written, and agrees with the estimator
     code, _, err = run(
@@ -85,6 +86,25 @@ def test_date_parts_are_the_calendar_values_in_the_estimator_too() -> None:
     np.testing.assert_allclose(again.transform(text), pre.transform(frame))
     with pytest.raises(nnreg.DataError, match=r"column 'd' holds dates, but 'soon' at row 1"):
         pre.transform(frame.assign(d=["2020-01-01", "soon", None, None]))
+
+
+@pytest.mark.parametrize(
+    ("fitted", "one", "day_of_year"),
+    [
+        (["01.03.2021", "15.04.2021"], "02.03.2021", 61),  # dots: day first
+        (["3/1/2021", "3/15/2021"], "3/2/2021", 61),  # slashes: month first
+        (["01/03/2021", "25/12/2021"], "02/03/2021", 61),  # a day above 12 decides
+        (["2021-03-01", "2021-12-25"], "2021-03-02", 61),
+    ],
+)
+def test_day_or_month_first_is_decided_in_fit_and_kept(
+    fitted: list[str], one: str, day_of_year: int
+) -> None:
+    """A single row at prediction is read the way the column was read in fit."""
+    pre = TablePreprocessor(scaling="none").fit(pd.DataFrame({"d": fitted}))
+    again = TablePreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    z = pd.DataFrame(again.transform(pd.DataFrame({"d": [one]})), columns=pre.output_names)
+    assert z["d:dayofyear"].item() == day_of_year and z["d:year"].item() == 2021
 
 
 def test_a_regressor_fits_a_datetime_column() -> None:

@@ -69,8 +69,6 @@ def read_roles(
         feats.append(name)
         if name not in categorical and _is_text(frame[name]):
             _refuse_stray_text(frame[name])  # on every row, held-out ones included
-        if name not in categorical and not is_date(frame[name]) and looks_like_dates(frame[name]):
-            frame = frame.assign(**{name: pd.to_datetime(frame[name], format="mixed")})
         roles[name] = _feature_role(frame[name], name in categorical, max_categories)
     ids = [r.name for r in roles.values() if r.role == "id"]
     if ids and not feats:
@@ -103,7 +101,7 @@ def id_reason(col: pd.Series) -> str | None:
 
 def _feature_role(col: pd.Series, as_category: bool, max_categories: int) -> Role:
     name = str(col.name)
-    if is_date(col):
+    if not as_category and (is_date(col) or looks_like_dates(col)):
         return Role(name, "date", "as days since the first, year, day of year, day of week")
     if not as_category and (
         pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)

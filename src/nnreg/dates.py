@@ -1,5 +1,12 @@
 """Date and datetime columns as numeric features.
 
+A date column is a datetime64 column, or text whose every value is a calendar date
+(``2021-03-01``, ``2021/3/1``, ``01.03.2021``, ``3/1/2021``, with or without a time); a
+pandas ``category`` column stays categorical. Whether ``01.03.2021`` is the 1st of March or
+the 3rd of January is decided once, in fit, from the column's values (a first field above 12
+means day first; otherwise ``.`` and ``-`` dates are read day first and ``/`` dates month
+first), and kept, so that prediction reads a single row the same way.
+
 A date column becomes a few numbers the network can use: the days since the first date seen
 in fit (the trend), the year, the day of the year and the day of the week (season and week),
 and the hour of the day for a column whose values carry times. The derived columns are then
@@ -20,6 +27,7 @@ from .exceptions import DataError
 __all__ = [
     "DATE_PARTS",
     "date_parts",
+    "day_first",
     "expand_dates",
     "fit_dates",
     "is_date",
@@ -46,25 +54,44 @@ def looks_like_dates(col: pd.Series) -> bool:
     if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
         return False
     values = col.dropna()
-    if len(values) == 0 or not all(isinstance(v, str) for v in values):
-        return False
-    if not values.str.match(_DATE_TEXT).all():
+    first = values.iloc[0] if len(values) else None
+    if not isinstance(first, str) or not _DATE_TEXT.match(first):
+        return False  # the first value tells most columns apart at once
+    if not all(isinstance(v, str) for v in values) or not values.str.match(_DATE_TEXT).all():
         return False
     try:
-        parse(values, str(col.name))
+        parse(values, str(col.name), dayfirst=day_first(values))
     except DataError:
         return False
     return True
 
 
-def parse(col: pd.Series, name: str, first_row: int = 0) -> pd.Series:
+_DAY_MONTH = re.compile(r"^\s*(\d{1,2})([-/.])(\d{1,2})[-/.]\d{4}")
+
+
+def day_first(values: pd.Series) -> bool:
+    """Whether the dates of ``values`` (text) put the day before the month."""
+    parts = values.astype(str).str.extract(_DAY_MONTH).dropna()
+    if parts.empty:
+        return False  # year first: no question
+    first, second = parts[0].astype(int), parts[2].astype(int)
+    if (first > 12).any():
+        return True
+    if (second > 12).any():
+        return False
+    return bool(parts[1].iloc[0] != "/")
+
+
+def parse(col: pd.Series, name: str, first_row: int = 0, dayfirst: bool = False) -> pd.Series:
     """``col`` as timezone-naive datetime64 (UTC for zoned values); text that is not a date
     is a :class:`DataError` naming the column and the row."""
     if is_date(col):
         out = col
     else:
         try:
-            out = pd.to_datetime(col, format="mixed", utc=True, errors="coerce")
+            out = pd.to_datetime(
+                col.astype(object), format="mixed", dayfirst=dayfirst, utc=True, errors="coerce"
+            )
         except (ValueError, TypeError, OverflowError) as exc:
             raise DataError(f"column {name!r} should hold dates: {exc}.") from exc
         bad = out.isna().to_numpy() & col.notna().to_numpy()
@@ -98,7 +125,7 @@ def expand_dates(
         if name not in dates:
             parts[name] = frame[name]
             continue
-        when = parse(frame[name], name, first_row)
+        when = parse(frame[name], name, first_row, dates[name].get("dayfirst", False))
         origin = pd.Timestamp(dates[name]["origin"])
         derived = {
             "days": (when - origin) / pd.Timedelta(days=1),
@@ -116,11 +143,13 @@ def fit_dates(frame: pd.DataFrame, names: list[str]) -> dict[str, dict[str, Any]
     """What :func:`expand_dates` needs for each date column: its first date and its parts."""
     out = {}
     for name in names:
-        when = parse(frame[name], name)
+        text = not is_date(frame[name])
+        dayfirst = day_first(frame[name].dropna()) if text else False
+        when = parse(frame[name], name, dayfirst=dayfirst)
         first = when.min()
         if pd.isna(first):
             raise DataError(f"date column {name!r} has no dates; drop it or fill it.")
-        out[name] = {"origin": first.isoformat(), "parts": date_parts(when)}
+        out[name] = {"origin": first.isoformat(), "parts": date_parts(when), "dayfirst": dayfirst}
         clash = [f"{name}:{p}" for p in out[name]["parts"] if f"{name}:{p}" in frame.columns]
         if clash:
             raise DataError(

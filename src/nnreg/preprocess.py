@@ -9,7 +9,8 @@ matrix the network sees:
 * categorical columns (strings, objects, pandas categories): one-hot over the most frequent
   categories seen in fit; rarer ones share an ``other`` column, and so do categories first
   seen at prediction;
-* date and datetime columns (datetime64): numeric columns derived from them by
+* date and datetime columns (datetime64, or text that is all calendar dates): numeric
+  columns derived from them by
   :mod:`nnreg.dates` (days since the first date, year, day of year, day of week), which are
   then imputed and scaled like the others.
 
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dates import expand_dates, fit_dates, is_date
+from .dates import expand_dates, fit_dates, is_date, looks_like_dates
 from .exceptions import DataError
 
 __all__ = [
@@ -154,7 +155,8 @@ class TablePreprocessor:
     ) -> TablePreprocessor:
         self.columns = [str(c) for c in frame.columns]
         self.dtypes = {c: str(frame[c].dtype) for c in self.columns}
-        self.dates = fit_dates(frame, [c for c in self.columns if is_date(frame[c])])
+        dates = [c for c in self.columns if is_date(frame[c]) or looks_like_dates(frame[c])]
+        self.dates = fit_dates(frame, dates)
         frame = expand_dates(frame, self.dates)
         self.numeric = [str(c) for c in frame.columns if not is_categorical(frame[c])]
         self.categorical = [str(c) for c in frame.columns if is_categorical(frame[c])]
@@ -362,7 +364,9 @@ def _valid_dates(dates: Any, numeric: list[str]) -> bool:
     if not isinstance(dates, dict):
         return False
     for name, spec in dates.items():
-        if not (isinstance(spec, dict) and set(spec) == {"origin", "parts"}):
+        if not (isinstance(spec, dict) and set(spec) == {"origin", "parts", "dayfirst"}):
+            return False
+        if not isinstance(spec["dayfirst"], bool):
             return False
         parts = spec["parts"]
         if not (isinstance(parts, list) and set(parts) <= {*DATE_PARTS, "hour"} and parts):

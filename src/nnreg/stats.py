@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dates import is_date
+from .dates import is_date, looks_like_dates
 from .exceptions import DataError
 from .preprocess import (
     OTHER,
@@ -81,11 +81,11 @@ class StreamingStatistics:
         pre = self.pre
         pre.columns = [str(c) for c in frame.columns]
         pre.dtypes = {c: str(frame[c].dtype) for c in pre.columns}
-        dates = [c for c in pre.columns if is_date(frame[c])]
+        dates = [c for c in pre.columns if is_date(frame[c]) or looks_like_dates(frame[c])]
         if dates:  # their first date is known only after the last chunk
             raise DataError(
                 f"column {dates[0]!r} holds dates, which streamed training does not read yet; "
-                "train without --stream, or store the date as numbers."
+                "train without --stream, or store the date as numbers (or as a category)."
             )
         pre.numeric = [c for c in pre.columns if not is_categorical(frame[c])]
         pre.categorical = [c for c in pre.columns if is_categorical(frame[c])]
