@@ -8,7 +8,6 @@ attributes through :meth:`Regressor.adopt`, the one place they are set.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from . import artifact, distributed, fitting
+from .description import describe
 from .ensemble import ConformalCalibrator
 from .exceptions import ConfigError, NotFittedError, TrainingDivergedError
 from .importance import Importance
@@ -81,15 +81,19 @@ class Regressor(RegressorMixin, BaseEstimator):
         median plus a missing-indicator column, categorical ones as a category of their own.
     max_categories : int, default=32
         One-hot columns per categorical feature (most frequent first; the rest share one).
-        Categorical features are DataFrame columns of strings, objects or ``category`` dtype;
-        categories first seen at prediction share that column too.
+        Categorical features are (pandas or polars) DataFrame columns of text, objects or
+        ``category`` (``pl.Categorical``, ``pl.Enum``) dtype; categories first seen at
+        prediction share that column too.
     dtype : {'float32', 'float64'}, default='float32'
         Precision of the weights and of training.
     random_state : int, RandomState or None, default=None
         Seeds the initial weights, the validation split, the minibatch order and dropout; an
         int gives bitwise-identical fits on the CPU.
     warm_start : bool, default=False
-        ``fit`` continues from the current weights and preprocessing instead of starting over.
+        ``fit`` continues the fitted network for ``max_iter`` more epochs, with its
+        preprocessing, optimiser state (MLPRegressor's restarts) and random stream: two fits
+        of k epochs are one of 2k with ``learning_rate='constant'``. :mod:`nnreg.warm` says
+        what may change between fits.
     n_models : int, default=1
         Members of an ensemble trained together as one batched computation, each with its own
         initial weights, minibatch order and (with ``early_stopping``) stopping epoch.
@@ -106,6 +110,10 @@ class Regressor(RegressorMixin, BaseEstimator):
         the CPU). In a multi-process run a bare 'cuda' is ``cuda:LOCAL_RANK``. Predictions are
         returned as NumPy arrays and saved weights are moved to the CPU; a loaded model is on
         the CPU.
+    verbose : int, default=0
+        1 prints a line on stdout about every tenth epoch, 2 or more every epoch: the
+        training loss and, when rows are held out, theirs, in the units the fit optimises
+        (e.g. mean squared error of the standardised target). It changes nothing else.
 
     Attributes
     ----------
@@ -173,6 +181,7 @@ class Regressor(RegressorMixin, BaseEstimator):
     warm_start: bool
     n_models: int
     device: str
+    verbose: int
 
     def __init__(
         self,
@@ -205,6 +214,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         warm_start: bool = False,
         n_models: int = 1,
         device: str = "cpu",
+        verbose: int = 0,
     ) -> None:
         # Only stores the parameters, each as the attribute of its name (scikit-learn's rule).
         self.__dict__.update((k, v) for k, v in locals().items() if k != "self")
@@ -225,6 +235,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         tags.target_tags.multi_output = True
         tags.input_tags.allow_nan = self.missing == "impute"
         tags.input_tags.categorical = True
+        tags.input_tags.sparse = True  # densified per call, see nnreg.validation
         return tags
 
     # -- fitting -------------------------------------------------------------------------------
@@ -244,6 +255,9 @@ class Regressor(RegressorMixin, BaseEstimator):
         on_start: fitting.StartCallback | None = None,
     ) -> Regressor:
         """Train on ``X`` (rows, features) and ``y`` (rows,) or (rows, targets); returns self.
+
+        ``X`` is a pandas or polars DataFrame, an array, or a SciPy sparse matrix (densified
+        per call, see :mod:`nnreg.validation`); so it is for the other methods too.
 
         ``callback(epoch, train_loss, val_loss)``, when given, is called after every epoch
         (``val_loss`` is None without early stopping), and ``on_start(config)`` once with the
@@ -286,21 +300,34 @@ class Regressor(RegressorMixin, BaseEstimator):
         return self.adopt(result)
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
-        """One epoch over ``X, y``, continuing the weights and optimiser state of earlier calls.
+        """One epoch over ``X, y``, continuing the fitted network; returns self.
 
-        The first call fits the preprocessing on its data and builds the network. The learning
-        rate stays at ``learning_rate_init``: a schedule needs to know where training ends.
+        On an unfitted Regressor the first call fits the preprocessing on its data and builds
+        the network. After ``fit`` (or earlier calls) it trains on from the fitted weights,
+        optimiser state and random stream, so ``n_iter_`` grows by one and the loss goes on
+        from where it was: ``fit`` for k epochs, then m calls, train like one fit of k + m
+        epochs with ``learning_rate='constant'``. On a model read by :func:`load`, which keeps
+        no optimiser state, training goes on from its weights with a fresh optimiser state.
+        The learning rate stays at ``learning_rate_init`` (times the reduction that
+        ``learning_rate='plateau'`` reached): a schedule needs to know where training ends.
+        Every row trains (none is held out), and the calibration of
+        :meth:`predict_interval` and ``validation_metrics_``, which describe the old weights,
+        are dropped. Ensembles and distributed runs cannot continue this way.
         """
-        previous = self._fit if self.__sklearn_is_fitted__() else None
-        first = previous is None or previous.trainer is None
-        recipe = Recipe.from_params(self.get_params(), seed=None if first else self.seed_)
-        if first:
-            if self.n_models > 1:
-                raise ConfigError("partial_fit trains one model; use n_models=1.")
-            if distributed.current() is not None:
-                raise ConfigError("partial_fit trains in one process; use fit in distributed runs.")
-        data = self._fit_data(X, y, sample_weight, reset=first)
-        return self.adopt(fitting.partial_fit(recipe, data, None if first else previous))
+        fitted = self.__sklearn_is_fitted__()
+        recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if fitted else None)
+        if self.n_models > 1:
+            raise ConfigError("partial_fit trains one model; use n_models=1.")
+        if distributed.current() is not None:
+            raise ConfigError("partial_fit trains in one process; use fit in distributed runs.")
+        data = self._fit_data(X, y, sample_weight, reset=not fitted)
+        try:
+            result = fitting.partial_fit(recipe, data, self._fit if fitted else None)
+        except TrainingDivergedError as exc:
+            if exc.partial is not None:  # the last finite weights stay usable
+                self.adopt(exc.partial)
+            raise
+        return self.adopt(result)
 
     def adopt(self, result: fitting.FitResult) -> Regressor:
         """Make ``result`` (of :mod:`nnreg.fitting`, or a streamed or swept fit) this
@@ -429,32 +456,11 @@ class Regressor(RegressorMixin, BaseEstimator):
         """
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before save.")
-        pre = self.preprocessor_
-        targets = target_names or (
-            ["y"] if self.n_outputs_ == 1 else [f"y{j}" for j in range(self.n_outputs_)]
-        )
         params = jsonable(self.get_params())
         params["random_state"] = self.seed_  # the seed actually used, so a rerun repeats exactly
-        meta = {
-            "features": [{"name": n, "dtype": pre.dtypes[n]} for n in pre.columns],
-            "feature_names_given": hasattr(self, "feature_names_in_"),
-            "targets": targets,
-            "target_1d": self._y_1d,
-            "preprocessing": {"inputs": pre.to_dict(), "target": self.y_scaler_.to_dict()},
-            "training": {
-                "params": params,
-                "epochs_run": self.n_iter_,
-                "best_epoch": self.best_epoch_,
-            },
-            "metrics": {
-                "final_train_loss": (self.loss_curve_ or [math.nan])[-1],
-                **{f"validation_{k}": v for k, v in self._held_out().items()},
-                **(metrics or {}),
-            },
-            "n_models": len(self.model_.members) if isinstance(self.model_, MLPEnsemble) else 1,
-        }
-        if hasattr(self, "calibrator_"):
-            meta["calibration"] = self.calibrator_.to_dict()
+        meta = describe(
+            self, params, target_1d=self._y_1d, target_names=target_names, metrics=metrics
+        )
         settings = {"model": params}
         if run_settings:
             settings = {"data": run_settings, **settings}
@@ -468,9 +474,6 @@ class Regressor(RegressorMixin, BaseEstimator):
             extra=files,
             protect=protect,
         )
-
-    def _held_out(self) -> dict[str, float]:
-        return dict(getattr(self, "validation_metrics_", {}))
 
     @classmethod
     def _from_saved(cls, saved: artifact.SavedModel) -> Regressor:

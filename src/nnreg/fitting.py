@@ -6,7 +6,10 @@ returns a :class:`FitResult`: the trained network, its history, the fitted prepr
 calibration. Only :class:`nnreg.Regressor` turns a result into fitted attributes
 (:meth:`Regressor.adopt`), so the streamed and swept fits that build results of their own
 end the same way. :func:`partial_fit` trains one more epoch; :func:`train_single` is the
-training step that in-memory and streamed fits share.
+training step that in-memory and streamed fits share. A single network's result keeps the
+state its trainer ended in (:class:`~nnreg.warm.TrainerState`), which a warm start or
+``partial_fit`` continues; with ``verbose`` set, each fit prints its epochs
+(:mod:`nnreg.progress`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .exceptions import ModelFileError, TrainingDivergedError
 from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
+from .progress import report_end, with_progress
 from .recipe import Recipe, jsonable, member_seeds
 from .train import (
     BatchSource,
@@ -38,6 +42,7 @@ from .train import (
     Trainer,
     Validation,
 )
+from .warm import TrainerState, check_continuable, continue_state
 
 __all__ = [
     "CALIBRATION_MEMBERS",
@@ -95,7 +100,7 @@ class FitResult:
     calibrator: ConformalCalibrator | None = None  # held-out scores for prediction intervals
     held_out: dict[str, float] | None = None  # metrics on the held-out rows, the target's units
     interrupted: bool = False  # a stop event ended training early
-    trainer: Trainer | None = field(default=None, repr=False)  # partial_fit continues it
+    state: TrainerState | None = field(default=None, repr=False)  # what continuing resumes
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,11 @@ def fit(
     checkpoints: Checkpoints | None = None,
     on_start: StartCallback | None = None,
 ) -> FitResult:
-    """Train ``recipe`` on ``data``; ``warm`` continues that result's network and
-    preprocessing. In a process of a ``torch.distributed`` group the fit is data-parallel.
-    ``on_start(config)`` is called with the network's architecture once it is built (its
-    input width depends on the fitted encoding), before the first epoch.
+    """Train ``recipe`` on ``data``; ``warm`` continues that result's network, preprocessing
+    and (see :mod:`nnreg.warm`) optimiser state. In a process of a ``torch.distributed``
+    group the fit is data-parallel. ``on_start(config)`` is called with the network's
+    architecture once it is built (its input width depends on the fitted encoding), before
+    the first epoch.
 
     A diverging fit raises :class:`TrainingDivergedError`; for a single network its
     ``partial`` attribute holds the result with the last finite weights.
@@ -202,7 +208,7 @@ def _fit_single(
     if warm is None:
         result = _start(recipe, data, None if val_rows is None else train_rows)
     else:
-        result = replace(warm, n_features=data.frame.shape[1], calibrator=None, trainer=None)
+        result = _continued(recipe, warm, data, "warm_start")
     hooks.started(result.model)
     X, y, w = _tensors(recipe, result, data)
     validation: Validation | None = None
@@ -225,6 +231,15 @@ def _fit_single(
     return result
 
 
+def _continued(recipe: Recipe, previous: FitResult, data: FitData, how: str) -> FitResult:
+    """A copy of ``previous`` to train on further: its network (checked, see
+    :func:`~nnreg.warm.check_continuable`) and preprocessing, without the calibration and
+    held-out metrics that described its old weights."""
+    model = check_continuable(recipe, previous.model, how)
+    n_features = data.frame.shape[1]
+    return replace(previous, model=model, n_features=n_features, calibrator=None, held_out=None)
+
+
 def held_out_metrics(y_scaler: Standardizer, y: np.ndarray, scaled: np.ndarray) -> dict[str, float]:
     """``rows`` and the metrics of :func:`~nnreg.metrics.regression_metrics` of standardised
     predictions ``scaled`` of held-out rows, in the target's units."""
@@ -242,22 +257,31 @@ def train_single(
     stop: threading.Event | None,
     checkpoints: Checkpoints,
     sync: GradientSync | None = None,
+    *,
+    partial: bool = False,
 ) -> None:
     """Train ``result``'s network by ``config`` on in-memory tensors or a batch source, and
-    record the
-    history (appended to the one it has) and best epoch in ``result``, also when training
-    diverges (then the error's ``partial`` is ``result``)."""
+    record the history (appended to the one it has) and best epoch in ``result``, also when
+    training diverges (then the error's ``partial`` is ``result``). The trainer continues
+    ``result.state`` where it can; the state it ends in replaces it (in one process). With
+    ``verbose``, its epochs are printed; ``partial`` (one epoch of ``partial_fit``) prints
+    them without a planned total."""
     model = result.model
     assert isinstance(model, MLP)  # one network
     trainer = Trainer(model, config, recipe.generator())
     trainer.sync, trainer.stop = sync, stop
+    if sync is None:  # in a distributed run, each process's optimiser state is its own
+        continue_state(trainer, result.state)
+    result.state = None  # until this run has ended well
+    previous = result.history
+    epochs = None if partial else config.epochs
+    callback = with_progress(recipe, callback, epochs, offset=len(previous))
     mark = None
     if checkpoints.path is not None or checkpoints.resume is not None:
         mark = run_fingerprint(recipe, result, data)
     write = attach_checkpoints(
         trainer, checkpoints.resume, checkpoints.path, checkpoints.info, fingerprint=mark
     )
-    previous = result.history
     try:
         if isinstance(data, tuple):
             trainer.run(
@@ -278,6 +302,10 @@ def train_single(
         result.model = model.eval()
         result.history = _concat(previous, trainer.history)
         result.best_epoch = max(0, trainer.best_epoch + len(previous))
+    if sync is None:
+        result.state = TrainerState.of(trainer)
+    if epochs is not None:
+        report_end(recipe, len(result.history), len(previous) + epochs, result.best_epoch)
 
 
 def _fit_ensemble(recipe: Recipe, data: FitData, hooks: _Hooks) -> FitResult:
@@ -308,14 +336,14 @@ def _fit_ensemble(recipe: Recipe, data: FitData, hooks: _Hooks) -> FitResult:
         members + helpers, recipe.train_config(n), seeds, dropout_seed=recipe.seed + 2, reported=K
     )
     trainer.stop = hooks.stop
-    history = trainer.run(
-        X, y, member_w, validation=validation, owner=owner, callback=hooks.callback
-    )
+    callback = with_progress(recipe, hooks.callback, recipe.train_config(n).epochs)
+    history = trainer.run(X, y, member_w, validation=validation, owner=owner, callback=callback)
     last = len(history) - 1
     best = max(trainer.record.best_epoch) if validation is not None else -1
     result.model, result.history = result.model.eval(), history
     result.best_epoch = best if best >= 0 else last
     result.member_best_epochs = [b if b >= 0 else last for b in trainer.record.best_epoch[:K]]
+    report_end(recipe, len(history), recipe.train_config(n).epochs, result.best_epoch)
     if cal_rows is not None:
         assert folds is not None
         out_of_fold = _out_of_fold(X[cal_rows], folds, helpers)
@@ -359,22 +387,19 @@ def prediction_interval(
 
 
 def partial_fit(recipe: Recipe, data: FitData, previous: FitResult | None) -> FitResult:
-    """One more epoch over ``data``, continuing the weights and optimiser state of
-    ``previous`` (None: fit the preprocessing on ``data`` and start a network). The learning
-    rate stays at ``learning_rate_init``: a schedule needs to know where training ends."""
-    result = previous
-    if result is None or result.trainer is None:
+    """One more epoch over ``data``, continuing the network, preprocessing, optimiser state
+    and random stream of ``previous`` (None: fit the preprocessing on ``data`` and start a
+    network). The learning rate stays at ``learning_rate_init`` (times the reduction that
+    ``learning_rate='plateau'`` reached earlier): a schedule needs to know where training
+    ends. Every row of ``data`` trains: none is held out."""
+    if previous is None:
         result = _start(recipe, data, None)
-        config = replace(recipe.train_config(data.n_rows), schedule="constant")
-        assert isinstance(result.model, MLP)
-        result.trainer = Trainer(result.model, config, recipe.generator())
+    else:
+        result = _continued(recipe, previous, data, "partial_fit")
+    config = recipe.train_config(data.n_rows)
+    config = replace(config, epochs=1, schedule="constant", early_stopping=False)
     X, y, w = _tensors(recipe, result, data)
-    trainer = result.trainer
-    assert trainer is not None
-    trainer.run(X, y, w, epochs=1)
-    result.model = result.model.eval()
-    result.history = trainer.history
-    result.best_epoch = len(trainer.history) - 1
+    train_single(recipe, result, (X, y, w), config, None, None, None, Checkpoints(), partial=True)
     return result
 
 
@@ -415,7 +440,8 @@ def run_fingerprint(
 ) -> str:
     """What a checkpoint is tied to: the settings (but the device), the fitted preprocessing
     and the training rows (or, streamed, the row groups and how they are read)."""
-    settings = {k: v for k, v in jsonable(recipe.params).items() if k != "device"}
+    quiet = ("device", "verbose")  # where a run trains and what it prints change no step
+    settings = {k: v for k, v in jsonable(recipe.params).items() if k not in quiet}
     if isinstance(data, tuple):
         rows: list[Any] = [t for t in data if t is not None]
     else:
