@@ -29,8 +29,9 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .exceptions import OutputError
 
 __all__ = [
     "atomic_folder",
+    "check_format",
     "check_output_file",
     "made_figure",
     "made_predictions",
@@ -153,8 +155,10 @@ def atomic_folder(
     tmp = temporary_name(dest)
     tmp.mkdir(mode=0o777)  # an ordinary folder, as the umask has it
     try:
+        probe = temporary_name(tmp / "mode")
+        mode = _create(probe)  # what a new file gets in this folder
+        probe.unlink()
         yield tmp
-        mode = _file_mode()
         for f in tmp.iterdir():
             if f.is_file() and not f.is_symlink():
                 f.chmod(mode)  # some writers (safetensors) make private files
@@ -207,9 +211,30 @@ def check_output_file(
         )
 
 
-def made_predictions(path: Path) -> bool:
-    """True for a predictions file nnreg writes: CSV or Parquet whose columns are all
-    ``<target>_pred``, ``_lower`` or ``_upper``."""
+def check_format(dest: Path, suffixes: Sequence[str], option: str) -> None:
+    """Refuse, with one :class:`OutputError`, a file name ``dest`` whose extension is not
+    one of ``suffixes`` (those of the formats the command writes, any case), before any work
+    starts: nnreg writes a format only under its own extension. ``option`` names the flag or
+    argument that gave the name."""
+    suffix = Path(dest).suffix
+    if suffix.lower() in suffixes:
+        return
+    found = f"not {suffix}" if suffix else "and this name has no extension"
+    listed = _listed(suffixes)
+    raise OutputError(
+        f"cannot write {dest}: {option} takes a {listed} file, {found}; give a name ending "
+        f"in {listed}."
+    )
+
+
+def _listed(suffixes: Sequence[str]) -> str:
+    return suffixes[0] if len(suffixes) == 1 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+
+
+def made_predictions(path: Path, keep: Sequence[str] = ()) -> bool:
+    """True for a predictions file nnreg writes: CSV or Parquet whose columns are the
+    ``keep`` columns (``nnreg predict --keep``), then ``<target>_pred``, ``_lower`` and
+    ``_upper`` ones only."""
     names: list[str]
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
@@ -221,7 +246,10 @@ def made_predictions(path: Path) -> bool:
                 names = f.readline(1 << 16).rstrip("\r\n").split(",")
     except Exception:  # noqa: BLE001 - unreadable: not provably nnreg's
         return False
-    return bool(names) and all(n.endswith(("_pred", "_lower", "_upper")) for n in names)
+    if names[: len(keep)] != list(keep):
+        return False
+    made = names[len(keep) :]
+    return bool(made) and all(n.endswith(("_pred", "_lower", "_upper")) for n in made)
 
 
 def made_figure(path: Path) -> bool:
@@ -236,17 +264,17 @@ def made_figure(path: Path) -> bool:
 
 def write_file_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``dest``; the file gets
-    the permissions the umask gives a new file."""
+    the permissions any new file gets there (0o666 less the umask)."""
     dest = Path(dest)
     if dest.is_dir() and not dest.is_symlink():
         raise OutputError(f"{dest} is a folder; give the path of the file to write.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(dest)
     tmp = temporary_name(dest)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = _create(tmp)
     try:
         write(tmp)
-        tmp.chmod(_file_mode())  # a writer may have made the file anew, private
+        tmp.chmod(mode)  # a writer may have made the file anew, private (safetensors: 0600)
         _fsync(tmp)
         os.replace(tmp, dest)
     except BaseException:
@@ -254,11 +282,17 @@ def write_file_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
-def _file_mode() -> int:
-    """The permissions the umask gives a new file (read from the umask, which is restored)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _create(path: Path) -> int:
+    """Create the empty file ``path`` as programs create files, asking for 0o666, and return
+    the permissions it got: the umask (and a default ACL of the folder, if any) applied by
+    the kernel. Read this way, not with ``os.umask``, which reads the umask only by setting
+    it: a file another thread created between the two calls would get the wrong mode; and
+    not once at import, which would miss a umask the program sets later."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

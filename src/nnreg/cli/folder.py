@@ -99,7 +99,13 @@ def _data_figures(reg: Any, table: Any, name: str) -> dict[str, Any]:
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--opset", type=click.IntRange(13, 25), default=17, show_default=True)
+@click.option(
+    "--opset",
+    type=click.IntRange(13, 25),
+    default=17,
+    show_default=True,
+    help="ONNX operator set version to write (older runtimes need lower ones).",
+)
 def export(model_dir: Path, output: Path, opset: int) -> None:
     """Write the model in MODEL_DIR as an ONNX file, preprocessing included (needs nnreg[onnx]).
 
@@ -110,6 +116,9 @@ def export(model_dir: Path, output: Path, opset: int) -> None:
     Example:
       nnreg export runs/houses houses.onnx
     """
+    from ..outputs import check_format
+
+    check_format(output, (".onnx",), "OUTPUT")  # before the model, and PyTorch, are loaded
     from ..export import export_onnx
 
     path = export_onnx(model_dir, output, opset=opset)

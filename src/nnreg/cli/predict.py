@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import options
 from .console import to_json
 from .tables import feature_names, model_and_table, target_values
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+PREDICTION_SUFFIXES = (".csv", ".parquet", ".pq")  # what predict -o writes
 
 
 @click.command()
@@ -18,6 +26,14 @@ from .tables import feature_names, model_and_table, target_values
     "--interval",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Also write <target>_lower and <target>_upper bounds with this coverage, e.g. 0.9.",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="COLUMN",
+    callback=options.comma_list(),
+    help="Copy this column of DATA (an id) into the output, before the predictions; "
+    "repeatable, or a,b.",
 )
 @click.option(
     "--output",
@@ -31,41 +47,41 @@ from .tables import feature_names, model_and_table, target_values
     help="Read DATA (a Parquet file or folder) and write the output in chunks; needs -o.",
 )
 def predict(
-    model_dir: Path, data: Path, interval: float | None, output: Path | None, stream: bool
+    model_dir: Path,
+    data: Path,
+    interval: float | None,
+    keep: list[str] | None,
+    output: Path | None,
+    stream: bool,
 ) -> None:
     """Predict DATA with the model in MODEL_DIR.
 
     Columns are chosen by the feature names saved with the model; other columns are ignored.
     The output has one column per target, named <target>_pred, in the rows' order; with
-    --interval, also <target>_lower and <target>_upper.
+    --interval, also <target>_lower and <target>_upper; with --keep, the kept columns of
+    DATA first.
 
     \b
     Examples:
       nnreg predict runs/houses new_houses.csv -o predictions.csv
+      nnreg predict runs/houses new_houses.csv --keep id -o predictions.parquet
       nnreg predict runs/houses-ensemble new_houses.csv --interval 0.9 -o predictions.csv
     """
-    import pandas as pd
+    from ..outputs import check_format, check_output_file, made_predictions, write_file_atomic
 
-    from ..artifact import write_file_atomic
-    from ..outputs import check_output_file, made_predictions
-
-    if output is not None:  # before any work: never over the inputs or a file not nnreg's
-        check_output_file(output, made_predictions, protect=[data, model_dir])
+    kept = list(dict.fromkeys(keep or []))
+    if output is not None:  # before any work: a format nnreg writes, never over the inputs
+        check_format(output, PREDICTION_SUFFIXES, "-o/--output")  # or a file not nnreg's
+        proof = functools.partial(made_predictions, keep=kept)
+        check_output_file(output, proof, protect=[data, model_dir])
     if stream:
         if output is None:
             raise click.UsageError("--stream writes to a file: give -o/--output FILE.")
+        if kept:
+            raise click.UsageError("--keep works without --stream only.")
         _predict_streamed(model_dir, data, interval, output)
         return
-    reg, table = model_and_table(model_dir, data, with_target=False)
-    rows, targets = len(table.features), reg.model_info_["targets"]
-    pred = reg.predict(table.features).reshape(rows, -1).T
-    columns = {f"{t}_pred": v for t, v in zip(targets, pred, strict=True)}
-    if interval is not None:
-        lower, upper = reg.predict_interval(table.features, coverage=interval)
-        bounds = zip(targets, lower.reshape(rows, -1).T, upper.reshape(rows, -1).T, strict=True)
-        for t, lo, hi in bounds:
-            columns[f"{t}_lower"], columns[f"{t}_upper"] = lo, hi
-    frame = pd.DataFrame(columns)
+    frame = _prediction_frame(model_dir, data, interval, kept)
     if output is None:
         frame.to_csv(sys.stdout, index=False)
         return
@@ -74,6 +90,40 @@ def predict(
     else:
         write_file_atomic(output, lambda p: frame.to_csv(p, index=False))
     click.echo(f"wrote {len(frame)} predictions to {output}", err=True)
+
+
+def _prediction_frame(
+    model_dir: Path, data: Path, interval: float | None, kept: list[str]
+) -> pd.DataFrame:
+    """The ``kept`` columns of ``data`` (checked before predicting), then the predictions
+    of the model in ``model_dir`` (and their bounds, with ``interval``)."""
+    import pandas as pd
+
+    from ..data import read_table, table_from_frame
+    from ..estimator import load
+    from ..exceptions import DataError
+
+    reg = load(model_dir, history=False)
+    source, targets = read_table(data), reg.model_info_["targets"]
+    names = [f"{t}_{end}" for t in targets for end in ("pred", "lower", "upper")]
+    for name in kept:
+        if name not in source.columns:
+            listed = ", ".join(str(c) for c in source.columns[:30])
+            listed += f", ... ({len(source.columns)} in all)" if len(source.columns) > 30 else ""
+            raise DataError(f"--keep column {name!r} not found in {data}; its columns: {listed}.")
+        if name in names:
+            raise DataError(f"--keep column {name!r} has the name of a prediction column.")
+    table = table_from_frame(source, features=feature_names(reg), source=str(data))
+    rows = len(table.features)
+    pred = reg.predict(table.features).reshape(rows, -1).T
+    columns = {f"{t}_pred": v for t, v in zip(targets, pred, strict=True)}
+    if interval is not None:
+        lower, upper = reg.predict_interval(table.features, coverage=interval)
+        bounds = zip(targets, lower.reshape(rows, -1).T, upper.reshape(rows, -1).T, strict=True)
+        for t, lo, hi in bounds:
+            columns[f"{t}_lower"], columns[f"{t}_upper"] = lo, hi
+    frame = source[kept].reset_index(drop=True)
+    return pd.concat([frame, pd.DataFrame(columns)], axis=1)
 
 
 def _predict_streamed(model_dir: Path, data: Path, interval: float | None, output: Path) -> None:
@@ -156,10 +206,10 @@ def importance(
     Example:
       nnreg importance runs/houses test.csv --repeats 10 -o importance.png
     """
-    from ..artifact import write_file_atomic
-    from ..outputs import check_output_file, made_figure
+    from ..outputs import check_format, check_output_file, made_figure, write_file_atomic
 
     if output is not None:
+        check_format(output, (".png",), "-o/--output")
         check_output_file(output, made_figure, protect=[data, model_dir])
     reg, table = model_and_table(model_dir, data, with_target=True)
     found = reg.feature_importances(

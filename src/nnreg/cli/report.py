@@ -46,13 +46,14 @@ def report(
       nnreg report runs/houses test.csv -o houses.html
     """
     from ..artifact import add_files
-    from ..outputs import check_output_file, write_file_atomic
+    from ..outputs import check_format, check_output_file, write_file_atomic
     from ..report import made_report
 
     data_paths = [] if data is None else [data]
     inside = output is None or output.resolve() == (model_dir / REPORT_HTML).resolve()
     if not inside:
         assert output is not None
+        check_format(output, (".html", ".htm"), "-o/--output")
         check_output_file(output, made_report, protect=[model_dir, *data_paths])
     page = _page(model_dir, data, repeats, seed)
 
