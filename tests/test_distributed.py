@@ -298,8 +298,8 @@ def test_nproc_errors_are_one_line(table_csv: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: ensembles (n_models > 1) are not available in distributed runs; train them in "
-        "one process, where the members already train as one batched computation."
+        "error: ensembles (--n-models above 1) are not available in distributed runs; train "
+        "them in one process, where the members already train as one batched computation."
     ]
     assert not (tmp_path / "m").exists()
 

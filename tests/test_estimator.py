@@ -107,7 +107,7 @@ def test_bad_arrays_at_predict(table_frame: pd.DataFrame, X, message: str) -> No
 @pytest.mark.parametrize(
     ("X", "message"),
     [
-        (pd.DataFrame({"a": [1.0], "b": [2.0]}), "yet now missing: - c"),
+        (pd.DataFrame({"a": [1.0], "b": [2.0]}), "missing 1 fitted column\\(s\\): 'c'"),
         (pd.DataFrame({"c": [1.0], "a": [2.0], "b": [0.0]}), "same order"),
         (pd.DataFrame({"a": [1.0], "b": ["x"], "c": [1.0]}), "'b' was numeric .* holds text"),
         (pd.DataFrame({"a": [np.nan], "b": [1.0], "c": [1.0]}), "'a' has 1 missing values"),

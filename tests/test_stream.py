@@ -473,7 +473,11 @@ def test_cli_trains_predicts_and_evaluates_streamed(
         (["train", "{folder}", "--target", "c", "--stream"], 1, "must be numbers"),
         (["train", "{empty}", "--target", "y", "--stream"], 1, "holds no Parquet files"),
         (["train", "--stream"], 2, "--stream needs DATA"),
-        (["train", "{folder}", "--target", "y", "--stream", "--n-models", "2"], 2, "n_models"),
+        (
+            ["train", "{folder}", "--target", "y", "--stream", "--n-models", "2"],
+            2,
+            "--n-models above 1",
+        ),
         (["train", "{folder}", "--target", "y", "--shuffle-buffer", "9"], 2, "with --stream"),
         (["predict", "{folder}", "{folder}", "--stream"], 2, "give -o/--output"),
     ],

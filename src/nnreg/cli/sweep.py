@@ -91,7 +91,7 @@ def sweep(
         data=columns,
         label=options.flag_label(click.get_current_context().command),
     )
-    base = Regressor(**settings.params)
+    base = Regressor(**settings.params | {"verbose": 0})  # the CLI prints its own progress
     trials = _grid(base, lists)
     table, source, _ = training_table(settings.data, base.max_categories)
     y = target_values(table)

@@ -167,7 +167,7 @@ def _train_in_memory(
 ) -> None:
     from ..estimator import Regressor
 
-    reg = Regressor(**settings.params)
+    reg = Regressor(**settings.params | {"verbose": 0})  # the CLI prints its own progress
     whole, source, roles = training_table(settings.data, reg.max_categories)
     run = dict(settings.data)
     tests = {}
@@ -241,7 +241,7 @@ def _train_streamed(
     data = ParquetData(run["path"], run["target"], run.get("features"), run.get("categorical"))
     run.update(path=str(Path(run["path"]).resolve()), features=data.feature_names)
     settings = replace(settings, data=run)
-    reg = Regressor(**settings.params)
+    reg = Regressor(**settings.params | {"verbose": 0})  # the CLI prints its own progress
     check_streamable(reg)
     out = out or default_out(Path(run["path"]).stem)
     fit_args = prepare_output(out, settings)
