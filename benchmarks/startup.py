@@ -51,8 +51,15 @@ def measure(runs: int) -> list[tuple[str, float]]:
         subprocess.run([sys.executable, "-c", make_csv], cwd=work, check=True)
         train = [*nnreg, "train", "data.csv", "--target", "y", "--epochs", "1", "-q"]
         subprocess.run([*train, "--out", "model"], cwd=work, check=True, capture_output=True)
+        floor = "import torch, sklearn.base, pandas"
         cases = [
             ('python -c "import torch"', [sys.executable, "-c", "import torch"], 0),
+            (f'python -c "{floor}"', [sys.executable, "-c", floor], 0),
+            (
+                f'python -c "{floor}, matplotlib.figure"',
+                [sys.executable, "-c", f"{floor}, matplotlib.figure"],
+                0,
+            ),
             ("nnreg --help", [*nnreg, "--help"], 0),
             ("nnreg train --help", [*nnreg, "train", "--help"], 0),
             ("nnreg info MODEL", [*nnreg, "info", "model"], 0),
@@ -99,6 +106,10 @@ def write(label: str, text: str) -> None:
         "Made by `python benchmarks/startup.py --label LABEL`: wall time of each command in a "
         'fresh subprocess, and its ratio to `python -c "import torch"` measured in the same '
         "run (the floor of any command that trains or predicts).\n\n"
+        "Training needs more than PyTorch: the estimator's scikit-learn base classes (which "
+        "import SciPy and pandas) and, for the folder's loss.png, matplotlib; the two "
+        "`python -c` rows below `import torch` measure those imports alone, the floor of "
+        "`nnreg train`. Help and argument errors import none of them.\n\n"
     )
     body = "\n".join(s.rstrip("\n") + "\n" for s in sections.values())
     OUT.parent.mkdir(parents=True, exist_ok=True)
