@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,3 +99,22 @@ def test_debug_works_anywhere_on_the_line(
     assert code == 1 and "Traceback" in err and "DataError" in err
     code, _, err = run(["train", data, "-t", "y", "-o", str(tmp_path / "m")], capsys)
     assert code == 1 and "Traceback" not in err
+
+
+def test_every_option_says_what_it_does_and_train_help_shows_the_presets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, command in cli.commands.items():
+        quiet = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
+        assert quiet == [], f"nnreg {name}: options without help text: {quiet}"
+    code, out, _ = run(["train", "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())  # as one line: click wraps help text
+    for shown in (
+        "[seed 0.001; recommended 0.003]",
+        "[seed 20,20; recommended 128,128,128]",
+        "[seed sgd; recommended adamw]",
+        "[seed 500; recommended 128]",
+        "[seed none; recommended standard]",
+    ):
+        assert shown in text

@@ -195,20 +195,46 @@ def model_and_data(*, data_required: bool = True) -> Decorator:
     )
 
 
-epochs = click.option("--epochs", "max_iter", type=int, help="Number of epochs (at least 1).")
+def with_presets(text: str, param: str) -> str:
+    """``text`` with the presets' values of ``param``, as --help shows them."""
+    from ..presets import PRESETS
+
+    def shown(v: object) -> str:
+        if isinstance(v, tuple):
+            return ",".join(map(str, v)) or "none"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    values = [f"{name} {shown(p[param])}" for name, p in PRESETS.items() if param in p]
+    return f"{text} [{'; '.join(values)}]" if values else text
+
+
+epochs = click.option(
+    "--epochs",
+    "max_iter",
+    type=int,
+    help=with_presets("Number of epochs (at least 1).", "max_iter"),
+)
 batch_size = click.option(
     "--batch-size",
     callback=_parse_batch,
-    help="Rows per step (a positive integer), 'auto' or 'full'.",
+    help=with_presets(
+        "Rows per step (a positive integer), 'auto' (the epoch in equal batches of at most "
+        "256 rows) or 'full'.",
+        "batch_size",
+    ),
 )
 
 
-def _choice(flag: str, param: str, module: str, constant: str, help: str | None) -> Decorator:
-    return click.option(flag, param, type=Names(module, constant), help=help)
+def _choice(flag: str, param: str, module: str, constant: str, help: str) -> Decorator:
+    return click.option(flag, param, type=Names(module, constant), help=with_presets(help, param))
+
+
+def _number(flag: str, param: str, kind: type, help: str) -> Decorator:
+    return click.option(flag, param, type=kind, help=with_presets(help, param))
 
 
 def preset(**attrs: Any) -> Decorator:
-    return click.option("--preset", type=Names("nnreg.recipe", "PRESETS", check=True), **attrs)
+    return click.option("--preset", type=Names("nnreg.presets", "PRESETS", check=True), **attrs)
 
 
 def hidden(param: str, help: str, *, multiple: bool = False) -> Decorator:
@@ -217,33 +243,67 @@ def hidden(param: str, help: str, *, multiple: bool = False) -> Decorator:
 
 def estimator_parameters() -> Decorator:
     """The options that set Regressor parameters, each named after its parameter."""
-    option = click.option
+    return compose(_network_options(), _fit_options())
+
+
+def _network_options() -> Decorator:
+    """The network and how it trains."""
     return compose(
         epochs,
-        option("--lr", "learning_rate_init", type=float, help="Learning rate (> 0)."),
-        hidden("hidden_layer_sizes", "Hidden layer sizes, e.g. 20,20."),
-        batch_size,
-        _choice("--optimizer", "optimizer", "nnreg.train", "OPTIMIZERS", None),
-        _choice("--activation", "activation", "nnreg.model", "ACTIVATIONS", None),
-        _choice("--loss", "loss", "nnreg.train", "LOSSES", None),
-        option("--momentum", type=float, help="SGD momentum, in [0, 1)."),
-        option("--weight-decay", type=float, help="Weight decay (>= 0)."),
-        option("--dropout", type=float, help="Dropout rate, in [0, 1)."),
-        _choice(
-            "--schedule", "learning_rate", "nnreg.train", "SCHEDULES", "Learning-rate schedule."
+        _number("--lr", "learning_rate_init", float, "Learning rate (> 0)."),
+        hidden(
+            "hidden_layer_sizes",
+            with_presets("Hidden layer sizes, e.g. 20,20.", "hidden_layer_sizes"),
         ),
+        batch_size,
+        _choice("--optimizer", "optimizer", "nnreg.names", "OPTIMIZERS", "Optimiser."),
+        _choice(
+            "--activation", "activation", "nnreg.names", "ACTIVATIONS", "Hidden layers' activation."
+        ),
+        _choice(
+            "--loss",
+            "loss",
+            "nnreg.names",
+            "LOSSES",
+            "Training loss (huber: squared for errors below 1, absolute beyond).",
+        ),
+        _number("--momentum", "momentum", float, "SGD momentum, in [0, 1)."),
+        _number("--weight-decay", "weight_decay", float, "Weight decay (>= 0)."),
+        _number("--dropout", "dropout", float, "Dropout rate, in [0, 1)."),
+        _choice(
+            "--schedule", "learning_rate", "nnreg.names", "SCHEDULES", "Learning-rate schedule."
+        ),
+    )
+
+
+def _fit_options() -> Decorator:
+    """Stopping, scaling, ensembles, the seed and the device."""
+    option = click.option
+    return compose(
         option(
             "--early-stopping/--no-early-stopping",
             default=None,
-            help="Hold out --validation-fraction of the rows; stop when their loss stalls.",
+            help=with_presets(
+                "Hold out --validation-fraction of the rows; stop when their loss stalls.",
+                "early_stopping",
+            ),
         ),
-        option("--validation-fraction", type=float, help="Share of rows held out, in (0, 1)."),
-        option("--patience", "n_iter_no_change", type=int, help="Epochs without improvement."),
-        _choice("--scaling", "scaling", "nnreg.preprocess", "SCALINGS", None),
+        option(
+            "--validation-fraction", type=float, help="Share of rows held out, in (0, 1) [0.1]."
+        ),
+        option("--patience", "n_iter_no_change", type=int, help="Epochs without improvement [10]."),
+        _choice(
+            "--scaling",
+            "scaling",
+            "nnreg.names",
+            "SCALINGS",
+            "How numeric columns are scaled (robust: median and quartiles, then a smooth clip).",
+        ),
         option(
             "--n-models",
             type=int,
-            help="Train an ensemble of N members at once (mean prediction, calibrated intervals).",
+            help="Train an ensemble of N members at once (mean prediction, calibrated "
+            "intervals) [1].",
         ),
         option(
             "--seed",
@@ -252,5 +312,7 @@ def estimator_parameters() -> Decorator:
             help="Random seed of the weights and batches (and the seed data), in [0, 2**32). "
             "Default 0.",
         ),
-        option("--device", help="Where to train: auto (CUDA if available), cpu, cuda, cuda:N."),
+        option(
+            "--device", help="Where to train: auto (CUDA if available), cpu, cuda, cuda:N [cpu]."
+        ),
     )

@@ -30,6 +30,8 @@ from .tables import (
 )
 
 if TYPE_CHECKING:
+    from ..data import Table
+    from ..estimator import Regressor
     from ..settings import RunSettings
 
 
@@ -169,20 +171,8 @@ def _train_in_memory(
 
     reg = Regressor(**settings.params | {"verbose": 0})  # the CLI prints its own progress
     whole, source, roles = training_table(settings.data, reg.max_categories)
-    run = dict(settings.data)
-    tests = {}
-    if not settings.seed_experiment:
-        run["path"] = str(Path(run["path"]).resolve())
-        run["holdout"] = holdout_share(run, reg, len(whole.features))
-        if "test" in run:  # read before training: a file that does not fit fails at once
-            run["test"] = str(Path(run["test"]).resolve())
-            tests = {Path(run["test"]).name: test_table(Path(run["test"]), run, whole)}
-    run["features"] = whole.feature_names
+    run, tests = _scoring(settings, reg, whole)
     settings = replace(settings, data=run)
-    if run.get("holdout"):  # the table's values are checked whole: errors name its rows
-        from ..preprocess import TablePreprocessor
-
-        TablePreprocessor(missing=reg.missing).fit(whole.features)
     table, held = split_table(whole, run.get("holdout", 0.0), reg.random_state)
     y = target_values(table)
     out = out or default_out("seed" if settings.seed_experiment else Path(run["path"]).stem)
@@ -219,6 +209,25 @@ def _train_in_memory(
         lambda stop: save_model(reg, out, run, table, y, tests=tests),
         log_to=log_to,
     )
+
+
+def _scoring(settings: RunSettings, reg: Regressor, whole: Table) -> tuple[dict[str, Any], Any]:
+    """The run's [data] settings as saved (paths resolved, the held-out share decided, the
+    features listed) and the --test file's rows, read before training (a file that does not
+    fit fails at once). A table to split is checked whole first, so errors name its rows."""
+    run, tests = dict(settings.data), {}
+    if not settings.seed_experiment:
+        run["path"] = str(Path(run["path"]).resolve())
+        run["holdout"] = holdout_share(run, reg, len(whole.features))
+        if "test" in run:
+            run["test"] = str(Path(run["test"]).resolve())
+            tests = {Path(run["test"]).name: test_table(Path(run["test"]), run, whole)}
+    run["features"] = whole.feature_names
+    if run.get("holdout"):
+        from ..preprocess import TablePreprocessor
+
+        TablePreprocessor(missing=reg.missing).fit(whole.features)
+    return run, tests
 
 
 def _train_streamed(
