@@ -55,7 +55,7 @@ def test_an_r_row_name_column_is_left_out_and_a_date_column_read_as_dates(
     assert parts == {
         "origin": "2001-01-31T00:00:00",
         "parts": ["days", "year", "dayofyear", "dayofweek"],
-        "dayfirst": False,
+        "dayfirst": None,  # year-first dates: nothing to decide
     }
     # predict reads the dates from the file as written, and agrees with the estimator
     code, _, err = run(
@@ -244,3 +244,75 @@ def test_a_model_with_a_date_column_serves_dates_sent_as_text(tmp_path: Path) ->
     np.testing.assert_allclose(answer["predictions"], served.reg.predict(X.head(5)), rtol=1e-12)
     with pytest.raises(RequestError, match="'someday' at row 0 is not one"):
         served.answer(json.dumps([{**rows[0], "date": "someday"}]).encode(), {})
+
+
+def test_year_first_text_is_never_read_day_first() -> None:
+    """A column read day first (01.03.2021) still reads 2021-02-05 as the 5th of February,
+    and a year-first column reads a dotted date day first at prediction."""
+    dots = pd.DataFrame({"d": ["13.01.2021", "05.02.2021"]})
+    pre = TablePreprocessor(scaling="none").fit(dots)
+    z = pre.transform(pd.DataFrame({"d": ["05.02.2021", "2021-02-05"]}))
+    np.testing.assert_array_equal(z[0], z[1])
+    iso = TablePreprocessor(scaling="none").fit(pd.DataFrame({"d": ["2021-01-01", "2021-06-01"]}))
+    z = pd.DataFrame(iso.transform(pd.DataFrame({"d": ["03.04.2021"]})), columns=iso.output_names)
+    assert z["d:dayofyear"].item() == 93  # the 3rd of April
+
+
+def test_numbers_given_for_a_date_column_are_refused() -> None:
+    pre = TablePreprocessor().fit(pd.DataFrame({"d": ["2021-01-01", "2021-06-01"]}))
+    with pytest.raises(nnreg.DataError, match="held dates when the model was fitted but now"):
+        pre.transform(pd.DataFrame({"d": [20210301]}))
+
+
+def test_a_date_column_with_a_few_bad_values_is_a_typo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = dated(30, seed=7)
+    frame.loc[5, "date"] = "not a date"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    code, _, err = run(["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK], capsys)
+    assert code == 1 and "holds dates but also 'not a date' at row 6" in err
+    frame.loc[5, "date"] = None  # a missing date names the column, not its derived ones
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    code, _, err = run(["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK], capsys)
+    assert code == 1 and "column 'date' has 1 missing values (first at row 6)" in err
+
+
+def test_conflicting_column_flags_and_a_short_header_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dated(30, seed=8).to_csv(tmp_path / "t.csv", index=False)
+    base = ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK, "-o", str(tmp_path / "m")]
+    for extra, says in (
+        (["--features", "x, nope"], "feature column 'nope' not found"),
+        (["--categorical", "y"], "--categorical names the target, 'y'"),
+        (["--features", "x", "--drop", "x"], "--drop names a feature --features names, 'x'"),
+        (["--drop", "y"], "--drop names the target, 'y'"),
+    ):
+        code, _, err = run([*base, *extra], capsys)
+        assert code == 1 and says in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "s.csv").write_text("x,y\n" + "".join(f"{i},{i / 10},{i}\n" for i in range(20)))
+    code, _, err = run(["train", str(tmp_path / "s.csv"), "-t", "y", *QUICK], capsys)
+    assert code == 1 and "header names 2 columns, but its first row has 3 fields" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_and_evaluate_read_a_file_as_the_model_was_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model's --sep and --na-values apply to the files it predicts, so the --test line
+    equals nnreg evaluate on the same file."""
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame({"x": rng.normal(size=60).round(3), "c": rng.choice(["None", "a"], 60)})
+    frame["y"] = frame["x"] + (frame["c"] == "None")
+    frame.loc[3, "x"] = -999
+    frame.to_csv(tmp_path / "t.csv", index=False, sep="|")
+    args = ["train", str(tmp_path / "t.csv"), "-t", "y", *QUICK, "--impute", "--sep", "|"]
+    args += ["--na-values", "-999", "--test", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m")]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    _, rmse, _, _ = row_scores(out, "t.csv")
+    code, got, err = run(
+        ["evaluate", str(tmp_path / "m"), str(tmp_path / "t.csv"), "--json"], capsys
+    )
+    assert code == 0 and json.loads(got)["rmse"] == pytest.approx(rmse, rel=1e-4)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .dates import is_date, looks_like_dates
+from .dates import is_date, looks_like_dates, stray_value
 from .exceptions import DataError
 from .preprocess import _refuse_stray_text
 
@@ -51,7 +51,19 @@ def read_roles(
     """
     from .data import _require_columns
 
-    _require_columns(list(targets), [str(c) for c in frame.columns], source, what="target")
+    columns = [str(c) for c in frame.columns]
+    _require_columns(list(targets), columns, source, what="target")
+    if features is not None:
+        _require_columns(list(features), columns, source, what="feature")
+    for flag, names, clash in (
+        ("--categorical", categorical, targets),
+        ("--drop", drop, targets),
+        ("--drop", drop, features or ()),
+    ):
+        both = [n for n in names if n in clash]
+        if both:
+            what = "the target" if clash is targets else "a feature --features names"
+            raise DataError(f"{flag} names {what}, {both[0]!r}; name it in one place only.")
     for name in drop:
         if name not in frame.columns:
             raise DataError(f"--drop column {name!r} not found; its columns are: {_cols(frame)}.")
@@ -93,7 +105,7 @@ def id_reason(col: pd.Series) -> str | None:
         return None
     if pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype):
         numbers = pd.to_numeric(values.astype(str), errors="coerce").notna().mean()
-        if looks_like_dates(col) or numbers >= 0.5:
+        if looks_like_dates(col) or stray_value(col) is not None or numbers >= 0.5:
             return None  # one date per row is a time series; numbers are numbers, typos aside
         return "text unique per row"
     return None

@@ -87,9 +87,24 @@ def read_table(
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataFileError(f"cannot read {path} as {kind.upper()}: {detail}") from exc
     _refuse_duplicate_columns(path, kind, frame, sep)
+    if kind != "parquet":
+        _refuse_short_header(path, sep or ("\t" if kind == "tsv" else ","))
     if len(frame) == 0:
         raise DataFileError(f"data file {path} has a header but no rows; it needs at least one.")
     return frame
+
+
+def _refuse_short_header(path: Path, sep: str) -> None:
+    """Refuse a header with fewer fields than the first row: pandas would quietly read the
+    first field of every row as a row index and shift each column onto the next one's name."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        rows = csv.reader(f, delimiter=sep)
+        header, first = next(rows, []), next(rows, [])
+    if len(first) > len(header):
+        raise DataFileError(
+            f"{path}: its header names {len(header)} columns, but its first row has "
+            f"{len(first)} fields; give every column a name."
+        )
 
 
 DELIMITERS = ",;\t|"
@@ -224,6 +239,6 @@ def _numeric_targets(frame: pd.DataFrame, names: list[str], source: str) -> np.n
         count = int((~finite[:, col]).sum())
         raise DataError(
             f"target column {names[col]!r} in {source} has {count} {kind} (first at row "
-            f"{row}); drop those rows before training."
+            f"{row}); drop those rows."
         )
     return block

@@ -4,8 +4,9 @@ A date column is a datetime64 column, or text whose every value is a calendar da
 (``2021-03-01``, ``2021/3/1``, ``01.03.2021``, ``3/1/2021``, with or without a time); a
 pandas ``category`` column stays categorical. Whether ``01.03.2021`` is the 1st of March or
 the 3rd of January is decided once, in fit, from the column's values (a first field above 12
-means day first; otherwise ``.`` and ``-`` dates are read day first and ``/`` dates month
-first), and kept, so that prediction reads a single row the same way.
+means day first, a second field above 12 month first; when neither says, ``.`` and ``-``
+dates are read day first and ``/`` dates month first), and kept, so that prediction reads a
+single row the same way. Year-first text (``2021-03-01``) is never read day first.
 
 A date column becomes a few numbers the network can use: the days since the first date seen
 in fit (the trend), the year, the day of the year and the day of the week (season and week),
@@ -33,6 +34,7 @@ __all__ = [
     "is_date",
     "looks_like_dates",
     "parse",
+    "stray_value",
 ]
 
 DATE_PARTS = ("days", "year", "dayofyear", "dayofweek")  # and "hour" for datetimes
@@ -69,29 +71,76 @@ def looks_like_dates(col: pd.Series) -> bool:
 _DAY_MONTH = re.compile(r"^\s*(\d{1,2})([-/.])(\d{1,2})[-/.]\d{4}")
 
 
-def day_first(values: pd.Series) -> bool:
-    """Whether the dates of ``values`` (text) put the day before the month."""
+def day_first(values: pd.Series) -> bool | None:
+    """Whether the day-month-year dates among ``values`` (text) put the day first: True
+    when a first field is above 12, False when a second one is, None when they do not say
+    (then ``/`` dates are read month first, ``.`` and ``-`` dates day first)."""
     parts = values.astype(str).str.extract(_DAY_MONTH).dropna()
     if parts.empty:
-        return False  # year first: no question
+        return None
     first, second = parts[0].astype(int), parts[2].astype(int)
     if (first > 12).any():
         return True
     if (second > 12).any():
         return False
-    return bool(parts[1].iloc[0] != "/")
+    return None
 
 
-def parse(col: pd.Series, name: str, first_row: int = 0, dayfirst: bool = False) -> pd.Series:
-    """``col`` as timezone-naive datetime64 (UTC for zoned values); text that is not a date
-    is a :class:`DataError` naming the column and the row."""
+def stray_value(col: pd.Series) -> tuple[object, int] | None:
+    """(the first value that is not a date, its position) for text that is dates but for a
+    few values (at most 10% of at least 5): a typo, not a categorical column."""
+    if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+        return None
+    values = col.dropna()
+    if len(values) < 5 or not all(isinstance(v, str) for v in values):
+        return None
+    dates = values.str.match(_DATE_TEXT).to_numpy()
+    if dates.all() or dates.mean() < 0.9:
+        return None
+    text = values.astype(object)
+    parsed = _to_datetime(text, day_first(text[dates])).notna().to_numpy() & dates
+    if parsed.mean() < 0.9 or parsed.all():
+        return None
+    at = int(np.flatnonzero(~parsed)[0])
+    return values.iloc[at], int(np.flatnonzero(col.notna().to_numpy())[at])
+
+
+def _to_datetime(text: pd.Series, dayfirst: bool | None) -> pd.Series:
+    """Dates of ``text`` (NaT where a value is not one): year-first text as it is, and
+    day-month-year text day first as ``dayfirst`` says (None: by its separator)."""
+    text = text.astype(object)
+    shown = text.astype(str)
+    dmy = shown.str.match(_DAY_MONTH).to_numpy() & text.notna().to_numpy()
+    slash = shown.str.match(r"^\s*\d{1,2}/").to_numpy()
+    groups = [(~dmy, False)]
+    if dayfirst is None:
+        groups += [(dmy & slash, False), (dmy & ~slash, True)]
+    else:
+        groups += [(dmy, dayfirst)]
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    for rows, first in groups:
+        if rows.any():
+            part = pd.to_datetime(
+                text[rows], format="mixed", dayfirst=first, utc=True, errors="coerce"
+            )
+            out[rows] = part.astype(out.dtype)
+    return out
+
+
+def parse(col: pd.Series, name: str, first_row: int = 0, dayfirst: bool | None = None) -> pd.Series:
+    """``col`` as timezone-naive datetime64 (UTC for zoned values); text that is not a date,
+    or numbers, are a :class:`DataError` naming the column (and the row)."""
     if is_date(col):
         out = col
+    elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+        raise DataError(
+            f"column {name!r} held dates when the model was fitted but now holds numbers "
+            f"(e.g. {col.dropna().iloc[0] if col.notna().any() else None}); give it dates, "
+            "such as 2021-03-01."
+        )
     else:
         try:
-            out = pd.to_datetime(
-                col.astype(object), format="mixed", dayfirst=dayfirst, utc=True, errors="coerce"
-            )
+            out = _to_datetime(col, dayfirst)
         except (ValueError, TypeError, OverflowError) as exc:
             raise DataError(f"column {name!r} should hold dates: {exc}.") from exc
         bad = out.isna().to_numpy() & col.notna().to_numpy()
@@ -125,7 +174,7 @@ def expand_dates(
         if name not in dates:
             parts[name] = frame[name]
             continue
-        when = parse(frame[name], name, first_row, dates[name].get("dayfirst", False))
+        when = parse(frame[name], name, first_row, dates[name].get("dayfirst"))
         origin = pd.Timestamp(dates[name]["origin"])
         derived = {
             "days": (when - origin) / pd.Timedelta(days=1),
@@ -144,7 +193,7 @@ def fit_dates(frame: pd.DataFrame, names: list[str]) -> dict[str, dict[str, Any]
     out = {}
     for name in names:
         text = not is_date(frame[name])
-        dayfirst = day_first(frame[name].dropna()) if text else False
+        dayfirst = day_first(frame[name].dropna()) if text else None
         when = parse(frame[name], name, dayfirst=dayfirst)
         first = when.min()
         if pd.isna(first):

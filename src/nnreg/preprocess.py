@@ -249,6 +249,11 @@ class TablePreprocessor:
             names += [f"{c}={v}" for v in self.categories[c]]
         return names
 
+    def _shown(self, name: str) -> str:
+        """The input column behind ``name`` (a date column for its derived columns)."""
+        raw = name.rsplit(":", 1)[0]
+        return raw if ":" in name and raw in self.dates else name
+
     def _numeric_block(
         self, frame: pd.DataFrame, first_row: int = 0, fitted: bool = False
     ) -> np.ndarray:
@@ -267,7 +272,7 @@ class TablePreprocessor:
         if np.isinf(block).any():
             row, col = map(int, np.argwhere(np.isinf(block))[0])
             raise DataError(
-                f"column {self.numeric[col]!r} has infinite values (first at row "
+                f"column {self._shown(self.numeric[col])!r} has infinite values (first at row "
                 f"{first_row + row}); "
                 "replace or drop them."
             )
@@ -276,8 +281,8 @@ class TablePreprocessor:
             count = int(np.isnan(block[:, col]).sum())
             where = "" if first_row == 0 else f" in rows from {first_row}"
             raise DataError(
-                f"column {self.numeric[col]!r} has {count} missing values{where} (first at row "
-                f"{first_row + row}); "
+                f"column {self._shown(self.numeric[col])!r} has {count} missing values{where} "
+                f"(first at row {first_row + row}); "
                 + _fill_hint(fitted, "fill them with the median and add a missing-indicator column")
             )
         return block
@@ -366,7 +371,7 @@ def _valid_dates(dates: Any, numeric: list[str]) -> bool:
     for name, spec in dates.items():
         if not (isinstance(spec, dict) and set(spec) == {"origin", "parts", "dayfirst"}):
             return False
-        if not isinstance(spec["dayfirst"], bool):
+        if not isinstance(spec["dayfirst"], (bool, type(None))):
             return False
         parts = spec["parts"]
         if not (isinstance(parts, list) and set(parts) <= {*DATE_PARTS, "hour"} and parts):
@@ -412,6 +417,15 @@ def _refuse_stray_text(col: pd.Series) -> None:
         return
     values, text, example, row = _count_text(col)
     _check_stray_text(str(col.name), values, text, example, row)
+    from .dates import stray_value
+
+    stray = stray_value(col)
+    if stray is not None:
+        raise DataError(
+            f"column {str(col.name)!r} holds dates but also {stray[0]!r} at row {stray[1]}, "
+            "which is not one; fix it or leave it empty, or make it categorical on purpose by "
+            "storing it as pandas 'category' dtype."
+        )
 
 
 def _count_text(col: pd.Series) -> tuple[int, int, Any, int]:

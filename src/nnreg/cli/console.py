@@ -64,7 +64,7 @@ class Report:
     def columns(self, roles: Any, train_rows: int, held: Any) -> None:
         """How the table's columns are read, and which rows train and which are held out (a
         file's table: the summary then scores them all)."""
-        self.train_rows = train_rows
+        self.train_rows, self.held_by_cli = train_rows, held is not None
         if not self.show:
             return
         self.out.print(roles_table(roles))
@@ -183,16 +183,19 @@ class Report:
             f"are epoch {reg.best_epoch_}'s ({which})",
             markup=False,
         )
-        rows = {"training rows": metrics | {"rows": float(self.train_rows)}}
         held = getattr(reg, "validation_metrics_", None)
+        # The fit's own held-out rows (early stopping, calibration) are among DATA's rows.
+        first = "training rows" if held is None or self.held_by_cli else "all rows of DATA"
+        rows = {first: metrics | {"rows": float(self.train_rows)}}
         if held is not None:
             rows["held-out rows"] = held
         rows |= tests
         self.out.print(scores_table(rows, ", ".join(self.targets)))
         if held is None and not tests:
+            small = " (a table under 10 rows is not split)" if self.train_rows < 10 else ""
             self.out.print(
-                "(training rows only: they flatter the model; --test FILE or --holdout 0.2 "
-                "scores rows it did not train on)",
+                f"(training rows only{small}: they flatter the model; --test FILE or "
+                "--holdout SHARE scores rows it did not train on)",
                 markup=False,
             )
         self.out.print(f"model folder: {out}", markup=False)

@@ -162,12 +162,19 @@ def data_settings(data: Path | None, given: dict[str, Any]) -> dict[str, Any]:
     return {"path": data} | {k: given.pop(k) for k in DATA_OPTIONS if k in given}
 
 
+def _delimiter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``tab`` and ``\\t`` as a tab, so that no shell quoting is needed for one."""
+    return "\t" if value in ("tab", "\\t") else value
+
+
 def dialect() -> Decorator:
     """--sep and --na-values: how a text file is read."""
     return compose(
         click.option(
             "--sep",
-            help="Field delimiter of a text file (default: sniffed from its first lines).",
+            callback=_delimiter,
+            help="Field delimiter of a text file, e.g. ';' or tab (default: sniffed from its "
+            "first lines).",
         ),
         click.option(
             "--na-values",

@@ -11,7 +11,7 @@ import click
 
 from . import options
 from .console import to_json
-from .tables import feature_names, model_and_table, target_values
+from .tables import feature_names, model_and_table, read_data, target_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,12 +99,12 @@ def _prediction_frame(
     of the model in ``model_dir`` (and their bounds, with ``interval``)."""
     import pandas as pd
 
-    from ..data import read_table, table_from_frame
+    from ..data import table_from_frame
     from ..estimator import load
     from ..exceptions import DataError
 
     reg = load(model_dir, history=False)
-    source, targets = read_table(data), reg.model_info_["targets"]
+    source, targets = read_data(model_dir, data), reg.model_info_["targets"]
     names = [f"{t}_{end}" for t in targets for end in ("pred", "lower", "upper")]
     for name in kept:
         if name not in source.columns:

@@ -75,17 +75,53 @@ def model_and_table(
 ) -> tuple[Regressor, Table]:
     """The model in ``model_dir`` (its training history only if asked for: predicting does
     not read it), and ``data``'s columns that it was trained on."""
-    from ..data import read_table, table_from_frame
+    from ..data import table_from_frame
     from ..estimator import load
 
     reg = load(model_dir, history=history)
-    frame = read_table(data)
+    frame = read_data(model_dir, data)
     return reg, table_from_frame(
         frame,
         target=reg.model_info_["targets"] if with_target else None,
         features=feature_names(reg),
         source=str(data),
     )
+
+
+def read_data(model_dir: Path, data: Path) -> Any:
+    """``data`` read the way the model's training data was: with the delimiter and the
+    missing-value texts its config.toml records (a delimiter not given is sniffed)."""
+    return read_file(data, model_dialect(model_dir))
+
+
+def model_dialect(model_dir: Path) -> dict[str, Any]:
+    """``sep`` and ``na_values`` of a model folder's config.toml ``[data]`` table (read like
+    every file of the folder: no link followed, bounded), or none."""
+    import sys
+
+    from ..exceptions import ModelFileError
+    from ..reading import MAX_TEXT_BYTES
+    from ..reading import read_file as read_bytes
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    path = model_dir / "config.toml"
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        table = tomllib.loads(read_bytes(path, MAX_TEXT_BYTES).decode("utf-8")).get("data", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{path} is not valid TOML ({exc}); the folder is corrupt.") from exc
+    found = {k: table[k] for k in ("sep", "na_values") if k in table}
+    ok = isinstance(found.get("sep", ""), str) and all(
+        isinstance(v, str) for v in found.get("na_values", [])
+    )
+    if not ok or not isinstance(found.get("na_values", []), list):
+        raise ModelFileError(f"{path}: its sep or na_values are not what nnreg writes.")
+    return found
 
 
 def feature_names(reg: Regressor) -> list[str]:
