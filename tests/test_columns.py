@@ -127,7 +127,7 @@ def test_ids_are_unique_per_row_and_real_features_are_not() -> None:
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "y": np.arange(n) * 1.0})
     with pytest.raises(nnreg.DataError, match="looks like an id"):
         read_roles(frame, ["y"], None)
-    _, feats, roles = read_roles(frame, ["y"], ["id"])  # named by the user: used
+    feats, roles = read_roles(frame, ["y"], ["id"])  # named by the user: used
     assert feats == ["id"] and roles[0].role == "categorical"
 
 

@@ -4,8 +4,8 @@ Each column gets a role: the target, a numeric, categorical or date feature, an 
 unique per row or a row number, such as the unnamed first column R writes), or dropped (by
 ``--drop``). Text whose every value is a calendar date is read as dates. A categorical
 column with more distinct values than the model one-hot encodes is reported as capped.
-Nothing is guessed silently: :func:`role_rows` is the table the run header and
-``nnreg info`` print.
+Nothing is guessed silently: the roles are the table the run header prints, and
+:func:`saved_roles` the one ``nnreg info`` prints.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .dates import is_date, looks_like_dates, stray_value
+from .data import _require_columns
+from .dates import is_date, is_text, looks_like_dates, stray_value
 from .exceptions import DataError
 from .preprocess import _refuse_stray_text
 
@@ -43,14 +44,12 @@ def read_roles(
     drop: Sequence[str] = (),
     max_categories: int = 32,
     source: str = "the data",
-) -> tuple[pd.DataFrame, list[str], list[Role]]:
-    """(``frame`` with date text read as dates, the feature columns, every column's role).
+) -> tuple[list[str], list[Role]]:
+    """(the feature columns, every column's role).
 
     Without ``features``, every column but the targets, the ``drop`` columns and id-like
     columns is a feature; given ``features`` are used as they are (no id is left out).
     """
-    from .data import _require_columns
-
     columns = [str(c) for c in frame.columns]
     _require_columns(list(targets), columns, source, what="target")
     if features is not None:
@@ -64,9 +63,7 @@ def read_roles(
         if both:
             what = "the target" if clash is targets else "a feature --features names"
             raise DataError(f"{flag} names {what}, {both[0]!r}; name it in one place only.")
-    for name in drop:
-        if name not in frame.columns:
-            raise DataError(f"--drop column {name!r} not found; its columns are: {_cols(frame)}.")
+    _require_columns(list(drop), columns, source, what="--drop")
     given = features is not None
     roles: dict[str, Role] = {t: Role(t, "target") for t in targets}
     for name in drop:
@@ -79,7 +76,7 @@ def read_roles(
             roles[name] = Role(name, "id", f"{why}: left out")
             continue
         feats.append(name)
-        if name not in categorical and _is_text(frame[name]):
+        if name not in categorical and is_text(frame[name]):
             _refuse_stray_text(frame[name])  # on every row, held-out ones included
         roles[name] = _feature_role(frame[name], name in categorical, max_categories)
     ids = [r.name for r in roles.values() if r.role == "id"]
@@ -89,7 +86,7 @@ def read_roles(
             "features with --features."
         )
     order = {c: i for i, c in enumerate(frame.columns)}
-    return frame, feats, sorted(roles.values(), key=lambda r: order.get(r.name, len(order)))
+    return feats, sorted(roles.values(), key=lambda r: order.get(r.name, len(order)))
 
 
 def id_reason(col: pd.Series) -> str | None:
@@ -103,7 +100,7 @@ def id_reason(col: pd.Series) -> str | None:
         if start in (0, 1) and values.tolist() == list(range(start, start + n)):
             return "row numbers" + (", unnamed" if ROW_NAME.match(str(col.name)) else "")
         return None
-    if pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype):
+    if is_text(col):
         numbers = pd.to_numeric(values.astype(str), errors="coerce").notna().mean()
         if looks_like_dates(col) or stray_value(col) is not None or numbers >= 0.5:
             return None  # one date per row is a time series; numbers are numbers, typos aside
@@ -143,12 +140,3 @@ def saved_roles(meta: dict) -> list[Role]:
         else:
             roles.append(Role(name, "numeric", f"{f['dtype']}"))
     return roles + [Role(t, "target") for t in meta["targets"]]
-
-
-def _is_text(col: pd.Series) -> bool:
-    return bool(pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype))
-
-
-def _cols(frame: pd.DataFrame) -> str:
-    names = [str(c) for c in frame.columns]
-    return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")

@@ -32,6 +32,7 @@ __all__ = [
     "expand_dates",
     "fit_dates",
     "is_date",
+    "is_text",
     "looks_like_dates",
     "parse",
     "stray_value",
@@ -51,9 +52,14 @@ def is_date(col: pd.Series) -> bool:
     return bool(pd.api.types.is_datetime64_any_dtype(col.dtype))
 
 
+def is_text(col: pd.Series) -> bool:
+    """A column of objects or strings (as a CSV's text columns are read)."""
+    return bool(pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype))
+
+
 def looks_like_dates(col: pd.Series) -> bool:
     """Text whose every non-missing value is a calendar date (at least one value)."""
-    if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+    if not is_text(col):
         return False
     values = col.dropna()
     first = values.iloc[0] if len(values) else None
@@ -89,7 +95,7 @@ def day_first(values: pd.Series) -> bool | None:
 def stray_value(col: pd.Series) -> tuple[object, int] | None:
     """(the first value that is not a date, its position) for text that is dates but for a
     few values (at most 10% of at least 5): a typo, not a categorical column."""
-    if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+    if not is_text(col):
         return None
     values = col.dropna()
     if len(values) < 5 or not all(isinstance(v, str) for v in values):

@@ -33,7 +33,7 @@ def training_table(data: dict[str, Any], max_categories: int = 32) -> tuple[Tabl
     if "target" not in data:
         raise click.UsageError("DATA needs --target COLUMN (the column to predict).")
     categorical = data.get("categorical") or []
-    frame, feats, roles = read_roles(
+    feats, roles = read_roles(
         frame,
         data["target"],
         data.get("features"),
@@ -167,13 +167,9 @@ def split_table(whole: Table, share: float, seed: Any) -> tuple[Table, Table | N
 
 def test_table(path: Path, run: dict[str, Any], like: Table) -> Table:
     """The --test file's rows, with the training table's columns (read the same way)."""
-    from ..data import table_from_frame
-
     frame = read_file(path, run)
-    for name in run.get("categorical") or []:
-        if name in frame.columns:
-            frame = frame.assign(**{name: frame[name].astype(str).astype("category")})
-    return table_from_frame(frame, like.target_names, like.feature_names, source=str(path))
+    categorical = [c for c in run.get("categorical") or [] if c in frame.columns]
+    return table(frame, like.target_names, like.feature_names, str(path), categorical)
 
 
 def score(reg: Regressor, table: Table) -> dict[str, float]:
