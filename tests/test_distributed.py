@@ -286,11 +286,9 @@ def test_torchrun_across_two_nodes_on_loopback(table_csv: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_nproc_errors_are_one_line(table_csv: Path, tmp_path: Path) -> None:
+    """Every process fails on the bad setting; rank 0 alone says so."""
     result = subprocess.run(
-        [
-            sys.executable,
-            *_train_command(table_csv, tmp_path / "m", "--nproc", "2", "--n-models", "2"),
-        ],
+        [sys.executable, *_train_command(table_csv, tmp_path / "m", "--nproc", "2", "--lr", "-1")],
         env=_env(),
         capture_output=True,
         text=True,
@@ -298,8 +296,8 @@ def test_nproc_errors_are_one_line(table_csv: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: ensembles (--n-models above 1) are not available in distributed runs; train "
-        "them in one process, where the members already train as one batched computation."
+        "error: invalid Regressor settings: --lr/learning_rate_init must be a finite number "
+        "> 0, got -1.0."
     ]
     assert not (tmp_path / "m").exists()
 

@@ -27,7 +27,7 @@ from .engine import FastMLP, FlatOptimizer
 __all__ = ["ELEMENTWISE", "MEAN", "AutogradBackend", "FastBackend", "StepBackend", "loss_function"]
 
 Average = Callable[[torch.Tensor], None]  # replaces a gradient by its mean over processes
-LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (prediction, target, weight, total=None) -> 0-d
 Weights = Any  # a backend's snapshot of the weights: a flat tensor, or a state dict
 
 
@@ -56,9 +56,15 @@ class StepBackend(Protocol):
         ...
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None, average: Average | None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor | None,
+        average: Average | None,
+        total: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, float]:
-        """One update; the batch loss (0-d) and the factor that makes it the batch's mean."""
+        """One update; the batch loss (0-d) and the factor that makes it the batch's mean.
+        Weights ``wb`` are normalised by their sum, or by ``total`` when given."""
         ...
 
     def set_lr(self, lr: float) -> None: ...
@@ -129,9 +135,14 @@ class FastBackend:
         return step
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None, average: Average | None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor | None,
+        average: Average | None,
+        total: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, float]:
-        batch = self.net.prepare(xb, yb, wb)
+        batch = self.net.prepare(xb, yb, wb, total=total)
         loss = self.net.loss_and_grad(batch)
         if average is not None:
             average(self.net.grads)  # one flat buffer: one all-reduce
@@ -179,14 +190,20 @@ class FastBackend:
 
 
 def loss_function(name: str) -> LossFn:
-    """Per-batch loss ``f(prediction, target, weight)``, a scalar; weights are per row."""
+    """Per-batch loss ``f(prediction, target, weight, total=None)``, a scalar; weights are
+    per row, normalised by their sum or by ``total``."""
     elementwise, plain = ELEMENTWISE[name], MEAN[name]
 
-    def loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    def loss(
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        total: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if weight is None:
             return plain(pred, target)
         per_row = elementwise(pred, target).mean(dim=1)  # (batch,)
-        return (per_row * weight).sum() / weight.sum()
+        return (per_row * weight).sum() / (weight.sum() if total is None else total.reshape(()))
 
     return loss
 
@@ -228,10 +245,15 @@ class AutogradBackend:
         return None
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None, average: Average | None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor | None,
+        average: Average | None,
+        total: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, float]:
         pred = self.model(xb)  # (batch, outputs)
-        loss = self.loss_fn(pred, yb, wb)
+        loss = self.loss_fn(pred, yb, wb, total)
         self.optimizer.zero_grad()
         loss.backward()
         if average is not None:

@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .exceptions import DataError, ModelFileError
+from .exceptions import ConfigError, DataError, ModelFileError
 from .outputs import write_file_atomic
 from .reading import read_file, read_json, safetensors_header
 
 __all__ = [
     "CHECKPOINT",
     "FORMAT",
+    "check_fingerprint",
+    "check_processes",
     "fingerprint",
     "is_checkpoint",
     "load_checkpoint",
@@ -129,11 +131,31 @@ def load_checkpoint(
             f"{path} does not match the SHA-256 recorded in it: the checkpoint was changed or "
             "damaged; start the run anew."
         )
+    check_fingerprint(path, meta, expected_fingerprint)
+    return tensors, meta
+
+
+def check_fingerprint(path: str | Path, meta: dict[str, Any], expected: str | None) -> None:
+    """Refuse a checkpoint made from other data or settings than ``expected`` describes."""
     found = meta.get("fingerprint")
-    if expected_fingerprint is not None and found is not None and found != expected_fingerprint:
+    if expected is not None and found is not None and found != expected:
         raise DataError(
             f"{path} was made from other data or settings than this run has (the training "
             "rows, their preprocessing or the network differ); resume with the same data and "
             "settings, or start a new run."
         )
-    return tensors, meta
+
+
+def check_processes(path: str | Path, meta: dict[str, Any], processes: int) -> None:
+    """Refuse to resume with another number of processes than the checkpoint's run had:
+    which rows each process trains on, and so every step, depends on it."""
+    saved = int(meta.get("processes", 1))
+    if saved == processes:
+        return
+    how = "in one process (without --nproc)" if saved == 1 else f"with {saved} processes"
+    launcher = "" if saved == 1 else f" (--nproc {saved}, or torchrun with {saved} in all)"
+    raise ConfigError(
+        f"{path} was written by a run of {saved} process{'es' if saved > 1 else ''} and this "
+        f"one has {processes}; resume it {how}{launcher}: the rows each process trains on "
+        "depend on their number."
+    )

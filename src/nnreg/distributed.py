@@ -20,26 +20,42 @@ That is the data-parallel step of ``torch.nn.parallel.DistributedDataParallel``,
 :class:`TorchSync` through the trainer's :class:`~nnreg.train.GradientSync` hook: the fast
 engine keeps all gradients in one flat buffer, so each step is a single all-reduce of that
 buffer; the autograd engine all-reduces each parameter's gradient. Only rank 0 writes files.
+
+The same hook carries the rest of what runs on one process: sample weights (each step's loss
+is normalised by the global batch's weight sum, see :meth:`TorchSync.weight_total`),
+ensembles (every rank holds every member and its shard of the rows; the members' ``(K, P)``
+gradient is one all-reduce), and checkpoints (rank 0 writes them with every rank's random
+state, :meth:`Group.gather`; a resumed run must have the same number of processes). A sweep
+splits its configurations across the ranks instead (:mod:`nnreg.sweep`).
+
+When a process of the run dies, the others' next collective fails: they raise
+:class:`~nnreg.exceptions.ProcessGroupError`. Under ``--nproc`` (:func:`launch`) they exit
+quietly with :data:`PEER_STOPPED_EXIT` and the launcher prints the one line that names the
+rank that stopped first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .device import local_rank, resolve_device
-from .exceptions import ConfigError, DataError, NnregError
+from .exceptions import ConfigError, DataError, NnregError, ProcessGroupError
 
 __all__ = [
+    "LAUNCHER_ENV",
+    "PEER_STOPPED_EXIT",
     "Group",
     "TorchSync",
     "current",
@@ -49,8 +65,36 @@ __all__ = [
     "leave",
     "local_rank",
     "on_rank0",
-    "refuse_unsupported",
+    "under_launcher",
 ]
+
+# Set for the processes that :func:`launch` starts; a process whose collective failed because
+# another one stopped then exits quietly with PEER_STOPPED_EXIT, and the launcher, which
+# knows which process stopped first, says so in one line.
+LAUNCHER_ENV = "NNREG_LAUNCHER"
+PEER_STOPPED_EXIT = 75  # EX_TEMPFAIL: a temporary failure, to be retried (or resumed)
+T = TypeVar("T")
+
+
+def under_launcher() -> bool:
+    """True in a process that ``nnreg ... --nproc N`` started."""
+    return os.environ.get(LAUNCHER_ENV) == "1"
+
+
+@contextmanager
+def _collective() -> Iterator[None]:
+    """Turn the failure of a collective (another process died, or the network went) into
+    one :class:`ProcessGroupError`."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo and NCCL raise RuntimeError (DistBackendError, ...)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail.split("] ", 1)[-1].split(". This is typically")[0]
+        raise ProcessGroupError(
+            f"another process of this distributed run stopped, so this one cannot go on "
+            f"({detail}); every process ends here. Start the run again, or continue it from "
+            "its last checkpoint with --resume if it wrote one."
+        ) from exc
 
 
 def launched() -> bool:
@@ -79,14 +123,36 @@ class Group:
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value``, on every rank."""
         t = torch.tensor([value], dtype=torch.int64, device=_collective_device())
-        dist.broadcast(t, src=0)
+        with _collective():
+            dist.broadcast(t, src=0)
         return int(t.item())
+
+    def broadcast_(self, tensor: torch.Tensor) -> None:
+        """Overwrite ``tensor`` on every rank with rank 0's."""
+        with _collective():
+            dist.broadcast(tensor, src=0)
 
     def broadcast_parameters_(self, module: nn.Module) -> None:
         """Overwrite every rank's parameters with rank 0's (they already agree when seeded)."""
         with torch.no_grad():
             for p in module.parameters():
-                dist.broadcast(p.data, src=0)
+                self.broadcast_(p.data)
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (of one shape and dtype on all ranks), in rank order, on
+        every rank."""
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        with _collective():
+            dist.all_gather(parts, tensor.contiguous())
+        return parts
+
+    def gather_objects(self, value: T) -> list[T]:
+        """Every rank's ``value`` (plain data: numbers, lists, arrays, CPU tensors), in rank
+        order, on every rank. The values travel between this run's own processes only."""
+        parts: list[Any] = [None] * self.world_size
+        with _collective():
+            dist.all_gather_object(parts, value)
+        return parts
 
 
 def current() -> Group | None:
@@ -104,11 +170,21 @@ class TorchSync:
         self.world_size = group.world_size
 
     def average_(self, tensor: torch.Tensor) -> None:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with _collective():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(self.world_size)
 
     def sum_(self, tensor: torch.Tensor) -> None:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with _collective():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+    def weight_total(self, weights: torch.Tensor) -> torch.Tensor:
+        """What each process divides its step's weighted loss by: the global batch's weight
+        sum over the number of processes (per member, for (K, rows) weights: (K, 1)). Then
+        the averaged gradient is that of the loss normalised by the global sum."""
+        total = weights.sum(dim=-1, keepdim=True)  # (1,) or (K, 1)
+        self.average_(total)
+        return total
 
 
 def join(device: str) -> Group | None:
@@ -157,29 +233,9 @@ def on_rank0(group: Group | None, write: Callable[[], Any]) -> None:
                 ok.zero_()
                 raise
     finally:
-        dist.broadcast(ok, src=0)
+        group.broadcast_(ok)
     if not int(ok.item()):
         raise NnregError("rank 0 could not write the model folder; see its message.")
-
-
-def refuse_unsupported(
-    group: Group, *, sample_weight: bool, n_models: int, checkpoint: bool
-) -> None:
-    """One clear error for what data-parallel training does not cover."""
-    if sample_weight:
-        raise ConfigError(
-            "sample_weight is not available in distributed runs; train in one process."
-        )
-    if n_models > 1:
-        raise ConfigError(
-            "ensembles (n_models > 1) are not available in distributed runs; train them in one "
-            "process, where the members already train as one batched computation."
-        )
-    if checkpoint:
-        raise ConfigError(
-            "checkpoints and resuming are not available in distributed runs; train in one "
-            "process to use them."
-        )
 
 
 def launch(nproc: int, args: list[str]) -> int:
@@ -212,23 +268,61 @@ def launch(nproc: int, args: list[str]) -> int:
         monitor_interval=0.1,
         start_method="spawn",
     )
+    os.environ[LAUNCHER_ENV] = "1"
     try:
         elastic_launch(config, sys.executable)("-m", "nnreg", *args)
     except ChildFailedError as exc:
-        rank0 = exc.failures.get(0)
-        if rank0 is not None and rank0.exitcode > 0:
-            return int(rank0.exitcode)  # rank 0 failed on its own and printed why
-        rank, failure = exc.get_first_failure()
-        print(
-            f"error: the process of rank {rank} stopped with exit code "
-            f"{_exit_code(failure.exitcode)}; rerun with --debug to see every process's "
-            "messages.",
-            file=sys.stderr,
-        )
-        return _exit_code(failure.exitcode) or 1
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        if codes.get(0, 0) > 0 and codes[0] != PEER_STOPPED_EXIT:
+            return int(codes[0])  # rank 0 failed on its own and printed why
+        rank = _first_to_stop(codes)
+        code = _exit_code(codes[rank])
+        print(_stopped_message(rank, codes[rank], args), file=sys.stderr)
+        return code or 1
     except SignalException as exc:
         return 128 + int(exc.sigval)
+    finally:
+        os.environ.pop(LAUNCHER_ENV, None)
     return 0
+
+
+def _first_to_stop(codes: dict[int, int]) -> int:
+    """The rank whose end made the others fail: not one that ended because another had
+    (PEER_STOPPED_EXIT), and, where there is a choice, not one the launcher ended with
+    SIGTERM after the first failure; the lowest such rank."""
+    causes = [r for r, c in codes.items() if c != PEER_STOPPED_EXIT] or list(codes)
+    first = [r for r in causes if codes[r] != -signal.SIGTERM] or causes
+    return min(first)
+
+
+def _stopped_message(rank: int, status: int, args: list[str]) -> str:
+    """One line naming the process that stopped, and how to go on."""
+    how = f"exit code {_exit_code(status)}"
+    if status < 0:
+        with suppress(ValueError):
+            how += f", {signal.Signals(-status).name}"
+    resumable = any(a.startswith(("--checkpoint-every", "--resume")) for a in args)
+    folder = _option(args, "--resume") or _option(args, "--out", "-o") or "OUT"
+    then = (
+        f"continue the run from its last checkpoint with --resume {folder}"
+        if resumable
+        else "rerun with --debug to see every process's messages"
+    )
+    return (
+        f"error: the process of rank {rank} stopped ({how}) and every process of the run "
+        f"ended; {then}."
+    )
+
+
+def _option(args: list[str], *names: str) -> str | None:
+    """The value given to the option ``names`` on the command line ``args``, if any."""
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg[len(name) + 1 :]
+    return None
 
 
 def _exit_code(code: int) -> int:

@@ -23,7 +23,7 @@ from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
 from .model import MLP
 from .schedule import Schedule, check_finite
-from .train import ELEMENTWISE, EVAL_CHUNK, History, TrainConfig, Validation
+from .train import ELEMENTWISE, EVAL_CHUNK, GradientSync, History, TrainConfig, Validation
 
 __all__ = ["ConformalCalibrator", "EnsembleTrainer"]
 
@@ -55,6 +55,9 @@ class EnsembleTrainer:
     reported : int, optional
         How many leading members the history's mean losses cover (default: all); the others
         train alongside for another purpose, such as scoring calibration rows.
+    dropout_share : (int, int), optional
+        ``(first, total)``: these members are members ``first`` onwards of ``total`` trained
+        as one batch elsewhere, and draw the dropout masks they would draw there.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class EnsembleTrainer:
         weight_decay: Sequence[float] | None = None,
         dropout_seed: int = 0,
         reported: int | None = None,
+        dropout_share: tuple[int, int] | None = None,
     ) -> None:
         model_config = members[0].config
         if not supports(members[0], model_config.activation, config.loss, config.optimizer):
@@ -83,7 +87,12 @@ class EnsembleTrainer:
         generator = torch.Generator(device=device)
         generator.manual_seed(dropout_seed)
         self.net = BatchedMLP(
-            members, model_config.activation, config.loss, model_config.dropout, generator
+            members,
+            model_config.activation,
+            config.loss,
+            model_config.dropout,
+            generator,
+            dropout_share,
         )
         like = self.net.params
         lrs = torch.tensor(lr if lr is not None else [config.lr] * self.K, dtype=like.dtype)
@@ -107,6 +116,9 @@ class EnsembleTrainer:
         self.history = History()
         self.record = MemberRecord()
         self.stop: threading.Event | None = None  # set from outside (a signal): stop soon
+        # Set for distributed runs: every process holds every member and its shard of the
+        # rows; gradients and losses are averaged across processes (nnreg.distributed).
+        self.sync: GradientSync | None = None
 
     def run(
         self,
@@ -158,24 +170,44 @@ class EnsembleTrainer:
 
     def _train_epoch(self, rows: _MemberRows, epoch: int) -> torch.Tensor:
         """One epoch of every member; their (K,) mean training losses, with one host sync."""
-        batches = rows.batches
+        batches, sync = rows.batches, self.sync
         if len(batches) == 1:  # every member sees the same rows: shared, not copied
             self._set_scale(epoch)
-            losses = self.net.loss_and_grad(rows.X1, rows.y, rows.w)  # same tensors every epoch
-            self.optimizer.step()
+            totals = rows.full_totals(sync)
+            # The same tensors every epoch (their loss scales are made once).
+            losses = self.net.loss_and_grad(rows.X1, rows.y, rows.w, totals)
+            self._step(sync)
             adapt_threads()  # another process may have taken a core
-            return losses.cpu()
+            return self._mean_over_ranks(losses)
         Xe, ye, we = rows.shuffled()  # (K, rows, ...)
         total = Xe.new_zeros(self.K)
         for b, (start, stop) in enumerate(batches):
             self._set_scale(epoch * len(batches) + b)
             part = slice(start, stop)
             wb = None if we is None else we[:, part]
-            losses = self.net.loss_and_grad(Xe[:, part], ye[:, part], wb)
-            self.optimizer.step()
+            # Weighted and distributed: each member's loss over its global batch's weights.
+            totals = None if sync is None or wb is None else sync.weight_total(wb)
+            losses = self.net.loss_and_grad(Xe[:, part], ye[:, part], wb, totals)
+            self._step(sync)
             adapt_threads()
             total.add_(losses, alpha=(stop - start) / rows.n)
-        return total.cpu()  # the epoch's one host sync
+        return self._mean_over_ranks(total)
+
+    def _step(self, sync: GradientSync | None) -> None:
+        """The optimiser step, on the gradients of every process's rows: the members' (K, P)
+        gradient is one all-reduce."""
+        if sync is not None:
+            sync.average_(self.net.grads)
+        self.optimizer.step()
+
+    def _mean_over_ranks(self, losses: torch.Tensor) -> torch.Tensor:
+        """The (K,) losses of this process's rows, as the mean over every process's (each
+        holds as many rows), on the CPU: the epoch's one host sync."""
+        if self.sync is None:
+            return losses.cpu()
+        losses = losses.clone()
+        self.sync.average_(losses)
+        return losses.cpu()
 
     def _set_scale(self, step: int) -> None:
         if self.schedule.per_step:  # cosine: the factor on every member's rate moves per step
@@ -289,11 +321,22 @@ class _MemberRows:
         self.y = y
         self.w = None if sample_weight is None else sample_weight.expand(K, self.n)  # (K, rows)
         self.batches = epoch_batches(self.n, batch_size)
+        self._totals: torch.Tensor | None = None
         self.generators = []
         for s in seeds:
             g = torch.Generator(device=X.device)
             g.manual_seed(s + 1)
             self.generators.append(g)
+
+    def full_totals(self, sync: GradientSync | None) -> torch.Tensor | None:
+        """The members' (K, 1) weight sums a distributed full-batch step normalises by (the
+        global sums over the processes), made once; None in one process or without
+        weights."""
+        if sync is None or self.w is None:
+            return None
+        if self._totals is None:
+            self._totals = sync.weight_total(self.w)
+        return self._totals
 
     def shuffled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """This epoch's rows in each member's order: (K, rows, ...) each."""

@@ -12,8 +12,9 @@ and the fix. Each also subclasses the matching built-in, so callers that already
     ├── ModelFileError(ValueError)             a model folder is missing, corrupt or too new
     │   └── OutputError                        an output path nnreg must not replace
     ├── NotFittedError(sklearn's)              predict or save before fit
-    └── TrainingDivergedError(FloatingPointError)
-                                               the loss became NaN or infinite
+    ├── TrainingDivergedError(FloatingPointError)
+    │                                          the loss became NaN or infinite
+    └── ProcessGroupError(RuntimeError)        another process of a distributed run stopped
 
 Soft problems are reported with :mod:`warnings`, never printed.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "NnregError",
     "NotFittedError",
     "OutputError",
+    "ProcessGroupError",
     "TrainingDivergedError",
 ]
 
@@ -82,3 +84,7 @@ class TrainingDivergedError(NnregError, FloatingPointError):
     """
 
     partial: Any = None
+
+
+class ProcessGroupError(NnregError, RuntimeError):
+    """A collective across the processes of a distributed run failed: another one stopped."""

@@ -25,7 +25,13 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    check_fingerprint,
+    check_processes,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .ensemble import ConformalCalibrator, EnsembleTrainer
 from .exceptions import ModelFileError, TrainingDivergedError
 from .metrics import regression_metrics
@@ -136,16 +142,10 @@ def fit(
     checkpoints = checkpoints or Checkpoints()
     group = distributed.current()  # several processes: rank 0's seed, a shard of rows each
     if group is not None:
-        distributed.refuse_unsupported(
-            group,
-            sample_weight=data.weight is not None,
-            n_models=recipe.n_models,
-            checkpoint=checkpoints.path is not None or checkpoints.resume is not None,
-        )
         recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
     hooks = _Hooks(callback, stop, on_start)
     if recipe.n_models > 1:
-        result = _fit_ensemble(recipe, data, hooks)
+        result = _fit_ensemble(recipe, data, group, hooks)
     else:
         result = _fit_single(recipe, data, warm, group, hooks, checkpoints)
     result.interrupted = stop is not None and stop.is_set()
@@ -215,14 +215,24 @@ def _fit_single(
     if val_rows is not None:
         validation = (X[val_rows], y[val_rows], None if w is None else w[val_rows])
         X, y, w = X[train_rows], y[train_rows], None if w is None else w[train_rows]
-    if group is not None:
+    whole = (X, y, w)  # every process's rows: what a checkpoint is tied to
+    if group is not None:  # this process's shard; its weights travel with it
         rows = group.shard(X.shape[0])
-        X, y = X[rows], y[rows]
+        X, y, w = X[rows], y[rows], None if w is None else w[rows]
         group.broadcast_parameters_(result.model)
     sync = None if group is None else distributed.TorchSync(group)
     config = recipe.train_config(X.shape[0])
     train_single(
-        recipe, result, (X, y, w), config, validation, hooks.callback, hooks.stop, checkpoints, sync
+        recipe,
+        result,
+        (X, y, w),
+        config,
+        validation,
+        hooks.callback,
+        hooks.stop,
+        checkpoints,
+        sync,
+        whole=whole,
     )
     result.calibrator = calibrate(result.model, validation)
     if val_rows is not None and validation is not None:
@@ -259,13 +269,15 @@ def train_single(
     sync: GradientSync | None = None,
     *,
     partial: bool = False,
+    whole: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
 ) -> None:
     """Train ``result``'s network by ``config`` on in-memory tensors or a batch source, and
     record the history (appended to the one it has) and best epoch in ``result``, also when
     training diverges (then the error's ``partial`` is ``result``). The trainer continues
     ``result.state`` where it can; the state it ends in replaces it (in one process). With
     ``verbose``, its epochs are printed; ``partial`` (one epoch of ``partial_fit``) prints
-    them without a planned total."""
+    them without a planned total. ``whole`` is the training rows of every process when
+    ``data`` is one process's shard: a checkpoint's fingerprint covers them all."""
     model = result.model
     assert isinstance(model, MLP)  # one network
     trainer = Trainer(model, config, recipe.generator())
@@ -278,7 +290,7 @@ def train_single(
     callback = with_progress(recipe, callback, epochs, offset=len(previous))
     mark = None
     if checkpoints.path is not None or checkpoints.resume is not None:
-        mark = run_fingerprint(recipe, result, data)
+        mark = run_fingerprint(recipe, result, data if whole is None else whole)
     write = attach_checkpoints(
         trainer, checkpoints.resume, checkpoints.path, checkpoints.info, fingerprint=mark
     )
@@ -308,10 +320,17 @@ def train_single(
         report_end(recipe, len(result.history), len(previous) + epochs, result.best_epoch)
 
 
-def _fit_ensemble(recipe: Recipe, data: FitData, hooks: _Hooks) -> FitResult:
+def _fit_ensemble(
+    recipe: Recipe, data: FitData, group: distributed.Group | None, hooks: _Hooks
+) -> FitResult:
     """K members on every row; the held-out (calibration) rows are scored by extra helper
     members that each leave out their own fold of them, which calibrates the intervals and,
-    with early stopping, chooses the epoch all members keep."""
+    with early stopping, chooses the epoch all members keep.
+
+    In a distributed run every process holds every member (and helper) and trains them on
+    its shard of the rows, the members' gradients averaged every step; the calibration rows
+    are scored whole by every process, so each ends with the same members, calibration and
+    stopping epoch."""
     n = data.n_rows
     cal_rows, _ = recipe.validation_split(n, min_rows=min(MIN_CALIBRATION_ROWS, n // 3))
     result = _start(recipe, data, None)
@@ -332,22 +351,31 @@ def _fit_ensemble(recipe: Recipe, data: FitData, hooks: _Hooks) -> FitResult:
         # The helpers' out-of-fold loss on these rows: stop on it, or roll back.
         owner = K + torch.as_tensor(folds, device=X.device)
         validation = (X[cal_rows], y[cal_rows], None if w is None else w[cal_rows])
+    X_cal, y_cal = (X, y) if cal_rows is None else (X[cal_rows], y[cal_rows])
+    if group is not None:  # this process's shard of the rows, with its members' weights
+        rows = group.shard(X.shape[0])
+        X, y = X[rows], y[rows]
+        member_w = None if member_w is None else member_w[..., rows]
+    config = recipe.train_config(X.shape[0])
     trainer = EnsembleTrainer(
-        members + helpers, recipe.train_config(n), seeds, dropout_seed=recipe.seed + 2, reported=K
+        members + helpers, config, seeds, dropout_seed=recipe.seed + 2, reported=K
     )
     trainer.stop = hooks.stop
-    callback = with_progress(recipe, hooks.callback, recipe.train_config(n).epochs)
+    if group is not None:
+        group.broadcast_(trainer.net.params)  # rank 0's members (they agree when seeded)
+        trainer.sync = distributed.TorchSync(group)
+    callback = with_progress(recipe, hooks.callback, config.epochs)
     history = trainer.run(X, y, member_w, validation=validation, owner=owner, callback=callback)
     last = len(history) - 1
     best = max(trainer.record.best_epoch) if validation is not None else -1
     result.model, result.history = result.model.eval(), history
     result.best_epoch = best if best >= 0 else last
     result.member_best_epochs = [b if b >= 0 else last for b in trainer.record.best_epoch[:K]]
-    report_end(recipe, len(history), recipe.train_config(n).epochs, result.best_epoch)
+    report_end(recipe, len(history), config.epochs, result.best_epoch)
     if cal_rows is not None:
         assert folds is not None
-        out_of_fold = _out_of_fold(X[cal_rows], folds, helpers)
-        result.calibrator = ConformalCalibrator.fit(y[cal_rows].cpu().double().numpy(), out_of_fold)
+        out_of_fold = _out_of_fold(X_cal, folds, helpers)
+        result.calibrator = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
         result.held_out = held_out_metrics(result.y_scaler, data.y[cal_rows], out_of_fold)
     return result
 
@@ -411,10 +439,22 @@ def attach_checkpoints(
     fingerprint: str | None = None,
 ) -> Callable[[Trainer], None] | None:
     """Load the training state saved at ``resume`` into ``trainer`` (refused when its
-    ``fingerprint`` is not this run's); return the function that writes ``trainer``'s state
-    (plus ``info`` and the fingerprint) to ``checkpoint``, or None without one."""
+    ``fingerprint`` is not this run's, or it was written by another number of processes);
+    return the function that writes ``trainer``'s state (plus ``info`` and the fingerprint)
+    to ``checkpoint``, or None without one.
+
+    In a distributed run every process loads the checkpoint and takes its own random state
+    from it; rank 0 writes it, with every process's random state (gathered), while the
+    others wait until it is written. The weights and optimiser state are rank 0's: every
+    process holds the same ones."""
+    group = distributed.current()
+    processes = 1 if group is None else group.world_size
     if resume is not None:
-        tensors, meta = load_checkpoint(resume, fingerprint)
+        tensors, meta = load_checkpoint(resume)
+        check_processes(resume, meta, processes)
+        check_fingerprint(resume, meta, fingerprint)
+        if group is not None:
+            tensors = _own_random_state(tensors, group.rank)
         try:
             trainer.load_state_dict(tensors, meta["trainer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -424,13 +464,27 @@ def attach_checkpoints(
             ) from exc
     if checkpoint is None:
         return None
-    extra = {**(info or {}), "fingerprint": fingerprint}
+    extra = {**(info or {}), "fingerprint": fingerprint, "processes": processes}
 
     def write(t: Trainer) -> None:
         tensors, meta = t.state_dict()
-        save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
+        if group is not None and "generator" in tensors:
+            states = group.gather(tensors.pop("generator"))
+            tensors |= {f"generator.rank{r}": state for r, state in enumerate(states)}
+        distributed.on_rank0(
+            group, lambda: save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
+        )
 
     return write
+
+
+def _own_random_state(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """A distributed checkpoint's tensors as process ``rank`` resumes them: its own
+    generator state as ``generator``, the others' left out."""
+    own = {k: v for k, v in tensors.items() if not k.startswith("generator.rank")}
+    if f"generator.rank{rank}" in tensors:
+        own["generator"] = tensors[f"generator.rank{rank}"]
+    return own
 
 
 def run_fingerprint(

@@ -302,13 +302,14 @@ class ParquetBatches:
         self.steps_per_epoch = math.ceil(fewest / self.batch_size)
 
     def describe(self) -> dict[str, Any]:
-        """What this source reads and how, as plain values (a resumed run must match it)."""
+        """What this source reads and how, as plain values (a resumed run must match it);
+        the same for every process of a distributed run, which reads its share of it."""
         return {
             "files": [(p.name, p.stat().st_size) for p in self.data.files],
             "row_groups": [g.rows for g in self.data.row_groups],
             "columns": self.data.feature_names + self.data.target_names,
             "reading": [self.batch_size, self.shuffle_buffer, self.seed, self.chunk_rows],
-            "ranks": [self.rank, self.world_size],
+            "processes": self.world_size,
         }
 
     def groups(self, epoch: int) -> list[RowGroup]:

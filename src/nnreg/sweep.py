@@ -13,6 +13,14 @@ The result is a table ranked by validation RMSE and, from it, a fitted :class:`R
 the best configuration, or the ``top`` best of the winning architecture as an ensemble, with
 prediction intervals calibrated on the held-out rows (the rows that also chose it, so the
 intervals lean slightly optimistic).
+
+In every process of a ``torch.distributed`` group (``nnreg sweep --nproc N``, torchrun) the
+configurations are split across the processes: each trains an equal, contiguous share of the
+grid on all training rows (its architectures batched as above), and every process then
+gathers every share's networks and scores, so each holds the whole ranking (rank 0 writes
+it). The held-out rows, the preprocessing and rank 0's seed are the same everywhere, so the
+ranking and scores are those of one process (to float32 rounding; exactly so without
+dropout, as above).
 """
 
 from __future__ import annotations
@@ -28,11 +36,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from . import distributed
 from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError
 from .fitting import FitData, FitResult, calibrate, held_out_metrics
-from .model import MLP, MLPEnsemble, predict_moments
+from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History
 from .validation import check_sample_weight, check_X, check_y
@@ -136,6 +145,9 @@ class Sweep:
         """Train and score every configuration; ``progress(done, total)`` counts epochs."""
         base = clone(self.base)
         recipe = Recipe.from_params(base.get_params())
+        group = distributed.current()
+        if group is not None:  # every process holds out the same rows: rank 0's seed
+            recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
         if recipe.n_models != 1:
             raise ConfigError("a sweep trains single models; leave n_models at 1.")
         if recipe["learning_rate"] == "plateau":
@@ -156,7 +168,9 @@ class Sweep:
         self._prepare()
         self.groups_: list[_Group] = []
         self.interrupted_ = False
-        self._train_groups(progress)
+        self._train_groups(group, progress)
+        if group is not None:
+            self._gather(group)
         return self
 
     def _prepare(self) -> None:
@@ -187,17 +201,24 @@ class Sweep:
         self.y_val_ = data.y[val_rows]
         self.w_val_ = None if w is None else w[val_rows]
 
-    def _train_groups(self, progress: ProgressFn | None) -> None:
-        """One batched training per architecture, in the grid's order."""
+    def _model_config(self, hidden: tuple[int, ...]) -> MLPConfig:
+        recipe = self.recipe_
+        n_inputs, n_outputs = len(self.preprocessor_.output_names), self.data_.y.shape[1]
+        return replace(recipe.model_config(n_inputs, n_outputs), hidden_sizes=hidden)
+
+    def _train_groups(self, group: distributed.Group | None, progress: ProgressFn | None) -> None:
+        """One batched training per architecture of this process's share of the grid, in
+        the grid's order."""
         recipe = self.recipe_
         config = recipe.train_config(len(self.train_rows_))
-        groups: dict[tuple[int, ...], list[Trial]] = {}
-        for t in self.trials:
-            groups.setdefault(t.hidden, []).append(t)
+        everywhere = _by_architecture(self.trials)
+        groups = _by_architecture(_share(self.trials, group))
         total, done = config.epochs * len(groups), 0
-        n_inputs, n_outputs = len(self.preprocessor_.output_names), self.data_.y.shape[1]
         for hidden, trials in groups.items():
-            model_config = replace(recipe.model_config(n_inputs, n_outputs), hidden_sizes=hidden)
+            model_config = self._model_config(hidden)
+            # These trials' place in the batch one process would train: the same masks.
+            first = everywhere[hidden].index(trials[0])
+            share = (first, len(everywhere[hidden])) if group is not None else None
             # Each initialised exactly as Regressor(random_state=t.seed) would be.
             members = [recipe.member(model_config, t.seed) for t in trials]
             trainer = EnsembleTrainer(
@@ -207,6 +228,7 @@ class Sweep:
                 lr=[t.lr for t in trials],
                 weight_decay=[t.weight_decay for t in trials],
                 dropout_seed=recipe.seed + 2,
+                dropout_share=share,
             )
             trainer.stop = self.stop
 
@@ -236,28 +258,72 @@ class Sweep:
         pred = trainer.predict(X_val).double().cpu().numpy()  # (K, rows, outputs), scaled
         scores = np.empty((K, 3))
         histories, best_epochs = [], []
-        epochs = len(record.train_loss)
         for k in range(K):
+            # A member that stopped early trained until then (its batch may train on).
+            stopped = record.stopped_at[k] if record.stopped_at else -1
+            epochs = stopped + 1 if stopped >= 0 else len(record.train_loss)
             p = self.y_scaler_.inverse_transform(pred[k])
             err = p - self.y_val_
             w = None if self.w_val_ is None else self.w_val_[:, None] * np.ones_like(err)
             scores[k] = (
                 math.sqrt(float(np.average(err**2, weights=w))),
                 float(np.average(np.abs(err), weights=w)),
-                record.train_loss[-1][k] if epochs else math.nan,
+                record.train_loss[epochs - 1][k] if epochs else math.nan,
             )
-            val = [v[k] for v in record.val_loss] if record.val_loss else [math.nan] * epochs
+            val = (
+                [v[k] for v in record.val_loss[:epochs]] if record.val_loss else [math.nan] * epochs
+            )
             scale = trials[k].lr / base_lr
             histories.append(
                 History(
-                    train_loss=[v[k] for v in record.train_loss],
+                    train_loss=[v[k] for v in record.train_loss[:epochs]],
                     val_loss=val,
-                    lr=[v * scale for v in trainer.history.lr],
+                    lr=[v * scale for v in trainer.history.lr[:epochs]],
                 )
             )
             best = record.best_epoch[k] if record.best_epoch else -1
             best_epochs.append(best if best >= 0 else epochs - 1)
         return _Group(hidden, trials, members, histories, best_epochs, scores)
+
+    def _gather(self, group: distributed.Group) -> None:
+        """Every process's trained configurations, on every process, in the grid's order:
+        an architecture whose trials two processes shared is one group again."""
+        mine = [_plain(g) for g in self.groups_]
+        shares = group.gather_objects((mine, self.interrupted_))
+        self.interrupted_ = any(stopped for _, stopped in shares)
+        merged: dict[tuple[int, ...], _Group] = {}
+        for share, _ in shares:  # rank order is grid order: the shares are contiguous
+            for plain in share:
+                g = self._group_from(plain)
+                if g.hidden not in merged:
+                    merged[g.hidden] = g
+                    continue
+                m = merged[g.hidden]
+                m.trials += g.trials
+                m.members += g.members
+                m.histories += g.histories
+                m.best_epochs += g.best_epochs
+                m.scores = np.concatenate([m.scores, g.scores])
+        self.groups_ = list(merged.values())
+
+    def _group_from(self, plain: dict[str, Any]) -> _Group:
+        """A :class:`_Group` from what :func:`_plain` sent."""
+        hidden = tuple(plain["hidden"])
+        config = self._model_config(hidden)
+        members = []
+        for trial, state in zip(plain["trials"], plain["members"], strict=True):
+            member = self.recipe_.member(config, trial.seed)
+            member.load_state_dict(state)
+            members.append(member.eval())
+        histories = [History.from_dict(h) for h in plain["histories"]]
+        return _Group(
+            hidden,
+            list(plain["trials"]),
+            members,
+            histories,
+            list(plain["best_epochs"]),
+            np.asarray(plain["scores"], dtype=np.float64),
+        )
 
     # -- results -------------------------------------------------------------------------------
 
@@ -338,6 +404,36 @@ class Sweep:
         )
         reg = clone(self.base).set_params(**first.params(), n_models=len(chosen))
         return reg.adopt(result)
+
+
+def _by_architecture(trials: list[Trial]) -> dict[tuple[int, ...], list[Trial]]:
+    """The trials by hidden sizes, in the order the sizes first come."""
+    groups: dict[tuple[int, ...], list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(t.hidden, []).append(t)
+    return groups
+
+
+def _share(trials: list[Trial], group: distributed.Group | None) -> list[Trial]:
+    """This process's configurations: an equal, contiguous share of the grid (all of it in
+    one process), so that each process batches few architectures."""
+    if group is None:
+        return trials
+    n, world = len(trials), group.world_size
+    return trials[group.rank * n // world : (group.rank + 1) * n // world]
+
+
+def _plain(g: _Group) -> dict[str, Any]:
+    """A trained group as plain data (CPU tensors, lists, an array), to send to the other
+    processes."""
+    return {
+        "hidden": list(g.hidden),
+        "trials": g.trials,
+        "members": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in g.members],
+        "histories": [h.to_dict() for h in g.histories],
+        "best_epochs": g.best_epochs,
+        "scores": g.scores,
+    }
 
 
 def _mean_history(histories: list[History]) -> History:

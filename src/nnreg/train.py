@@ -69,12 +69,19 @@ class GradientSync(Protocol):
     """How the processes of a distributed run agree (see :mod:`nnreg.distributed`).
 
     ``average_`` replaces a gradient tensor by its mean over the processes; ``sum_`` replaces
-    a tensor of counts or totals by their sum. Both work in place.
+    a tensor of counts or totals by their sum. Both work in place. ``weight_total`` is what a
+    weighted step's loss is normalised by, so that the averaged gradient is that of the
+    global batch.
     """
 
     def average_(self, tensor: torch.Tensor) -> None: ...
 
     def sum_(self, tensor: torch.Tensor) -> None: ...
+
+    def weight_total(self, weights: torch.Tensor) -> torch.Tensor:
+        """What a process divides its weighted loss by: the sum of the step's weights over
+        every process, divided by their number (per member for (K, rows) weights)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -416,13 +423,16 @@ class Trainer:
         """One step per minibatch (the cosine schedule moves every step); the epoch's mean
         training loss, with one host sync."""
         per_step = self.schedule.per_step
-        average = None if self.sync is None else self.sync.average_
+        sync = self.sync
+        average = None if sync is None else sync.average_
         total = like.new_zeros(())
         rows = 0
         for b, (xb, yb, wb) in enumerate(minibatches):
             if per_step and b:
                 self.backend.set_lr(self.schedule.rate(epoch * steps + b))
-            loss, factor = self.backend.step(xb, yb, wb, average)
+            # Weighted and distributed: normalise by the global batch's weight sum.
+            weight_total = None if wb is None or sync is None else sync.weight_total(wb)
+            loss, factor = self.backend.step(xb, yb, wb, average, weight_total)
             adapt_threads()  # another process may have taken a core
             total.add_(loss, alpha=factor * xb.shape[0])
             rows += xb.shape[0]

@@ -103,8 +103,13 @@ def exit_code(exc: BaseException, debug: bool) -> int:
         return 143
     if debug:
         traceback.print_exception(exc)
-    from ..exceptions import ConfigError, NnregError  # not before: it imports scikit-learn
+    from ..exceptions import ConfigError, NnregError, ProcessGroupError  # imports scikit-learn
 
+    if isinstance(exc, ProcessGroupError) and not debug:
+        from ..distributed import PEER_STOPPED_EXIT, under_launcher
+
+        if under_launcher():  # --nproc's launcher names the process that stopped first
+            return PEER_STOPPED_EXIT
     if isinstance(exc, NnregError):
         usage = isinstance(exc, ConfigError)
         click.echo(f"error: {with_flags(with_rules(str(exc)) if usage else str(exc))}", err=True)

@@ -78,8 +78,15 @@ class Report:
                 markup=False,
             )
 
-    def ranks(self, world_size: int) -> None:
-        if self.show:
+    def ranks(self, world_size: int, sweep: bool = False) -> None:
+        if not self.show:
+            return
+        if sweep:
+            self.out.print(
+                f"ranks   {world_size} processes: each trains 1/{world_size} of the "
+                "configurations on every training row"
+            )
+        else:
             self.out.print(
                 f"ranks   {world_size} processes, data-parallel: each trains on "
                 f"1/{world_size} of the training rows"

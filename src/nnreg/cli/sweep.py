@@ -9,7 +9,7 @@ import click
 
 from . import options
 from .console import Report
-from .run import SignalStop, check_output, default_out, save_model
+from .run import SignalStop, check_output, default_out, join_process_group, relaunch, save_model
 from .tables import target_values, test_table, training_table
 
 if TYPE_CHECKING:
@@ -54,6 +54,12 @@ if TYPE_CHECKING:
     show_default=True,
     help="Save the best configuration, or the best N of its architecture as an ensemble.",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Split the configurations across N processes on this machine (as torchrun would "
+    "start them).",
+)
 @options.outputs(
     folder="Model folder for the best model (default: runs/<name>-sweep/); sweep.csv goes in it.",
     as_json="Print the ranking as JSON on stdout.",
@@ -62,6 +68,7 @@ def sweep(
     data: Path,
     preset: str,
     top: int,
+    nproc: int | None,
     out: Path | None,
     quiet: bool,
     as_json: bool,
@@ -72,16 +79,21 @@ def sweep(
     Every combination of --hidden, --lr, --weight-decay and --seeds trains on the same rows
     and is scored on the same held-out rows; configurations with the same hidden sizes train
     together as one batch. Prints the ranking, writes it to OUT/sweep.csv, and saves the best
-    model (or, with --top N, the best N of its architecture as an ensemble) in OUT.
+    model (or, with --top N, the best N of its architecture as an ensemble) in OUT. With
+    --nproc N (or under torchrun) each process trains its share of the configurations.
 
     \b
     Examples:
       nnreg sweep houses.csv --target price --lr 1e-3,3e-3,1e-2 --weight-decay 0,0.02
       nnreg sweep houses.csv -t price --hidden 64,64 --hidden 128,128,128 --seeds 0,1,2 --top 3
+      nnreg sweep houses.csv -t price --lr 1e-3,3e-3,1e-2 --seeds 0,1 --nproc 2
     """
     from ..estimator import Regressor
     from ..settings import load_settings
     from ..sweep import Sweep
+
+    if nproc is not None and nproc > 1:  # this same command, as NPROC processes
+        relaunch(nproc)
 
     lists = {name: values.pop(name) for name in ("hidden", "lr", "weight_decay", "seeds")}
     columns = options.data_settings(data, values)
@@ -102,7 +114,11 @@ def sweep(
     check_output(out, settings.data)  # before any training
     report = Report(quiet=quiet, as_json=as_json)
     report.sweep_header(source, table, trials, f"preset {preset}, {base.max_iter} epochs")
-    with SignalStop() as stop:
+    group = join_process_group(base.device)
+    if group is not None:
+        report.ranks(group.world_size, sweep=True)
+    # Processes of one run stop together or not at all: there, a signal ends them.
+    with SignalStop(enabled=group is None) as stop:
         runner.stop = stop.event
         with report.sweep_progress() as progress:
             runner.fit(table.features, y, progress=progress)

@@ -238,7 +238,7 @@ def _train_streamed(
     log_to: str | None = None,
 ) -> None:
     """`nnreg train --stream`: train on Parquet data read in chunks (see nnreg.stream)."""
-    from ..distributed import TorchSync, refuse_unsupported
+    from ..distributed import TorchSync
     from ..estimator import Regressor
     from ..stream import ParquetData, check_streamable, fit_parquet
 
@@ -259,10 +259,6 @@ def _train_streamed(
     group = join_process_group(reg.device)
     ranks: dict[str, Any] = {}
     if group is not None:
-        checkpoints = bool(fit_args) or settings.resume is not None
-        refuse_unsupported(
-            group, sample_weight=False, n_models=int(reg.n_models), checkpoint=checkpoints
-        )
         ranks = {"rank": group.rank, "world_size": group.world_size, "sync": TorchSync(group)}
 
     def fit(on_epoch: Any, stop: Any) -> None:

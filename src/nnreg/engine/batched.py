@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ class BatchedMLP:
         loss: str,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        dropout_share: tuple[int, int] | None = None,
     ) -> None:
         first = list(members[0].layers)  # type: ignore[arg-type]
         like = first[0].weight
@@ -45,7 +47,8 @@ class BatchedMLP:
         self.widths = [first[0].in_features] + [m.out_features for m in first]
         self.activation, self.loss = activation, loss
         self.dropout = dropout
-        self.sampler = DropoutSampler(dropout, generator)  # draws from ``generator``
+        # Draws from ``generator``; ``dropout_share``: these members' part of a larger batch.
+        self.sampler = DropoutSampler(dropout, generator, dropout_share)
         shapes = layer_shapes(self.widths)
         total = sum(r * c for r, c in shapes)
         self.params = like.new_empty(self.K, total)  # (K, P)
@@ -63,7 +66,7 @@ class BatchedMLP:
         self._buffers: dict[tuple[int, bool], Buffers] = {}
         # The last row weights and target shape, and their loss scales: full-batch training
         # passes the same weights tensor every step (not to be changed in place meanwhile).
-        self._scale_key: tuple[torch.Tensor | None, torch.Size | None] = (None, None)
+        self._scale_key: tuple[Any, ...] = (None, None, None)
         self._scales = (torch.empty(0), torch.empty(0))
 
     def copy_to(self, members: Sequence[nn.Module]) -> None:
@@ -80,7 +83,11 @@ class BatchedMLP:
         return self._buffers[key]
 
     def loss_and_grad(
-        self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None
+        self,
+        X: torch.Tensor,
+        Y: torch.Tensor,
+        w: torch.Tensor | None,
+        totals: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One step's forward and backward for every member; returns the (K,) batch losses.
 
@@ -88,13 +95,16 @@ class BatchedMLP:
         and ``w`` (K, batch) per-member row weights, or None. Gradients land in ``grads``.
         When every member sees the same rows (full-batch training), ``X`` may be the shared
         (batch, inputs + 1) and ``Y`` (batch, outputs): the first layer's products then run
-        as one matrix product over all members' stacked weights.
+        as one matrix product over all members' stacked weights. Each member's row weights
+        are normalised by their sum, or by ``totals`` (K, 1) when given (a distributed step's
+        share of the global batch's sums).
         """
         buf = self.buffers(X.shape[-2])
         self._forward(X, buf)
-        key = (w, Y.shape)
-        if key[0] is not self._scale_key[0] or key[1] != self._scale_key[1]:
-            scale = self._scale(Y, w)  # the same weights and shape (full batch): reused
+        key = (w, Y.shape, totals)
+        stale = key[0] is not self._scale_key[0] or key[2] is not self._scale_key[2]
+        if stale or key[1] != self._scale_key[1]:
+            scale = self._scale(Y, w, totals)  # the same weights and shape (full batch): reused
             self._scale_key, self._scales = key, (scale, scale * self._kernel.slope)
         losses, dZ = self._loss(buf, Y.transpose(-2, -1), *self._scales)
         for i in range(len(buf.A), 0, -1):
@@ -155,12 +165,16 @@ class BatchedMLP:
             inputs = buf.A[i]
         torch.bmm(self.W[-1], inputs, out=buf.out)  # (K, outputs, batch)
 
-    def _scale(self, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        """Per-element loss weight, (K, 1, batch): 1/(batch*outputs), or w / (sum w * outputs)."""
+    def _scale(
+        self, Y: torch.Tensor, w: torch.Tensor | None, totals: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-element loss weight, (K, 1, batch): 1/(batch*outputs), or w / (sum w * outputs)
+        (``totals`` in place of the sums, when given)."""
         rows, n_out = Y.shape[-2], Y.shape[-1]
         if w is None:
             return Y.new_full((1, 1, 1), 1.0 / (rows * n_out))
-        total = w.sum(dim=1, keepdim=True).clamp_(min=1e-12)  # (K, 1); all-zero: no gradient
+        total = w.sum(dim=1, keepdim=True) if totals is None else totals.clone()
+        total.clamp_(min=1e-12)  # (K, 1); all-zero: no gradient
         return (w / (total * n_out)).unsqueeze(1)
 
     def _loss(

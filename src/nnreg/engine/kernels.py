@@ -40,27 +40,40 @@ class DropoutSampler:
     on the CPU; here each 64-bit draw decides four units. The keep probability is therefore
     ``round((1 - p) * 2**16) / 2**16`` (within 8e-6 of ``1 - p``) and kept units are scaled
     by its inverse, so every unit's expected factor is exactly 1.
+
+    ``share`` = (first, total) says that a batched mask of K members is members ``first`` to
+    ``first + K`` of ``total``: the draws of all ``total`` are made and this share's kept, so
+    that those members get the masks they would get batched with all the others (a sweep's
+    configurations split across processes train as in one).
     """
 
-    def __init__(self, p: float, generator: torch.Generator | None) -> None:
+    def __init__(
+        self, p: float, generator: torch.Generator | None, share: tuple[int, int] | None = None
+    ) -> None:
         keep = min(2**16 - 1, max(1, round((1.0 - p) * 2**16)))  # units kept, of 2**16
         self.threshold = keep - 2**15  # an int16 draw below it keeps the unit
         self.factor = 2**16 / keep
         self.generator = generator
+        self.share = share
         self._scratch: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
     def fill_(self, mask: torch.Tensor) -> torch.Tensor:
-        """Overwrite the contiguous ``mask`` with fresh factors; returns it."""
+        """Overwrite the contiguous ``mask`` ((members, ...) with a ``share``) with fresh
+        factors; returns it."""
         n = mask.numel()
+        first, drawn = 0, n
+        if self.share is not None:
+            per_member = n // mask.shape[0]
+            first, drawn = self.share[0] * per_member, self.share[1] * per_member
         key = (n, mask.dtype, mask.device)
         if key not in self._scratch:
-            bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=mask.device)
+            bits = torch.empty((drawn + 3) // 4, dtype=torch.int64, device=mask.device)
             flags = torch.empty(n, dtype=torch.bool, device=mask.device)
             factor = torch.tensor(self.factor, dtype=mask.dtype, device=mask.device)
             self._scratch[key] = (bits, flags, factor)
         bits, flags, factor = self._scratch[key]
         bits.random_(-(2**63), None, generator=self.generator)  # every 64-bit value
-        torch.lt(bits.view(torch.int16)[:n], self.threshold, out=flags)
+        torch.lt(bits.view(torch.int16)[first : first + n], self.threshold, out=flags)
         return torch.mul(flags.view(mask.shape), factor, out=mask)
 
 

@@ -83,16 +83,23 @@ class FastMLP:
         return self._buffers[key]
 
     def prepare(
-        self, X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, train: bool = True
+        self,
+        X: torch.Tensor,
+        Y: torch.Tensor,
+        w: torch.Tensor | None,
+        train: bool = True,
+        total: torch.Tensor | None = None,
     ) -> Batch:
-        """Views and scales for a batch: ``X`` (batch, inputs + 1), ``Y`` (batch, outputs)."""
+        """Views and scales for a batch: ``X`` (batch, inputs + 1), ``Y`` (batch, outputs).
+        Row weights ``w`` are normalised by their sum, or by ``total`` when given (a
+        distributed step's share of the global batch's sum)."""
         rows, n_out = Y.shape
         slope = self._kernel.slope
         if w is None:
             weights, factor_out = None, 1.0 / (rows * n_out)
             grad_scale = X.new_full((), slope * factor_out)
         else:
-            weights, factor_out = w / (w.sum() * n_out), 1.0
+            weights, factor_out = w / ((w.sum() if total is None else total) * n_out), 1.0
             grad_scale = weights * slope
         buf = self.buffers(rows, train)
         return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
