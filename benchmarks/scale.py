@@ -11,7 +11,10 @@ chunk into a temporary folder that is deleted afterwards:
   training against in-memory training (``pandas.read_parquet`` + ``Regressor.fit``) on the
   small file, same model and batch size, best of ``--repeats``: at least 0.7x;
 * rows/s of ``nnreg train --stream --nproc 1`` and ``--nproc 2`` on the small file (the
-  ``seconds`` of the JSON summary: training only, process start-up excluded).
+  ``seconds`` of the JSON summary: training only, process start-up excluded);
+* wall time of ``nnreg sweep`` against ``nnreg sweep --nproc 2`` (configurations split
+  across the processes) on a file of ``SWEEP_ROWS`` rows, start-up included, and whether
+  their rankings agree.
 
 Results go to stdout and ``benchmarks/results/scale.md``.
 
@@ -46,6 +49,9 @@ FEATURES = 8
 GROUP = 100_000  # rows per row group, and per generated chunk
 MODEL = {"hidden": (64, 64), "batch": 512}  # the recommended recipe otherwise
 PEAK_RATIO, PEAK_LIMIT_MB, THROUGHPUT_RATIO = 1.2, 1024.0, 0.7
+SWEEP_ROWS, SWEEP_EPOCHS = 20_000, 10
+SWEEP_GRID = ["--hidden", "64,64", "--hidden", "128,128", "--lr", "1e-3,3e-3,1e-2"]
+SWEEP_GRID += ["--seeds", "0,1"]  # 12 configurations, 2 architectures
 
 
 def write_parquet(path: Path, rows: int, seed: int = 0) -> None:
@@ -144,6 +150,17 @@ def nproc_seconds(path: Path, work: Path, nproc: int, epochs: int) -> float | st
     return float(json.loads(done.stdout)["seconds"])
 
 
+def sweep_seconds(path: Path, work: Path, nproc: int) -> tuple[float, pd.DataFrame]:
+    """(wall seconds, ranking) of ``nnreg sweep`` on ``path`` in ``nproc`` processes."""
+    out = work / f"sweep-{nproc}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "nnreg", "sweep", str(path), "--target", "y", *SWEEP_GRID]
+    command += ["--epochs", str(SWEEP_EPOCHS), "--out", str(out), "--quiet", "--nproc", str(nproc)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, pd.read_csv(out / "sweep.csv")
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -191,6 +208,19 @@ def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[st
     print(f"in-memory {work_rows / t_mem:,.0f} rows/s, streamed {work_rows / t_str:,.0f} rows/s")
 
     procs = {n: nproc_seconds(files[small], work, n, args.epochs) for n in (1, 2)}
+
+    sweep_file = work / "sweep.parquet"
+    write_parquet(sweep_file, SWEEP_ROWS, seed=1)
+    sweeps: dict[int, list[tuple[float, pd.DataFrame]]] = {1: [], 2: []}
+    for _ in range(args.repeats):  # alternate, so that both see the same machine load
+        for n in sweeps:
+            sweeps[n].append(sweep_seconds(sweep_file, work, n))
+    sweep_best = {n: min(t for t, _ in runs) for n, runs in sweeps.items()}
+    rankings = [runs[0][1] for runs in sweeps.values()]
+    key = ["rank", "hidden", "lr", "weight_decay", "seed"]
+    same_ranking = rankings[0][key].equals(rankings[1][key])
+    gap = float((rankings[0]["val_rmse"] - rankings[1]["val_rmse"]).abs().max())
+    print(f"sweep: 1 process {sweep_best[1]:.1f} s, 2 processes {sweep_best[2]:.1f} s")
 
     load_after = os.getloadavg()[0]
     ratio = peaks[large][0] / peaks[small][0]
@@ -265,6 +295,34 @@ def run(args: argparse.Namespace, small: int, large: int, work: Path) -> list[st
         else:
             vs = f"{one / seconds:.2f}x" if isinstance(one, float) else ""
             lines.append(f"| {n} | {seconds:.2f} | {work_rows / seconds:,.0f} | {vs} |")
+    grid = " ".join(SWEEP_GRID)
+    lines += [
+        "",
+        "## A sweep in 1 and 2 processes",
+        "",
+        f"`nnreg sweep FILE --target y {grid} --epochs {SWEEP_EPOCHS} --nproc N` (12 "
+        f"configurations of 2 architectures, the recommended preset otherwise) on a "
+        f"{SWEEP_ROWS:,}-row file of the same kind; wall time of the whole command (process "
+        f"start-up, reading, training, gathering and writing the folder), best of "
+        f"{args.repeats} (alternating). With 2 processes each trains 6 configurations (one "
+        "architecture each here) with one intra-op thread; with 1, one process trains all 12 "
+        "with every core.",
+        "",
+        "| processes | wall time (s) | vs 1 process |",
+        "|---:|---:|---:|",
+    ]
+    for n, seconds in sweep_best.items():
+        lines.append(f"| {n} | {seconds:.1f} | {sweep_best[1] / seconds:.2f}x |")
+    lines += [
+        "",
+        f"- the two rankings are {'the same' if same_ranking else 'DIFFERENT'}; the largest "
+        f"validation RMSE difference between them is {gap:.2g}",
+        f"- this machine has {os.cpu_count()} cores, so a second process only splits the "
+        "cores that one process already used; with more cores than processes, each process's "
+        "share runs beside the others' and the training part of the wall time falls with the "
+        "number of processes, less the start-up of each (about the same as one process's) and "
+        "the final exchange of the trained networks (small: weights and scores).",
+    ]
     return lines
 
 

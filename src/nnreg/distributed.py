@@ -235,7 +235,7 @@ def on_rank0(group: Group | None, write: Callable[[], Any]) -> None:
     finally:
         group.broadcast_(ok)
     if not int(ok.item()):
-        raise NnregError("rank 0 could not write the model folder; see its message.")
+        raise NnregError("rank 0 could not write its files; see its message.")
 
 
 def launch(nproc: int, args: list[str]) -> int:

@@ -274,6 +274,8 @@ class Regressor(RegressorMixin, BaseEstimator):
         ``torchrun`` starts them), ``fit`` trains data-parallel: each process takes an equal
         share of the training rows, ``batch_size`` rows per step, and gradients are averaged
         every step, so all processes end with the same model (see :mod:`nnreg.distributed`).
+        Ensembles, ``sample_weight`` (normalised by the global batch's weight sum) and
+        checkpoints (rank 0 writes them; resume with as many processes) work there too.
         """
         warm = bool(self.warm_start) and self.__sklearn_is_fitted__()
         recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if warm else None)
