@@ -133,12 +133,10 @@ class GlobalBatches:
             )
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tensor]]:
-    """What each of two gloo processes on loopback ended with."""
-    folder = tmp_path_factory.mktemp("ddp")
+def run_ranks(module: str, folder: Path) -> list[dict[str, torch.Tensor]]:
+    """Run ``module._worker(folder)`` as two gloo processes on loopback; what each saved."""
     port = str(_free_port())
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_distributed as t; "
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import {module} as t; "
     code += f"t._worker({str(folder)!r})"
     procs = [
         subprocess.Popen(
@@ -159,6 +157,12 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tens
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
     return [load_file(folder / f"rank{r}.safetensors") for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tensor]]:
+    """What each of two gloo processes on loopback ended with."""
+    return run_ranks("test_distributed", tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from nnreg.engine import epoch_batches
 from nnreg.ensemble import EnsembleTrainer
 from nnreg.model import MLP, MLPConfig
 from nnreg.train import TrainConfig, Trainer
-from test_distributed import WORLD, _env, _free_port
+from test_distributed import WORLD, _env, run_ranks
 
 TESTS = Path(__file__).parent
 ROWS = 80  # 40 per process
@@ -111,29 +111,7 @@ def _worker(folder: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, torch.Tensor]]:
     """What each of two gloo processes on loopback ended with."""
-    folder = tmp_path_factory.mktemp("ddp-runs")
-    port = str(_free_port())
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_distributed_runs as t; "
-    code += f"t._worker({str(folder)!r})"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            env=_env(
-                RANK=str(r),
-                LOCAL_RANK=str(r),
-                WORLD_SIZE=str(WORLD),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
-    return [load_file(folder / f"rank{r}.safetensors") for r in range(WORLD)]
+    return run_ranks("test_distributed_runs", tmp_path_factory.mktemp("ddp-runs"))
 
 
 def _global_batches(

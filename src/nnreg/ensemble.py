@@ -13,11 +13,10 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
 
+from .calibration import ConformalCalibrator as ConformalCalibrator  # its home before
 from .device import adapt_threads, thread_policy
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
@@ -456,62 +455,3 @@ class _OutOfFold:
                 return -1
         params.copy_(self.best_params)
         return self.best_epoch
-
-
-@dataclass
-class ConformalCalibrator:
-    """Split-conformal intervals from held-out rows, optionally scaled by the ensemble's spread.
-
-    Scaled (``std`` given to :meth:`fit`): the score of a held-out row is
-    ``|y - mean| / (std + floor)``, ``floor`` the median spread on those rows, and an interval
-    of coverage ``c`` is ``mean +- q * (std + floor)``. Unscaled: the score is ``|y - mean|``
-    and the interval ``mean +- q``. ``q`` is the ``ceil((n + 1) c) / n`` empirical quantile of
-    the scores, which covers a new exchangeable row with probability >= c, provided the
-    scores of the held-out rows and of new rows are computed alike. Everything is per target
-    and in the model's (standardised) target units.
-    """
-
-    scores: list[list[float]] = field(default_factory=list)  # (targets, rows), sorted
-    floor: list[float] = field(default_factory=list)  # per target
-    scaled: bool = True
-
-    @classmethod
-    def fit(
-        cls, y: np.ndarray, mean: np.ndarray, std: np.ndarray | None = None
-    ) -> ConformalCalibrator:
-        # y, mean, std: (rows, targets)
-        if std is None:
-            scores = np.sort(np.abs(y - mean), axis=0)
-            return cls(scores=scores.T.tolist(), floor=[0.0] * y.shape[1], scaled=False)
-        # The members' spread measures the model's uncertainty, not the noise; adding its
-        # median keeps the scaling from blowing up rows where the members happen to agree.
-        floor = np.maximum(np.median(std, axis=0), 1e-12)
-        scores = np.sort(np.abs(y - mean) / (std + floor), axis=0)
-        return cls(scores=scores.T.tolist(), floor=floor.tolist())
-
-    def halfwidth(self, std: np.ndarray, coverage: float) -> np.ndarray:
-        """(rows, targets) half-widths of intervals with the given coverage."""
-        scores = np.asarray(self.scores)  # (targets, n)
-        n = scores.shape[1]
-        rank = math.ceil((n + 1) * coverage)
-        if rank > n:
-            raise ConfigError(
-                f"coverage {coverage} needs at least {math.ceil(1 / (1 - coverage)) - 1} "
-                f"held-out rows, but only {n} were kept; lower the coverage or raise "
-                "validation_fraction."
-            )
-        q = scores[:, rank - 1]  # (targets,)
-        if not self.scaled:
-            return np.broadcast_to(q, std.shape).copy()
-        return q * (std + np.asarray(self.floor))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores, "floor": self.floor, "scaled": self.scaled}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ConformalCalibrator:
-        return cls(
-            scores=[list(map(float, s)) for s in d["scores"]],
-            floor=list(d["floor"]),
-            scaled=bool(d.get("scaled", True)),
-        )

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import distributed
+from . import calibration, distributed
+from .calibration import ConformalCalibrator, calibrate, prediction_interval
 from .checkpoint import (
     check_fingerprint,
     check_processes,
@@ -32,7 +33,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .ensemble import ConformalCalibrator, EnsembleTrainer
+from .ensemble import EnsembleTrainer
 from .exceptions import ModelFileError, TrainingDivergedError
 from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
@@ -276,8 +277,7 @@ def train_single(
     training diverges (then the error's ``partial`` is ``result``). The trainer continues
     ``result.state`` where it can; the state it ends in replaces it (in one process). With
     ``verbose``, its epochs are printed; ``partial`` (one epoch of ``partial_fit``) prints
-    them without a planned total. ``whole`` is the training rows of every process when
-    ``data`` is one process's shard: a checkpoint's fingerprint covers them all."""
+    them without a planned total. ``whole``: every process's rows, when ``data`` is a shard."""
     model = result.model
     assert isinstance(model, MLP)  # one network
     trainer = Trainer(model, config, recipe.generator())
@@ -374,44 +374,10 @@ def _fit_ensemble(
     report_end(recipe, len(history), config.epochs, result.best_epoch)
     if cal_rows is not None:
         assert folds is not None
-        out_of_fold = _out_of_fold(X_cal, folds, helpers)
+        out_of_fold = calibration.out_of_fold(X_cal, folds, helpers)
         result.calibrator = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
         result.held_out = held_out_metrics(result.y_scaler, data.y[cal_rows], out_of_fold)
     return result
-
-
-def _out_of_fold(X_cal: torch.Tensor, folds: np.ndarray, helpers: list[MLP]) -> np.ndarray:
-    """Standardised predictions (rows, targets) of the calibration rows, each by the helper
-    member that did not train on it. Their residuals are the conformity scores, unscaled:
-    one network's out-of-sample residuals are no smaller than the mean of members trained
-    on every row, so the intervals keep (slightly more than) their coverage, and the
-    members' spread on rows they fitted is not the spread a new row gets. The same
-    predictions give the held-out metrics: those of one network, so no flattery."""
-    out = torch.stack([h.predict_float64(X_cal) for h in helpers]).cpu().numpy()
-    return out[folds, np.arange(out.shape[1])]  # (rows, targets)
-
-
-def calibrate(
-    model: MLP | MLPEnsemble, validation: Validation | None
-) -> ConformalCalibrator | None:
-    """The held-out rows' conformity scores, for prediction intervals; None without rows."""
-    if validation is None:
-        return None
-    X_val, y_val, _ = validation
-    mean, std = predict_moments(model, X_val)
-    return ConformalCalibrator.fit(y_val.cpu().double().numpy(), mean, std)
-
-
-def prediction_interval(
-    calibrator: ConformalCalibrator,
-    y_scaler: Standardizer,
-    mean: np.ndarray,
-    std: np.ndarray,
-    coverage: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) in the target's units from standardised mean and spread."""
-    half = calibrator.halfwidth(std, coverage)
-    return y_scaler.inverse_transform(mean - half), y_scaler.inverse_transform(mean + half)
 
 
 def partial_fit(recipe: Recipe, data: FitData, previous: FitResult | None) -> FitResult:

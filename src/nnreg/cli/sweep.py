@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ..data import Table
     from ..estimator import Regressor
-    from ..sweep import Trial
+    from ..sweep import Sweep, Trial
 
 
 @click.command()
@@ -86,7 +86,6 @@ def sweep(
     Examples:
       nnreg sweep houses.csv --target price --lr 1e-3,3e-3,1e-2 --weight-decay 0,0.02
       nnreg sweep houses.csv -t price --hidden 64,64 --hidden 128,128,128 --seeds 0,1,2 --top 3
-      nnreg sweep houses.csv -t price --lr 1e-3,3e-3,1e-2 --seeds 0,1 --nproc 2
     """
     from ..estimator import Regressor
     from ..settings import load_settings
@@ -114,14 +113,7 @@ def sweep(
     check_output(out, settings.data)  # before any training
     report = Report(quiet=quiet, as_json=as_json)
     report.sweep_header(source, table, trials, f"preset {preset}, {base.max_iter} epochs")
-    group = join_process_group(base.device)
-    if group is not None:
-        report.ranks(group.world_size, sweep=True)
-    # Processes of one run stop together or not at all: there, a signal ends them.
-    with SignalStop(enabled=group is None) as stop:
-        runner.stop = stop.event
-        with report.sweep_progress() as progress:
-            runner.fit(table.features, y, progress=progress)
+    stop = _run(runner, table, y, report)
     ranking = runner.table()
     scored = _save(runner.regressor(top=top), out, ranking, table, y, settings.data, tests)
     report.sweep_result(out, ranking, top, scored)
@@ -132,6 +124,20 @@ def sweep(
             f"{out} holds the best so far"
         ),
     )
+
+
+def _run(runner: Sweep, table: Table, y: Any, report: Report) -> SignalStop:
+    """Train the sweep (its share of it, in each process of a distributed run) with
+    progress; the signal handling it ran under, to exit with after saving."""
+    group = join_process_group(runner.base.device)
+    if group is not None:
+        report.ranks(group.world_size, sweep=True)
+    # Processes of one run stop together or not at all: there, a signal ends them.
+    with SignalStop(enabled=group is None) as stop:
+        runner.stop = stop.event
+        with report.sweep_progress() as progress:
+            runner.fit(table.features, y, progress=progress)
+    return stop
 
 
 def _grid(base: Regressor, lists: dict[str, Any]) -> list[Trial]:
