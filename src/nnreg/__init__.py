@@ -9,10 +9,18 @@ Public API (imported lazily, so ``nnreg --help`` starts without loading PyTorch)
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+# oneMKL's strict reproducibility mode: matrix products whose bits do not depend on the
+# number of threads. nnreg changes its thread count with the machine's load (nnreg.device),
+# and a seeded fit must not change with it; without this, MKL splits long reductions (a
+# weight gradient over a batch) across threads on some processors. MKL reads it at its first
+# call, so it is set here, before any; a value already set is kept. No measurable cost.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __all__ = [
     "ConfigError",

@@ -98,8 +98,8 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
     leave free (outside a data-parallel process group): a :class:`_Governor` watches the
     machine while the block runs (the trainers call :func:`adapt_threads` every step),
     because threads that wait for a core another process holds slow every step down
-    several times. The thread count does not change the result where the BLAS's products
-    do not depend on it (tested there). The previous setting is restored afterwards.
+    several times. The thread count does not change the result (tested; see ``MKL_CBWR``
+    in ``nnreg/__init__.py``). The previous setting is restored afterwards.
     """
     global _governor
     before = torch.get_num_threads()
