@@ -383,3 +383,15 @@ def test_an_ensemble_trains_under_nproc(table_csv: Path, tmp_path: Path) -> None
     frame = pd.read_csv(table_csv)
     lower, upper = reg.predict_interval(frame[["a", "b", "c"]])
     assert (lower <= upper).all() and len(reg.model_.members) == 3
+
+
+def test_sweep_shares_are_contiguous_and_split_the_work_evenly() -> None:
+    from nnreg.distributed import Group
+    from nnreg.sweep import _share, grid
+
+    trials = grid([(64, 64), (128, 128)], [1e-3, 3e-3, 1e-2], [0.0], [0, 1])  # 6 small, 6 big
+    shares = [_share(trials, Group(r, 2, r), 8, 1) for r in range(2)]
+    assert shares[0] + shares[1] == trials  # every configuration once, in the grid's order
+    assert [len(s) for s in shares] == [8, 4]  # the 6 small ones and 2 big / 4 big
+    assert _share(trials, None, 8, 1) == trials
+    assert sum(map(len, (_share(trials[:1], Group(r, 3, r), 8, 1) for r in range(3)))) == 1

@@ -15,12 +15,12 @@ prediction intervals calibrated on the held-out rows (the rows that also chose i
 intervals lean slightly optimistic).
 
 In every process of a ``torch.distributed`` group (``nnreg sweep --nproc N``, torchrun) the
-configurations are split across the processes: each trains an equal, contiguous share of the
-grid on all training rows (its architectures batched as above), and every process then
-gathers every share's networks and scores, so each holds the whole ranking (rank 0 writes
-it). The held-out rows, the preprocessing and rank 0's seed are the same everywhere, so the
-ranking and scores are those of one process (to float32 rounding; exactly so without
-dropout, as above).
+configurations are split across the processes: each trains a contiguous share of the grid,
+cut where the work (the configurations' parameter counts) splits evenly, on all training
+rows (its architectures batched as above), and every process then gathers every share's
+networks and scores, so each holds the whole ranking (rank 0 writes it). The held-out rows,
+the preprocessing and rank 0's seed are the same everywhere, so the ranking and scores are
+those of one process (to float32 rounding; exactly so without dropout, as above).
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ class Sweep:
         recipe = self.recipe_
         config = recipe.train_config(len(self.train_rows_))
         everywhere = _by_architecture(self.trials)
-        groups = _by_architecture(_share(self.trials, group))
+        n_inputs, n_outputs = len(self.preprocessor_.output_names), self.data_.y.shape[1]
+        groups = _by_architecture(_share(self.trials, group, n_inputs, n_outputs))
         total, done = config.epochs * len(groups), 0
         for hidden, trials in groups.items():
             model_config = self._model_config(hidden)
@@ -414,13 +415,23 @@ def _by_architecture(trials: list[Trial]) -> dict[tuple[int, ...], list[Trial]]:
     return groups
 
 
-def _share(trials: list[Trial], group: distributed.Group | None) -> list[Trial]:
-    """This process's configurations: an equal, contiguous share of the grid (all of it in
-    one process), so that each process batches few architectures."""
+def _share(
+    trials: list[Trial], group: distributed.Group | None, n_inputs: int, n_outputs: int
+) -> list[Trial]:
+    """This process's configurations (all of them in one process): a contiguous share of
+    the grid, so that each process batches few architectures, cut where the work (each
+    configuration's parameters, which its steps cost in proportion to) is split evenly."""
     if group is None:
         return trials
-    n, world = len(trials), group.world_size
-    return trials[group.rank * n // world : (group.rank + 1) * n // world]
+    costs = np.array([_parameters(t.hidden, n_inputs, n_outputs) for t in trials], float)
+    middle = np.cumsum(costs) - costs / 2  # (trials,) the work done halfway through each
+    owner = np.minimum((middle * group.world_size / costs.sum()).astype(int), group.world_size - 1)
+    return [t for t, r in zip(trials, owner, strict=True) if r == group.rank]
+
+
+def _parameters(hidden: tuple[int, ...], n_inputs: int, n_outputs: int) -> int:
+    widths = [n_inputs, *hidden, n_outputs]
+    return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
 
 
 def _plain(g: _Group) -> dict[str, Any]:
