@@ -66,6 +66,7 @@ def _tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 ADAM = TrainConfig(epochs=3, batch_size=BATCH, optimizer="adam", lr=0.01)
+AUTOGRAD = TrainConfig(epochs=3, batch_size=BATCH, optimizer="adam", lr=0.01, engine="autograd")
 
 
 def _worker(folder: str) -> None:
@@ -101,6 +102,12 @@ def _worker(folder: str) -> None:
         one.sync = TorchSync(group)
         out["single.loss"] = torch.tensor(one.run(Xt[rows], yt[rows], wt[rows]).train_loss)
         out.update({f"single.{k}": v for k, v in single.state_dict().items()})
+        torch.manual_seed(0)
+        single = MLP(MLPConfig(n_inputs=3, hidden_sizes=(12,), n_outputs=1))
+        slow = Trainer(single, AUTOGRAD, torch.Generator().manual_seed(5))
+        slow.sync = TorchSync(group)
+        out["autograd.loss"] = torch.tensor(slow.run(Xt[rows], yt[rows], wt[rows]).train_loss)
+        out.update({f"autograd.{k}": v for k, v in single.state_dict().items()})
         save_file(
             {k: v.contiguous() for k, v in out.items()}, f"{folder}/rank{group.rank}.safetensors"
         )
@@ -181,15 +188,20 @@ def test_weighted_training_matches_one_process(ranks: list[dict[str, torch.Tenso
 
 
 @pytest.mark.slow
-def test_weighted_minibatches_match_a_plain_loop(ranks: list[dict[str, torch.Tensor]]) -> None:
-    """One network, weighted minibatches: each step's loss is the global batch's weighted
-    mean (weights summed over both processes), as autograd computes it on that batch."""
+@pytest.mark.parametrize("engine", ["single", "autograd"])
+def test_weighted_minibatches_match_a_plain_loop(
+    ranks: list[dict[str, torch.Tensor]], engine: str
+) -> None:
+    """One network, weighted minibatches, on the fast engine and on autograd: each step's
+    loss is the global batch's weighted mean (weights summed over both processes), as a
+    plain loop computes it on that batch."""
     torch.manual_seed(0)
     model = MLP(MLPConfig(n_inputs=3, hidden_sizes=(12,), n_outputs=1))
     losses = _plain_loop(model, _global_batches(torch.Generator().manual_seed(5), ADAM.epochs))
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(ranks[0][f"single.{k}"], v)
-    torch.testing.assert_close(ranks[0]["single.loss"], torch.tensor(losses, dtype=torch.float32))
+        torch.testing.assert_close(ranks[0][f"{engine}.{k}"], v)
+    expected = torch.tensor(losses, dtype=torch.float32)
+    torch.testing.assert_close(ranks[0][f"{engine}.loss"], expected)
 
 
 @pytest.mark.slow
@@ -263,14 +275,21 @@ def _rank_pids(launcher: int) -> dict[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
 def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
-    table_csv: Path, tmp_path: Path
+    table_frame: pd.DataFrame, tmp_path: Path, stream: bool
 ) -> None:
-    whole = _nnreg(*_train_args(table_csv, tmp_path / "whole"))
+    data = tmp_path / ("table.parquet" if stream else "table.csv")
+    if stream:  # row groups of 25 rows: each process reads every other one
+        table_frame.to_parquet(data, row_group_size=25)
+    else:
+        table_frame.to_csv(data, index=False)
+    extra = ["--stream"] if stream else []
+    whole = _nnreg(*_train_args(data, tmp_path / "whole"), *extra)
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
     run = subprocess.Popen(
-        [sys.executable, "-m", "nnreg", *_train_args(table_csv, out)],
+        [sys.executable, "-m", "nnreg", *_train_args(data, out), *extra],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -295,14 +314,14 @@ def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
         f"the run ended; continue the run from its last checkpoint with --resume {out}."
     ]
     assert not (out / "weights.safetensors").exists()  # nothing half-written
-    elsewhere = _nnreg("train", "--resume", str(out))  # in one process
+    elsewhere = _nnreg("train", "--resume", str(out), *extra)  # in one process
     assert elsewhere.returncode == 2
     assert elsewhere.stderr.strip().splitlines() == [
         f"error: {out / 'checkpoint.safetensors'} was written by a run of 2 processes and "
         "this one has 1; resume it with 2 processes (--nproc 2, or torchrun with 2 in all): "
         "the rows each process trains on depend on their number."
     ]
-    resumed = _nnreg("train", "--nproc", "2", "--resume", str(out), "-q")
+    resumed = _nnreg("train", "--nproc", "2", "--resume", str(out), "-q", *extra)
     assert resumed.returncode == 0, resumed.stderr
     a, b = (
         load_file(tmp_path / "whole" / "weights.safetensors"),
