@@ -314,13 +314,14 @@ def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
         f"the run ended; continue the run from its last checkpoint with --resume {out}."
     ]
     assert not (out / "weights.safetensors").exists()  # nothing half-written
-    elsewhere = _nnreg("train", "--resume", str(out), *extra)  # in one process
-    assert elsewhere.returncode == 2
-    assert elsewhere.stderr.strip().splitlines() == [
-        f"error: {out / 'checkpoint.safetensors'} was written by a run of 2 processes and "
-        "this one has 1; resume it with 2 processes (--nproc 2, or torchrun with 2 in all): "
-        "the rows each process trains on depend on their number."
-    ]
+    if not stream:  # the same check either way
+        elsewhere = _nnreg("train", "--resume", str(out))  # in one process
+        assert elsewhere.returncode == 2
+        assert elsewhere.stderr.strip().splitlines() == [
+            f"error: {out / 'checkpoint.safetensors'} was written by a run of 2 processes and "
+            "this one has 1; resume it with 2 processes (--nproc 2, or torchrun with 2 in "
+            "all): the rows each process trains on depend on their number."
+        ]
     resumed = _nnreg("train", "--nproc", "2", "--resume", str(out), "-q", *extra)
     assert resumed.returncode == 0, resumed.stderr
     a, b = (
