@@ -415,3 +415,40 @@ def test_sweep_shares_are_contiguous_and_split_the_work_evenly() -> None:
     assert [len(s) for s in shares] == [8, 4]  # the 6 small ones and 2 big / 4 big
     assert _share(trials, None, 8, 1) == trials
     assert sum(map(len, (_share(trials[:1], Group(r, 3, r), 8, 1) for r in range(3)))) == 1
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, waiting to be reaped, has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_processes_end_with_a_killed_launcher(table_csv: Path, tmp_path: Path) -> None:
+    """SIGKILL to `nnreg train --nproc 2` leaves no rank training on, orphaned."""
+    out = tmp_path / "run"
+    args = _train_args(table_csv, out)
+    args[args.index("40")] = "4000"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nnreg", *args],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.safetensors").is_file():  # both ranks are training
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    pids = _rank_pids(run.pid)
+    assert sorted(pids) == [0, 1]
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids.values())
+    assert not (out / "weights.safetensors").exists()

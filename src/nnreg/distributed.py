@@ -59,6 +59,7 @@ __all__ = [
     "Group",
     "TorchSync",
     "current",
+    "end_with_launcher",
     "launch",
     "join",
     "launched",
@@ -72,6 +73,8 @@ __all__ = [
 # another one stopped then exits quietly with PEER_STOPPED_EXIT, and the launcher, which
 # knows which process stopped first, says so in one line.
 LAUNCHER_ENV = "NNREG_LAUNCHER"
+LAUNCHER_PID_ENV = "NNREG_LAUNCHER_PID"  # its processes end with it (end_with_launcher)
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 PEER_STOPPED_EXIT = 75  # EX_TEMPFAIL: a temporary failure, to be retried (or resumed)
 T = TypeVar("T")
 
@@ -79,6 +82,23 @@ T = TypeVar("T")
 def under_launcher() -> bool:
     """True in a process that ``nnreg ... --nproc N`` started."""
     return os.environ.get(LAUNCHER_ENV) == "1"
+
+
+def end_with_launcher() -> None:
+    """In a process ``--nproc`` started: have the kernel send it SIGTERM when the launcher
+    dies (even by SIGKILL), so that no rank trains on, orphaned, after the command ended.
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing changes."""
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not under_launcher() or not sys.platform.startswith("linux") or launcher is None:
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(launcher):  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextmanager
@@ -269,6 +289,7 @@ def launch(nproc: int, args: list[str]) -> int:
         start_method="spawn",
     )
     os.environ[LAUNCHER_ENV] = "1"
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     try:
         elastic_launch(config, sys.executable)("-m", "nnreg", *args)
     except ChildFailedError as exc:
@@ -283,6 +304,7 @@ def launch(nproc: int, args: list[str]) -> int:
         return 128 + int(exc.sigval)
     finally:
         os.environ.pop(LAUNCHER_ENV, None)
+        os.environ.pop(LAUNCHER_PID_ENV, None)
     return 0
 
 

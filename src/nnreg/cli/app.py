@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         _silence()  # one process of a multi-process run speaks for all: rank 0
     previous = _on_sigterm(_terminate)
     try:
+        if os.environ.get("NNREG_LAUNCHER") == "1":  # started by --nproc: end with it
+            from ..distributed import end_with_launcher
+
+            end_with_launcher()
         code = cli.main(
             args=args, prog_name="nnreg", standalone_mode=False, obj={"argv": list(args)}
         )
