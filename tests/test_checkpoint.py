@@ -161,3 +161,27 @@ def test_checkpoints_keep_their_tensor_names_and_meta_keys(engine: str) -> None:
             [f"model.{k}" for k in layers] + state + ["generator"] + [f"best.{k}" for k in layers]
         )
         assert list(tensors) == names and list(meta["optimizer"]) == ["param_groups"]
+
+
+def test_edited_checkpoint_metadata_is_refused(tmp_path: Path, table_frame: pd.DataFrame) -> None:
+    """The SHA-256 covers the JSON metadata (epoch, history, processes), not only tensors."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from nnreg.exceptions import ModelFileError
+
+    X, y = table_frame[["a", "b", "c"]], table_frame["y"]
+    ckpt = tmp_path / "checkpoint.safetensors"
+    nnreg.Regressor(max_iter=4, random_state=0).fit(X, y, checkpoint=ckpt, checkpoint_every=2)
+    with safe_open(str(ckpt), "pt") as f:
+        document = json.loads(f.metadata()["nnreg"])
+    assert document["format_version"] == 3 and document["processes"] == 1
+    for key, value in (("processes", 2), ("trainer", {**document["trainer"], "run_epoch": 0})):
+        edited = tmp_path / f"{key}.safetensors"
+        save_file(load_file(ckpt), str(edited), {"nnreg": json.dumps({**document, key: value})})
+        with pytest.raises(ModelFileError, match="changed or damaged"):
+            nnreg.Regressor(max_iter=4, random_state=0).fit(X, y, resume=edited)
+    resumed = nnreg.Regressor(max_iter=4, random_state=0).fit(X, y, resume=ckpt)
+    assert resumed.n_iter_ == 4

@@ -41,6 +41,7 @@ ENSEMBLE = {
 WEIGHTED = {**ENSEMBLE, "n_models": 1, "early_stopping": True, "n_iter_no_change": 4}
 MEMBER_SEEDS = [11, 12]
 BATCH = 8  # rows per process per step
+EPOCHS = 150  # of the command-line runs: enough that a kill after a checkpoint lands mid-run
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,7 +240,7 @@ def _train_args(data: Path, out: Path) -> list[str]:
         "-t",
         "y",
         "--epochs",
-        "40",
+        str(EPOCHS),
         "--hidden",
         "16,16",
         "--batch-size",
@@ -330,7 +331,7 @@ def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = pd.read_csv(out / "history.csv")
-    assert len(history) == 40
+    assert len(history) == EPOCHS
     pd.testing.assert_frame_equal(history, pd.read_csv(tmp_path / "whole" / "history.csv"))
 
 
@@ -432,7 +433,7 @@ def test_the_processes_end_with_a_killed_launcher(table_csv: Path, tmp_path: Pat
     """SIGKILL to `nnreg train --nproc 2` leaves no rank training on, orphaned."""
     out = tmp_path / "run"
     args = _train_args(table_csv, out)
-    args[args.index("40")] = "4000"
+    args[args.index(str(EPOCHS))] = "4000"
     run = subprocess.Popen(
         [sys.executable, "-m", "nnreg", *args],
         env=_env(),

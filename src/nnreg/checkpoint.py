@@ -38,7 +38,9 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "nnreg-checkpoint"
-FORMAT_VERSION = 2  # 2: the tensors' SHA-256 and the run's fingerprint are recorded
+# 2: the tensors' SHA-256 and the run's fingerprint are recorded; 3: the SHA-256 covers the
+# metadata too (the epoch, the history, the number of processes), not only the tensors.
+FORMAT_VERSION = 3
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -48,6 +50,14 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def checkpoint_digest(tensors: Mapping[str, torch.Tensor], document: Mapping[str, Any]) -> str:
+    """SHA-256 of the tensors and of the JSON metadata (but its own ``sha256``)."""
+    h = hashlib.sha256(tensors_digest(tensors).encode())
+    rest = {k: v for k, v in document.items() if k != "sha256"}
+    h.update(json.dumps(rest, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -73,12 +83,8 @@ def save_checkpoint(
     ``meta`` (its ``fingerprint`` included, if any) as JSON metadata."""
     from safetensors.torch import save_file
 
-    document = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **meta,
-        "sha256": tensors_digest(tensors),
-    }
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    document["sha256"] = checkpoint_digest(tensors, json.loads(json.dumps(document)))
     write_file_atomic(
         Path(path),
         lambda tmp: save_file(tensors, str(tmp), metadata={"nnreg": json.dumps(document)}),
@@ -126,7 +132,9 @@ def load_checkpoint(
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path} is not a readable nnreg checkpoint ({exc}).") from exc
-    if meta.get("format_version", 1) >= 2 and tensors_digest(tensors) != meta.get("sha256"):
+    version = meta.get("format_version", 1)
+    digest = checkpoint_digest(tensors, meta) if version >= 3 else tensors_digest(tensors)
+    if version >= 2 and digest != meta.get("sha256"):
         raise ModelFileError(
             f"{path} does not match the SHA-256 recorded in it: the checkpoint was changed or "
             "damaged; start the run anew."

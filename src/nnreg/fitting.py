@@ -420,7 +420,7 @@ def attach_checkpoints(
         check_processes(resume, meta, processes)
         check_fingerprint(resume, meta, fingerprint)
         if group is not None:
-            tensors = _own_random_state(tensors, group.rank)
+            tensors = _own_random_state(resume, tensors, group.rank)
         try:
             trainer.load_state_dict(tensors, meta["trainer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -444,12 +444,18 @@ def attach_checkpoints(
     return write
 
 
-def _own_random_state(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+def _own_random_state(
+    path: str | Path, tensors: dict[str, torch.Tensor], rank: int
+) -> dict[str, torch.Tensor]:
     """A distributed checkpoint's tensors as process ``rank`` resumes them: its own
     generator state as ``generator``, the others' left out."""
     own = {k: v for k, v in tensors.items() if not k.startswith("generator.rank")}
-    if f"generator.rank{rank}" in tensors:
-        own["generator"] = tensors[f"generator.rank{rank}"]
+    if f"generator.rank{rank}" not in tensors:
+        raise ModelFileError(
+            f"{path} holds no random state for the process of rank {rank}; it was not written "
+            "by a run of this many processes. Start the run anew."
+        )
+    own["generator"] = tensors[f"generator.rank{rank}"]
     return own
 
 
