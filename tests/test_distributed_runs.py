@@ -97,18 +97,14 @@ def _worker(folder: str) -> None:
         history = trainer.run(Xt[rows], yt[rows], wt[rows])
         out["members.params"] = trainer.net.params.clone()
         out["members.loss"] = torch.tensor(history.train_loss)
-        torch.manual_seed(0)
-        single = MLP(MLPConfig(n_inputs=3, hidden_sizes=(12,), n_outputs=1))
-        one = Trainer(single, ADAM, torch.Generator().manual_seed(5))
-        one.sync = TorchSync(group)
-        out["single.loss"] = torch.tensor(one.run(Xt[rows], yt[rows], wt[rows]).train_loss)
-        out.update({f"single.{k}": v for k, v in single.state_dict().items()})
-        torch.manual_seed(0)
-        single = MLP(MLPConfig(n_inputs=3, hidden_sizes=(12,), n_outputs=1))
-        slow = Trainer(single, AUTOGRAD, torch.Generator().manual_seed(5))
-        slow.sync = TorchSync(group)
-        out["autograd.loss"] = torch.tensor(slow.run(Xt[rows], yt[rows], wt[rows]).train_loss)
-        out.update({f"autograd.{k}": v for k, v in single.state_dict().items()})
+        for name, config in (("single", ADAM), ("autograd", AUTOGRAD)):  # the two engines
+            torch.manual_seed(0)
+            single = MLP(MLPConfig(n_inputs=3, hidden_sizes=(12,), n_outputs=1))
+            trainer_one = Trainer(single, config, torch.Generator().manual_seed(5))
+            trainer_one.sync = TorchSync(group)
+            losses = trainer_one.run(Xt[rows], yt[rows], wt[rows]).train_loss
+            out[f"{name}.loss"] = torch.tensor(losses)
+            out.update({f"{name}.{k}": v for k, v in single.state_dict().items()})
         save_file(
             {k: v.contiguous() for k, v in out.items()}, f"{folder}/rank{group.rank}.safetensors"
         )
@@ -411,11 +407,14 @@ def test_sweep_shares_are_contiguous_and_split_the_work_evenly() -> None:
     from nnreg.sweep import _share, grid
 
     trials = grid([(64, 64), (128, 128)], [1e-3, 3e-3, 1e-2], [0.0], [0, 1])  # 6 small, 6 big
-    shares = [_share(trials, Group(r, 2, r), 8, 1) for r in range(2)]
+    # 8-64-64-1 and 8-128-128-1 networks: their parameter counts, by hand.
+    params = {(64, 64): 9 * 64 + 65 * 64 + 65, (128, 128): 9 * 128 + 129 * 128 + 129}
+    costs = [params[t.hidden] for t in trials]
+    shares = [_share(trials, Group(r, 2, r), costs) for r in range(2)]
     assert shares[0] + shares[1] == trials  # every configuration once, in the grid's order
     assert [len(s) for s in shares] == [8, 4]  # the 6 small ones and 2 big / 4 big
-    assert _share(trials, None, 8, 1) == trials
-    assert sum(map(len, (_share(trials[:1], Group(r, 3, r), 8, 1) for r in range(3)))) == 1
+    assert _share(trials, None, costs) == trials
+    assert sum(map(len, (_share(trials[:1], Group(r, 3, r), costs[:1]) for r in range(3)))) == 1
 
 
 def _alive(pid: int) -> bool:

@@ -41,7 +41,7 @@ from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError
 from .fitting import FitData, FitResult, calibrate, held_out_metrics
-from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
+from .model import MLP, MLPConfig, MLPEnsemble, predict_moments, state_shapes
 from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History
 from .validation import check_sample_weight, check_X, check_y
@@ -212,8 +212,10 @@ class Sweep:
         recipe = self.recipe_
         config = recipe.train_config(len(self.train_rows_))
         everywhere = _by_architecture(self.trials)
-        n_inputs, n_outputs = len(self.preprocessor_.output_names), self.data_.y.shape[1]
-        groups = _by_architecture(_share(self.trials, group, n_inputs, n_outputs))
+        sizes = {h: _parameters(self._model_config(h)) for h in everywhere}
+        groups = _by_architecture(
+            _share(self.trials, group, [sizes[t.hidden] for t in self.trials])
+        )
         total, done = config.epochs * len(groups), 0
         for hidden, trials in groups.items():
             model_config = self._model_config(hidden)
@@ -415,23 +417,21 @@ def _by_architecture(trials: list[Trial]) -> dict[tuple[int, ...], list[Trial]]:
     return groups
 
 
-def _share(
-    trials: list[Trial], group: distributed.Group | None, n_inputs: int, n_outputs: int
-) -> list[Trial]:
+def _share(trials: list[Trial], group: distributed.Group | None, costs: list[int]) -> list[Trial]:
     """This process's configurations (all of them in one process): a contiguous share of
-    the grid, so that each process batches few architectures, cut where the work (each
-    configuration's parameters, which its steps cost in proportion to) is split evenly."""
+    the grid, so that each process batches few architectures, cut where the work (``costs``,
+    each configuration's parameters, which its steps cost in proportion to) splits evenly."""
     if group is None:
         return trials
-    costs = np.array([_parameters(t.hidden, n_inputs, n_outputs) for t in trials], float)
-    middle = np.cumsum(costs) - costs / 2  # (trials,) the work done halfway through each
-    owner = np.minimum((middle * group.world_size / costs.sum()).astype(int), group.world_size - 1)
+    work = np.asarray(costs, dtype=float)
+    middle = np.cumsum(work) - work / 2  # (trials,) the work done halfway through each
+    owner = np.minimum((middle * group.world_size / work.sum()).astype(int), group.world_size - 1)
     return [t for t, r in zip(trials, owner, strict=True) if r == group.rank]
 
 
-def _parameters(hidden: tuple[int, ...], n_inputs: int, n_outputs: int) -> int:
-    widths = [n_inputs, *hidden, n_outputs]
-    return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
+def _parameters(config: MLPConfig) -> int:
+    """How many parameters ``MLP(config)`` has."""
+    return sum(math.prod(shape) for shape in state_shapes(config).values())
 
 
 def _plain(g: _Group) -> dict[str, Any]:
