@@ -328,6 +328,17 @@ def weights_hash(folder: Path) -> str:
     return sha256(read_file(folder / "weights.safetensors"))
 
 
+def wait_for_save(proc: subprocess.Popen, parent: Path, name: str, limit: float) -> float:
+    """Poll until ``proc`` starts writing ``parent/name`` (its temporary sibling appears) or
+    ends; the seconds waited."""
+    started = time.monotonic()
+    while proc.poll() is None and time.monotonic() - started < limit:
+        if any(p.name.startswith(f".{name}.nnreg-") for p in parent.iterdir()):
+            break
+        time.sleep(0.002)
+    return time.monotonic() - started
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_loses_the_model(tmp_path: Path, table_csv: Path) -> None:
     out = tmp_path / "m"
@@ -335,9 +346,12 @@ def test_kill_9_at_random_moments_never_loses_the_model(tmp_path: Path, table_cs
     command += ["--epochs", "3", "--out", str(out)]
     subprocess.run([*command, "--seed", "0"], check=True, capture_output=True)
     old = weights_hash(out)
+    proc = subprocess.Popen([*command, "--seed", "1"], stdout=subprocess.DEVNULL)
     started = time.monotonic()
-    subprocess.run([*command, "--seed", "1"], check=True, capture_output=True)
+    until_save = wait_for_save(proc, tmp_path, "m", 600)
+    assert proc.wait() == 0
     duration = time.monotonic() - started
+    saving = duration - until_save  # the save, then the interpreter's exit
     new = weights_hash(out)
     subprocess.run([*command, "--seed", "0"], check=True, capture_output=True)
     assert old != new and weights_hash(out) == old
@@ -347,7 +361,11 @@ def test_kill_9_at_random_moments_never_loses_the_model(tmp_path: Path, table_cs
         proc = subprocess.Popen(
             [*command, "--seed", str(k % 2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.2, 1.1) * duration)  # mostly late: training and saving
+        if k % 4 < 2:  # any moment, mostly late: loading, training and saving
+            time.sleep(rng.uniform(0.2, 1.1) * duration)
+        else:  # aimed at the save, however slow the start was: before, during and after it
+            wait_for_save(proc, tmp_path, "m", 10 * duration)
+            time.sleep(rng.uniform(0, 1.2) * saving)
         proc.kill()
         proc.wait()
         assert out.is_dir(), f"kill {k} left no model folder"
