@@ -36,7 +36,7 @@ import torch
 from ._version import __version__
 from .checkpoint import CHECKPOINT, is_checkpoint, load_checkpoint, save_checkpoint
 from .exceptions import ModelFileError
-from .model import MLPConfig, state_shapes
+from .model import MLPConfig, embedding_shapes, state_shapes
 from .outputs import atomic_folder, write_file_atomic
 from .reading import (
     MAX_JSON_BYTES,
@@ -312,7 +312,7 @@ def _check_shapes(header: dict[str, Any], config: MLPConfig, n_models: int, path
     """The weights file must hold exactly the tensors the architecture describes; the
     tensors are counted before their shapes are listed, so no absurd size is ever built."""
     found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    count = n_models * 2 * (len(config.hidden_sizes) + 1)
+    count = n_models * (2 * (len(config.hidden_sizes) + 1) + len(embedding_shapes(config)))
     expected = state_shapes(config, n_models) if count == len(found) else {}
     if not expected or any(found.get(k) != s for k, s in expected.items()):
         wrong = sorted(k for k in expected if found.get(k) != expected[k])

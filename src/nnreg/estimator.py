@@ -23,6 +23,7 @@ from .ensemble import ConformalCalibrator
 from .exceptions import ConfigError, NotFittedError, TrainingDivergedError
 from .importance import Importance
 from .model import MLPEnsemble, count_parameters, predict_moments
+from .presets import Parameters
 from .recipe import PRESETS, Recipe, is_real, jsonable
 from .restore import restore
 from .train import EpochCallback
@@ -31,7 +32,7 @@ from .validation import check_sample_weight, check_X, check_y, drop_zero_weights
 __all__ = ["PRESETS", "Regressor", "load"]
 
 
-class Regressor(RegressorMixin, BaseEstimator):
+class Regressor(Parameters, RegressorMixin, BaseEstimator):
     """A multilayer-perceptron regressor trained with PyTorch.
 
     The defaults are the ``recommended`` preset; ``Regressor.from_preset("seed")`` is the
@@ -105,6 +106,12 @@ class Regressor(RegressorMixin, BaseEstimator):
         ``history_.val_loss``: with ``early_stopping`` all members stop together when it
         stalls and keep its best epoch; without, they train every epoch and go back to the
         best one only if it beat the last by more than two standard errors (``best_epoch_``).
+    embedding : {'none', 'piecewise', 'periodic'}, default='none'
+        Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
+        as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
+        (fewer on small tables: at most one per 8 rows) or periodic with ``n_bins``
+        frequencies. One network only, trained by autograd.
+    d_embedding, n_bins : int, default=16, 48
     device : str, default='cpu'
         Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else
         the CPU). In a multi-process run a bare 'cuda' is ``cuda:LOCAL_RANK``. Predictions are
@@ -151,37 +158,6 @@ class Regressor(RegressorMixin, BaseEstimator):
     n_outputs_: int
     calibrator_: ConformalCalibrator
     _fit: fitting.FitResult | None = None  # what adopt took in; partial_fit continues it
-    # The parameters, as __init__ stores them:
-    hidden_layer_sizes: tuple[int, ...]
-    activation: str
-    init: str
-    dropout: float
-    optimizer: str
-    learning_rate_init: float
-    learning_rate: str
-    momentum: float
-    nesterovs_momentum: bool
-    weight_decay: float
-    beta_1: float
-    beta_2: float
-    epsilon: float
-    batch_size: int | str
-    max_iter: int
-    loss: str
-    early_stopping: bool
-    validation_fraction: float
-    n_iter_no_change: int
-    tol: float
-    scaling: str
-    scale_target: bool
-    missing: str
-    max_categories: int
-    dtype: str
-    random_state: int | np.random.RandomState | None
-    warm_start: bool
-    n_models: int
-    device: str
-    verbose: int
 
     def __init__(
         self,
@@ -213,6 +189,9 @@ class Regressor(RegressorMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
         n_models: int = 1,
+        embedding: str = "none",
+        d_embedding: int = 16,
+        n_bins: int = 48,
         device: str = "cpu",
         verbose: int = 0,
     ) -> None:

@@ -35,6 +35,7 @@ the metadata back in :func:`onnx_inputs` needs it too.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
+from .embeddings import PeriodicEmbedding, PiecewiseLinearEmbedding
 from .exceptions import ConfigError, DataError, ModelFileError, NotFittedError
 from .model import MLP, MLPEnsemble
 from .outputs import check_output_file, write_file_atomic
@@ -363,8 +365,55 @@ def _categorical_parts(g: _Graph, pre: TablePreprocessor, net_type: int) -> list
     return parts
 
 
+def _embedding(g: _Graph, model: MLP, h: str, dtype: Any) -> str:
+    """The numeric embedding (nnreg.embeddings) of the first ``n_embedded`` columns,
+    flattened, then the other columns: (batch, n_inputs) -> (batch, first_width)."""
+    emb, config = model.embedding, model.config
+    if emb is None:
+        return h
+    n = config.n_embedded
+
+    def const(hint: str, t: torch.Tensor) -> str:
+        return g.const(hint, t.detach().cpu().double().numpy(), dtype)
+
+    def columns(lo: int, hi: int) -> str:
+        ends = [g.const(k, [v], np.int64) for k, v in (("start", lo), ("end", hi), ("axis", 1))]
+        return g.op("Slice", [h, *ends], "columns")
+
+    x = g.op("Unsqueeze", [columns(0, n), g.const("axis", [2], np.int64)], "numeric")
+    if isinstance(emb, PiecewiseLinearEmbedding):  # x: (batch, n, 1)
+        z = g.op(
+            "Add",
+            [g.op("Mul", [x, const("bin_scale", emb.scale)]), const("bin_offset", emb.offset)],
+        )
+        z = g.op("Max", [z, const("bin_lower", emb.lower)])
+        z = g.op("Min", [z, const("bin_upper", emb.upper)], "bin_code")  # (batch, n, bins)
+        linear = g.op("Mul", [x, const("linear_weight", emb.linear_weight)])
+        linear = g.op("Add", [linear, const("linear_bias", emb.linear_bias)])
+        out = g.op("Add", [linear, _per_feature(g, z, const("bin_weight", emb.weight))])
+    else:
+        assert isinstance(emb, PeriodicEmbedding)
+        angle = g.op("Mul", [x, const("frequency", (2 * math.pi) * emb.frequencies)])
+        z = g.op("Concat", [g.op("Cos", [angle]), g.op("Sin", [angle])], "periodic", axis=2)
+        out = g.op(
+            "Add", [_per_feature(g, z, const("weight", emb.weight)), const("bias", emb.bias)]
+        )
+        out = g.op("Relu", [out])
+    flat = g.op("Flatten", [out], "embedded", axis=1)  # (batch, n * d)
+    if n == config.n_inputs:
+        return flat
+    return g.op("Concat", [flat, columns(n, config.n_inputs)], "embedded_inputs", axis=1)
+
+
+def _per_feature(g: _Graph, z: str, weight: str) -> str:
+    """Each feature's own linear map: (batch, n, k) @ (n, k, d) -> (batch, n, d)."""
+    product = g.op("MatMul", [g.op("Transpose", [z], perm=[1, 0, 2]), weight])  # (n, batch, d)
+    return g.op("Transpose", [product], perm=[1, 0, 2])
+
+
 def _network(g: _Graph, model: MLP, h: str, dtype: Any) -> str:
     """The MLP's layers as Gemm nodes with the activation between them; dropout is off."""
+    h = _embedding(g, model, h, dtype)
     linears = [m for m in model.layers if isinstance(m, nn.Linear)]
     activation = model.config.activation
     for i, layer in enumerate(linears):

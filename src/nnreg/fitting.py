@@ -33,6 +33,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins
 from .ensemble import EnsembleTrainer
 from .exceptions import ModelFileError, TrainingDivergedError
 from .metrics import regression_metrics
@@ -174,9 +175,19 @@ def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
     w = data.weight if rows is None or data.weight is None else data.weight[rows]
     preprocessor = recipe.preprocessor().fit(frame, w)
     y_scaler = recipe.target_scaler().fit(y, w)
-    config = recipe.model_config(len(preprocessor.output_names), y.shape[1])
+    n_numeric = len(preprocessor.numeric)  # the first encoded columns
+    config = recipe.model_config(len(preprocessor.output_names), y.shape[1], n_numeric)
+    edges = None
+    if config.embedding == "piecewise":
+        numeric = preprocessor.transform(frame)[:, :n_numeric]
+        edges = quantile_bins(numeric, adapted_bins(config.n_bins, len(frame)))
+        config = replace(config, n_bins=max(len(e) - 1 for e in edges))
+    model = recipe.model(config)
+    if edges is not None:
+        assert isinstance(model, MLP) and isinstance(model.embedding, PiecewiseLinearEmbedding)
+        model.embedding.set_bins(edges)
     return FitResult(
-        model=recipe.model(config),
+        model=model,
         history=History(),
         preprocessor=preprocessor,
         y_scaler=y_scaler,

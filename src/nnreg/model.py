@@ -10,6 +10,7 @@ for the output layer: 460 weights + 41 biases = 501 parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embeddings import EMBEDDINGS, PeriodicEmbedding, PiecewiseLinearEmbedding
+
 __all__ = [
     "ACTIVATIONS",
     "INITS",
@@ -26,6 +29,8 @@ __all__ = [
     "MLPConfig",
     "MLPEnsemble",
     "count_parameters",
+    "embedding_shapes",
+    "make_embedding",
     "predict_moments",
     "state_shapes",
     "summary",
@@ -50,14 +55,31 @@ class MLPConfig:
     activation: str = "relu"
     init: str = "xavier_uniform"  # of the hidden layers; the output layer keeps PyTorch's default
     dropout: float = 0.0  # after each hidden activation, in training mode
+    # Numeric embeddings (nnreg.embeddings) of the first n_embedded inputs, d_embedding
+    # numbers each; n_bins: a piecewise embedding's slots per feature (its most bins), a
+    # periodic one's frequencies per feature.
+    embedding: str = "none"
+    n_embedded: int = 0
+    d_embedding: int = 16
+    n_bins: int = 48
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store a tuple so the config stays hashable.
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
 
+    @property
+    def first_width(self) -> int:
+        """The first layer's input width: embedded inputs count ``d_embedding`` each."""
+        if self.embedding == "none":
+            return self.n_inputs
+        return self.n_inputs + self.n_embedded * (self.d_embedding - 1)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
+        if self.embedding == "none":  # written as before embeddings existed
+            for name in EMBEDDING_FIELDS:
+                del d[name]
         return d
 
     @classmethod
@@ -78,6 +100,11 @@ class MLPConfig:
             "activation": d.get("activation") in ACTIVATIONS,
             "init": d.get("init") in INITS,
             "dropout": isinstance(d.get("dropout"), (int, float)) and 0 <= d["dropout"] < 1,
+            "embedding": d.get("embedding", "none") in EMBEDDINGS,
+            "n_embedded": d.get("embedding", "none") == "none"
+            or (_count(d.get("n_embedded")) and d["n_embedded"] <= d.get("n_inputs", 0)),
+            "d_embedding": _count(d.get("d_embedding", 1)),
+            "n_bins": _count(d.get("n_bins", 1)),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -86,6 +113,7 @@ class MLPConfig:
 
 
 MAX_LAYERS = 1024  # hidden layers a saved configuration may have
+EMBEDDING_FIELDS = ("embedding", "n_embedded", "d_embedding", "n_bins")
 
 
 def _count(v: Any) -> bool:
@@ -95,13 +123,35 @@ def _count(v: Any) -> bool:
 def state_shapes(config: MLPConfig, n_models: int = 1) -> dict[str, tuple[int, ...]]:
     """The state-dict keys and shapes of ``MLP(config)`` (or of an ensemble of ``n_models``),
     computed without building the network."""
-    sizes = [config.n_inputs, *config.hidden_sizes, config.n_outputs]
-    one: dict[str, tuple[int, ...]] = {}
+    sizes = [config.first_width, *config.hidden_sizes, config.n_outputs]
+    one = embedding_shapes(config)
     for i, (a, b) in enumerate(pairwise(sizes)):
         one[f"layers.{i}.weight"], one[f"layers.{i}.bias"] = (b, a), (b,)
     if n_models == 1:
         return one
     return {f"members.{k}.{name}": s for k in range(n_models) for name, s in one.items()}
+
+
+def embedding_shapes(config: MLPConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict keys and shapes of the network's numeric embedding (none: empty)."""
+    n, d, k = config.n_embedded, config.d_embedding, config.n_bins
+    if config.embedding == "piecewise":
+        shapes = {"linear_weight": (n, d), "linear_bias": (n, d), "weight": (n, k, d)}
+        shapes |= {name: (n, k) for name in ("scale", "offset", "lower", "upper")}
+    elif config.embedding == "periodic":
+        shapes = {"frequencies": (n, k), "weight": (n, 2 * k, d), "bias": (n, d)}
+    else:
+        return {}
+    return {f"embedding.{name}": shape for name, shape in shapes.items()}
+
+
+def make_embedding(config: MLPConfig) -> nn.Module | None:
+    """The configuration's numeric embedding module, initialised (None without one)."""
+    if config.embedding == "piecewise":
+        return PiecewiseLinearEmbedding(config.n_embedded, config.n_bins, config.d_embedding)
+    if config.embedding == "periodic":
+        return PeriodicEmbedding(config.n_embedded, config.n_bins, config.d_embedding)
+    return None
 
 
 class MLP(nn.Module):
@@ -126,7 +176,8 @@ class MLP(nn.Module):
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
         self.config = config
-        sizes = [config.n_inputs, *config.hidden_sizes, config.n_outputs]
+        self.embedding = make_embedding(config)  # drawn first; None draws nothing
+        sizes = [config.first_width, *config.hidden_sizes, config.n_outputs]
         linears = [nn.Linear(a, b) for a, b in pairwise(sizes)]  # draws default inits in order
         if config.init == "xavier_uniform":
             for layer in linears[:-1]:
@@ -138,16 +189,28 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n_inputs) -> (batch, n_outputs)
+        x = self.embed(x)  # (batch, first_width)
         *hidden, out = self.layers
         for layer in hidden:
             x = self.drop(self.act(layer(x)))  # (batch, hidden)
         return out(x)
 
+    def embed(
+        self, x: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    ) -> torch.Tensor:
+        """The first layer's input: the embedded columns flattened, then the others as they
+        are; ``cast`` converts the embedding's tensors (float64 inference)."""
+        if self.embedding is None:
+            return x
+        n = self.config.n_embedded
+        e = self.embedding(x[:, :n], cast)  # (batch, n, d)
+        return torch.cat([e.flatten(1), x[:, n:]], dim=1)
+
     @torch.no_grad()
     def predict_float64(self, x: torch.Tensor) -> torch.Tensor:
         """Inference in float64 whatever the parameters' dtype: results do not depend on how
         rows are grouped into batches, and the model itself is left untouched."""
-        x = x.double()
+        x = self.embed(x.double(), lambda t: t.double())
         act = self.act
         *hidden, out = [m for m in self.layers if isinstance(m, nn.Linear)]
         for layer in hidden:
@@ -167,8 +230,23 @@ def summary(config: MLPConfig) -> list[dict[str, Any]]:
     >>> sum(r["params"] for r in rows)
     501
     """
-    sizes = [config.n_inputs, *config.hidden_sizes, config.n_outputs]
+    sizes = [config.first_width, *config.hidden_sizes, config.n_outputs]
     rows = []
+    if config.embedding != "none":
+        n, d, k = config.n_embedded, config.d_embedding, config.n_bins
+        piecewise = config.embedding == "piecewise"
+        weights = n * k * d + n * d if piecewise else n * (k + 2 * k * d)
+        unit = "bins" if piecewise else "frequencies"
+        rows.append(
+            {
+                "layer": f"{config.embedding} embedding ({k} {unit})",
+                "in": config.n_inputs,
+                "out": config.first_width,
+                "weights": weights,
+                "biases": n * d,
+                "params": weights + n * d,
+            }
+        )
     for i, (a, b) in enumerate(pairwise(sizes)):
         last = i == len(sizes) - 2
         rows.append(

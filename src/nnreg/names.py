@@ -9,16 +9,18 @@ repeats the keys of one library constant, which stays the authority
     LOSSES        nnreg.train.LOSSES
     SCHEDULES     nnreg.train.SCHEDULES
     SCALINGS      nnreg.preprocess.SCALINGS
+    EMBEDDINGS    nnreg.embeddings.EMBEDDINGS
 
 The presets themselves live in :mod:`nnreg.presets`, which imports nothing heavy either.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "LOSSES", "OPTIMIZERS", "SCALINGS", "SCHEDULES"]
+__all__ = ["ACTIVATIONS", "EMBEDDINGS", "LOSSES", "OPTIMIZERS", "SCALINGS", "SCHEDULES"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
 SCALINGS = ("standard", "robust", "none")
+EMBEDDINGS = ("none", "piecewise", "periodic")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "RECOMMENDED_PRESET", "SEED_PRESET"]
+__all__ = ["PRESETS", "RECOMMENDED_PRESET", "SEED_PRESET", "Parameters"]
 
 # The seed experiment's recipe, exactly (DESIGN.md).
 SEED_PRESET: dict[str, Any] = {
@@ -50,3 +50,42 @@ RECOMMENDED_PRESET: dict[str, Any] = {
     "scale_target": True,
 }
 PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
+
+
+class Parameters:
+    """The estimator's parameters as typed attributes: ``nnreg.Regressor.__init__`` stores
+    each under its own name (scikit-learn's rule)."""
+
+    hidden_layer_sizes: tuple[int, ...]
+    activation: str
+    init: str
+    dropout: float
+    optimizer: str
+    learning_rate_init: float
+    learning_rate: str
+    momentum: float
+    nesterovs_momentum: bool
+    weight_decay: float
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    batch_size: int | str
+    max_iter: int
+    loss: str
+    early_stopping: bool
+    validation_fraction: float
+    n_iter_no_change: int
+    tol: float
+    scaling: str
+    scale_target: bool
+    missing: str
+    max_categories: int
+    dtype: str
+    random_state: Any  # int, numpy RandomState or None
+    warm_start: bool
+    n_models: int
+    embedding: str
+    d_embedding: int
+    n_bins: int
+    device: str
+    verbose: int

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .device import DEVICE_HELP, is_device_name, training_device
+from .embeddings import EMBEDDINGS
 from .exceptions import ConfigError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble
 from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 
+MAX_BINS = 1024  # n_bins at most
 AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -126,6 +128,12 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "random_state": (_seed, "None, an integer in [0, 2**32) or a numpy RandomState"),
     "warm_start": BOOL,
     "n_models": (_positive_int, "a positive integer (ensemble members)"),
+    "embedding": _one_of(EMBEDDINGS),
+    "d_embedding": (_positive_int, "a positive integer (numbers per numeric column)"),
+    "n_bins": (
+        lambda v: _positive_int(v) and int(v) <= MAX_BINS,
+        f"an integer in [1, {MAX_BINS}] (bins or frequencies per numeric column)",
+    ),
     "device": (is_device_name, DEVICE_HELP),
     "verbose": (
         lambda v: isinstance(v, (bool, np.bool_)) or (_is_int(v) and v >= 0),
@@ -154,6 +162,11 @@ def check_params(params: Mapping[str, Any], label: Label | None = None) -> None:
         problems.append(
             f"{name_of('nesterovs_momentum')}=True needs {name_of('momentum')} > 0 with "
             f"{name_of('optimizer')}='sgd'"
+        )
+    if not problems and params.get("embedding", "none") != "none" and params.get("n_models", 1) > 1:
+        problems.append(
+            f"{name_of('embedding')}={params['embedding']!r} trains one network: set "
+            f"{name_of('n_models')}=1 (ensembles of embedding networks are not available yet)"
         )
     if problems:
         raise ConfigError("invalid Regressor settings: " + "; ".join(problems) + ".")
@@ -237,8 +250,12 @@ class Recipe:
         """The target transform to fit (unfitted)."""
         return Standardizer(bool(self.params["scale_target"]))
 
-    def model_config(self, n_inputs: int, n_outputs: int) -> MLPConfig:
+    def model_config(self, n_inputs: int, n_outputs: int, n_numeric: int = 0) -> MLPConfig:
+        """The network for ``n_inputs`` encoded columns, the first ``n_numeric`` of them the
+        numeric ones (what an embedding embeds); a piecewise embedding's ``n_bins`` is the
+        most it may get (:func:`~nnreg.fitting` sets the number its bins have)."""
         p = self.params
+        embedding = p["embedding"] if n_numeric > 0 else "none"
         return MLPConfig(
             n_inputs=n_inputs,
             hidden_sizes=p["hidden_layer_sizes"],
@@ -246,6 +263,10 @@ class Recipe:
             activation=p["activation"],
             init=p["init"],
             dropout=float(p["dropout"]),
+            embedding=embedding,
+            n_embedded=n_numeric if embedding != "none" else 0,
+            d_embedding=int(p["d_embedding"]),
+            n_bins=int(p["n_bins"]),
         )
 
     def train_config(self, n_rows: int) -> TrainConfig:

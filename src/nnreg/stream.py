@@ -201,6 +201,8 @@ def check_streamable(reg: Regressor, world_size: int = 1) -> Recipe:
         "early_stopping (it holds out validation rows in memory)": bool(params["early_stopping"]),
         "warm_start (streamed training always starts anew)": bool(params["warm_start"]),
         "batch_size='full' (one step over every row at once)": params["batch_size"] == "full",
+        "numeric embeddings (their bins are fitted on rows in memory)": params["embedding"]
+        != "none",
     }
     if world_size > 1:  # every process must draw the same weights and row-group order
         rs = params["random_state"]

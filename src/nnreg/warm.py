@@ -39,6 +39,7 @@ ARCHITECTURE_PARAMS = {
     "hidden_sizes": "hidden_layer_sizes",
     "activation": "activation",
     "dropout": "dropout",
+    "embedding": "embedding",
 }
 # What the optimiser state depends on: settings that differ leave it behind.
 _OPTIMIZER_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "betas", "eps")
@@ -95,10 +96,14 @@ def check_continuable(recipe: Recipe, model: MLP | MLPEnsemble, how: str) -> MLP
             "(n_models > 1); call fit with warm_start=False to train anew."
         )
     config = model.config
-    wanted = recipe.model_config(config.n_inputs, config.n_outputs)
+    # Any numeric column count > 0 tells whether the recipe embeds (the bins are fitted).
+    wanted = recipe.model_config(config.n_inputs, config.n_outputs, max(1, config.n_embedded))
+    names = dict(ARCHITECTURE_PARAMS)
+    if config.embedding != "none":
+        names["d_embedding"] = "d_embedding"
     changed = [
         f"{param} ({getattr(config, name)!r} -> {getattr(wanted, name)!r})"
-        for name, param in ARCHITECTURE_PARAMS.items()
+        for name, param in names.items()
         if getattr(config, name) != getattr(wanted, name)
     ]
     if changed:

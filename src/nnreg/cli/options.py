@@ -306,6 +306,22 @@ def _fit_options() -> Decorator:
             "SCALINGS",
             "How numeric columns are scaled (robust: median and quartiles, then a smooth clip).",
         ),
+        _choice(
+            "--embedding",
+            "embedding",
+            "nnreg.names",
+            "EMBEDDINGS",
+            "Numeric embeddings: each numeric column enters the network as --d-embedding "
+            "learned numbers, piecewise-linear over --n-bins quantile bins or periodic [none].",
+        ),
+        _number("--d-embedding", "d_embedding", int, "Numbers per embedded column [16]."),
+        _number(
+            "--n-bins",
+            "n_bins",
+            int,
+            "Bins (piecewise; fewer on small tables) or frequencies (periodic) per numeric "
+            "column [48].",
+        ),
         option(
             "--n-models",
             type=int,

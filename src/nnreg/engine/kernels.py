@@ -25,7 +25,8 @@ def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bo
     """True when :class:`FastMLP` computes exactly what autograd would for this recipe."""
     layers = getattr(model, "layers", None)
     return (
-        isinstance(layers, nn.ModuleList)
+        getattr(model, "embedding", None) is None
+        and isinstance(layers, nn.ModuleList)
         and all(type(m) is nn.Linear and m.bias is not None for m in layers)
         and activation in FAST_ACTIVATIONS
         and loss in FAST_LOSSES
