@@ -24,6 +24,14 @@ PARAMS = [
         "learning_rate": "plateau",
         "learning_rate_init": 0.01,
     },
+    # shared members (autograd), with a piecewise embedding and held-out calibration rows
+    {
+        "max_iter": 12,
+        "random_state": 3,
+        "n_models": 3,
+        "ensemble": "tabm",
+        "embedding": "piecewise",
+    },
 ]
 
 

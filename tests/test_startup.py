@@ -83,7 +83,7 @@ def test_info_does_not_import_torch(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_the_names_the_command_line_lists_are_the_librarys() -> None:
-    from nnreg import embeddings, model, preprocess, train
+    from nnreg import embeddings, model, preprocess, recipe, train
 
     assert tuple(model.ACTIVATIONS) == nnreg.names.ACTIVATIONS
     assert tuple(train.OPTIMIZERS) == nnreg.names.OPTIMIZERS
@@ -91,6 +91,7 @@ def test_the_names_the_command_line_lists_are_the_librarys() -> None:
     assert tuple(train.SCHEDULES) == nnreg.names.SCHEDULES
     assert tuple(preprocess.SCALINGS) == nnreg.names.SCALINGS
     assert tuple(embeddings.EMBEDDINGS) == nnreg.names.EMBEDDINGS
+    assert tuple(recipe.ENSEMBLES) == nnreg.names.ENSEMBLES
 
 
 def test_train_help_lists_the_choices() -> None:

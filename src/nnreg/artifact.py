@@ -312,7 +312,11 @@ def _check_shapes(header: dict[str, Any], config: MLPConfig, n_models: int, path
     """The weights file must hold exactly the tensors the architecture describes; the
     tensors are counted before their shapes are listed, so no absurd size is ever built."""
     found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    count = n_models * (2 * (len(config.hidden_sizes) + 1) + len(embedding_shapes(config)))
+    if config.ensemble != "none":  # one network holds the members
+        n_models = 1
+    one = state_shapes(config) if config.ensemble != "none" else None
+    count = n_models * (len(one) if one else 2 * (len(config.hidden_sizes) + 1))
+    count += 0 if one else n_models * len(embedding_shapes(config))
     expected = state_shapes(config, n_models) if count == len(found) else {}
     if not expected or any(found.get(k) != s for k, s in expected.items()):
         wrong = sorted(k for k in expected if found.get(k) != expected[k])

@@ -252,7 +252,12 @@ class AutogradBackend:
         average: Average | None,
         total: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, float]:
-        pred = self.model(xb)  # (batch, outputs)
+        pred = self.model(xb)  # (batch, outputs), or shared members' (k, batch, outputs)
+        if pred.dim() == 3:  # the mean of the members' losses: k copies of the batch
+            k = pred.shape[0]
+            pred, yb = pred.flatten(0, 1), yb.repeat(k, 1)
+            wb = None if wb is None else wb.repeat(k)
+            total = None if wb is None else (wb.sum() if total is None else total * k)
         loss = self.loss_fn(pred, yb, wb, total)
         self.optimizer.zero_grad()
         loss.backward()
@@ -269,7 +274,8 @@ class AutogradBackend:
 
     def validation_loss(self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None) -> float:
         self.model.eval()
-        loss = self.loss_fn(self.model(xb), yb, wb).item()
+        pred = self.model(xb)
+        loss = self.loss_fn(pred.mean(0) if pred.dim() == 3 else pred, yb, wb).item()
         self.model.train()
         return loss
 

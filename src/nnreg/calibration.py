@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .exceptions import ConfigError
-from .model import MLP, MLPEnsemble, predict_moments
+from .model import MLP, Predicts, predict_moments
 from .preprocess import Standardizer
 from .train import Validation
 
@@ -29,9 +29,7 @@ def out_of_fold(X_cal: torch.Tensor, folds: np.ndarray, helpers: list[MLP]) -> n
     return out[folds, np.arange(out.shape[1])]  # (rows, targets)
 
 
-def calibrate(
-    model: MLP | MLPEnsemble, validation: Validation | None
-) -> ConformalCalibrator | None:
+def calibrate(model: Predicts, validation: Validation | None) -> ConformalCalibrator | None:
     """The held-out rows' conformity scores, for prediction intervals; None without rows."""
     if validation is None:
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .model import MLPEnsemble
+from .model import n_members
 
 __all__ = ["describe"]
 
@@ -47,7 +47,7 @@ def describe(
             **{f"validation_{k}": v for k, v in held_out.items()},
             **(metrics or {}),
         },
-        "n_models": len(reg.model_.members) if isinstance(reg.model_, MLPEnsemble) else 1,
+        "n_models": n_members(reg.model_),
     }
     if hasattr(reg, "calibrator_"):
         meta["calibration"] = reg.calibrator_.to_dict()

@@ -26,6 +26,7 @@ from .model import MLPEnsemble, count_parameters, predict_moments
 from .presets import Parameters
 from .recipe import PRESETS, Recipe, is_real, jsonable
 from .restore import restore
+from .tabm import TabM
 from .train import EpochCallback
 from .validation import check_sample_weight, check_X, check_y, drop_zero_weights
 
@@ -106,11 +107,17 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         ``history_.val_loss``: with ``early_stopping`` all members stop together when it
         stalls and keep its best epoch; without, they train every epoch and go back to the
         best one only if it beat the last by more than two standard errors (``best_epoch_``).
+    ensemble : {'independent', 'tabm', 'tabm-mini'}, default='independent'
+        How ``n_models > 1`` members are built: independent networks (above), or TabM's
+        parameter-efficient members (:mod:`nnreg.tabm`) that share each layer's weights and
+        differ by per-member scalings and biases ('tabm-mini': an input scaling only),
+        trained as one network on the mean of their losses. Shared members hold out their
+        calibration rows (``validation_fraction``, at least 100 or a third) from training.
     embedding : {'none', 'piecewise', 'periodic'}, default='none'
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
         (fewer on small tables: at most one per 8 rows) or periodic with ``n_bins``
-        frequencies. One network only, trained by autograd.
+        frequencies. Not with independent members; trained by autograd.
     d_embedding, n_bins : int, default=16, 48
     device : str, default='cpu'
         Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else
@@ -189,6 +196,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
         n_models: int = 1,
+        ensemble: str = "independent",
         embedding: str = "none",
         d_embedding: int = 16,
         n_bins: int = 48,
@@ -260,8 +268,11 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if warm else None)
         if self.warm_start and self.n_models > 1:
             raise ConfigError("warm_start is not available with n_models > 1.")
-        if self.n_models > 1 and (checkpoint is not None or resume is not None):
-            raise ConfigError("checkpoints are available for single models (n_models=1).")
+        independent = self.n_models > 1 and self.ensemble == "independent"
+        if independent and (checkpoint is not None or resume is not None):
+            raise ConfigError(
+                "checkpoints are available for one network (n_models=1, or ensemble='tabm')."
+            )
         data = self._fit_data(X, y, sample_weight, reset=not warm)
         checkpoints = fitting.Checkpoints(checkpoint, checkpoint_every, checkpoint_info, resume)
         try:
@@ -365,7 +376,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         pred = self.y_scaler_.inverse_transform(mean)
         if not return_std:
             return self._shape(pred)
-        if not isinstance(self.model_, MLPEnsemble):
+        if not isinstance(self.model_, (MLPEnsemble, TabM)):
             raise ConfigError("return_std=True needs an ensemble: fit with n_models > 1.")
         return self._shape(pred), self._shape(std * np.asarray(self.y_scaler_.scale))
 

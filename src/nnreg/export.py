@@ -35,19 +35,17 @@ the metadata back in :func:`onnx_inputs` needs it too.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from ._version import __version__
-from .embeddings import PeriodicEmbedding, PiecewiseLinearEmbedding
 from .exceptions import ConfigError, DataError, ModelFileError, NotFittedError
 from .model import MLP, MLPEnsemble
+from .onnx_graph import Graph, network
 from .outputs import check_output_file, write_file_atomic
 from .preprocess import MISSING_CATEGORY, OTHER, SMOOTH_CLIP, TablePreprocessor
 
@@ -233,34 +231,6 @@ def _array_frame(X: Any, features: list[str]) -> pd.DataFrame:
     return pd.DataFrame(arr, columns=features)
 
 
-class _Graph:
-    """Collects nodes and constants; every value gets a fresh, readable name."""
-
-    def __init__(self, onnx: Any) -> None:
-        self.onnx = onnx
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-        self._count = 0
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, hint: str, value: Any, dtype: Any) -> str:
-        name = self._name(hint)
-        array = np.asarray(value, dtype=dtype)
-        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str = "", **attrs: Any) -> str:
-        domain = "ai.onnx.ml" if op_type == "LabelEncoder" else ""
-        out = self._name(hint or op_type.lower())
-        self.nodes.append(
-            self.onnx.helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs)
-        )
-        return out
-
-
 def _build_model(onnx: Any, reg: Regressor, opset: int) -> Any:
     """The ModelProto: preprocessing -> network -> target scaling, with its metadata."""
     helper, tp = onnx.helper, onnx.TensorProto
@@ -269,7 +239,7 @@ def _build_model(onnx: Any, reg: Regressor, opset: int) -> Any:
     members = cast(list[MLP], list(model.members)) if isinstance(model, MLPEnsemble) else [model]
     net_dtype = np.float64 if next(model.parameters()).dtype == torch.float64 else np.float32
     net_type = helper.np_dtype_to_tensor_dtype(np.dtype(net_dtype))
-    g = _Graph(onnx)
+    g = Graph(onnx)
     inputs, parts = [], []
     if pre.numeric:
         doc = f"raw numeric features {pre.numeric}, NaN for missing"
@@ -284,7 +254,7 @@ def _build_model(onnx: Any, reg: Regressor, opset: int) -> Any:
         parts += _categorical_parts(g, pre, net_type)
     h = parts[0] if len(parts) == 1 else g.op("Concat", parts, "encoded", axis=1)
     # Each member: (batch, n_targets) in standardised units; an ensemble predicts their mean.
-    outs = [g.op("Cast", [_network(g, m, h, net_dtype)], "member", to=tp.DOUBLE) for m in members]
+    outs = [g.op("Cast", [network(g, m, h, net_dtype)], "member", to=tp.DOUBLE) for m in members]
     if len(outs) > 1:  # Sum and Div: onnxruntime has no float64 Mean
         total = g.op("Sum", outs, "ensemble_sum")
         outs = [g.op("Div", [total, g.const("n_models", len(outs), np.float64)], "ensemble_mean")]
@@ -318,7 +288,7 @@ def _build_model(onnx: Any, reg: Regressor, opset: int) -> Any:
     return proto
 
 
-def _numeric_parts(g: _Graph, pre: TablePreprocessor, net_type: int) -> list[str]:
+def _numeric_parts(g: Graph, pre: TablePreprocessor, net_type: int) -> list[str]:
     """Scaled numeric columns, then missing indicators: [(batch, n_numeric), (batch, k)]."""
     x = NUMERIC  # (batch, n_numeric) float64
     indicators = None
@@ -343,7 +313,7 @@ def _numeric_parts(g: _Graph, pre: TablePreprocessor, net_type: int) -> list[str
     return parts + ([indicators] if indicators else [])
 
 
-def _categorical_parts(g: _Graph, pre: TablePreprocessor, net_type: int) -> list[str]:
+def _categorical_parts(g: Graph, pre: TablePreprocessor, net_type: int) -> list[str]:
     """One one-hot block per categorical column: (batch, len(categories[c])) each."""
     parts = []
     for j, c in enumerate(pre.categorical):
@@ -363,88 +333,6 @@ def _categorical_parts(g: _Graph, pre: TablePreprocessor, net_type: int) -> list
         hit = g.op("Equal", [codes, g.const("positions", np.arange(len(cats)), np.int64)])
         parts.append(g.op("Cast", [hit], "onehot", to=net_type))
     return parts
-
-
-def _embedding(g: _Graph, model: MLP, h: str, dtype: Any) -> str:
-    """The numeric embedding (nnreg.embeddings) of the first ``n_embedded`` columns,
-    flattened, then the other columns: (batch, n_inputs) -> (batch, first_width)."""
-    emb, config = model.embedding, model.config
-    if emb is None:
-        return h
-    n = config.n_embedded
-
-    def const(hint: str, t: torch.Tensor) -> str:
-        return g.const(hint, t.detach().cpu().double().numpy(), dtype)
-
-    def columns(lo: int, hi: int) -> str:
-        ends = [g.const(k, [v], np.int64) for k, v in (("start", lo), ("end", hi), ("axis", 1))]
-        return g.op("Slice", [h, *ends], "columns")
-
-    x = g.op("Unsqueeze", [columns(0, n), g.const("axis", [2], np.int64)], "numeric")
-    if isinstance(emb, PiecewiseLinearEmbedding):  # x: (batch, n, 1)
-        z = g.op(
-            "Add",
-            [g.op("Mul", [x, const("bin_scale", emb.scale)]), const("bin_offset", emb.offset)],
-        )
-        z = g.op("Max", [z, const("bin_lower", emb.lower)])
-        z = g.op("Min", [z, const("bin_upper", emb.upper)], "bin_code")  # (batch, n, bins)
-        linear = g.op("Mul", [x, const("linear_weight", emb.linear_weight)])
-        linear = g.op("Add", [linear, const("linear_bias", emb.linear_bias)])
-        out = g.op("Add", [linear, _per_feature(g, z, const("bin_weight", emb.weight))])
-    else:
-        assert isinstance(emb, PeriodicEmbedding)
-        angle = g.op("Mul", [x, const("frequency", (2 * math.pi) * emb.frequencies)])
-        z = g.op("Concat", [g.op("Cos", [angle]), g.op("Sin", [angle])], "periodic", axis=2)
-        out = g.op(
-            "Add", [_per_feature(g, z, const("weight", emb.weight)), const("bias", emb.bias)]
-        )
-        out = g.op("Relu", [out])
-    flat = g.op("Flatten", [out], "embedded", axis=1)  # (batch, n * d)
-    if n == config.n_inputs:
-        return flat
-    return g.op("Concat", [flat, columns(n, config.n_inputs)], "embedded_inputs", axis=1)
-
-
-def _per_feature(g: _Graph, z: str, weight: str) -> str:
-    """Each feature's own linear map: (batch, n, k) @ (n, k, d) -> (batch, n, d)."""
-    product = g.op("MatMul", [g.op("Transpose", [z], perm=[1, 0, 2]), weight])  # (n, batch, d)
-    return g.op("Transpose", [product], perm=[1, 0, 2])
-
-
-def _network(g: _Graph, model: MLP, h: str, dtype: Any) -> str:
-    """The MLP's layers as Gemm nodes with the activation between them; dropout is off."""
-    h = _embedding(g, model, h, dtype)
-    linears = [m for m in model.layers if isinstance(m, nn.Linear)]
-    activation = model.config.activation
-    for i, layer in enumerate(linears):
-        w = layer.weight.detach().cpu().numpy()  # (out, in)
-        b = layer.bias.detach().cpu().numpy()  # (out,)
-        weight, bias = g.const("weight", w, dtype), g.const("bias", b, dtype)
-        h = g.op("Gemm", [h, weight, bias], f"linear{i}", transB=1)  # (batch, out)
-        if i < len(linears) - 1:
-            h = _activation(g, activation, h, dtype)
-    return h
-
-
-def _activation(g: _Graph, name: str, h: str, dtype: Any) -> str:
-    if name == "relu":
-        return g.op("Relu", [h])
-    if name == "tanh":
-        return g.op("Tanh", [h])
-    if name == "silu":  # no Silu operator in the default domain: x * sigmoid(x)
-        return g.op("Mul", [h, g.op("Sigmoid", [h])], "silu")
-    if name == "gelu":  # torch's exact GELU, 0.5 x (1 + erf(x / sqrt 2)); Gelu needs opset 20
-        erf_in = g.op("Div", [h, g.const("sqrt2", np.sqrt(2.0), dtype)])
-        if dtype == np.float64:
-            # onnxruntime has Erf for float32 only; float64 models lose a little there.
-            tp = g.onnx.TensorProto
-            erf_in = g.op("Cast", [erf_in], to=tp.FLOAT)
-            erf = g.op("Cast", [g.op("Erf", [erf_in])], to=tp.DOUBLE)
-        else:
-            erf = g.op("Erf", [erf_in])
-        one_plus = g.op("Add", [g.const("one", 1.0, dtype), erf])
-        return g.op("Mul", [g.op("Mul", [h, one_plus]), g.const("half", 0.5, dtype)], "gelu")
-    raise ConfigError(f"cannot export activation {name!r} to ONNX.")
 
 
 def _metadata(reg: Regressor, net_dtype: Any, n_models: int) -> dict[str, str]:

@@ -41,6 +41,7 @@ from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
 from .progress import report_end, with_progress
 from .recipe import Recipe, jsonable, member_seeds
+from .tabm import Network, TabM
 from .train import (
     BatchSource,
     EpochCallback,
@@ -94,7 +95,7 @@ class FitData:
 class FitResult:
     """What a fit produced; :meth:`nnreg.Regressor.adopt` makes it the estimator's state."""
 
-    model: MLP | MLPEnsemble
+    model: Network
     history: History
     preprocessor: TablePreprocessor
     y_scaler: Standardizer
@@ -146,7 +147,7 @@ def fit(
     if group is not None:
         recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
     hooks = _Hooks(callback, stop, on_start)
-    if recipe.n_models > 1:
+    if recipe.n_models > 1 and recipe.shared_ensemble is None:
         result = _fit_ensemble(recipe, data, group, hooks)
     else:
         result = _fit_single(recipe, data, warm, group, hooks, checkpoints)
@@ -162,7 +163,7 @@ class _Hooks:
     stop: threading.Event | None = None
     on_start: StartCallback | None = None
 
-    def started(self, model: MLP | MLPEnsemble) -> None:
+    def started(self, model: Network) -> None:
         if self.on_start is not None:
             self.on_start(model.config)
 
@@ -184,7 +185,8 @@ def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
         config = replace(config, n_bins=max(len(e) - 1 for e in edges))
     model = recipe.model(config)
     if edges is not None:
-        assert isinstance(model, MLP) and isinstance(model.embedding, PiecewiseLinearEmbedding)
+        assert isinstance(model, (MLP, TabM))
+        assert isinstance(model.embedding, PiecewiseLinearEmbedding)
         model.embedding.set_bins(edges)
     return FitResult(
         model=model,
@@ -216,7 +218,9 @@ def _fit_single(
     hooks: _Hooks,
     checkpoints: Checkpoints,
 ) -> FitResult:
-    val_rows, train_rows = recipe.validation_split(data.n_rows)
+    n = data.n_rows  # shared members (TabM) calibrate on as many rows as an ensemble
+    calibration = min(MIN_CALIBRATION_ROWS, n // 3) if recipe.shared_ensemble else 1
+    val_rows, train_rows = recipe.validation_split(n, min_rows=calibration)
     if warm is None:
         result = _start(recipe, data, None if val_rows is None else train_rows)
     else:
@@ -290,7 +294,7 @@ def train_single(
     ``verbose``, its epochs are printed; ``partial`` (one epoch of ``partial_fit``) prints
     them without a planned total. ``whole``: every process's rows, when ``data`` is a shard."""
     model = result.model
-    assert isinstance(model, MLP)  # one network
+    assert isinstance(model, (MLP, TabM))  # one network
     trainer = Trainer(model, config, recipe.generator())
     trainer.sync, trainer.stop = sync, stop
     if sync is None:  # in a distributed run, each process's optimiser state is its own

@@ -10,10 +10,11 @@ for the output layer: 460 weights + 41 biases = 501 parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import EMBEDDINGS, PeriodicEmbedding, PiecewiseLinearEmbedding
+from .engine.kernels import DropoutSampler
 
 __all__ = [
     "ACTIVATIONS",
@@ -31,9 +33,11 @@ __all__ = [
     "count_parameters",
     "embedding_shapes",
     "make_embedding",
+    "n_members",
     "predict_moments",
     "state_shapes",
     "summary",
+    "SeededDropout",
 ]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -62,6 +66,9 @@ class MLPConfig:
     n_embedded: int = 0
     d_embedding: int = 16
     n_bins: int = 48
+    # A parameter-efficient ensemble (nnreg.tabm) of k members: "tabm" or "tabm-mini".
+    ensemble: str = "none"
+    k: int = 1
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store a tuple so the config stays hashable.
@@ -80,6 +87,8 @@ class MLPConfig:
         if self.embedding == "none":  # written as before embeddings existed
             for name in EMBEDDING_FIELDS:
                 del d[name]
+        if self.ensemble == "none":
+            del d["ensemble"], d["k"]
         return d
 
     @classmethod
@@ -105,6 +114,9 @@ class MLPConfig:
             or (_count(d.get("n_embedded")) and d["n_embedded"] <= d.get("n_inputs", 0)),
             "d_embedding": _count(d.get("d_embedding", 1)),
             "n_bins": _count(d.get("n_bins", 1)),
+            "ensemble": d.get("ensemble", "none") in ("none", *SHARED_ENSEMBLES)
+            and (d.get("ensemble", "none") == "none" or bool(sizes)),
+            "k": _count(d.get("k", 1)) and d.get("k", 1) <= MAX_MEMBERS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -113,6 +125,8 @@ class MLPConfig:
 
 
 MAX_LAYERS = 1024  # hidden layers a saved configuration may have
+SHARED_ENSEMBLES = ("tabm", "tabm-mini")  # nnreg.tabm's forms
+MAX_MEMBERS = 4096  # k a saved configuration may have
 EMBEDDING_FIELDS = ("embedding", "n_embedded", "d_embedding", "n_bins")
 
 
@@ -123,6 +137,8 @@ def _count(v: Any) -> bool:
 def state_shapes(config: MLPConfig, n_models: int = 1) -> dict[str, tuple[int, ...]]:
     """The state-dict keys and shapes of ``MLP(config)`` (or of an ensemble of ``n_models``),
     computed without building the network."""
+    if config.ensemble != "none":
+        return tabm_shapes(config)
     sizes = [config.first_width, *config.hidden_sizes, config.n_outputs]
     one = embedding_shapes(config)
     for i, (a, b) in enumerate(pairwise(sizes)):
@@ -130,6 +146,25 @@ def state_shapes(config: MLPConfig, n_models: int = 1) -> dict[str, tuple[int, .
     if n_models == 1:
         return one
     return {f"members.{k}.{name}": s for k in range(n_models) for name, s in one.items()}
+
+
+def tabm_shapes(config: MLPConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict keys and shapes of ``nnreg.tabm.TabM(config)``."""
+    k, full = config.k, config.ensemble == "tabm"
+    shapes = embedding_shapes(config)
+    sizes = [config.first_width, *config.hidden_sizes]
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        shapes[f"weights.{i}"], shapes[f"biases.{i}"] = (b, a), (k, b) if full else (b,)
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        if full or i == 0:
+            shapes[f"r.{i}"] = (k, a)
+        if full:
+            shapes[f"s.{i}"] = (k, b)
+    shapes["head_weight"], shapes["head_bias"] = (
+        (k, sizes[-1], config.n_outputs),
+        (k, config.n_outputs),
+    )
+    return shapes
 
 
 def embedding_shapes(config: MLPConfig) -> dict[str, tuple[int, ...]]:
@@ -152,6 +187,36 @@ def make_embedding(config: MLPConfig) -> nn.Module | None:
     if config.embedding == "periodic":
         return PeriodicEmbedding(config.n_embedded, config.n_bins, config.d_embedding)
     return None
+
+
+def embed_inputs(
+    embedding: nn.Module | None,
+    config: MLPConfig,
+    x: torch.Tensor,
+    cast: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> torch.Tensor:
+    """The first layer's input: the embedded columns flattened, then the others as they are;
+    ``cast`` converts the embedding's tensors (float64 inference)."""
+    if embedding is None:
+        return x
+    n = config.n_embedded
+    e = embedding(x[:, :n], cast)  # (batch, n, d)
+    return torch.cat([e.flatten(1), x[:, n:]], dim=1)
+
+
+class SeededDropout(nn.Dropout):
+    """``nn.Dropout`` whose masks come from ``generator`` once a trainer sets one (the fit's
+    own stream, so that a seeded fit repeats and a resumed one continues exactly), drawn as
+    the fast engine draws them (:class:`~nnreg.engine.DropoutSampler`); torch's global
+    generator before."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.generator is None or not self.training or self.p == 0:
+            return super().forward(x)
+        sampler = DropoutSampler(self.p, self.generator)
+        return x * sampler.fill_(torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 class MLP(nn.Module):
@@ -185,7 +250,7 @@ class MLP(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.layers = nn.ModuleList(linears)
         self.act = ACTIVATIONS[config.activation]()
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = SeededDropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n_inputs) -> (batch, n_outputs)
@@ -198,13 +263,7 @@ class MLP(nn.Module):
     def embed(
         self, x: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     ) -> torch.Tensor:
-        """The first layer's input: the embedded columns flattened, then the others as they
-        are; ``cast`` converts the embedding's tensors (float64 inference)."""
-        if self.embedding is None:
-            return x
-        n = self.config.n_embedded
-        e = self.embedding(x[:, :n], cast)  # (batch, n, d)
-        return torch.cat([e.flatten(1), x[:, n:]], dim=1)
+        return embed_inputs(self.embedding, self.config, x, cast)
 
     @torch.no_grad()
     def predict_float64(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,19 +306,36 @@ def summary(config: MLPConfig) -> list[dict[str, Any]]:
                 "params": weights + n * d,
             }
         )
+    shapes = state_shapes(config)
     for i, (a, b) in enumerate(pairwise(sizes)):
         last = i == len(sizes) - 2
+        name, weights, biases = f"Linear{'' if last else ' + ' + config.activation}", a * b, b
+        if config.ensemble != "none":  # shared weights and per-member r, s; k output layers
+            adapters = [shapes.get(f"{v}.{i}", (0,)) for v in ("r", "s")]
+            weights += sum(math.prod(s) for s in adapters)
+            biases = math.prod(shapes.get(f"biases.{i}", (b,)))
+            name = f"{config.ensemble} layer + {config.activation}"
+            if last:
+                name, weights, biases = f"{config.k} output layers", config.k * a * b, config.k * b
         rows.append(
             {
-                "layer": f"Linear{'' if last else ' + ' + config.activation}",
+                "layer": name,
                 "in": a,
                 "out": b,
-                "weights": a * b,
-                "biases": b,
-                "params": a * b + b,
+                "weights": weights,
+                "biases": biases,
+                "params": weights + biases,
             }
         )
     return rows
+
+
+def n_members(model: nn.Module) -> int:
+    """How many predictions a network makes per row: its members (independent or shared)."""
+    if isinstance(model, MLPEnsemble):
+        return len(model.members)
+    config = getattr(model, "config", None)
+    return config.k if isinstance(config, MLPConfig) else 1
 
 
 class MLPEnsemble(nn.Module):
@@ -293,7 +369,13 @@ class MLPEnsemble(nn.Module):
 PREDICT_CHUNK = 8192  # rows per float64 forward pass when predicting
 
 
-def predict_moments(model: MLP | MLPEnsemble, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+class Predicts(Protocol):
+    """A network that predicts in float64: (rows, outputs), or (members, rows, outputs)."""
+
+    def predict_float64(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def predict_moments(model: Predicts, Z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and spread of the members' float64 predictions for encoded inputs ``Z``,
     (rows, outputs) each; a single network has spread 1 (plain conformal residuals).
 
@@ -304,6 +386,6 @@ def predict_moments(model: MLP | MLPEnsemble, Z: torch.Tensor) -> tuple[np.ndarr
         for lo in range(0, max(len(Z), 1), PREDICT_CHUNK)
     ]
     out = np.concatenate(parts, axis=-2)  # rows are the second-to-last axis
-    if isinstance(model, MLPEnsemble):  # out: (K, rows, outputs)
+    if out.ndim == 3:  # members: (K, rows, outputs)
         return out.mean(axis=0), out.std(axis=0, ddof=1)
     return out, np.ones_like(out)

@@ -10,13 +10,22 @@ repeats the keys of one library constant, which stays the authority
     SCHEDULES     nnreg.train.SCHEDULES
     SCALINGS      nnreg.preprocess.SCALINGS
     EMBEDDINGS    nnreg.embeddings.EMBEDDINGS
+    ENSEMBLES     nnreg.recipe.ENSEMBLES
 
 The presets themselves live in :mod:`nnreg.presets`, which imports nothing heavy either.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "EMBEDDINGS", "LOSSES", "OPTIMIZERS", "SCALINGS", "SCHEDULES"]
+__all__ = [
+    "ACTIVATIONS",
+    "EMBEDDINGS",
+    "ENSEMBLES",
+    "LOSSES",
+    "OPTIMIZERS",
+    "SCALINGS",
+    "SCHEDULES",
+]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -24,3 +33,4 @@ LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
 SCALINGS = ("standard", "robust", "none")
 EMBEDDINGS = ("none", "piecewise", "periodic")
+ENSEMBLES = ("independent", "tabm", "tabm-mini")

@@ -84,6 +84,7 @@ class Parameters:
     random_state: Any  # int, numpy RandomState or None
     warm_start: bool
     n_models: int
+    ensemble: str
     embedding: str
     d_embedding: int
     n_bins: int

@@ -27,6 +27,7 @@ from .exceptions import ConfigError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble
 from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
 from .presets import PRESETS, RECOMMENDED_PRESET, SEED_PRESET
+from .tabm import TabM
 from .train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 
+ENSEMBLES = ("independent", "tabm", "tabm-mini")  # how n_models > 1 members are built
 MAX_BINS = 1024  # n_bins at most
 AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -128,6 +130,7 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "random_state": (_seed, "None, an integer in [0, 2**32) or a numpy RandomState"),
     "warm_start": BOOL,
     "n_models": (_positive_int, "a positive integer (ensemble members)"),
+    "ensemble": _one_of(ENSEMBLES),
     "embedding": _one_of(EMBEDDINGS),
     "d_embedding": (_positive_int, "a positive integer (numbers per numeric column)"),
     "n_bins": (
@@ -163,11 +166,15 @@ def check_params(params: Mapping[str, Any], label: Label | None = None) -> None:
             f"{name_of('nesterovs_momentum')}=True needs {name_of('momentum')} > 0 with "
             f"{name_of('optimizer')}='sgd'"
         )
-    if not problems and params.get("embedding", "none") != "none" and params.get("n_models", 1) > 1:
+    independent = params.get("n_models", 1) > 1 and params.get("ensemble") == "independent"
+    if not problems and params.get("embedding", "none") != "none" and independent:
         problems.append(
-            f"{name_of('embedding')}={params['embedding']!r} trains one network: set "
-            f"{name_of('n_models')}=1 (ensembles of embedding networks are not available yet)"
+            f"{name_of('embedding')}={params['embedding']!r} needs one network or shared "
+            f"members: set {name_of('ensemble')}='tabm' or 'tabm-mini', or {name_of('n_models')}=1"
         )
+    shared = params.get("n_models", 1) > 1 and params.get("ensemble") in ("tabm", "tabm-mini")
+    if not problems and shared and not params.get("hidden_layer_sizes"):
+        problems.append(f"{name_of('ensemble')}={params['ensemble']!r} needs a hidden layer")
     if problems:
         raise ConfigError("invalid Regressor settings: " + "; ".join(problems) + ".")
 
@@ -267,7 +274,15 @@ class Recipe:
             n_embedded=n_numeric if embedding != "none" else 0,
             d_embedding=int(p["d_embedding"]),
             n_bins=int(p["n_bins"]),
+            ensemble=self.shared_ensemble or "none",
+            k=self.n_models if self.shared_ensemble else 1,
         )
+
+    @property
+    def shared_ensemble(self) -> str | None:
+        """'tabm' or 'tabm-mini' when the members share one network (nnreg.tabm), else None."""
+        form = self.params["ensemble"]
+        return form if self.n_models > 1 and form != "independent" else None
 
     def train_config(self, n_rows: int) -> TrainConfig:
         """How to train on ``n_rows`` rows per epoch (``batch_size='auto'`` depends on it)."""
@@ -300,8 +315,13 @@ class Recipe:
             torch.manual_seed(seed)
             return MLP(config).to(device=self.device, dtype=self.dtype)
 
-    def model(self, config: MLPConfig) -> MLP | MLPEnsemble:
-        """The initial network, or ``n_models`` members (member 0 is the single model)."""
+    def model(self, config: MLPConfig) -> MLP | MLPEnsemble | TabM:
+        """The initial network: one, ``n_models`` independent members (member 0 is the single
+        model), or shared-weight members in one network, drawn from the seed."""
+        if config.ensemble != "none":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                return TabM(config).to(device=self.device, dtype=self.dtype)
         members = [self.member(config, s) for s in member_seeds(self.seed, self.n_models)]
         return members[0] if len(members) == 1 else MLPEnsemble(config, members)
 

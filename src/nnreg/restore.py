@@ -17,9 +17,9 @@ from . import fitting
 from .artifact import SavedModel
 from .ensemble import ConformalCalibrator
 from .exceptions import ModelFileError
-from .model import MLP, MLPEnsemble
 from .preprocess import Standardizer, TablePreprocessor, finite_floats
 from .recipe import DTYPES, check_params
+from .tabm import build
 from .train import History
 
 __all__ = ["restore"]
@@ -44,8 +44,7 @@ def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting
             f"{len(pre.output_names)} inputs and {len(y_scaler.mean)} targets, the network "
             f"takes {config.n_inputs} and gives {config.n_outputs}."
         )
-    n_models = int(meta.get("n_models", 1))
-    model: MLP | MLPEnsemble = MLP(config) if n_models == 1 else MLPEnsemble.empty(config, n_models)
+    model = build(config, int(meta.get("n_models", 1)))
     model = model.to(dtype=DTYPES[params["dtype"]])
     model.load_state_dict(saved.state_dict)  # the shapes were checked against the header
     best = meta["training"].get("best_epoch", len(history) - 1)

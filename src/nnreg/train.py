@@ -26,6 +26,7 @@ from .backends import AutogradBackend, FastBackend, StepBackend, loss_function
 from .device import adapt_threads, thread_policy
 from .engine import FastMLP, FlatOptimizer, epoch_batches, supports
 from .exceptions import TrainingDivergedError
+from .model import SeededDropout
 from .schedule import EarlyStopping, Schedule, check_finite
 
 __all__ = [
@@ -165,6 +166,9 @@ def make_backend(
         config.engine == "auto" and supports(model, activation, config.loss, config.optimizer)
     )
     if not fast:
+        for module in model.modules():  # dropout draws from the fit's own stream
+            if isinstance(module, SeededDropout):
+                module.generator = generator
         return AutogradBackend(model, make_optimizer(model.parameters(), config), config.loss)
     net = FastMLP(model, activation, config.loss, dropout, generator)
     flat = FlatOptimizer(

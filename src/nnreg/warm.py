@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from .exceptions import ConfigError
-from .model import MLP, MLPEnsemble
+from .model import MLP
 from .recipe import Recipe
+from .tabm import Network
 from .train import History, TrainConfig, Trainer
 
 __all__ = ["ARCHITECTURE_PARAMS", "TrainerState", "check_continuable", "continue_state"]
@@ -86,7 +87,7 @@ def continue_state(trainer: Trainer, state: TrainerState | None) -> bool:
     return True
 
 
-def check_continuable(recipe: Recipe, model: MLP | MLPEnsemble, how: str) -> MLP:
+def check_continuable(recipe: Recipe, model: Network, how: str) -> MLP:
     """``model``, on the recipe's device and dtype, when ``recipe`` continues it (``how``:
     'warm_start' or 'partial_fit', for the message); a :class:`ConfigError` when it is an
     ensemble or the recipe asks for another architecture."""

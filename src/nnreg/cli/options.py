@@ -307,6 +307,14 @@ def _fit_options() -> Decorator:
             "How numeric columns are scaled (robust: median and quartiles, then a smooth clip).",
         ),
         _choice(
+            "--ensemble",
+            "ensemble",
+            "nnreg.names",
+            "ENSEMBLES",
+            "How --n-models members are built: independent networks, or TabM's members that "
+            "share each layer's weights (tabm; tabm-mini: an input scaling only) [independent].",
+        ),
+        _choice(
             "--embedding",
             "embedding",
             "nnreg.names",
