@@ -125,6 +125,8 @@ def test_estimator_predicts_spreads_intervals_saves_and_exports(
     path = export_onnx(reg, tmp_path / "m.onnx")
     out = ort.InferenceSession(str(path)).run(None, onnx_inputs(path, X[500:]))[0].ravel()
     assert np.allclose(out, mean, rtol=1e-5, atol=1e-5)
+    props = {p.key: p.value for p in pytest.importorskip("onnx").load(path).metadata_props}
+    assert props["n_models"] == "4"  # the members, though one network holds them
 
 
 def test_settings_that_cannot_share_are_refused(friedman: tuple[np.ndarray, np.ndarray]) -> None:

@@ -44,7 +44,7 @@ import torch
 
 from ._version import __version__
 from .exceptions import ConfigError, DataError, ModelFileError, NotFittedError
-from .model import MLP, MLPEnsemble
+from .model import MLP, MLPEnsemble, n_members
 from .onnx_graph import Graph, network
 from .outputs import check_output_file, write_file_atomic
 from .preprocess import MISSING_CATEGORY, OTHER, SMOOTH_CLIP, TablePreprocessor
@@ -284,7 +284,7 @@ def _build_model(onnx: Any, reg: Regressor, opset: int) -> Any:
     )
     # The oldest IR version that holds these opsets, so that older runtimes can load the file.
     proto.ir_version = helper.find_min_ir_version_for(opsets)
-    helper.set_model_props(proto, _metadata(reg, net_dtype, len(members)))
+    helper.set_model_props(proto, _metadata(reg, net_dtype, n_members(model)))
     return proto
 
 

@@ -70,6 +70,9 @@ __all__ = [
 ]
 
 MIN_CALIBRATION_ROWS = 100  # an ensemble calibrates on at least this many (or a third of) rows
+# Shared members (TabM) do not train on their calibration rows: validation_fraction of the
+# rows, but at least this many (or a third of a small table).
+MIN_SHARED_CALIBRATION_ROWS = 20
 # Extra members an ensemble trains (batched with the others) only to score its calibration
 # rows out of fold; the members that predict train on every row.
 CALIBRATION_MEMBERS = 2
@@ -218,8 +221,8 @@ def _fit_single(
     hooks: _Hooks,
     checkpoints: Checkpoints,
 ) -> FitResult:
-    n = data.n_rows  # shared members (TabM) calibrate on as many rows as an ensemble
-    calibration = min(MIN_CALIBRATION_ROWS, n // 3) if recipe.shared_ensemble else 1
+    n = data.n_rows
+    calibration = min(MIN_SHARED_CALIBRATION_ROWS, n // 3) if recipe.shared_ensemble else 1
     val_rows, train_rows = recipe.validation_split(n, min_rows=calibration)
     if warm is None:
         result = _start(recipe, data, None if val_rows is None else train_rows)
