@@ -1,8 +1,11 @@
 """Ensembles: the cost of K members trained as one batched computation, and what they buy.
 
 Part 1, speed (one process, best of ``--repeats``): the seed experiment's network and recipe
-trained as 1 member, as K=32 members batched (``Regressor(n_models=32)``), as 32 sequential
-fits with the same engine, and as 32 scikit-learn MLPRegressor fits for reference.
+trained as 1 member, as K=32 members batched (``Regressor(n_models=32)``), as 32 shared-weight
+members (``ensemble="tabm"`` and ``"tabm-mini"``), as 32 sequential fits with the same
+engine, and as 32 scikit-learn MLPRegressor fits for reference; then the achieved FLOP/s of
+one training step of the recommended network as 32 TabM members, against one ``torch.mm`` of
+the same total size.
 
 Part 2, accuracy: on the accuracy panel (``benchmarks/accuracy.py``'s tables, splits and
 seeds), the recommended single model against the recommended preset with ``n_models=K`` and
@@ -61,6 +64,12 @@ def speed_section(repeats: int) -> str:
     def batched() -> None:
         nnreg.Regressor.from_preset("seed", n_models=K, random_state=0).fit(X, y)
 
+    def shared(form: str) -> Callable[[], None]:
+        def run() -> None:
+            nnreg.Regressor.from_preset("seed", n_models=K, ensemble=form, random_state=0).fit(X, y)
+
+        return run
+
     def sequential() -> None:
         for k in range(K):
             nnreg.Regressor.from_preset("seed", random_state=k).fit(X, y)
@@ -87,6 +96,8 @@ def speed_section(repeats: int) -> str:
         ("1 member (nnreg)", best_of(repeats, one)),
         (f"{K} members batched (nnreg, n_models={K})", best_of(repeats, batched)),
         (f"{K} sequential fits (nnreg)", best_of(repeats, sequential)),
+        (f'{K} shared members (nnreg, ensemble="tabm")', best_of(repeats, shared("tabm"))),
+        (f'{K} shared members (ensemble="tabm-mini")', best_of(repeats, shared("tabm-mini"))),
         (f"{K} MLPRegressor fits (scikit-learn)", best_of(repeats, sklearn)),
     ]
     base = rows[0][1]
@@ -96,29 +107,80 @@ def speed_section(repeats: int) -> str:
         f"`n_models={K}` trains {K} + 2 networks in one batch: the {K} members on all 100 rows",
         "and two helpers that each leave out half of the 33 calibration rows (as zero weights)",
         "and score them out of fold (every 4th epoch: at most 128 of them). The single fits train",
-        "on all 100 rows.",
+        "on all 100 rows. Shared members train as one network by autograd on 67 rows and",
+        "score the other 33 (their calibration rows) every epoch.",
         "",
         "| run | time (s) | time / 1 member |",
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {t:.4f} | {t / base:.2f}x |" for name, t in rows]
-    batched_t, sequential_t = rows[1][1], rows[2][1]
+    batched_t, sequential_t, tabm_t = rows[1][1], rows[2][1], rows[3][1]
     lines += [
         "",
+        f"- {K} shared (tabm) members: {tabm_t / base:.2f}x the time of one member "
+        f"({'PASS' if tabm_t <= 4 * base else 'FAIL'}: needs <= 4x).",
         f"- {K} batched members: {batched_t / base:.2f}x the time of one member "
         f"({'PASS' if batched_t <= 4 * base else 'FAIL'}: needs <= 4x).",
         f"- {K} sequential fits take {sequential_t / batched_t:.1f}x as long as the batched "
         f"run ({'PASS' if sequential_t >= 8 * batched_t else 'FAIL'}: needs >= 8x).",
     ]
-    for line in lines[-2:]:
+    for line in lines[-3:]:
         print(line)
     return "\n".join(lines) + "\n"
+
+
+def flops_section(repeats: int, k: int = SPEED_MEMBERS, rows: int = 256, inputs: int = 32) -> str:
+    """The achieved FLOP/s of one training step (forward, backward, AdamW) of the
+    recommended network as ``k`` TabM members on a batch of ``rows``, against one
+    ``torch.mm`` with as many multiply-adds."""
+    from nnreg.backends import AutogradBackend
+    from nnreg.model import MLPConfig
+    from nnreg.tabm import TabM
+
+    torch.manual_seed(0)
+    widths = (128, 128, 128)
+    config = MLPConfig(inputs, widths, 1, "silu", dropout=0.15, ensemble="tabm", k=k)
+    net = TabM(config).train()
+    backend = AutogradBackend(net, torch.optim.AdamW(net.parameters(), lr=1e-3), "squared_error")
+    X, y = torch.randn(rows, inputs), torch.randn(rows, 1)
+    sizes = [inputs, *widths, 1]
+    macs = k * rows * sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
+    flops = 3 * 2 * macs  # forward; backward: the inputs' and the weights' gradients
+    steps = 20
+
+    def train() -> None:
+        for _ in range(steps):
+            backend.step(X, y, None, None)
+
+    A, B = torch.randn(k * rows, 128), torch.randn(128, 3 * macs // (k * rows * 128))
+
+    def product() -> None:
+        for _ in range(steps):
+            torch.mm(A, B)
+
+    step_t, mm_t = best_of(repeats, train) / steps, best_of(repeats, product) / steps
+    step_rate, mm_rate = flops / step_t / 1e9, 2 * A.shape[0] * 128 * B.shape[1] / mm_t / 1e9
+    ratio = step_rate / mm_rate
+    line = (
+        f"- {'PASS' if ratio >= 0.5 else 'FAIL'}: the step runs at {ratio:.2f} of the "
+        "product's FLOP/s (needs >= 0.5)."
+    )
+    print(line)
+    return (
+        f"## Speed: one training step of the recommended network as {k} TabM members\n\n"
+        f"{inputs} inputs, layers {list(widths)}, dropout 0.15, AdamW, a batch of {rows} rows "
+        f"(autograd). One step: {flops / 1e6:.0f} MFLOP (3 x 2 x {macs:,} multiply-adds) in "
+        f"{step_t * 1e3:.2f} ms, {step_rate:.1f} GFLOP/s; one `torch.mm` of "
+        f"({A.shape[0]}, 128) @ (128, {B.shape[1]}), as many multiply-adds: "
+        f"{mm_t * 1e3:.2f} ms, {mm_rate:.1f} GFLOP/s.\n\n{line}\n"
+    )
 
 
 def accuracy_section(datasets: list[str], seeds: list[int], members: int, realmlp: bool) -> str:
     models: dict[str, Callable[[int], Any]] = {
         "single": lambda s: nnreg.Regressor(random_state=s),
         "ensemble": lambda s: nnreg.Regressor(n_models=members, random_state=s),
+        "tabm": lambda s: nnreg.Regressor(n_models=8, ensemble="tabm-mini", random_state=s),
     }
     if realmlp:
         models["realmlp"] = lambda s: accuracy.realmlp_td(s, [])
@@ -138,17 +200,20 @@ def accuracy_section(datasets: list[str], seeds: list[int], members: int, realml
                     secs[name] += time.perf_counter() - start
                     pred = model.predict(X_te.copy())
                 rmse.setdefault((d, name), []).append(accuracy.rmse(y_te, pred))
-                if name == "ensemble":
+                if name in ("ensemble", "tabm"):
                     lo, hi = model.predict_interval(X_te.copy(), coverage=0.9)
-                    coverage.setdefault(d, []).append(float(np.mean((lo <= y_te) & (y_te <= hi))))
+                    inside = float(np.mean((lo <= y_te) & (y_te <= hi)))
+                    coverage.setdefault(f"{d} {name}", []).append(inside)
                 print(f"{d} seed {s} {name}: RMSE {rmse[(d, name)][-1]:.4g}", flush=True)
     mean = {k: float(np.mean(v)) for k, v in rmse.items()}
     names = {
         "single": "nnreg recommended",
         "ensemble": f"nnreg recommended, n_models={members}",
+        "tabm": 'nnreg, n_models=8, ensemble="tabm-mini"',
         "realmlp": "RealMLP-TD",
     }
-    header = "| dataset | " + " | ".join(names[m] for m in models) + " | 90% interval coverage |"
+    header = "| dataset | " + " | ".join(names[m] for m in models)
+    header += " | 90% interval coverage (independent, tabm-mini) |"
     lines = [
         f"## Accuracy: test RMSE, mean over split seeds {', '.join(map(str, seeds))}",
         "",
@@ -157,14 +222,17 @@ def accuracy_section(datasets: list[str], seeds: list[int], members: int, realml
     ]
     for d in datasets:
         cells = " | ".join(f"{mean[(d, m)]:.4g}" for m in models)
-        lines.append(f"| {d} | {cells} | {np.mean(coverage[d]):.3f} |")
+        cover = ", ".join(f"{np.mean(coverage[f'{d} {m}']):.3f}" for m in ("ensemble", "tabm"))
+        lines.append(f"| {d} | {cells} | {cover} |")
     times = " | ".join(f"{secs[m]:.1f}" for m in models)
     lines += [f"| **training time, all fits (s)** | {times} | |", ""]
-    worse = [d for d in datasets if mean[(d, "ensemble")] > mean[(d, "single")]]
-    lines.append(
-        f"- {'PASS' if not worse else 'FAIL'}: the ensemble's RMSE is no worse than the single "
-        f"model's on every dataset{'' if not worse else ' (worse on ' + ', '.join(worse) + ')'}."
-    )
+    for m in ("ensemble", "tabm"):
+        worse = [d for d in datasets if mean[(d, m)] > mean[(d, "single")]]
+        where = f" (worse on {', '.join(worse)})" if worse else ""
+        lines.append(
+            f"- {'PASS' if not worse else 'FAIL'}: {names[m]}: RMSE no worse than the single "
+            f"model's on every dataset{where}."
+        )
     if realmlp:
         ratios = {d: mean[(d, "ensemble")] / mean[(d, "realmlp")] for d in datasets}
         ok = all(r <= 1.03 for r in ratios.values())
@@ -175,12 +243,13 @@ def accuracy_section(datasets: list[str], seeds: list[int], members: int, realml
             f"- {'PASS' if faster else 'FAIL'}: trains faster than RealMLP-TD "
             f"({secs['ensemble']:.1f} s vs {secs['realmlp']:.1f} s)."
         )
-    inside = all(0.85 <= np.mean(coverage[d]) <= 0.95 for d in datasets)
-    lines.append(
-        f"- {'PASS' if inside else 'FAIL'}: the 90% intervals' test coverage lies in "
-        "[0.85, 0.95] on every dataset (mean over seeds)."
-    )
-    for line in lines[-4:]:
+    for m in ("ensemble", "tabm"):
+        inside = all(0.85 <= np.mean(coverage[f"{d} {m}"]) <= 0.95 for d in datasets)
+        lines.append(
+            f"- {'PASS' if inside else 'FAIL'}: {names[m]}: the 90% intervals' test coverage "
+            "lies in [0.85, 0.95] on every dataset (mean over seeds)."
+        )
+    for line in lines[-7:]:
         print(line)
     return "\n".join(lines) + "\n"
 
@@ -197,7 +266,7 @@ def main() -> None:
     datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    speed = speed_section(args.repeats)
+    speed = speed_section(args.repeats) + "\n" + flops_section(args.repeats)
     acc = accuracy_section(datasets, seeds, args.members, not args.no_realmlp)
     wall = time.perf_counter() - start
     command = " ".join(["python benchmarks/ensemble.py", *sys.argv[1:]])

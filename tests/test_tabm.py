@@ -109,7 +109,7 @@ def test_estimator_predicts_spreads_intervals_saves_and_exports(
     reg = nnreg.Regressor(n_models=4, ensemble=form, max_iter=20, random_state=0)
     reg.fit(X[:500], y[:500])
     assert isinstance(reg.model_, TabM) and reg.model_.config.k == 4
-    assert reg.validation_metrics_["rows"] == 100  # calibration rows held out
+    assert reg.validation_metrics_["rows"] == 50  # validation_fraction of the rows held out
     mean, std = reg.predict(X[500:], return_std=True)
     assert mean.shape == std.shape == (100,) and (std > 0).all()
     lower, upper = reg.predict_interval(X[500:])

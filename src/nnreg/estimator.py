@@ -78,6 +78,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Numeric inputs: mean/std, median/IQR with a smooth clip, or unchanged.
     scale_target : bool, default=True
         Standardise the target; predictions are always in the target's own units.
+    clip_predictions : bool, default=False
+        Clip predictions (and interval bounds) to the training target's range.
     missing : {'error', 'impute'}, default='error'
         Missing values raise an error naming the column, or are imputed: numeric ones by the
         median plus a missing-indicator column, categorical ones as a category of their own.
@@ -190,6 +192,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         tol: float = 1e-4,
         scaling: str = "standard",
         scale_target: bool = True,
+        clip_predictions: bool = False,
         missing: str = "error",
         max_categories: int = 32,
         dtype: str = "float32",

@@ -263,6 +263,9 @@ def _build_model(onnx: Any, reg: Regressor, opset: int) -> Any:
     if scaler.enabled:
         h = g.op("Mul", [h, g.const("target_scale", scaler.scale, np.float64)])
         h = g.op("Add", [h, g.const("target_mean", scaler.mean, np.float64)])
+    if scaler.clip:  # clip_predictions: the training target's range
+        h = g.op("Max", [h, g.const("target_low", scaler.low, np.float64)])
+        h = g.op("Min", [h, g.const("target_high", scaler.high, np.float64)], "clipped")
     g.nodes.append(helper.make_node("Identity", [h], [OUTPUT], name=OUTPUT))
     n_out = reg.n_outputs_
     graph = helper.make_graph(

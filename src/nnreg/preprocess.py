@@ -64,14 +64,21 @@ def _weighted_quantiles(a: np.ndarray, q: list[float], w: np.ndarray | None) -> 
 
 @dataclass
 class Standardizer:
-    """Per-column ``(x - mean) / scale``; a constant column gets scale 1."""
+    """Per-column ``(x - mean) / scale``; a constant column gets scale 1. With ``clip``, the
+    inverse transform clips to the columns' fitted range (``low``, ``high``): predictions stay
+    within the training target's range."""
 
     enabled: bool = True
     mean: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
+    clip: bool = False
+    low: list[float] = field(default_factory=list)
+    high: list[float] = field(default_factory=list)
 
     def fit(self, a: np.ndarray, sample_weight: np.ndarray | None = None) -> Standardizer:
         # a: (rows, columns)
+        if self.clip:
+            self.low, self.high = a.min(axis=0).tolist(), a.max(axis=0).tolist()
         if not self.enabled:
             self.mean, self.scale = [0.0] * a.shape[1], [1.0] * a.shape[1]
             return self
@@ -86,12 +93,12 @@ class Standardizer:
         return (a - np.asarray(self.mean)) / np.asarray(self.scale)
 
     def inverse_transform(self, a: np.ndarray) -> np.ndarray:
-        if not self.enabled:
-            return a
-        return a * np.asarray(self.scale) + np.asarray(self.mean)
+        out = a * np.asarray(self.scale) + np.asarray(self.mean) if self.enabled else a
+        return np.clip(out, self.low, self.high) if self.clip else out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "mean": list(self.mean), "scale": list(self.scale)}
+        d = {"enabled": self.enabled, "mean": list(self.mean), "scale": list(self.scale)}
+        return d | ({"low": list(self.low), "high": list(self.high)} if self.clip else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardizer:
@@ -102,7 +109,13 @@ class Standardizer:
             raise ValueError("the target scaling is not a list of means and scales")
         if any(v <= 0 for v in scale):
             raise ValueError("a target scale is not positive")
-        return cls(enabled=d["enabled"], mean=mean, scale=scale)
+        if "low" not in d and "high" not in d:
+            return cls(enabled=d["enabled"], mean=mean, scale=scale)
+        low, high = finite_floats(d.get("low"), "low"), finite_floats(d.get("high"), "high")
+        ordered = len(low) == len(high) and all(a <= b for a, b in zip(low, high, strict=True))
+        if len(low) != len(mean) or not ordered:
+            raise ValueError("the target range is not a low and a high per target")
+        return cls(d["enabled"], mean, scale, clip=True, low=low, high=high)
 
 
 def finite_floats(v: Any, name: str) -> list[float]:

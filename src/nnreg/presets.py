@@ -78,6 +78,7 @@ class Parameters:
     tol: float
     scaling: str
     scale_target: bool
+    clip_predictions: bool
     missing: str
     max_categories: int
     dtype: str

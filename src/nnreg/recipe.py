@@ -124,6 +124,7 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tol": NON_NEGATIVE,
     "scaling": _one_of(SCALINGS),
     "scale_target": BOOL,
+    "clip_predictions": BOOL,
     "missing": _one_of(MISSING),
     "max_categories": (_positive_int, "a positive integer"),
     "dtype": _one_of(tuple(DTYPES)),
@@ -255,7 +256,8 @@ class Recipe:
 
     def target_scaler(self) -> Standardizer:
         """The target transform to fit (unfitted)."""
-        return Standardizer(bool(self.params["scale_target"]))
+        p = self.params
+        return Standardizer(bool(p["scale_target"]), clip=bool(p["clip_predictions"]))
 
     def model_config(self, n_inputs: int, n_outputs: int, n_numeric: int = 0) -> MLPConfig:
         """The network for ``n_inputs`` encoded columns, the first ``n_numeric`` of them the

@@ -203,6 +203,9 @@ def check_streamable(reg: Regressor, world_size: int = 1) -> Recipe:
         "batch_size='full' (one step over every row at once)": params["batch_size"] == "full",
         "numeric embeddings (their bins are fitted on rows in memory)": params["embedding"]
         != "none",
+        "clip_predictions (the target's range is fitted in memory)": bool(
+            params["clip_predictions"]
+        ),
     }
     if world_size > 1:  # every process must draw the same weights and row-group order
         rs = params["random_state"]

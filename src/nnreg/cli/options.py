@@ -306,6 +306,11 @@ def _fit_options() -> Decorator:
             "SCALINGS",
             "How numeric columns are scaled (robust: median and quartiles, then a smooth clip).",
         ),
+        option(
+            "--clip-predictions/--no-clip-predictions",
+            default=None,
+            help="Clip predictions to the training target's range [no].",
+        ),
         _choice(
             "--ensemble",
             "ensemble",
