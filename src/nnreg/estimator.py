@@ -269,13 +269,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         """
         warm = bool(self.warm_start) and self.__sklearn_is_fitted__()
         recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if warm else None)
-        if self.warm_start and self.n_models > 1:
-            raise ConfigError("warm_start is not available with n_models > 1.")
-        independent = self.n_models > 1 and self.ensemble == "independent"
-        if independent and (checkpoint is not None or resume is not None):
-            raise ConfigError(
-                "checkpoints are available for one network (n_models=1, or ensemble='tabm')."
-            )
+        self._refuse(recipe, checkpoint is not None or resume is not None)
         data = self._fit_data(X, y, sample_weight, reset=not warm)
         checkpoints = fitting.Checkpoints(checkpoint, checkpoint_every, checkpoint_info, resume)
         try:
@@ -293,6 +287,15 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
                 self.adopt(exc.partial)
             raise
         return self.adopt(result)
+
+    def _refuse(self, recipe: Recipe, checkpoints: bool) -> None:
+        """What ``fit`` cannot do with these parameters: a ConfigError."""
+        if self.warm_start and recipe.n_models > 1:
+            raise ConfigError("warm_start is not available with n_models > 1.")
+        if checkpoints and recipe.n_models > 1 and recipe.shared_ensemble is None:
+            raise ConfigError(
+                "checkpoints are available for one network (n_models=1, or ensemble='tabm')."
+            )
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
         """One epoch over ``X, y``, continuing the fitted network; returns self.

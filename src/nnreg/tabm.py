@@ -53,7 +53,10 @@ class TabM(nn.Module):
     """``config.k`` members in one network (``config.ensemble``: "tabm" or "tabm-mini"):
     ``(batch, n_inputs) -> (k, batch, n_outputs)``, each member's prediction.
 
-    >>> net = TabM(MLPConfig(hidden_sizes=(8,), ensemble="tabm", k=4))
+    >>> from nnreg import Regressor
+    >>> from nnreg.recipe import Recipe
+    >>> params = Regressor(hidden_layer_sizes=(8,), n_models=4, ensemble="tabm").get_params()
+    >>> net = TabM(Recipe.from_params(params).model_config(n_inputs=2, n_outputs=1))
     >>> net(torch.zeros(5, 2)).shape, net.predict_float64(torch.zeros(5, 2)).dtype
     (torch.Size([4, 5, 1]), torch.float64)
     """

@@ -250,7 +250,37 @@ def hidden(param: str, help: str, *, multiple: bool = False) -> Decorator:
 
 def estimator_parameters() -> Decorator:
     """The options that set Regressor parameters, each named after its parameter."""
-    return compose(_network_options(), _fit_options())
+    return compose(_network_options(), _fit_options(), _member_options())
+
+
+def _member_options() -> Decorator:
+    """How ensemble members are built, and numeric embeddings."""
+    return compose(
+        _choice(
+            "--ensemble",
+            "ensemble",
+            "nnreg.names",
+            "ENSEMBLES",
+            "How --n-models members are built: independent networks, or TabM's members that "
+            "share each layer's weights (tabm; tabm-mini: an input scaling only) [independent].",
+        ),
+        _choice(
+            "--embedding",
+            "embedding",
+            "nnreg.names",
+            "EMBEDDINGS",
+            "Numeric embeddings: each numeric column enters the network as --d-embedding "
+            "learned numbers, piecewise-linear over --n-bins quantile bins or periodic [none].",
+        ),
+        _number("--d-embedding", "d_embedding", int, "Numbers per embedded column [16]."),
+        _number(
+            "--n-bins",
+            "n_bins",
+            int,
+            "Bins (piecewise; fewer on small tables) or frequencies (periodic) per numeric "
+            "column [48].",
+        ),
+    )
 
 
 def _network_options() -> Decorator:
@@ -310,30 +340,6 @@ def _fit_options() -> Decorator:
             "--clip-predictions/--no-clip-predictions",
             default=None,
             help="Clip predictions to the training target's range [no].",
-        ),
-        _choice(
-            "--ensemble",
-            "ensemble",
-            "nnreg.names",
-            "ENSEMBLES",
-            "How --n-models members are built: independent networks, or TabM's members that "
-            "share each layer's weights (tabm; tabm-mini: an input scaling only) [independent].",
-        ),
-        _choice(
-            "--embedding",
-            "embedding",
-            "nnreg.names",
-            "EMBEDDINGS",
-            "Numeric embeddings: each numeric column enters the network as --d-embedding "
-            "learned numbers, piecewise-linear over --n-bins quantile bins or periodic [none].",
-        ),
-        _number("--d-embedding", "d_embedding", int, "Numbers per embedded column [16]."),
-        _number(
-            "--n-bins",
-            "n_bins",
-            int,
-            "Bins (piecewise; fewer on small tables) or frequencies (periodic) per numeric "
-            "column [48].",
         ),
         option(
             "--n-models",
