@@ -36,7 +36,7 @@ import torch
 from ._version import __version__
 from .checkpoint import CHECKPOINT, is_checkpoint, load_checkpoint, save_checkpoint
 from .exceptions import ModelFileError
-from .model import MLPConfig, embedding_shapes, state_shapes
+from .model import MLPConfig, state_shapes
 from .outputs import atomic_folder, write_file_atomic
 from .reading import (
     MAX_JSON_BYTES,
@@ -314,9 +314,7 @@ def _check_shapes(header: dict[str, Any], config: MLPConfig, n_models: int, path
     found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
     if config.ensemble != "none":  # one network holds the members
         n_models = 1
-    one = state_shapes(config) if config.ensemble != "none" else None
-    count = n_models * (len(one) if one else 2 * (len(config.hidden_sizes) + 1))
-    count += 0 if one else n_models * len(embedding_shapes(config))
+    count = n_models * len(state_shapes(config))  # one network's keys: at most ~2 per layer
     expected = state_shapes(config, n_models) if count == len(found) else {}
     if not expected or any(found.get(k) != s for k, s in expected.items()):
         wrong = sorted(k for k in expected if found.get(k) != expected[k])
