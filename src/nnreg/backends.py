@@ -1,7 +1,8 @@
 """The two step engines of :class:`nnreg.train.Trainer`, behind one small interface.
 
 :class:`FastBackend` trains on the hand-derived kernels of :mod:`nnreg.engine`
-(:class:`~nnreg.engine.FastMLP` and :class:`~nnreg.engine.FlatOptimizer`);
+(:class:`~nnreg.engine.FastMLP` or :class:`~nnreg.engine.FastTabM`, and
+:class:`~nnreg.engine.FlatOptimizer`);
 :class:`AutogradBackend` trains the ``nn.Module`` itself with autograd and a ``torch.optim``
 optimiser. Each prepares its inputs, takes one step on a minibatch, sets the learning rate,
 scores a validation chunk, snapshots and restores the weights, hands a checkpoint its
@@ -22,13 +23,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import FastMLP, FlatOptimizer
+from .engine import FlatOptimizer
 
 __all__ = ["ELEMENTWISE", "MEAN", "AutogradBackend", "FastBackend", "StepBackend", "loss_function"]
 
 Average = Callable[[torch.Tensor], None]  # replaces a gradient by its mean over processes
 LossFn = Callable[..., torch.Tensor]  # (prediction, target, weight, total=None) -> 0-d
 Weights = Any  # a backend's snapshot of the weights: a flat tensor, or a state dict
+
+
+class FastNet(Protocol):
+    """What :class:`FastBackend` steps: :class:`~nnreg.engine.FastMLP` (one network) or
+    :class:`~nnreg.engine.FastTabM` (shared-weight members), each with its own batch type."""
+
+    params: torch.Tensor  # every parameter, one flat buffer
+    grads: torch.Tensor  # their gradients, the same layout
+
+    def inputs(self, X: torch.Tensor) -> torch.Tensor: ...
+
+    def prepare(
+        self,
+        X: torch.Tensor,
+        Y: torch.Tensor,
+        w: torch.Tensor | None,
+        train: bool = True,
+        total: torch.Tensor | None = None,
+    ) -> Any: ...
+
+    def loss_and_grad(self, batch: Any) -> torch.Tensor: ...
+
+    def evaluate(self, batch: Any) -> torch.Tensor: ...
+
+    def copy_to(self, model: nn.Module) -> None: ...
 
 
 class StepBackend(Protocol):
@@ -106,11 +132,11 @@ _FAST_STATE = ("buf", "exp_avg", "exp_avg_sq", "step_t")  # FlatOptimizer's stat
 
 
 class FastBackend:
-    """Steps on :class:`FastMLP`'s packed weights; inputs end in a column of ones."""
+    """Steps on a :class:`FastNet`'s packed weights (one flat buffer)."""
 
     fast = True
 
-    def __init__(self, model: nn.Module, net: FastMLP, optimizer: FlatOptimizer) -> None:
+    def __init__(self, model: nn.Module, net: FastNet, optimizer: FlatOptimizer) -> None:
         self.model, self.net, self.optimizer = model, net, optimizer
 
     def no_graph(self) -> AbstractContextManager[object]:
@@ -120,7 +146,7 @@ class FastBackend:
         pass
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
-        return torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)  # (rows, inputs + 1)
+        return self.net.inputs(X)
 
     def full_batch(
         self, X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None

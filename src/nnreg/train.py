@@ -24,7 +24,7 @@ from .backends import ELEMENTWISE as ELEMENTWISE  # the autograd losses, public 
 from .backends import MEAN as MEAN
 from .backends import AutogradBackend, FastBackend, StepBackend, loss_function
 from .device import adapt_threads, thread_policy
-from .engine import FastMLP, FlatOptimizer, epoch_batches, supports
+from .engine import FastMLP, FastTabM, FlatOptimizer, epoch_batches, shared_members, supports
 from .exceptions import TrainingDivergedError
 from .model import SeededDropout
 from .schedule import EarlyStopping, Schedule, check_finite
@@ -170,7 +170,8 @@ def make_backend(
             if isinstance(module, SeededDropout):
                 module.generator = generator
         return AutogradBackend(model, make_optimizer(model.parameters(), config), config.loss)
-    net = FastMLP(model, activation, config.loss, dropout, generator)
+    kind = FastTabM if shared_members(model) else FastMLP
+    net = kind(model, activation, config.loss, dropout, generator)
     flat = FlatOptimizer(
         net.params,
         net.grads,

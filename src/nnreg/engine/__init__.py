@@ -18,8 +18,9 @@ autograd otherwise. The tests check every covered combination against autograd i
 
 Layout: :mod:`.kernels` (what both engines share: coverage, packed layers, step buffers,
 activations, loss kernels, dropout masks, minibatch bounds), :mod:`.single` (:class:`FastMLP`,
-:class:`FlatOptimizer`: one model) and :mod:`.batched` (:class:`BatchedMLP`,
-:class:`BatchedOptimizer`: K members as one computation).
+:class:`FlatOptimizer`: one model), :mod:`.batched` (:class:`BatchedMLP`,
+:class:`BatchedOptimizer`: K members as one computation) and :mod:`.shared` (:class:`FastTabM`:
+K members that share their weights, as one network).
 """
 
 from .batched import BatchedMLP, BatchedOptimizer
@@ -29,8 +30,10 @@ from .kernels import (
     FAST_OPTIMIZERS,
     DropoutSampler,
     epoch_batches,
+    shared_members,
     supports,
 )
+from .shared import FastTabM, SharedBatch
 from .single import Batch, FastMLP, FlatOptimizer
 
 __all__ = [
@@ -42,7 +45,10 @@ __all__ = [
     "BatchedOptimizer",
     "DropoutSampler",
     "FastMLP",
+    "FastTabM",
     "FlatOptimizer",
+    "SharedBatch",
     "epoch_batches",
+    "shared_members",
     "supports",
 ]

@@ -22,15 +22,29 @@ FAST_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bool:
-    """True when :class:`FastMLP` computes exactly what autograd would for this recipe."""
+    """True when :class:`FastMLP` (or, for shared members, :class:`FastTabM`) computes exactly
+    what autograd would for this recipe."""
     layers = getattr(model, "layers", None)
-    return (
+    plain = (
         getattr(model, "embedding", None) is None
         and isinstance(layers, nn.ModuleList)
         and all(type(m) is nn.Linear and m.bias is not None for m in layers)
+    )
+    return (
+        (plain or shared_members(model))
         and activation in FAST_ACTIVATIONS
         and loss in FAST_LOSSES
         and optimizer in FAST_OPTIMIZERS
+    )
+
+
+def shared_members(model: nn.Module) -> bool:
+    """True for shared-weight members (:class:`nnreg.tabm.TabM`) that :class:`FastTabM`
+    covers: no embedding, or a piecewise-linear one."""
+    config = getattr(model, "config", None)
+    embedding = getattr(model, "embedding", None)
+    return getattr(config, "ensemble", "none") in ("tabm", "tabm-mini") and (
+        embedding is None or type(embedding).__name__ == "PiecewiseLinearEmbedding"
     )
 
 

@@ -73,6 +73,10 @@ class FastMLP:
         """Write the trained parameters back into ``model``'s ``nn.Linear`` layers."""
         store_layers(self.W, model.layers)  # type: ignore[arg-type]
 
+    def inputs(self, X: torch.Tensor) -> torch.Tensor:
+        """``X`` as :meth:`prepare` takes it: (rows, inputs + 1), last column ones."""
+        return torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
+
     def buffers(self, batch: int, train: bool = True) -> Buffers:
         key = batch if train else -batch  # evaluation buffers never apply dropout
         if key not in self._buffers:
