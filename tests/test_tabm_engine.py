@@ -10,8 +10,8 @@ import torch
 
 from nnreg.backends import AutogradBackend, loss_function
 from nnreg.embeddings import quantile_bins
-from nnreg.engine import FastTabM, supports
-from nnreg.model import MLPConfig, SeededDropout
+from nnreg.engine import FastMLP, FastTabM, supports
+from nnreg.model import MLP, MLPConfig, SeededDropout
 from nnreg.tabm import TabM
 from nnreg.train import TrainConfig, fit, make_backend
 
@@ -136,3 +136,75 @@ def test_coverage_and_the_engine_a_fit_picks() -> None:
     backend = make_backend(_net("tabm-mini", 2), TrainConfig(optimizer="adamw"), None)
     assert backend.fast and isinstance(backend.net, FastTabM)  # type: ignore[attr-defined]
     assert not make_backend(periodic, TrainConfig(optimizer="adamw"), None).fast
+
+
+@pytest.mark.parametrize(
+    ("activation", "loss", "weighted"), [("relu", "squared_error", False), ("silu", "huber", True)]
+)
+def test_one_network_with_piecewise_embeddings_matches_autograd(
+    activation: str, loss: str, weighted: bool
+) -> None:
+    # One network's dropout masks are drawn transposed (test_engine checks them apart).
+    dropout = 0.0
+    torch.manual_seed(0)
+    config = MLPConfig(
+        n_inputs=4,
+        hidden_sizes=(6, 5),
+        n_outputs=2,
+        activation=activation,
+        dropout=dropout,
+        embedding="piecewise",
+        n_embedded=3,
+        d_embedding=2,
+        n_bins=4,
+    )
+    net = MLP(config).double()
+    net.embedding.set_bins(quantile_bins(np.random.default_rng(1).normal(size=(100, 3)), 4))  # type: ignore[union-attr]
+    with torch.no_grad():
+        net.embedding.weight.normal_()  # type: ignore[union-attr]
+    x = torch.randn(13, 4, dtype=torch.float64)
+    y = torch.randn(13, 2, dtype=torch.float64)
+    w = torch.rand(13, dtype=torch.float64) + 0.2 if weighted else None
+    net.drop.generator = torch.Generator().manual_seed(7)
+    backend = AutogradBackend(net, torch.optim.SGD(net.parameters(), lr=0.0), loss)
+    fast = FastMLP(net, activation, loss, dropout, torch.Generator().manual_seed(7))
+    expected, _ = backend.step(x, y, w, None)
+    batch = fast.prepare(fast.inputs(x), y, w)
+    assert torch.allclose(fast.loss_and_grad(batch) * batch.factor, expected, rtol=1e-12)
+    copy = MLP(config).double()
+    fast.grads, fast.params = fast.params, fast.grads  # write the gradients out as weights
+    fast.W, fast.G = fast.G, fast.W
+    fast.embedding.p, fast.embedding.g = fast.embedding.g, fast.embedding.p  # type: ignore[union-attr]
+    fast.copy_to(copy)
+    for (name, p), q in zip(net.named_parameters(), copy.parameters(), strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(q, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert supports(net, activation, loss, "adamw")
+
+
+def test_one_embedded_network_follows_the_autograd_trajectory() -> None:
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(120, 3, generator=g)
+    Y = torch.sin(2 * X[:, :1]) + X[:, 1:2].abs() + 0.1 * torch.randn(120, 1, generator=g)
+    bins = quantile_bins(X[:, :2].double().numpy(), 6)
+    results = []
+    for engine in ("autograd", "fast"):
+        torch.manual_seed(4)
+        config = MLPConfig(
+            n_inputs=3,
+            hidden_sizes=(8, 8),
+            activation="silu",
+            embedding="piecewise",
+            n_embedded=2,
+            d_embedding=4,
+            n_bins=6,
+        )
+        net = MLP(config)
+        net.embedding.set_bins(bins)  # type: ignore[union-attr]
+        config_t = TrainConfig(epochs=15, lr=0.01, optimizer="adamw", batch_size=32, engine=engine)
+        history = fit(net, X, Y, config_t, generator=torch.Generator().manual_seed(5))
+        results.append((history.train_loss, net))
+    (ref_loss, ref_net), (fast_loss, fast_net) = results
+    np.testing.assert_allclose(fast_loss, ref_loss, rtol=2e-4)
+    for a, b in zip(fast_net.parameters(), ref_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)

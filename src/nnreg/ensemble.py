@@ -71,7 +71,8 @@ class EnsembleTrainer:
         dropout_share: tuple[int, int] | None = None,
     ) -> None:
         model_config = members[0].config
-        if not supports(members[0], model_config.activation, config.loss, config.optimizer):
+        supported = supports(members[0], model_config.activation, config.loss, config.optimizer)
+        if not supported or members[0].embedding is not None:
             raise ConfigError("ensembles need the fast engine's layers, activations and losses.")
         if config.schedule == "plateau":
             raise ConfigError(

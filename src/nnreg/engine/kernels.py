@@ -23,10 +23,11 @@ FAST_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bool:
     """True when :class:`FastMLP` (or, for shared members, :class:`FastTabM`) computes exactly
-    what autograd would for this recipe."""
+    what autograd would for this recipe: no embedding, or a piecewise-linear one."""
     layers = getattr(model, "layers", None)
+    embedding = getattr(model, "embedding", None)
     plain = (
-        getattr(model, "embedding", None) is None
+        (embedding is None or type(embedding).__name__ == "PiecewiseLinearEmbedding")
         and isinstance(layers, nn.ModuleList)
         and all(type(m) is nn.Linear and m.bias is not None for m in layers)
     )

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .embedded import PiecewiseInput
 from .kernels import ACTIVATION_KERNELS, LOSS_KERNELS, DropoutSampler, loss_and_gradient_
 
 __all__ = ["FastTabM", "SharedBatch"]
@@ -60,9 +61,8 @@ class _Buffers:
         self.out = new(k, batch, net.n_out)
         self.D = new(k, batch, net.n_out)
         self.mean = new(batch, net.n_out)
-        n, bins, d = net.embedding_shape
-        self.code = new(n, batch, bins)  # the bin encoding, (feature, batch, bin)
-        self.E = new(n, batch, d)
+        if net.embedding is not None:  # the bin encoding and the embedding
+            self.code, self.E = net.embedding.new_code(batch, like)
 
 
 class SharedBatch(NamedTuple):
@@ -95,11 +95,6 @@ class FastTabM:
         n_layers = len(self.sizes) - 1
         self.has_r = [i < len(net.r) for i in range(n_layers)]
         self.has_s = [i < len(net.s) for i in range(n_layers)]
-        self.embedding: Any = net.embedding  # None, or a PiecewiseLinearEmbedding
-        self.n_embedded = int(config.n_embedded) if self.embedding is not None else 0
-        self.embedding_shape: tuple[int, int, int] = (0, 0, 0)
-        if self.embedding is not None:
-            self.embedding_shape = tuple(self.embedding.weight.shape)
         named = list(model.named_parameters())
         first = named[0][1]
         total = sum(p.numel() for _, p in named)
@@ -111,6 +106,11 @@ class FastTabM:
             self.grad[name] = self.grads[start : start + p.numel()].view(p.shape)
             start += p.numel()
         self.copy_from(model)
+        self.embedding = (
+            None
+            if net.embedding is None
+            else PiecewiseInput(net.embedding, _prefixed(self.view), _prefixed(self.grad))
+        )
         self.dropout = dropout
         self.sampler = DropoutSampler(dropout, generator)
         self._act, self._act_backward = ACTIVATION_KERNELS[activation]
@@ -159,11 +159,7 @@ class FastTabM:
             grad_scale = weights * slope
         buf = self.buffers(rows, train)
         if self.embedding is not None:
-            e = self.embedding  # its bins are fixed during training: encode once per batch
-            xe = X[:, : self.n_embedded].t().unsqueeze(2)  # (feature, batch, 1)
-            torch.addcmul(e.offset.unsqueeze(1), e.scale.unsqueeze(1), xe, out=buf.code)
-            torch.maximum(buf.code, e.lower.unsqueeze(1), out=buf.code)
-            torch.minimum(buf.code, e.upper.unsqueeze(1), out=buf.code)
+            self.embedding.prepare(X, buf.code, buf.X0)
         return SharedBatch(X, Y, weights, grad_scale, factor, buf)
 
     def loss_and_grad(self, batch: SharedBatch) -> torch.Tensor:
@@ -205,14 +201,7 @@ class FastTabM:
         """The first layer's input: the embedded columns, then the others."""
         if self.embedding is None:
             return batch.X
-        v, n = self.view, self.n_embedded
-        d = self.embedding_shape[2]
-        xe = batch.X[:, :n].t().unsqueeze(2)  # (feature, batch, 1)
-        torch.bmm(buf.code, v["embedding.weight"], out=buf.E)  # (feature, batch, d)
-        buf.E.addcmul_(v["embedding.linear_weight"].unsqueeze(1), xe)
-        buf.E.add_(v["embedding.linear_bias"].unsqueeze(1))
-        buf.X0[:, : n * d].view(-1, n, d).copy_(buf.E.transpose(0, 1))
-        buf.X0[:, n * d :].copy_(batch.X[:, n:])
+        self.embedding.forward(batch.X, buf.code, buf.E, buf.X0)
         return buf.X0
 
     def _forward(self, batch: SharedBatch, buf: _Buffers) -> None:
@@ -270,11 +259,14 @@ class FastTabM:
                 d_in.mul_(v[f"r.{i}"].unsqueeze(1))
 
     def _embedding_backward(self, batch: SharedBatch, buf: _Buffers) -> None:
-        g, n = self.grad, self.n_embedded
-        d = self.embedding_shape[2]
+        assert self.embedding is not None
         dx0 = buf.dX.sum(dim=0)  # (batch, first width): the members share the input
+        n, d = self.embedding.n, self.embedding.d
         dE = dx0[:, : n * d].view(-1, n, d).transpose(0, 1)  # (feature, batch, d)
-        xe = batch.X[:, :n].t().unsqueeze(2)
-        torch.sum(dE, dim=1, out=g["embedding.linear_bias"])
-        torch.sum(dE * xe, dim=1, out=g["embedding.linear_weight"])
-        torch.bmm(buf.code.transpose(1, 2), dE, out=g["embedding.weight"])
+        self.embedding.backward(batch.X, buf.code, dE)
+
+
+def _prefixed(
+    views: dict[str, torch.Tensor], prefix: str = "embedding."
+) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in views.items() if k.startswith(prefix)}

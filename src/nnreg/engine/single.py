@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .embedded import PiecewiseInput
 from .kernels import (
     ACTIVATION_KERNELS,
     LOSS_KERNELS,
@@ -30,6 +31,9 @@ class Batch(NamedTuple):
     grad_scale: torch.Tensor  # d(loss)/d(elementwise loss), 0-d or (batch,)
     factor: float  # the returned loss times this is the batch's mean loss
     buf: Buffers
+    raw: torch.Tensor | None = None  # with an embedding: the batch's inputs, (batch, inputs)
+    code: torch.Tensor | None = None  # its bin encoding, (feature, batch, bin)
+    E: torch.Tensor | None = None  # its embedding, (feature, batch, d)
 
 
 class FastMLP:
@@ -38,7 +42,9 @@ class FastMLP:
     Parameters
     ----------
     model : nn.Module
-        An :class:`nnreg.model.MLP` (``layers`` of ``nn.Linear``); its weights are copied in.
+        An :class:`nnreg.model.MLP` (``layers`` of ``nn.Linear``, and optionally a piecewise-
+        linear ``embedding``, whose parameters follow the layers' in the flat buffer); its
+        weights are copied in.
     activation, loss : str
         As in :class:`nnreg.model.MLPConfig` and :class:`nnreg.train.TrainConfig`.
     """
@@ -58,13 +64,24 @@ class FastMLP:
         self.dropout = dropout
         self.sampler = DropoutSampler(dropout, generator)  # draws from ``generator``
         shapes = layer_shapes(self.widths)
-        total = sum(r * c for r, c in shapes)
+        embedding = getattr(model, "embedding", None)
+        named = [] if embedding is None else list(embedding.named_parameters())
+        layer_total = sum(r * c for r, c in shapes)
+        total = layer_total + sum(p.numel() for _, p in named)
         self.params = torch.empty(total, dtype=first.dtype, device=first.device)
         self.grads = torch.zeros_like(self.params)
         self.W = layer_views(self.params, shapes)  # (out, in + 1) views: [weight | bias]
         self.G = layer_views(self.grads, shapes)  # matching views of grads
         self.WT = [w[:, :-1].t() for w in self.W]  # (in, out): weights only, for backprop
         load_layers(self.W, layers)
+        views, grads, start = {}, {}, layer_total
+        for name, p in named:
+            views[name] = self.params[start : start + p.numel()].view(p.shape)
+            grads[name] = self.grads[start : start + p.numel()].view(p.shape)
+            views[name].copy_(p.detach())
+            start += p.numel()
+        self.embedding = None if embedding is None else PiecewiseInput(embedding, views, grads)
+        self._first: dict[int, tuple[torch.Tensor, ...]] = {}
         self._buffers: dict[int, Buffers] = {}
         self._act, self._act_backward = ACTIVATION_KERNELS[activation]
         self._kernel = LOSS_KERNELS[loss]
@@ -72,9 +89,16 @@ class FastMLP:
     def copy_to(self, model: nn.Module) -> None:
         """Write the trained parameters back into ``model``'s ``nn.Linear`` layers."""
         store_layers(self.W, model.layers)  # type: ignore[arg-type]
+        if self.embedding is not None:
+            with torch.no_grad():
+                for name, p in model.embedding.named_parameters():  # type: ignore[union-attr]
+                    p.copy_(self.embedding.p[name])
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
-        """``X`` as :meth:`prepare` takes it: (rows, inputs + 1), last column ones."""
+        """``X`` as :meth:`prepare` takes it: (rows, inputs + 1), last column ones; with an
+        embedding, ``X`` itself (the first layer's input is made per step)."""
+        if self.embedding is not None:
+            return X
         return torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
 
     def buffers(self, batch: int, train: bool = True) -> Buffers:
@@ -106,7 +130,21 @@ class FastMLP:
             weights, factor_out = w / ((w.sum() if total is None else total) * n_out), 1.0
             grad_scale = weights * slope
         buf = self.buffers(rows, train)
-        return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
+        if self.embedding is None:
+            return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
+        first, code, E = self._first_input(rows, train)
+        self.embedding.prepare(X, code, first)
+        return Batch(first, first.t(), Y.t(), weights, grad_scale, factor_out, buf, X, code, E)
+
+    def _first_input(self, rows: int, train: bool) -> tuple[torch.Tensor, ...]:
+        """With an embedding: the first layer's input (rows, width + 1) (last column ones),
+        the bin encoding and the embedding, for one batch size."""
+        assert self.embedding is not None
+        key = rows if train else -rows
+        if key not in self._first:
+            first = self.params.new_ones(rows, self.widths[0] + 1)
+            self._first[key] = (first, *self.embedding.new_code(rows, self.params))
+        return self._first[key]
 
     def loss_and_grad(self, batch: Batch) -> torch.Tensor:
         """Forward and backward on one batch; gradients land in ``self.grads``.
@@ -128,6 +166,11 @@ class FastMLP:
             self._act_backward(g, buf.Z[i - 1], buf.H[i - 1])
             dZ = g
         torch.mm(dZ, batch.X, out=self.G[0])
+        if self.embedding is not None:
+            assert batch.raw is not None and batch.code is not None
+            emb = self.embedding
+            dX = torch.mm(self.WT[0][: emb.width], dZ)  # (embedded columns, batch)
+            emb.backward(batch.raw, batch.code, dX.view(emb.n, emb.d, -1).transpose(1, 2))
         return loss
 
     @torch.no_grad()
@@ -149,6 +192,9 @@ class FastMLP:
 
     def _forward(self, batch: Batch) -> None:
         buf = batch.buf
+        if self.embedding is not None:
+            assert batch.raw is not None and batch.code is not None and batch.E is not None
+            self.embedding.forward(batch.raw, batch.code, batch.E, batch.X)
         inputs = batch.XT
         for i in range(len(buf.A)):
             torch.mm(self.W[i], inputs, out=buf.Z[i])  # (width, batch)
