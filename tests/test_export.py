@@ -65,6 +65,7 @@ def _test_rows(frame: pd.DataFrame) -> pd.DataFrame:
 CASES = {
     "recommended": {"max_iter": 5},
     "robust_relu": {"max_iter": 5, "scaling": "robust", "activation": "relu"},
+    "quantile_silu": {"max_iter": 5, "scaling": "quantile", "activation": "silu"},
     "gelu_no_scaling": {"max_iter": 5, "activation": "gelu", "scaling": "none"},
     "tanh_few_categories": {"max_iter": 5, "activation": "tanh", "max_categories": 2},
     "unscaled_target": {"max_iter": 5, "scale_target": False, "max_categories": 3},

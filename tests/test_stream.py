@@ -61,7 +61,7 @@ def folder(tmp_path: Path, frame: pd.DataFrame) -> Path:
 # -- statistics ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scaling", ["standard", "robust", "none"])
+@pytest.mark.parametrize("scaling", ["standard", "robust", "quantile", "none"])
 def test_streaming_statistics_equal_the_in_memory_fit(scaling: str) -> None:
     """Chunk by chunk, with missing values imputed: the same fitted state as one fit, while
     the sample holds every row; means and deviations stay exact when it does not."""

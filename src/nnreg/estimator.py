@@ -74,8 +74,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=10
     tol : float, default=1e-4
-    scaling : {'standard', 'robust', 'none'}, default='standard'
-        Numeric inputs: mean/std, median/IQR with a smooth clip, or unchanged.
+    scaling : {'standard', 'robust', 'quantile', 'none'}, default='standard'
+        Numeric inputs: mean/std, median/IQR with a smooth clip, through the training
+        quantiles to a standard normal (:mod:`nnreg.quantile`), or unchanged.
     scale_target : bool, default=True
         Standardise the target; predictions are always in the target's own units.
     clip_predictions : bool, default=False

@@ -12,8 +12,9 @@ dimension::
 An input is left out when the model has no feature of that kind. Inside the graph:
 
 * numeric columns: NaN replaced by the fitted median and 0/1 missing-indicator columns added
-  (``missing="impute"`` only; otherwise NaN flows through to the predictions), then standard or
-  robust scaling with its smooth clip, all in float64;
+  (``missing="impute"`` only; otherwise NaN flows through to the predictions), then standard
+  scaling, robust scaling with its smooth clip, or quantile scaling (the piecewise-linear map
+  through the fitted knots, :func:`nnreg.quantile.onnx_transform`), all in float64;
 * categorical columns: an ``ai.onnx.ml`` LabelEncoder maps each string to its one-hot position,
   unseen (and rare) categories to the shared ``__other__`` column when there is one, else to
   no column, exactly as :class:`~nnreg.preprocess.TablePreprocessor` does; a missing value is
@@ -48,6 +49,7 @@ from .model import MLP, MLPEnsemble, n_members
 from .onnx_graph import Graph, network
 from .outputs import check_output_file, write_file_atomic
 from .preprocess import MISSING_CATEGORY, OTHER, SMOOTH_CLIP, TablePreprocessor
+from .quantile import onnx_transform
 
 if TYPE_CHECKING:
     from .estimator import Regressor
@@ -57,7 +59,7 @@ __all__ = ["CATEGORICAL", "MIN_OPSET", "NUMERIC", "OUTPUT", "export_onnx", "onnx
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 OUTPUT = "predictions"
-MIN_OPSET = 13  # the oldest the tests run; every operator used here exists since opset 11
+MIN_OPSET = 13  # the oldest the tests run; every operator used here exists since opset 12
 ML_OPSET = 3  # ai.onnx.ml: LabelEncoder with keys_strings/values_int64s (since version 2)
 _INSTALL = "install nnreg[onnx] (pip install 'nnreg[onnx]')"
 
@@ -304,7 +306,9 @@ def _numeric_parts(g: Graph, pre: TablePreprocessor, net_type: int) -> list[str]
             # (batch, n_indicators): only the columns that had NaN in fit get an indicator
             columns = g.const("indicator_columns", idx, np.int64)
             indicators = g.op("Gather", [flags, columns], "indicators", axis=1)
-    if pre.scaling != "none":
+    if pre.scaling == "quantile":
+        x = onnx_transform(g, pre.knots, x)
+    elif pre.scaling != "none":
         x = g.op("Sub", [x, g.const("center", pre.center, np.float64)], "centred")
         x = g.op("Div", [x, g.const("scale", pre.scale, np.float64)], "scaled")
         if pre.scaling == "robust":

@@ -5,7 +5,8 @@ matrix the network sees:
 
 * numeric columns: optional median imputation with a missing-indicator column, then
   ``"standard"`` scaling (mean/std), ``"robust"`` scaling (median/IQR followed by a smooth
-  clip to about +-3, as in RealMLP) or ``"none"``;
+  clip to about +-3, as in RealMLP), ``"quantile"`` scaling (through the column's quantiles
+  to a normal, see :mod:`nnreg.quantile`) or ``"none"``;
 * categorical columns (strings, objects, pandas categories): one-hot over the most frequent
   categories seen in fit; rarer ones share an ``other`` column, and so do categories first
   seen at prediction;
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import quantile
 from .dates import expand_dates, fit_dates, is_date, looks_like_dates
 from .exceptions import DataError
 
@@ -40,7 +42,7 @@ __all__ = [
     "is_categorical",
 ]
 
-SCALINGS = ("standard", "robust", "none")
+SCALINGS = ("standard", "robust", "quantile", "none")
 MISSING = ("error", "impute")
 SMOOTH_CLIP = 3.0  # robust-scaled values are squashed smoothly towards +-3
 OTHER = "__other__"
@@ -139,7 +141,7 @@ class TablePreprocessor:
 
     Parameters
     ----------
-    scaling : {'standard', 'robust', 'none'}
+    scaling : {'standard', 'robust', 'quantile', 'none'}
     missing : {'error', 'impute'}
         What to do with NaN (numeric) or missing (categorical) entries: raise a
         :class:`DataError` that names the column, or fill numeric ones with the median plus a
@@ -162,6 +164,7 @@ class TablePreprocessor:
     categories: dict[str, list[str]] = field(default_factory=dict)
     # date column -> its first date and derived parts; ``numeric`` names the parts
     dates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    knots: quantile.Knots = field(default_factory=dict)  # scaling="quantile" only
 
     def fit(
         self, frame: pd.DataFrame, sample_weight: np.ndarray | None = None
@@ -194,6 +197,7 @@ class TablePreprocessor:
         if self.missing == "impute":
             num = np.where(nan, np.asarray(fill), num)
         self.center, self.scale = self._fit_scaling(num, w)
+        self.knots = quantile.fit_knots(num, w) if self.scaling == "quantile" else {}
         self.categories = {c: self._fit_categories(frame[c], w) for c in self.categorical}
         return self
 
@@ -201,7 +205,7 @@ class TablePreprocessor:
         self, num: np.ndarray, w: np.ndarray | None
     ) -> tuple[list[float], list[float]]:
         d = num.shape[1]
-        if self.scaling == "none" or d == 0:
+        if self.scaling in ("none", "quantile") or d == 0:  # quantile: knots instead
             return [0.0] * d, [1.0] * d
         if self.scaling == "standard":
             st = Standardizer().fit(num, w)
@@ -235,7 +239,9 @@ class TablePreprocessor:
         parts = []
         if self.numeric:
             z = np.where(nan, np.asarray(self.fill), num) if self.missing == "impute" else num
-            if self.scaling != "none":  # "none" keeps the raw values (center 0, scale 1)
+            if self.scaling == "quantile":
+                z = quantile.transform(self.knots, z)
+            elif self.scaling != "none":  # "none" keeps the raw values (center 0, scale 1)
                 z = (z - np.asarray(self.center)) / np.asarray(self.scale)
             if self.scaling == "robust":
                 z = z / np.sqrt(1.0 + (z / SMOOTH_CLIP) ** 2)
@@ -331,14 +337,18 @@ class TablePreprocessor:
             "indicators": list(self.indicators),
             "categories": {k: list(v) for k, v in self.categories.items()},
             "dates": {k: dict(v) for k, v in self.dates.items()},
-        }
+        } | (
+            {"knots": {k: [list(c) for c in v] for k, v in self.knots.items()}}
+            if self.scaling == "quantile"
+            else {}
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TablePreprocessor:
         """The state saved as ``d``, checked for consistency (ValueError names the problem):
         it may come from a file nnreg did not write."""
-        if isinstance(d, dict) and "dates" not in d:  # saved before date columns were read
-            d = {**d, "dates": {}}
+        if isinstance(d, dict):  # saved before date columns or quantile scaling arrived
+            d = {"dates": {}, "knots": {}, **d}
         if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
             raise ValueError("the input preprocessing is not a saved TablePreprocessor")
         columns, numeric = _strings(d["columns"], "columns"), _strings(d["numeric"], "numeric")
@@ -362,7 +372,8 @@ class TablePreprocessor:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"the input preprocessing has an inconsistent {bad[0]!r}")
-        return cls(**{**d, "center": center, "scale": scale, "fill": fill})
+        knots = quantile.checked_knots(d["knots"], n, d["scaling"] == "quantile")
+        return cls(**{**d, "center": center, "scale": scale, "fill": fill, "knots": knots})
 
 
 def _raw(numeric: list[str], dates: Any) -> list[str]:

@@ -2,8 +2,8 @@
 
 :class:`StreamingStatistics` fits a :class:`~nnreg.preprocess.TablePreprocessor` and a target
 :class:`~nnreg.preprocess.Standardizer` chunk by chunk (see :mod:`nnreg.stream`): exact means,
-standard deviations and category counts, and medians and quartiles from a bounded, seeded
-sample of rows. The result equals a fit on the whole table wherever it is exact.
+standard deviations and category counts, and medians, quartiles and quantile knots from a
+bounded, seeded sample of rows. The result equals a fit on the whole table wherever it is exact.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .preprocess import (
     _weighted_quantiles,
     is_categorical,
 )
+from .quantile import fit_knots
 
 __all__ = ["SAMPLE_ROWS", "StreamingStatistics"]
 
@@ -38,10 +39,11 @@ class StreamingStatistics:
     chunks of a table, in memory that does not grow with the number of rows.
 
     Means, standard deviations, minima and maxima, missing-value counts and category counts
-    are exact (float64, merged chunk by chunk). Medians (for ``missing='impute'``) and
-    quartiles (for ``scaling='robust'``) come from a uniform sample of at most ``sample_rows``
-    rows drawn by a reservoir seeded with ``seed``: exact whenever the table has no more rows
-    than that, an estimate otherwise. Sample weights are not supported.
+    are exact (float64, merged chunk by chunk). Medians (for ``missing='impute'``), quartiles
+    (for ``scaling='robust'``) and quantile knots (for ``scaling='quantile'``) come from a
+    uniform sample of at most ``sample_rows`` rows drawn by a reservoir seeded with ``seed``:
+    exact whenever the table has no more rows than that, an estimate otherwise. Sample
+    weights are not supported.
 
     Parameters
     ----------
@@ -93,7 +95,7 @@ class StreamingStatistics:
         self.moments = _Moments(d)
         self.nan_count = np.zeros(d, dtype=np.int64)
         self.lo, self.hi = np.full(d, np.inf), np.full(d, -np.inf)
-        needs_sample = pre.missing == "impute" or pre.scaling == "robust"
+        needs_sample = pre.missing == "impute" or pre.scaling in ("robust", "quantile")
         self.sample = _Reservoir(self.sample_rows, self.seed) if needs_sample and d else None
         self.counts: dict[str, dict[str, int]] = {c: {} for c in pre.categorical}
         self.text = {c: _TextCount() for c in pre.categorical}
@@ -186,20 +188,26 @@ class StreamingStatistics:
         self, moments: _Moments, fill: np.ndarray, has_nan: np.ndarray
     ) -> tuple[list[float], list[float]]:
         d = len(self.pre.numeric)
-        if self.pre.scaling == "none" or d == 0:
+        if self.pre.scaling == "quantile":  # as TablePreprocessor.fit: of the filled columns
+            self.pre.knots = fit_knots(self._filled_sample(fill))
+        if self.pre.scaling in ("none", "quantile") or d == 0:
             return [0.0] * d, [1.0] * d
         std = moments.std()
         if self.pre.scaling == "standard":
             return moments.mean.tolist(), _nonzero_scale(moments.mean, std).tolist()
-        assert self.sample is not None
-        sample = self.sample.values()
-        if self.pre.missing == "impute":
-            sample = np.where(np.isnan(sample), fill, sample)
+        sample = self._filled_sample(fill)
         q25, q50, q75 = _weighted_quantiles(sample, [0.25, 0.5, 0.75], None)
         lo = np.where(has_nan, np.fmin(self.lo, fill), self.lo)
         hi = np.where(has_nan, np.fmax(self.hi, fill), self.hi)
         peak = np.maximum(hi - q50, q50 - lo)
         return q50.tolist(), _robust_spread(q25, q75, std, peak).tolist()
+
+    def _filled_sample(self, fill: np.ndarray) -> np.ndarray:
+        """The sample (rows, numeric), missing values filled when imputing."""
+        sample = np.zeros((0, len(fill))) if self.sample is None else self.sample.values()
+        if self.pre.missing == "impute":
+            sample = np.where(np.isnan(sample), fill, sample)
+        return sample
 
 
 @dataclass

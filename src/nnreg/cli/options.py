@@ -334,7 +334,8 @@ def _fit_options() -> Decorator:
             "scaling",
             "nnreg.names",
             "SCALINGS",
-            "How numeric columns are scaled (robust: median and quartiles, then a smooth clip).",
+            "How numeric columns are scaled (robust: median and quartiles, then a smooth clip; "
+            "quantile: through the training quantiles to a standard normal).",
         ),
         option(
             "--clip-predictions/--no-clip-predictions",
