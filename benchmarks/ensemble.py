@@ -107,7 +107,7 @@ def speed_section(repeats: int) -> str:
         f"`n_models={K}` trains {K} + 2 networks in one batch: the {K} members on all 100 rows",
         "and two helpers that each leave out half of the 33 calibration rows (as zero weights)",
         "and score them out of fold (every 4th epoch: at most 128 of them). The single fits train",
-        "on all 100 rows. Shared members train as one network by autograd on 67 rows and",
+        "on all 100 rows. Shared members train as one network (the fast engine) on 67 rows and",
         "score the other 33 (their calibration rows) every epoch.",
         "",
         "| run | time (s) | time / 1 member |",
@@ -133,24 +133,26 @@ def flops_section(repeats: int, k: int = SPEED_MEMBERS, rows: int = 256, inputs:
     """The achieved FLOP/s of one training step (forward, backward, AdamW) of the
     recommended network as ``k`` TabM members on a batch of ``rows``, against one
     ``torch.mm`` with as many multiply-adds."""
-    from nnreg.backends import AutogradBackend
     from nnreg.model import MLPConfig
     from nnreg.tabm import TabM
+    from nnreg.train import TrainConfig, make_backend
 
     torch.manual_seed(0)
     widths = (128, 128, 128)
     config = MLPConfig(inputs, widths, 1, "silu", dropout=0.15, ensemble="tabm", k=k)
     net = TabM(config).train()
-    backend = AutogradBackend(net, torch.optim.AdamW(net.parameters(), lr=1e-3), "squared_error")
-    X, y = torch.randn(rows, inputs), torch.randn(rows, 1)
+    generator = torch.Generator().manual_seed(0)
+    backend = make_backend(net, TrainConfig(optimizer="adamw", lr=1e-3), generator)
+    X, y = backend.inputs(torch.randn(rows, inputs)), torch.randn(rows, 1)
     sizes = [inputs, *widths, 1]
     macs = k * rows * sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
     flops = 3 * 2 * macs  # forward; backward: the inputs' and the weights' gradients
     steps = 20
 
     def train() -> None:
-        for _ in range(steps):
-            backend.step(X, y, None, None)
+        with backend.no_graph():
+            for _ in range(steps):
+                backend.step(X, y, None, None)
 
     A, B = torch.randn(k * rows, 128), torch.randn(128, 3 * macs // (k * rows * 128))
 
@@ -169,7 +171,8 @@ def flops_section(repeats: int, k: int = SPEED_MEMBERS, rows: int = 256, inputs:
     return (
         f"## Speed: one training step of the recommended network as {k} TabM members\n\n"
         f"{inputs} inputs, layers {list(widths)}, dropout 0.15, AdamW, a batch of {rows} rows "
-        f"(autograd). One step: {flops / 1e6:.0f} MFLOP (3 x 2 x {macs:,} multiply-adds) in "
+        f"({'fast engine' if backend.fast else 'autograd'}). One step: {flops / 1e6:.0f} MFLOP "
+        f"(3 x 2 x {macs:,} multiply-adds) in "
         f"{step_t * 1e3:.2f} ms, {step_rate:.1f} GFLOP/s; one `torch.mm` of "
         f"({A.shape[0]}, 128) @ (128, {B.shape[1]}), as many multiply-adds: "
         f"{mm_t * 1e3:.2f} ms, {mm_rate:.1f} GFLOP/s.\n\n{line}\n"
@@ -257,7 +260,7 @@ def accuracy_section(datasets: list[str], seeds: list[int], members: int, realml
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=4, help="K of the accuracy ensemble")
-    parser.add_argument("--datasets", default=",".join(accuracy.DATASETS))
+    parser.add_argument("--datasets", default=",".join(accuracy.PANEL))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-realmlp", action="store_true", help="skip the RealMLP-TD column")

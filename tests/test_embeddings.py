@@ -28,9 +28,21 @@ def test_quantile_bins_by_hand() -> None:
     assert edges[0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # the quartiles
     assert edges[1].tolist() == [4.0, 6.0]  # a constant column: one bin around it
     assert edges[2].tolist() == [0.0, 1.0]  # a binary column: one bin, however many asked
-    assert [adapted_bins(48, n) for n in (10, 100, 384, 385, 10**6)] == [2, 12, 48, 48, 48]
+    assert [adapted_bins(48, n) for n in (10, 200, 3071, 3072, 10**6)] == [2, 3, 47, 48, 48]
     with pytest.raises(ValueError, match="finite"):
         quantile_bins(np.array([[np.nan]]), 4)
+
+
+def test_weighted_bins_are_the_repeated_rows_bins() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    X[:, 2] = rng.integers(0, 3, size=80)  # ties
+    w = rng.integers(1, 5, size=80)
+    repeated = quantile_bins(np.repeat(X, w, axis=0), 6)
+    for a, b in zip(quantile_bins(X, 6, w.astype(float)), repeated, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    for a, b in zip(quantile_bins(X, 6, np.ones(80)), quantile_bins(X, 6), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
 def test_piecewise_encoding_by_hand() -> None:
@@ -167,8 +179,8 @@ def test_estimator_saves_loads_and_exports(
     reg = nnreg.Regressor(embedding=kind, max_iter=15, random_state=0).fit(X, y)
     config = reg.model_.config
     assert config.embedding == kind and config.n_embedded == 3  # the numeric columns
-    if kind == "piecewise":  # 333 rows: at most 41 bins per column
-        assert config.n_bins == adapted_bins(48, len(X)) == 41
+    if kind == "piecewise":  # 333 rows: at most 5 bins per column
+        assert config.n_bins == adapted_bins(48, len(X)) == 5
     loaded = nnreg.load(reg.save(tmp_path / "m"))
     assert np.array_equal(loaded.predict(X), reg.predict(X))
     ort = pytest.importorskip("onnxruntime")

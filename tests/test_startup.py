@@ -83,14 +83,14 @@ def test_info_does_not_import_torch(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_the_names_the_command_line_lists_are_the_librarys() -> None:
-    from nnreg import embeddings, model, preprocess, recipe, train
+    from nnreg import model, preprocess, recipe, train
 
     assert tuple(model.ACTIVATIONS) == nnreg.names.ACTIVATIONS
     assert tuple(train.OPTIMIZERS) == nnreg.names.OPTIMIZERS
     assert tuple(train.LOSSES) == nnreg.names.LOSSES
     assert tuple(train.SCHEDULES) == nnreg.names.SCHEDULES
     assert tuple(preprocess.SCALINGS) == nnreg.names.SCALINGS
-    assert tuple(embeddings.EMBEDDINGS) == nnreg.names.EMBEDDINGS
+    assert tuple(recipe.EMBEDDINGS) == nnreg.names.EMBEDDINGS
     assert tuple(recipe.ENSEMBLES) == nnreg.names.ENSEMBLES
 
 
@@ -98,4 +98,4 @@ def test_train_help_lists_the_choices() -> None:
     from click.testing import CliRunner
 
     shown = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
-    assert "[relu|gelu|silu|tanh]" in shown and "[seed|recommended]" in shown
+    assert "[relu|gelu|silu|tanh]" in shown and "[seed|recommended|plain]" in shown

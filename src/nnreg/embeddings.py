@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 EMBEDDINGS = ("none", "piecewise", "periodic")
-MIN_ROWS_PER_BIN = 8  # a table of n rows gets at most n // 8 bins per feature
+MIN_ROWS_PER_BIN = 64  # a table of n rows gets at most n // 64 bins per feature
 # "No bound" in a clamp: the largest float32, finite so that saved weights stay checkable.
 UNBOUNDED = float(np.finfo(np.float32).max)
 QUANTILE_ROWS = 200_000  # bins are computed from at most this many rows (a seeded sample)
@@ -53,17 +53,20 @@ def adapted_bins(n_bins: int, n_rows: int) -> int:
     """Bins per feature for a table of ``n_rows`` training rows: ``n_bins``, but fewer on
     small tables (at least MIN_ROWS_PER_BIN rows per bin on average, and at least 2 bins).
 
-    >>> adapted_bins(48, 100_000), adapted_bins(48, 100), adapted_bins(48, 5)
-    (48, 12, 2)
+    >>> adapted_bins(48, 100_000), adapted_bins(48, 1_000), adapted_bins(48, 100)
+    (48, 15, 2)
     """
     return max(2, min(n_bins, n_rows // MIN_ROWS_PER_BIN))
 
 
-def quantile_bins(X: np.ndarray, n_bins: int) -> list[np.ndarray]:
+def quantile_bins(
+    X: np.ndarray, n_bins: int, weights: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Each column's bin edges: its ``0, 1/n_bins, ..., 1`` quantiles (linear interpolation,
     float64), duplicates removed, so a column with few distinct values gets fewer bins. A
     constant column ``c`` gets the single bin ``[c - 1, c + 1]`` (its encoding is then
-    constant). Tables over QUANTILE_ROWS rows are sampled (seeded, so bins are reproducible).
+    constant). Row ``weights`` count as that many repeats of the row (:func:`_quantiles`).
+    Tables over QUANTILE_ROWS rows are sampled (seeded, so bins are reproducible).
 
     >>> [e.tolist() for e in quantile_bins(np.array([[0.0, 1], [1, 1], [2, 1], [3, 1]]), 2)]
     [[0.0, 1.5, 3.0], [0.0, 2.0]]
@@ -72,13 +75,34 @@ def quantile_bins(X: np.ndarray, n_bins: int) -> list[np.ndarray]:
     if X.ndim != 2 or X.shape[0] == 0 or not np.isfinite(X).all():
         raise ValueError("quantile bins need a finite (rows, features) array with rows")
     if X.shape[0] > QUANTILE_ROWS:
-        X = X[np.random.default_rng(0).choice(X.shape[0], QUANTILE_ROWS, replace=False)]
+        rows = np.random.default_rng(0).choice(X.shape[0], QUANTILE_ROWS, replace=False)
+        X, weights = X[rows], None if weights is None else weights[rows]
     qs = np.linspace(0.0, 1.0, n_bins + 1)
     edges = []
-    for column in np.quantile(X, qs, axis=0).T:
+    for column in _quantiles(X, qs, weights).T:
         e = np.unique(column)
         edges.append(e if len(e) >= 2 else np.array([e[0] - 1.0, e[0] + 1.0]))
     return edges
+
+
+def _quantiles(X: np.ndarray, qs: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """``np.quantile(X, qs, axis=0)`` (linear), where a row of weight w counts as w rows: at
+    position ``q * (W - 1)`` of the rows sorted and repeated (W the weights' sum), so integer
+    weights give exactly the quantiles of the repeated rows."""
+    if weights is None:
+        return np.quantile(X, qs, axis=0)
+    w = np.asarray(weights, dtype=np.float64)
+    out = np.empty((len(qs), X.shape[1]))
+    position = qs * (w.sum() - 1.0)
+    below = np.floor(position)
+    last = X.shape[0] - 1
+    for j in range(X.shape[1]):
+        order = np.argsort(X[:, j], kind="stable")
+        values, ends = X[order, j], np.cumsum(w[order])  # row i fills [ends[i-1], ends[i])
+        lo = values[np.minimum(np.searchsorted(ends, below, side="right"), last)]
+        hi = values[np.minimum(np.searchsorted(ends, below + 1, side="right"), last)]
+        out[:, j] = lo + (position - below) * (hi - lo)
+    return out
 
 
 def _nlinear_init(weight: torch.Tensor, bias: torch.Tensor | None) -> None:

@@ -116,11 +116,14 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         differ by per-member scalings and biases ('tabm-mini': an input scaling only),
         trained as one network on the mean of their losses. Shared members hold out their
         calibration rows (``validation_fraction``, at least 100 or a third) from training.
-    embedding : {'none', 'piecewise', 'periodic'}, default='none'
+    embedding : {'auto', 'none', 'piecewise', 'periodic'}, default='auto'
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
-        (fewer on small tables: at most one per 8 rows) or periodic with ``n_bins``
-        frequencies. Not with independent members; trained by autograd.
+        (fewer on small tables: at most one per 64 training rows, and at least 2) or periodic
+        with ``n_bins`` frequencies. 'auto' is piecewise-linear for one network or shared
+        members and none for independent members, sweeps and streamed training, which do not
+        embed. The fast engine trains piecewise-linear embeddings; periodic ones train by
+        autograd.
     d_embedding, n_bins : int, default=16, 48
     device : str, default='cpu'
         Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else
@@ -201,7 +204,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         warm_start: bool = False,
         n_models: int = 1,
         ensemble: str = "independent",
-        embedding: str = "none",
+        embedding: str = "auto",
         d_embedding: int = 16,
         n_bins: int = 48,
         device: str = "cpu",

@@ -184,7 +184,7 @@ def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
     edges = None
     if config.embedding == "piecewise":
         numeric = preprocessor.transform(frame)[:, :n_numeric]
-        edges = quantile_bins(numeric, adapted_bins(config.n_bins, len(frame)))
+        edges = quantile_bins(numeric, adapted_bins(config.n_bins, len(frame)), w)
         config = replace(config, n_bins=max(len(e) - 1 for e in edges))
     model = recipe.model(config)
     if edges is not None:

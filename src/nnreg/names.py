@@ -9,7 +9,7 @@ repeats the keys of one library constant, which stays the authority
     LOSSES        nnreg.train.LOSSES
     SCHEDULES     nnreg.train.SCHEDULES
     SCALINGS      nnreg.preprocess.SCALINGS
-    EMBEDDINGS    nnreg.embeddings.EMBEDDINGS
+    EMBEDDINGS    nnreg.recipe.EMBEDDINGS
     ENSEMBLES     nnreg.recipe.ENSEMBLES
 
 The presets themselves live in :mod:`nnreg.presets`, which imports nothing heavy either.
@@ -32,5 +32,5 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
 SCALINGS = ("standard", "robust", "quantile", "none")
-EMBEDDINGS = ("none", "piecewise", "periodic")
+EMBEDDINGS = ("auto", "none", "piecewise", "periodic")
 ENSEMBLES = ("independent", "tabm", "tabm-mini")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "RECOMMENDED_PRESET", "SEED_PRESET", "Parameters"]
+__all__ = ["PLAIN_PRESET", "PRESETS", "RECOMMENDED_PRESET", "SEED_PRESET", "Parameters"]
 
 # The seed experiment's recipe, exactly (DESIGN.md).
 SEED_PRESET: dict[str, Any] = {
@@ -25,11 +25,13 @@ SEED_PRESET: dict[str, Any] = {
     "early_stopping": False,
     "scaling": "none",
     "scale_target": False,
+    "embedding": "none",
 }
-# The estimator's defaults, tuned on benchmarks/accuracy.py's panel (results/accuracy.md):
-# three SiLU layers of 128 with dropout, AdamW with weight decay and a short-memory second
-# moment (beta_2=0.95, as in RealMLP), a cosine learning-rate decay over 128 epochs.
-RECOMMENDED_PRESET: dict[str, Any] = {
+# The recipe nnreg recommended before numeric embeddings, tuned on benchmarks/accuracy.py's
+# panel: three SiLU layers of 128 with dropout, AdamW with weight decay and a short-memory
+# second moment (beta_2=0.95, as in RealMLP), a cosine learning-rate decay over 128 epochs;
+# numeric columns enter the network as they are.
+PLAIN_PRESET: dict[str, Any] = {
     "hidden_layer_sizes": (128, 128, 128),
     "activation": "silu",
     "init": "xavier_uniform",
@@ -48,8 +50,13 @@ RECOMMENDED_PRESET: dict[str, Any] = {
     "early_stopping": False,
     "scaling": "standard",
     "scale_target": True,
+    "embedding": "none",
 }
-PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET}
+# The estimator's defaults (results/accuracy.md): the plain recipe with piecewise-linear
+# embeddings of the numeric columns (16 numbers each, over at most 48 quantile bins and at
+# most one per 64 training rows), where the fit can embed ("auto").
+RECOMMENDED_PRESET: dict[str, Any] = {**PLAIN_PRESET, "embedding": "auto"}
+PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET, "plain": PLAIN_PRESET}
 
 
 class Parameters:

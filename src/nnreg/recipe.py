@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .device import DEVICE_HELP, is_device_name, training_device
-from .embeddings import EMBEDDINGS
+from .embeddings import EMBEDDINGS as NETWORK_EMBEDDINGS
 from .exceptions import ConfigError
 from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble
 from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
@@ -31,6 +31,7 @@ from .tabm import TabM
 from .train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 __all__ = [
+    "EMBEDDINGS",
     "AUTO_BATCH",
     "PARAMETER_RULES",
     "PRESETS",
@@ -94,6 +95,10 @@ POSITIVE = (lambda v: is_real(v, 0.0, open_lo=True), "a finite number > 0")
 NON_NEGATIVE = (lambda v: is_real(v, 0.0), "a finite number >= 0")
 
 # One table of parameter checks: name -> (test, what is allowed).
+# The estimator's embedding choices: "auto" is piecewise-linear where the fit can embed (one
+# network, or shared members, in memory) and none elsewhere (independent members, sweeps,
+# streaming).
+EMBEDDINGS = ("auto", *NETWORK_EMBEDDINGS)
 PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "hidden_layer_sizes": (
         lambda v: isinstance(v, (tuple, list)) and all(_positive_int(h) for h in v),
@@ -168,7 +173,8 @@ def check_params(params: Mapping[str, Any], label: Label | None = None) -> None:
             f"{name_of('optimizer')}='sgd'"
         )
     independent = params.get("n_models", 1) > 1 and params.get("ensemble") == "independent"
-    if not problems and params.get("embedding", "none") != "none" and independent:
+    explicit = params.get("embedding", "none") not in ("none", "auto")
+    if not problems and explicit and independent:
         problems.append(
             f"{name_of('embedding')}={params['embedding']!r} needs one network or shared "
             f"members: set {name_of('ensemble')}='tabm' or 'tabm-mini', or {name_of('n_models')}=1"
@@ -265,6 +271,8 @@ class Recipe:
         most it may get (:func:`~nnreg.fitting` sets the number its bins have)."""
         p = self.params
         embedding = p["embedding"] if n_numeric > 0 else "none"
+        if embedding == "auto":  # see EMBEDDINGS
+            embedding = "piecewise" if self.n_models == 1 or self.shared_ensemble else "none"
         return MLPConfig(
             n_inputs=n_inputs,
             hidden_sizes=p["hidden_layer_sizes"],

@@ -202,7 +202,7 @@ def check_streamable(reg: Regressor, world_size: int = 1) -> Recipe:
         "warm_start (streamed training always starts anew)": bool(params["warm_start"]),
         "batch_size='full' (one step over every row at once)": params["batch_size"] == "full",
         "numeric embeddings (their bins are fitted on rows in memory)": params["embedding"]
-        != "none",
+        not in ("none", "auto"),
         "clip_predictions (the target's range is fitted in memory)": bool(
             params["clip_predictions"]
         ),

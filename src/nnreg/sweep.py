@@ -150,7 +150,7 @@ class Sweep:
             recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
         if recipe.n_models != 1:
             raise ConfigError("a sweep trains single models; leave n_models at 1.")
-        if recipe["embedding"] != "none":
+        if recipe["embedding"] not in ("none", "auto"):
             raise ConfigError("a sweep trains plain networks; leave embedding at 'none'.")
         if recipe["learning_rate"] == "plateau":
             raise ConfigError("a sweep cannot use learning_rate='plateau'; use 'cosine'.")

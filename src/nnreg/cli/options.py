@@ -270,7 +270,8 @@ def _member_options() -> Decorator:
             "nnreg.names",
             "EMBEDDINGS",
             "Numeric embeddings: each numeric column enters the network as --d-embedding "
-            "learned numbers, piecewise-linear over --n-bins quantile bins or periodic [none].",
+            "learned numbers, piecewise-linear over --n-bins quantile bins or periodic; auto: "
+            "piecewise-linear where the fit embeds (one network, shared members) [auto].",
         ),
         _number("--d-embedding", "d_embedding", int, "Numbers per embedded column [16]."),
         _number(
