@@ -41,7 +41,10 @@ def test_folder_contents(tmp_path: Path, fitted) -> None:
     ]
     doc = json.loads((path / "model.json").read_text())
     assert doc["format_version"] == FORMAT_VERSION
-    assert doc["n_parameters"] == 3 * 16 + 16 + 16 * 8 + 8 + 8 + 1
+    # Three numeric columns, each embedded as 16 numbers (a linear term and n_bins bins).
+    bins = fitted.model_.config.n_bins
+    embedding = 3 * (16 + 16 + bins * 16)
+    assert doc["n_parameters"] == embedding + 3 * 16 * 16 + 16 + 16 * 8 + 8 + 8 + 1
     assert doc["architecture"]["hidden_sizes"] == [16, 8]
     assert doc["metrics"]["train_mse"] == 0.5
     assert [f["name"] for f in doc["features"]] == ["a", "b", "c"]

@@ -148,7 +148,10 @@ def test_regressor_ensemble_mean_spread_and_calibrated_intervals(tmp_path) -> No
     assert (
         len(reg.model_.members) == 6
         and reg.n_parameters()
-        == 6 * nnreg.Regressor(max_iter=1, random_state=0).fit(X[:50], y[:50]).n_parameters()
+        == 6
+        * nnreg.Regressor(max_iter=1, random_state=0, embedding="none")
+        .fit(X[:50], y[:50])
+        .n_parameters()
     )
     mean, std = reg.predict(X[test], return_std=True)
     np.testing.assert_array_equal(mean, reg.predict(X[test]))
@@ -221,6 +224,7 @@ def test_ensemble_members_train_on_every_row_and_helpers_score_the_calibration_r
     X = rng.normal(size=(120, 2))
     y = np.sin(X[:, 0]) + X[:, 1] ** 2
     params = {
+        "embedding": "none",  # independent members do not embed
         "max_iter": 20,
         "batch_size": "full",
         "dropout": 0.0,

@@ -104,7 +104,9 @@ def test_every_front_door_starts_from_the_same_network(tmp_path) -> None:
 
     df = nnreg.seed_dataset(n=64, random_state=0)
     df.to_parquet(tmp_path / "d.parquet")
+    # Streams and sweeps do not embed (embedding="auto" embeds in memory only): compare plain.
     base = dict(max_iter=1, learning_rate_init=1e-300, dropout=0.0, dtype="float64")
+    base.update(embedding="none")
     base.update(random_state=5, batch_size=64, hidden_layer_sizes=(8,))
     memory = nnreg.Regressor(**base).fit(df[["x1", "x2"]], df["y"])
     streamed = fit_parquet(nnreg.Regressor(**base), ParquetData(tmp_path / "d.parquet", "y"))

@@ -29,6 +29,7 @@ from nnreg.train import TrainConfig, Trainer
 
 FEATURES = ["a", "b", "c"]
 SMALL = {"hidden_layer_sizes": (16, 16), "dropout": 0.0, "dtype": "float64", "random_state": 3}
+SMALL["embedding"] = "none"  # streamed fits do not embed; the in-memory references must not
 
 
 def _frame(n: int = 900, seed: int = 0) -> pd.DataFrame:

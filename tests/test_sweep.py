@@ -22,6 +22,7 @@ def small_base(**overrides: object) -> nnreg.Regressor:
         "batch_size": 64,
         "hidden_layer_sizes": (16, 16),
         "random_state": 5,
+        "embedding": "none",  # a sweep's networks do not embed; its single fits must not
     }
     return nnreg.Regressor(**{**params, **overrides})  # type: ignore[arg-type]
 

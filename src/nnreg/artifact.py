@@ -91,6 +91,10 @@ class SavedModel:
     history: dict[str, list[Any]]
 
 
+# A piecewise embedding's bins: saved tensors, but fitted, not trained parameters.
+_BINS = re.compile(r"(^|\.)embedding\.(scale|offset|lower|upper)$")
+
+
 def save(
     path: str | Path,
     *,
@@ -126,7 +130,7 @@ def save(
             "torch_version": torch.__version__.split("+")[0],
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "architecture": config.to_dict(),
-            "n_parameters": sum(t.numel() for t in tensors.values()),
+            "n_parameters": sum(t.numel() for k, t in tensors.items() if not _BINS.search(k)),
             **meta,
             "weights": {"file": WEIGHTS, "sha256": files[WEIGHTS]},
             "files": files,
