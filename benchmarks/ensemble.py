@@ -264,13 +264,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-realmlp", action="store_true", help="skip the RealMLP-TD column")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="the two speed sections, not the accuracy one"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ensemble.md")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     speed = speed_section(args.repeats) + "\n" + flops_section(args.repeats)
-    acc = accuracy_section(datasets, seeds, args.members, not args.no_realmlp)
+    acc = (
+        ""
+        if args.speed_only
+        else accuracy_section(datasets, seeds, args.members, not args.no_realmlp)
+    )
     wall = time.perf_counter() - start
     command = " ".join(["python benchmarks/ensemble.py", *sys.argv[1:]])
     header = (
