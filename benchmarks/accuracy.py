@@ -751,6 +751,9 @@ def report(
     return "\n".join(parts) + "\n"
 
 
+PICTURE_CEILING = 3.0  # ratios above it are drawn at it, so that the close ones stay apart
+
+
 def picture(
     results: Results,
     datasets: Sequence[str],
@@ -778,12 +781,15 @@ def picture(
             if score is None or None in times:
                 continue
             xs.append(float(np.mean([t for t in times if t is not None])))
-            ys.append(score / best)
+            ys.append(min(score / best, PICTURE_CEILING))  # a failed fit sits on the edge
         ax.scatter(xs, ys, label=LABELS[m], marker=markers[i % len(markers)], alpha=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_ylim(0.95, PICTURE_CEILING * 1.05)
     ax.set_xlabel("mean training time of one fit (s, log scale)")
-    ax.set_ylabel("test RMSE / best model's on the table (log scale)")
+    ax.set_ylabel(
+        f"test RMSE / best model's on the table (log; {PICTURE_CEILING:g}x and over on top)"
+    )
     ax.axhline(1.05, color="grey", linestyle=":", linewidth=1)
     ax.set_title(f"{len(datasets)} tables, mean over split seeds {', '.join(map(str, seeds))}")
     ax.legend(fontsize=8, loc="upper right")
