@@ -40,6 +40,14 @@ def _net(form: str, k: int, embedded: int = 0, **kw: object) -> TabM:
     return net
 
 
+def _assert_same_trajectory(results: list[tuple[list[float], torch.nn.Module]]) -> None:
+    """Autograd's run, then the fast engine's: float32 losses and weights agree."""
+    (ref_loss, ref_net), (fast_loss, fast_net) = results
+    np.testing.assert_allclose(fast_loss, ref_loss, rtol=2e-4)
+    for a, b in zip(fast_net.parameters(), ref_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+
+
 CASES = [
     ("tabm", "relu", "squared_error", False, 0),
     ("tabm", "silu", "huber", True, 0),
@@ -112,10 +120,7 @@ def test_fast_trajectory_follows_autograd(
         )
         history = fit(net, X, Y, config, generator=torch.Generator().manual_seed(5))
         results.append((history.train_loss, net))
-    (ref_loss, ref_net), (fast_loss, fast_net) = results
-    np.testing.assert_allclose(fast_loss, ref_loss, rtol=2e-4)
-    for a, b in zip(fast_net.parameters(), ref_net.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+    _assert_same_trajectory(results)
 
 
 def test_coverage_and_the_engine_a_fit_picks() -> None:
@@ -204,7 +209,4 @@ def test_one_embedded_network_follows_the_autograd_trajectory() -> None:
         config_t = TrainConfig(epochs=15, lr=0.01, optimizer="adamw", batch_size=32, engine=engine)
         history = fit(net, X, Y, config_t, generator=torch.Generator().manual_seed(5))
         results.append((history.train_loss, net))
-    (ref_loss, ref_net), (fast_loss, fast_net) = results
-    np.testing.assert_allclose(fast_loss, ref_loss, rtol=2e-4)
-    for a, b in zip(fast_net.parameters(), ref_net.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+    _assert_same_trajectory(results)

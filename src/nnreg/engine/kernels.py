@@ -25,9 +25,8 @@ def supports(model: nn.Module, activation: str, loss: str, optimizer: str) -> bo
     """True when :class:`FastMLP` (or, for shared members, :class:`FastTabM`) computes exactly
     what autograd would for this recipe: no embedding, or a piecewise-linear one."""
     layers = getattr(model, "layers", None)
-    embedding = getattr(model, "embedding", None)
     plain = (
-        (embedding is None or type(embedding).__name__ == "PiecewiseLinearEmbedding")
+        _covered_embedding(model)
         and isinstance(layers, nn.ModuleList)
         and all(type(m) is nn.Linear and m.bias is not None for m in layers)
     )
@@ -43,10 +42,15 @@ def shared_members(model: nn.Module) -> bool:
     """True for shared-weight members (:class:`nnreg.tabm.TabM`) that :class:`FastTabM`
     covers: no embedding, or a piecewise-linear one."""
     config = getattr(model, "config", None)
-    embedding = getattr(model, "embedding", None)
-    return getattr(config, "ensemble", "none") in ("tabm", "tabm-mini") and (
-        embedding is None or type(embedding).__name__ == "PiecewiseLinearEmbedding"
+    return getattr(config, "ensemble", "none") in ("tabm", "tabm-mini") and _covered_embedding(
+        model
     )
+
+
+def _covered_embedding(model: nn.Module) -> bool:
+    """No numeric embedding, or a piecewise-linear one (:mod:`.embedded`)."""
+    embedding = getattr(model, "embedding", None)
+    return embedding is None or type(embedding).__name__ == "PiecewiseLinearEmbedding"
 
 
 class DropoutSampler:
@@ -105,6 +109,39 @@ def layer_views(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch
         views.append(flat[..., start : start + r * c].view(*lead, r, c))
         start += r * c
     return views
+
+
+def named_views(
+    flat: torch.Tensor, named: Iterable[tuple[str, torch.Tensor]], start: int = 0
+) -> dict[str, torch.Tensor]:
+    """Views of the flat ``(P,)`` buffer shaped as the named tensors, laid out one after
+    another from ``start``."""
+    views = {}
+    for name, p in named:
+        views[name] = flat[start : start + p.numel()].view(p.shape)
+        start += p.numel()
+    return views
+
+
+def loss_scales(
+    slope: float,
+    like: torch.Tensor,
+    Y: torch.Tensor,
+    w: torch.Tensor | None,
+    total: torch.Tensor | None = None,
+    members: int = 1,
+) -> tuple[torch.Tensor | None, float, torch.Tensor]:
+    """How a batch with targets ``Y`` (rows, outputs) scores: (row weights, factor, gradient
+    scale). The loss is the mean over ``members`` copies of the batch, rows and outputs;
+    row weights ``w`` are normalised by their sum, or by ``total`` (a distributed step's
+    share of the global batch's sum). Without weights the loss kernels return a sum that
+    ``factor`` turns into that mean; with them, the weighted mean itself (factor 1)."""
+    rows, n_out = Y.shape
+    if w is None:
+        factor = 1.0 / (members * rows * n_out)
+        return None, factor, like.new_full((), slope * factor)
+    weights = w / ((w.sum() if total is None else total.reshape(())) * (members * n_out))
+    return weights, 1.0, weights * slope
 
 
 def load_layers(W: list[torch.Tensor], layers: Iterable[nn.Linear]) -> None:

@@ -32,7 +32,14 @@ import torch
 from torch import nn
 
 from .embedded import PiecewiseInput
-from .kernels import ACTIVATION_KERNELS, LOSS_KERNELS, DropoutSampler, loss_and_gradient_
+from .kernels import (
+    ACTIVATION_KERNELS,
+    LOSS_KERNELS,
+    DropoutSampler,
+    loss_and_gradient_,
+    loss_scales,
+    named_views,
+)
 
 __all__ = ["FastTabM", "SharedBatch"]
 
@@ -100,11 +107,8 @@ class FastTabM:
         total = sum(p.numel() for _, p in named)
         self.params = torch.empty(total, dtype=first.dtype, device=first.device)
         self.grads = torch.zeros_like(self.params)
-        self.view, self.grad, start = {}, {}, 0
-        for name, p in named:
-            self.view[name] = self.params[start : start + p.numel()].view(p.shape)
-            self.grad[name] = self.grads[start : start + p.numel()].view(p.shape)
-            start += p.numel()
+        self.view = named_views(self.params, named)
+        self.grad = named_views(self.grads, named)
         self.copy_from(model)
         self.embedding = (
             None
@@ -147,17 +151,11 @@ class FastTabM:
     ) -> SharedBatch:
         """Views and scales for a batch, and its bin encoding. Training averages the k
         members' losses; evaluation scores their mean prediction."""
-        rows, n_out = Y.shape
         members = self.k if train else 1
-        slope = self._kernel.slope
-        if w is None:
-            weights, factor = None, 1.0 / (members * rows * n_out)
-            grad_scale = X.new_full((), slope * factor)
-        else:
-            norm = (w.sum() if total is None else total.reshape(())) * (members * n_out)
-            weights, factor = (w / norm).unsqueeze(1), 1.0
-            grad_scale = weights * slope
-        buf = self.buffers(rows, train)
+        weights, factor, grad_scale = loss_scales(self._kernel.slope, X, Y, w, total, members)
+        if weights is not None:  # (batch, 1): they broadcast over members and outputs
+            weights, grad_scale = weights.unsqueeze(1), grad_scale.unsqueeze(1)
+        buf = self.buffers(Y.shape[0], train)
         if self.embedding is not None:
             self.embedding.prepare(X, buf.code, buf.X0)
         return SharedBatch(X, Y, weights, grad_scale, factor, buf)
@@ -205,7 +203,7 @@ class FastTabM:
         return buf.X0
 
     def _forward(self, batch: SharedBatch, buf: _Buffers) -> None:
-        v, k = self.view, self.k
+        v = self.view
         buf.x0 = x0 = self._embed(batch, buf)
         h = x0.unsqueeze(0)  # (1, batch, in): broadcast over the members
         for i in range(len(self.sizes) - 1):
@@ -214,9 +212,8 @@ class FastTabM:
             if U is not None:
                 torch.mul(h, v[f"r.{i}"].unsqueeze(1), out=U)
                 h = U
-            rows = h.expand(k, -1, -1).reshape(-1, a)  # (k * batch, in), a view unless mini's x0
-            target = buf.Z[i] if P is None else P
-            torch.mm(rows, v[f"weights.{i}"].t(), out=target.view(-1, b))
+            target = buf.Z[i] if P is None else P  # the first layer always has r: h is (k, ...)
+            torch.mm(h.view(-1, a), v[f"weights.{i}"].t(), out=target.view(-1, b))
             bias = v[f"biases.{i}"]
             bias = bias.unsqueeze(1) if bias.dim() == 2 else bias
             if P is None:

@@ -17,6 +17,8 @@ from .kernels import (
     layer_views,
     load_layers,
     loss_and_gradient_,
+    loss_scales,
+    named_views,
     store_layers,
 )
 
@@ -74,12 +76,10 @@ class FastMLP:
         self.G = layer_views(self.grads, shapes)  # matching views of grads
         self.WT = [w[:, :-1].t() for w in self.W]  # (in, out): weights only, for backprop
         load_layers(self.W, layers)
-        views, grads, start = {}, {}, layer_total
+        views = named_views(self.params, named, layer_total)  # after the layers
+        grads = named_views(self.grads, named, layer_total)
         for name, p in named:
-            views[name] = self.params[start : start + p.numel()].view(p.shape)
-            grads[name] = self.grads[start : start + p.numel()].view(p.shape)
             views[name].copy_(p.detach())
-            start += p.numel()
         self.embedding = None if embedding is None else PiecewiseInput(embedding, views, grads)
         self._first: dict[int, tuple[torch.Tensor, ...]] = {}
         self._buffers: dict[int, Buffers] = {}
@@ -121,14 +121,8 @@ class FastMLP:
         """Views and scales for a batch: ``X`` (batch, inputs + 1), ``Y`` (batch, outputs).
         Row weights ``w`` are normalised by their sum, or by ``total`` when given (a
         distributed step's share of the global batch's sum)."""
-        rows, n_out = Y.shape
-        slope = self._kernel.slope
-        if w is None:
-            weights, factor_out = None, 1.0 / (rows * n_out)
-            grad_scale = X.new_full((), slope * factor_out)
-        else:
-            weights, factor_out = w / ((w.sum() if total is None else total) * n_out), 1.0
-            grad_scale = weights * slope
+        rows = Y.shape[0]
+        weights, factor_out, grad_scale = loss_scales(self._kernel.slope, X, Y, w, total)
         buf = self.buffers(rows, train)
         if self.embedding is None:
             return Batch(X, X.t(), Y.t(), weights, grad_scale, factor_out, buf)
