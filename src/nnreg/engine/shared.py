@@ -5,17 +5,24 @@ activations are kept as one ``(k, batch, width)`` block, so that a layer is one
 ``(k * batch, in) @ (in, out)`` product and the members' adapters are elementwise products
 that broadcast over the batch; no step loops over members. Forward, for layer ``i``::
 
-    U = H * r            (k, batch, in)    "tabm": every layer; "tabm-mini": the first only
-    P = U @ W.T          (k, batch, out)   one product
-    Z = P * s + b        "tabm"; "tabm-mini" adds its shared bias to P
+    "tabm" (r and s on every layer), the adapters folded into per-member weights:
+    M = (s r^T) * W      (k, out, in)      small: the batch never passes through r or s
+    Z = H @ M^T + b      (k, batch, out)   one batched product, the bias added in it
+
+    "tabm-mini" (r on the first layer only, shared biases):
+    U = H * r            (k, batch, in)    the first layer
+    Z = U @ W.T + b      (k, batch, out)   one (k * batch, in) @ (in, out) product
     H' = dropout(act(Z))
 
 and the output layers are one batched product per member, ``H @ head_weight[m] + head_bias[m]``.
-Backward, from ``dZ``: ``db = sum_batch dZ``, ``ds = sum_batch dZ * P``, ``dP = dZ * s``,
-``dW = dP.T @ U`` (one product over all members' rows), ``dU = dP @ W``, ``dr = sum_batch dU *
-H``, ``dH = dU * r``. Piecewise-linear embeddings (:class:`nnreg.embeddings.
-PiecewiseLinearEmbedding`) are linear in their parameters once a batch's bin encoding is known,
-so it is computed once per batch and their gradients are three reductions.
+Backward, from ``dZ``: ``db = sum_batch dZ``. Folded layers: ``dM = dZ^T @ H`` and ``dH = dZ @
+M`` (batched products), then on the small (k, out, in) blocks ``dW = sum_k dM * s r^T``,
+``T = dM * W``, ``dr = s^T T``, ``ds = T r``: about a third of the passes over the (k, batch,
+width) activations that scaling them by r and s would take. Unfolded layers: ``dW = dZ.T @ U``
+(one product over all members' rows), ``dU = dZ @ W``, ``dr = sum_batch dU * H``, ``dH = dU *
+r``. Piecewise-linear embeddings (:class:`nnreg.embeddings.PiecewiseLinearEmbedding`) are
+linear in their parameters once a batch's bin encoding is known, so it is computed once per
+batch and their gradients are three reductions.
 
 The members' loss is the mean of their losses (each member's prediction against the same
 targets); the validation loss is that of their mean prediction, as in the autograd engine.
@@ -56,15 +63,15 @@ class _Buffers:
         layers = range(len(sizes) - 1)
         self.X0 = new(batch, sizes[0])  # the first layer's input, embedded
         self.x0 = self.X0  # the current batch's first-layer input (X0, or the batch itself)
-        self.U = [new(k, batch, sizes[i]) if net.has_r[i] else None for i in layers]
-        self.P = [new(k, batch, sizes[i + 1]) if net.has_s[i] else None for i in layers]
+        unfolded_r = [net.has_r[i] and not net.folded[i] for i in layers]
+        self.U = [new(k, batch, sizes[i]) if unfolded_r[i] else None for i in layers]
         self.Z = [new(k, batch, sizes[i + 1]) for i in layers]
         self.H = [new(k, batch, sizes[i + 1]) for i in layers]
         self.mask = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else []
         self.A = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else self.H
         self.dA = [new(k, batch, sizes[i + 1]) for i in layers]  # dLoss/dA, then dZ, then dP
         self.dX = new(k, batch, sizes[0])
-        self.scratch = [new(k, batch, max(sizes[i], sizes[i + 1])) for i in layers]
+        self.scratch = [new(k, batch, sizes[i]) if unfolded_r[i] else None for i in layers]
         self.out = new(k, batch, net.n_out)
         self.D = new(k, batch, net.n_out)
         self.mean = new(batch, net.n_out)
@@ -110,6 +117,17 @@ class FastTabM:
         self.view = named_views(self.params, named)
         self.grad = named_views(self.grads, named)
         self.copy_from(model)
+        # "tabm" layers (r and s): r and s folded into per-member weights M = (s r^T) * W,
+        # kept with their gradient's scratch as (k, out, in) blocks beside the parameters.
+        self.folded = [self.has_r[i] and self.has_s[i] for i in range(n_layers)]
+
+        def blocks() -> list[torch.Tensor | None]:
+            return [
+                first.new_empty(self.k, self.sizes[i + 1], self.sizes[i]) if f else None
+                for i, f in enumerate(self.folded)
+            ]
+
+        self._rs, self._m, self._dm, self._t = blocks(), blocks(), blocks(), blocks()
         self.embedding = (
             None
             if net.embedding is None
@@ -208,18 +226,19 @@ class FastTabM:
         h = x0.unsqueeze(0)  # (1, batch, in): broadcast over the members
         for i in range(len(self.sizes) - 1):
             a, b = self.sizes[i], self.sizes[i + 1]
-            U, P = buf.U[i], buf.P[i]
-            if U is not None:
-                torch.mul(h, v[f"r.{i}"].unsqueeze(1), out=U)
-                h = U
-            target = buf.Z[i] if P is None else P  # the first layer always has r: h is (k, ...)
-            torch.mm(h.view(-1, a), v[f"weights.{i}"].t(), out=target.view(-1, b))
             bias = v[f"biases.{i}"]
             bias = bias.unsqueeze(1) if bias.dim() == 2 else bias
-            if P is None:
-                buf.Z[i].add_(bias)
+            if self.folded[i]:
+                M = self._fold(i)
+                h3 = h.expand(self.k, -1, -1)  # the first layer's input is shared
+                torch.baddbmm(bias, h3, M.transpose(1, 2), out=buf.Z[i])
             else:
-                torch.addcmul(bias, P, v[f"s.{i}"].unsqueeze(1), out=buf.Z[i])
+                U = buf.U[i]
+                if U is not None:
+                    torch.mul(h, v[f"r.{i}"].unsqueeze(1), out=U)
+                    h = U  # the first layer always has r: h is (k, ...) from here
+                torch.mm(h.view(-1, a), v[f"weights.{i}"].t(), out=buf.Z[i].view(-1, b))
+                buf.Z[i].add_(bias)
             self._act(buf.Z[i], buf.H[i])
             if buf.mask:  # inverted dropout, drawn as SeededDropout draws it
                 self.sampler.fill_(buf.mask[i])
@@ -238,11 +257,9 @@ class FastTabM:
         self._act_backward(dz, buf.Z[i], buf.H[i])
         bias_grad = g[f"biases.{i}"]
         torch.sum(dz, dim=1 if bias_grad.dim() == 2 else (0, 1), out=bias_grad)
-        P = buf.P[i]
-        if P is not None:
-            scratch = buf.scratch[i][..., :b]
-            torch.sum(torch.mul(dz, P, out=scratch), dim=1, out=g[f"s.{i}"])
-            dz.mul_(v[f"s.{i}"].unsqueeze(1))  # now dP
+        if self.folded[i]:
+            self._folded_backward(i, buf, dz)
+            return
         U = buf.U[i]
         inputs = U if U is not None else buf.A[i - 1]
         torch.mm(dz.view(-1, b).t(), inputs.view(-1, a), out=g[f"weights.{i}"])
@@ -250,10 +267,33 @@ class FastTabM:
         torch.mm(dz.view(-1, b), v[f"weights.{i}"], out=d_in.view(-1, a))
         if U is not None:
             previous = buf.x0.unsqueeze(0) if i == 0 else buf.A[i - 1]
-            scratch = buf.scratch[i][..., :a]
+            scratch = buf.scratch[i]
+            assert scratch is not None
             torch.sum(torch.mul(d_in, previous, out=scratch), dim=1, out=g[f"r.{i}"])
             if i > 0 or self.embedding is not None:
                 d_in.mul_(v[f"r.{i}"].unsqueeze(1))
+
+    def _fold(self, i: int) -> torch.Tensor:
+        """Layer ``i``'s per-member weights ``M = (s r^T) * W``, (k, out, in)."""
+        v, rs, m = self.view, self._rs[i], self._m[i]
+        assert rs is not None and m is not None
+        torch.mul(v[f"s.{i}"].unsqueeze(2), v[f"r.{i}"].unsqueeze(1), out=rs)
+        return torch.mul(rs, v[f"weights.{i}"], out=m)
+
+    def _folded_backward(self, i: int, buf: _Buffers, dz: torch.Tensor) -> None:
+        """A folded layer's gradients from ``dz`` (k, batch, out): ``dM = dz^T @ H``, then
+        W's, r's and s's from dM on (k, out, in) blocks; dLoss/d(input) = ``dz @ M``."""
+        v, g = self.view, self.grad
+        rs, m, dm, t = self._rs[i], self._m[i], self._dm[i], self._t[i]
+        assert rs is not None and m is not None and dm is not None and t is not None
+        inputs = buf.x0.expand(self.k, -1, -1) if i == 0 else buf.A[i - 1]
+        torch.bmm(dz.transpose(1, 2), inputs, out=dm)
+        torch.sum(torch.mul(dm, rs, out=t), dim=0, out=g[f"weights.{i}"])
+        torch.mul(dm, v[f"weights.{i}"], out=t)  # T = dM * W
+        torch.bmm(v[f"s.{i}"].unsqueeze(1), t, out=g[f"r.{i}"].unsqueeze(1))
+        torch.bmm(t, v[f"r.{i}"].unsqueeze(2), out=g[f"s.{i}"].unsqueeze(2))
+        if i > 0 or self.embedding is not None:
+            torch.bmm(dz, m, out=buf.dX if i == 0 else buf.dA[i - 1])
 
     def _embedding_backward(self, batch: SharedBatch, buf: _Buffers) -> None:
         assert self.embedding is not None
