@@ -221,7 +221,9 @@ class Recipe:
     Build it with :meth:`from_params`; ``params`` keeps the parameters as given, the fields
     hold them checked and typed.
 
-    >>> recipe = Recipe.from_params({"hidden_layer_sizes": (8,), "random_state": 3})
+    >>> from nnreg import Regressor
+    >>> params = Regressor(hidden_layer_sizes=(8,), random_state=3).get_params()
+    >>> recipe = Recipe.from_params(params)
     >>> recipe.model_config(n_inputs=2, n_outputs=1).hidden_sizes, recipe.seed
     ((8,), 3)
     """
