@@ -39,6 +39,9 @@ ENSEMBLE = {
     "random_state": 4,
 }
 WEIGHTED = {**ENSEMBLE, "n_models": 1, "early_stopping": True, "n_iter_no_change": 4}
+# Shared-weight members with the default embedding: one network on the fast engine, its
+# calibration rows held out, the rest split between the processes.
+SHARED = {**ENSEMBLE, "n_models": 4, "ensemble": "tabm"}
 MEMBER_SEEDS = [11, 12]
 BATCH = 8  # rows per process per step
 EPOCHS = 150  # of the command-line runs: enough that a kill after a checkpoint lands mid-run
@@ -86,6 +89,12 @@ def _worker(folder: str) -> None:
         )
         out["ensemble.interval"] = torch.from_numpy(np.stack(ens.predict_interval(X)))
         out["ensemble.loss"] = torch.tensor(ens.loss_curve_)
+        shared = nnreg.Regressor(**SHARED).fit(X, y)
+        out["shared.pred"], out["shared.std"] = map(
+            torch.from_numpy, shared.predict(X, return_std=True)
+        )
+        out["shared.interval"] = torch.from_numpy(np.stack(shared.predict_interval(X)))
+        out["shared.loss"] = torch.tensor(shared.loss_curve_ + list(shared.history_.val_loss))
         weighted = nnreg.Regressor(**WEIGHTED).fit(X, y, sample_weight=w)
         out["weighted.pred"] = torch.from_numpy(weighted.predict(X))
         out["weighted.loss"] = torch.tensor(weighted.loss_curve_ + weighted.validation_scores_)
@@ -170,6 +179,23 @@ def test_an_ensemble_matches_one_process(ranks: list[dict[str, torch.Tensor]]) -
     torch.testing.assert_close(ranks[0]["ensemble.interval"], interval)
     torch.testing.assert_close(ranks[0]["ensemble.loss"], torch.tensor(ens.loss_curve_))
     assert float(std.mean()) > 0  # the members differ
+
+
+@pytest.mark.slow
+def test_shared_members_match_one_process(ranks: list[dict[str, torch.Tensor]]) -> None:
+    """TabM members (piecewise-linear embeddings, folded adapters): the global batch is every
+    training row, and the held-out calibration rows are scored whole by each process."""
+    X, y, _ = _data()
+    shared = nnreg.Regressor(**SHARED).fit(X, y)
+    assert shared.model_.config.embedding == "piecewise"
+    pred, std = shared.predict(X, return_std=True)
+    torch.testing.assert_close(ranks[0]["shared.pred"], torch.from_numpy(pred))
+    torch.testing.assert_close(ranks[0]["shared.std"], torch.from_numpy(std))
+    interval = torch.from_numpy(np.stack(shared.predict_interval(X)))
+    torch.testing.assert_close(ranks[0]["shared.interval"], interval)
+    curves = torch.tensor(shared.loss_curve_ + list(shared.history_.val_loss))
+    torch.testing.assert_close(ranks[0]["shared.loss"], curves)
+    assert float(std.mean()) > 0
 
 
 @pytest.mark.slow
