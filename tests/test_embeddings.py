@@ -207,7 +207,7 @@ def test_embedding_fits_better_than_chance_and_continues(
 def test_settings_that_cannot_embed_are_refused(tmp_path: Path) -> None:
     X, y = np.random.default_rng(0).normal(size=(40, 2)), np.arange(40.0)
     with pytest.raises(ConfigError, match="n_models=1"):
-        nnreg.Regressor(embedding="piecewise", n_models=3).fit(X, y)
+        nnreg.Regressor(embedding="periodic", n_models=3).fit(X, y)
     with pytest.raises(ConfigError, match="n_bins"):
         nnreg.Regressor(embedding="piecewise", n_bins=0).fit(X, y)
     from nnreg.sweep import Sweep
@@ -218,6 +218,37 @@ def test_settings_that_cannot_embed_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="embeddings"):
         check_streamable(nnreg.Regressor(embedding="piecewise"))
+
+
+@pytest.mark.parametrize("embedding", ["auto", "piecewise"])
+def test_independent_members_embed_and_save_load_and_export(embedding: str, tmp_path: Path) -> None:
+    """Each member and helper has its own embedding over one set of bins; the folder and the
+    ONNX graph give the fitted ensemble's predictions."""
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"a": rng.normal(size=400), "b": rng.uniform(size=400)})
+    X["c"] = pd.Categorical(rng.choice(list("xyz"), size=400))
+    y = np.sin(3 * X["a"].to_numpy()) + (X["c"] == "y") + 0.1 * rng.normal(size=400)
+    reg = nnreg.Regressor(embedding=embedding, n_models=3, max_iter=20, random_state=0)
+    reg.fit(X, y)
+    members = list(reg.model_.members)
+    assert all(m.embedding is not None for m in members)
+    for m in members[1:]:
+        assert torch.equal(m.embedding.scale, members[0].embedding.scale)  # one set of bins
+        assert not torch.equal(m.embedding.linear_weight, members[0].embedding.linear_weight)
+    assert float(members[0].embedding.weight.detach().abs().sum()) > 0  # trained
+    pred, std = reg.predict(X, return_std=True)
+    assert float(std.mean()) > 0
+    loaded = nnreg.load(reg.save(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.predict(X), pred, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.stack(loaded.predict_interval(X)), np.stack(reg.predict_interval(X))
+    )
+    ort = pytest.importorskip("onnxruntime")
+    from nnreg.export import export_onnx, onnx_inputs
+
+    path = export_onnx(reg, tmp_path / "m.onnx")
+    out = ort.InferenceSession(str(path)).run(None, onnx_inputs(path, X))[0].ravel()
+    np.testing.assert_allclose(out, pred, rtol=1e-5, atol=1e-5)
 
 
 def test_categorical_only_table_has_nothing_to_embed() -> None:

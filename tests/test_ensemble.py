@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
+from nnreg.embeddings import quantile_bins
+from nnreg.engine import BatchedMLP
 from nnreg.ensemble import ConformalCalibrator, EnsembleTrainer
 from nnreg.model import MLP, MLPConfig
 from nnreg.recipe import member_seeds
@@ -62,6 +65,82 @@ def test_batched_ensemble_equals_separate_fits(
         Trainer(single, config, torch.Generator().manual_seed(s + 1)).run(X, y, w)
         for a, b in zip(member.parameters(), single.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+EMBEDDED = MLPConfig(
+    n_inputs=3,
+    hidden_sizes=(12, 8),
+    activation="silu",
+    embedding="piecewise",
+    n_embedded=2,
+    d_embedding=4,
+    n_bins=5,
+)
+
+
+def embedded_members(seeds: list[int], X: torch.Tensor) -> list[MLP]:
+    """Members with piecewise-linear embeddings of X's first two columns, bins from X."""
+    members = make_members(seeds, EMBEDDED)
+    edges = quantile_bins(X[:, :2].numpy(), 5)
+    for m in members:
+        m.embedding.set_bins(edges)  # type: ignore[union-attr]
+    return members
+
+
+@pytest.mark.parametrize(("batch_size", "weighted"), [(None, False), (32, True)])
+def test_batched_members_with_embeddings_equal_separate_fits(
+    batch_size: int | None, weighted: bool
+) -> None:
+    """The members' embeddings train as each single fit's does (one set of bins, each member
+    its own parameters and rows); full batch: the rows shared, not copied."""
+    X, y = data()
+    w = torch.rand(120, generator=torch.Generator().manual_seed(9)) + 0.5 if weighted else None
+    config = TrainConfig(epochs=12, lr=0.01, optimizer="adamw", batch_size=batch_size)
+    seeds = member_seeds(5, 3)
+    members = embedded_members(seeds, X)
+    trainer = EnsembleTrainer(members, config, seeds)
+    trainer.run(X, y, w)
+    for member, s in zip(members, seeds, strict=True):
+        (single,) = embedded_members([s], X)
+        Trainer(single, config, torch.Generator().manual_seed(s + 1)).run(X, y, w)
+        assert float(single.embedding.weight.detach().abs().sum()) > 0  # type: ignore[union-attr]
+        for (name, a), b in zip(member.named_parameters(), single.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(
+        trainer.predict(X), torch.stack([m(X) for m in members]).detach(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_batched_embedding_gradients_match_autograd_in_float64() -> None:
+    X, y = data(20)
+    X, y = X.double(), y.double()
+    seeds = member_seeds(2, 3)
+    members = [m.double() for m in embedded_members(seeds, X.float())]
+    with torch.no_grad():  # the piecewise weights start at zero: move them
+        for m in members:
+            m.embedding.weight.normal_()  # type: ignore[union-attr]
+    net = BatchedMLP(members, "silu", "huber")
+    perm = torch.stack(
+        [torch.randperm(20, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+    X1 = torch.cat([X, torch.ones(20, 1, dtype=torch.float64)], dim=1)[perm]  # own rows each
+    w = torch.rand(3, 20, dtype=torch.float64) + 0.1
+    losses = net.loss_and_grad(X1, y[perm], w)
+    for k, m in enumerate(members):
+        pred, target = m(X[perm[k]]), y[perm[k]]
+        loss = (F.huber_loss(pred, target, reduction="none").mean(1) * w[k]).sum() / w[k].sum()
+        m.zero_grad()
+        loss.backward()
+        torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-12, atol=0)
+        for i, layer in enumerate(m.layers):  # type: ignore[arg-type]
+            torch.testing.assert_close(
+                net.G[i][k][:, :-1], layer.weight.grad, rtol=1e-10, atol=1e-12
+            )
+            torch.testing.assert_close(net.G[i][k][:, -1], layer.bias.grad, rtol=1e-10, atol=1e-12)
+        assert net.embedding is not None
+        for name, grad in net.embedding.g.items():
+            expected = getattr(m.embedding, name).grad
+            torch.testing.assert_close(grad[k], expected, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_per_member_learning_rates_and_decay_really_differ() -> None:
@@ -148,10 +227,7 @@ def test_regressor_ensemble_mean_spread_and_calibrated_intervals(tmp_path) -> No
     assert (
         len(reg.model_.members) == 6
         and reg.n_parameters()
-        == 6
-        * nnreg.Regressor(max_iter=1, random_state=0, embedding="none")
-        .fit(X[:50], y[:50])
-        .n_parameters()
+        == 6 * nnreg.Regressor(max_iter=1, random_state=0).fit(X[train], y[train]).n_parameters()
     )
     mean, std = reg.predict(X[test], return_std=True)
     np.testing.assert_array_equal(mean, reg.predict(X[test]))

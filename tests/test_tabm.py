@@ -136,7 +136,7 @@ def test_settings_that_cannot_share_are_refused(friedman: tuple[np.ndarray, np.n
     with pytest.raises(ConfigError, match="ensemble"):
         nnreg.Regressor(n_models=2, ensemble="batch").fit(X, y)
     with pytest.raises(ConfigError, match="tabm"):
-        nnreg.Regressor(n_models=2, embedding="piecewise").fit(X, y)
+        nnreg.Regressor(n_models=2, embedding="periodic").fit(X, y)
     with pytest.raises(ConfigError, match="warm_start"):
         nnreg.Regressor(n_models=2, ensemble="tabm", warm_start=True).fit(X, y)
     single = nnreg.Regressor(n_models=1, ensemble="tabm", max_iter=1, random_state=0).fit(X, y)

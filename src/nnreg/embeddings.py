@@ -38,6 +38,7 @@ __all__ = [
     "PiecewiseLinearEmbedding",
     "adapted_bins",
     "quantile_bins",
+    "share_bins",
 ]
 
 EMBEDDINGS = ("none", "piecewise", "periodic")
@@ -195,3 +196,13 @@ class PeriodicEmbedding(nn.Module):
         periodic = torch.cat([torch.cos(angle), torch.sin(angle)], -1)
         out = torch.einsum("bfk,fkd->bfd", periodic, cast(self.weight)) + cast(self.bias)
         return torch.relu(out)
+
+
+def share_bins(network: nn.Module, source: nn.Module) -> None:
+    """Give ``network``'s piecewise-linear embedding the bins of ``source``'s (a network of
+    the same configuration), keeping its own parameters; nothing without one."""
+    mine, theirs = getattr(network, "embedding", None), getattr(source, "embedding", None)
+    if isinstance(mine, PiecewiseLinearEmbedding) and isinstance(theirs, PiecewiseLinearEmbedding):
+        with torch.no_grad():
+            for name in ("scale", "offset", "lower", "upper"):
+                getattr(mine, name).copy_(getattr(theirs, name))

@@ -72,7 +72,7 @@ class EnsembleTrainer:
     ) -> None:
         model_config = members[0].config
         supported = supports(members[0], model_config.activation, config.loss, config.optimizer)
-        if not supported or members[0].embedding is not None:
+        if not supported:  # piecewise-linear embeddings are covered; periodic ones are not
             raise ConfigError("ensembles need the fast engine's layers, activations and losses.")
         if config.schedule == "plateau":
             raise ConfigError(

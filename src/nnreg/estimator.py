@@ -120,10 +120,10 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
         (fewer on small tables: at most one per 64 training rows, and at least 2) or periodic
-        with ``n_bins`` frequencies. 'auto' is piecewise-linear for one network or shared
-        members and none for independent members, sweeps and streamed training, which do not
-        embed. The fast engine trains piecewise-linear embeddings; periodic ones train by
-        autograd.
+        with ``n_bins`` frequencies. 'auto' is piecewise-linear in memory (one network,
+        independent or shared members) and none for sweeps and streamed training, which do
+        not embed. The fast engine trains piecewise-linear embeddings; periodic ones train
+        by autograd, for one network or shared members only.
     d_embedding, n_bins : int, default=16, 48
     device : str, default='cpu'
         Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else

@@ -33,7 +33,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins
+from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
 from .ensemble import EnsembleTrainer
 from .exceptions import ModelFileError, TrainingDivergedError
 from .metrics import regression_metrics
@@ -187,10 +187,10 @@ def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
         edges = quantile_bins(numeric, adapted_bins(config.n_bins, len(frame)), w)
         config = replace(config, n_bins=max(len(e) - 1 for e in edges))
     model = recipe.model(config)
-    if edges is not None:
-        assert isinstance(model, (MLP, TabM))
-        assert isinstance(model.embedding, PiecewiseLinearEmbedding)
-        model.embedding.set_bins(edges)
+    for net in model.members if isinstance(model, MLPEnsemble) else [model]:
+        if edges is not None:  # one set of bins: the network's, or every member's
+            assert isinstance(net.embedding, PiecewiseLinearEmbedding)
+            net.embedding.set_bins(edges)
     return FitResult(
         model=model,
         history=History(),
@@ -362,6 +362,8 @@ def _fit_ensemble(
     member_w, owner, validation, folds = w, None, None, None
     if cal_rows is not None:
         helpers = [recipe.member(result.model.config, s) for s in seeds[K:]]
+        for helper in helpers:  # the members' bins, the helper's own parameters
+            share_bins(helper, members[0])
         folds = np.random.default_rng(recipe.seed + 3).permutation(len(cal_rows)) % len(helpers)
         member_w = X.new_ones(X.shape[0]) if w is None else w
         member_w = member_w.expand(K + len(helpers), -1).clone()  # (K + helpers, rows)

@@ -95,9 +95,8 @@ POSITIVE = (lambda v: is_real(v, 0.0, open_lo=True), "a finite number > 0")
 NON_NEGATIVE = (lambda v: is_real(v, 0.0), "a finite number >= 0")
 
 # One table of parameter checks: name -> (test, what is allowed).
-# The estimator's embedding choices: "auto" is piecewise-linear where the fit can embed (one
-# network, or shared members, in memory) and none elsewhere (independent members, sweeps,
-# streaming).
+# The estimator's embedding choices: "auto" is piecewise-linear where the fit can embed (in
+# memory: one network, independent or shared members) and none elsewhere (sweeps, streaming).
 EMBEDDINGS = ("auto", *NETWORK_EMBEDDINGS)
 PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "hidden_layer_sizes": (
@@ -173,11 +172,11 @@ def check_params(params: Mapping[str, Any], label: Label | None = None) -> None:
             f"{name_of('optimizer')}='sgd'"
         )
     independent = params.get("n_models", 1) > 1 and params.get("ensemble") == "independent"
-    explicit = params.get("embedding", "none") not in ("none", "auto")
-    if not problems and explicit and independent:
+    if not problems and independent and params.get("embedding") == "periodic":
         problems.append(
-            f"{name_of('embedding')}={params['embedding']!r} needs one network or shared "
-            f"members: set {name_of('ensemble')}='tabm' or 'tabm-mini', or {name_of('n_models')}=1"
+            f"{name_of('embedding')}='periodic' needs one network or shared members (independent "
+            f"members embed piecewise-linearly): set {name_of('ensemble')}='tabm' or "
+            f"'tabm-mini', or {name_of('n_models')}=1"
         )
     shared = params.get("n_models", 1) > 1 and params.get("ensemble") in ("tabm", "tabm-mini")
     if not problems and shared and not params.get("hidden_layer_sizes"):
@@ -274,7 +273,7 @@ class Recipe:
         p = self.params
         embedding = p["embedding"] if n_numeric > 0 else "none"
         if embedding == "auto":  # see EMBEDDINGS
-            embedding = "piecewise" if self.n_models == 1 or self.shared_ensemble else "none"
+            embedding = "piecewise"
         return MLPConfig(
             n_inputs=n_inputs,
             hidden_sizes=p["hidden_layer_sizes"],

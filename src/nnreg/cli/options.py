@@ -271,7 +271,7 @@ def _member_options() -> Decorator:
             "EMBEDDINGS",
             "Numeric embeddings: each numeric column enters the network as --d-embedding "
             "learned numbers, piecewise-linear over --n-bins quantile bins or periodic; auto: "
-            "piecewise-linear where the fit embeds (one network, shared members) [auto].",
+            "piecewise-linear where the fit embeds (in memory; not --stream) [auto].",
         ),
         _number("--d-embedding", "d_embedding", int, "Numbers per embedded column [16]."),
         _number(

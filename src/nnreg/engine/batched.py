@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .embedded import BatchedPiecewise
 from .kernels import (
     ACTIVATION_KERNELS,
     LOSS_KERNELS,
@@ -51,7 +52,9 @@ class BatchedMLP:
         self.sampler = DropoutSampler(dropout, generator, dropout_share)
         shapes = layer_shapes(self.widths)
         total = sum(r * c for r, c in shapes)
-        self.params = like.new_empty(self.K, total)  # (K, P)
+        embedding = getattr(members[0], "embedding", None)  # piecewise-linear, or None
+        extra = 0 if embedding is None else BatchedPiecewise.parameter_count(embedding)
+        self.params = like.new_empty(self.K, total + extra)  # (K, P): layers, then embedding
         self.grads = torch.zeros_like(self.params)
         self.W = layer_views(self.params, shapes)  # (K, out, in + 1) views: [weight | bias]
         self.G = layer_views(self.grads, shapes)
@@ -61,6 +64,17 @@ class BatchedMLP:
         self.G_blocks = [torch.empty_like(g, memory_format=torch.contiguous_format) for g in self.G]
         for k, member in enumerate(members):
             load_layers([w[k] for w in self.W], member.layers)  # type: ignore[arg-type]
+        self.embedding = (
+            None
+            if embedding is None
+            else BatchedPiecewise(embedding, self.params, self.grads, total)
+        )
+        if self.embedding is not None:
+            self.embedding.load(members)
+        # With an embedding: the first layer's input per batch size, (K, width + 1, batch)
+        # with a last row of ones, and the last forward pass's bin encoding.
+        self._first: dict[int, torch.Tensor] = {}
+        self._code = torch.empty(0)
         self._act, self._act_backward = ACTIVATION_KERNELS[activation]
         self._kernel = LOSS_KERNELS[loss]
         self._buffers: dict[tuple[int, bool], Buffers] = {}
@@ -72,6 +86,8 @@ class BatchedMLP:
     def copy_to(self, members: Sequence[nn.Module]) -> None:
         for k, member in enumerate(members):
             store_layers([w[k] for w in self.W], member.layers)  # type: ignore[arg-type]
+        if self.embedding is not None:
+            self.embedding.store(members)
 
     def buffers(self, batch: int, train: bool = True) -> Buffers:
         key = (batch, train)
@@ -118,7 +134,9 @@ class BatchedMLP:
                 g.mul_(buf.mask[i - 1])
             self._act_backward(g, buf.Z[i - 1], buf.H[i - 1])
             dZ = g
-        if X.dim() == 2:  # shared rows: (K * width, batch) @ (batch, inputs + 1), one product
+        if self.embedding is not None:  # the embedded input's product, then the embedding's
+            self._embedding_backward(X, dZ)
+        elif X.dim() == 2:  # shared rows: (K * width, batch) @ (batch, inputs + 1), one product
             block = self.G_blocks[0]
             torch.mm(dZ.view(-1, X.shape[0]), X, out=block.view(-1, block.shape[-1]))
         else:
@@ -139,6 +157,8 @@ class BatchedMLP:
     def predict_members(self, X: torch.Tensor, members: slice) -> torch.Tensor:
         """Shared (rows, inputs + 1) -> (members, outputs, rows) for a range of ``members``,
         without dropout: a forward pass that skips the other members."""
+        if self.embedding is not None:  # every member's pass (scoring a few held-out rows)
+            return self.predict(X)[members].clone()
         W = [w[members] for w in self.W]  # views
         k, rows = W[0].shape[0], X.shape[0]
         z = torch.mm(W[0].reshape(-1, X.shape[1]), X.t()).view(k, -1, rows)
@@ -148,8 +168,30 @@ class BatchedMLP:
             z = torch.bmm(w, h)
         return z
 
+    def _embed(self, X: torch.Tensor) -> torch.Tensor:
+        """The members' first-layer input (K, width + 1, batch) for raw rows ``X``."""
+        assert self.embedding is not None
+        batch = X.shape[-2]
+        if batch not in self._first:
+            first = self.params.new_empty(self.K, self.widths[0] + 1, batch)
+            first[:, -1].fill_(1.0)
+            self._first[batch] = first
+        self._code = self.embedding.forward(X, self._first[batch])
+        return self._first[batch]
+
+    def _embedding_backward(self, X: torch.Tensor, dZ: torch.Tensor) -> None:
+        """The first layer's and the embedding's gradients from ``dZ`` (K, width, batch)."""
+        assert self.embedding is not None
+        first = self._first[X.shape[-2]]
+        torch.bmm(dZ, first.transpose(1, 2), out=self.G_blocks[0])
+        embedded = self.embedding.n * self.embedding.d
+        d_first = torch.bmm(self.W[0][:, :, :embedded].transpose(1, 2), dZ)
+        self.embedding.backward(X, self._code, d_first)
+
     def _forward(self, X: torch.Tensor, buf: Buffers) -> None:
         inputs = X.transpose(-2, -1)  # (K, inputs + 1, batch), or shared (inputs + 1, batch)
+        if self.embedding is not None:
+            inputs = self._embed(X)  # (K, width + 1, batch)
         for i in range(len(buf.A)):
             if inputs.dim() == 2:  # shared rows: all members' first layers as one product
                 z = buf.Z[i]

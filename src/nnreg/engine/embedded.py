@@ -8,15 +8,25 @@ two reductions and one batched product over the features, from the gradient of t
 columns. Both engines lay a batch's first-layer input out as rows, ``(batch, width)``: the
 embedded columns (feature-major, as ``embed_inputs`` flattens them), then the other columns,
 which are copied once per batch.
+
+:class:`BatchedPiecewise` is the same for K independent members (:class:`~nnreg.engine.
+BatchedMLP`): one set of bins, each member its own embedding parameters (rows of the members'
+``(K, P)`` buffer), and each member's own rows, laid out as that engine's transposed
+``(K, width + 1, batch)`` first-layer input.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["PiecewiseInput"]
+__all__ = ["BatchedPiecewise", "PiecewiseInput"]
+
+# A member's embedding parameters, in the order they follow its layers in BatchedMLP's rows.
+_PARTS = ("linear_weight", "linear_bias", "weight")
 
 
 class PiecewiseInput:
@@ -68,3 +78,72 @@ class PiecewiseInput:
         torch.sum(dE, dim=1, out=g["linear_bias"])
         torch.sum(dE * x[:, : self.n].t().unsqueeze(2), dim=1, out=g["linear_weight"])
         torch.bmm(code.transpose(1, 2), dE, out=g["weight"])
+
+
+class BatchedPiecewise:
+    """K members' piecewise-linear embeddings: the bins of ``module`` (every member's are the
+    same, fitted on the same rows) and each member's parameters as views of the ``(K, P)``
+    buffers ``params`` and ``grads`` from column ``start`` on (``size`` columns)."""
+
+    def __init__(self, module: Any, params: torch.Tensor, grads: torch.Tensor, start: int) -> None:
+        self.module = module
+        self.n, self.bins, self.d = (int(s) for s in module.weight.shape)
+        K = params.shape[0]
+        self.p: dict[str, torch.Tensor] = {}
+        self.g: dict[str, torch.Tensor] = {}
+        first = start
+        for name in _PARTS:
+            shape = tuple(getattr(module, name).shape)
+            size = math.prod(shape)
+            self.p[name] = params[:, start : start + size].view(K, *shape)
+            self.g[name] = grads[:, start : start + size].view(K, *shape)
+            start += size
+        self.size = start - first
+
+    @staticmethod
+    def parameter_count(module: Any) -> int:
+        return sum(getattr(module, name).numel() for name in _PARTS)
+
+    def load(self, members: Sequence[Any]) -> None:
+        """Copy each member's embedding parameters into its row."""
+        with torch.no_grad():
+            for k, member in enumerate(members):
+                for name in _PARTS:
+                    self.p[name][k].copy_(getattr(member.embedding, name))
+
+    def store(self, members: Sequence[Any]) -> None:
+        """Write each row back into its member's embedding."""
+        with torch.no_grad():
+            for k, member in enumerate(members):
+                for name in _PARTS:
+                    getattr(member.embedding, name).copy_(self.p[name][k])
+
+    def forward(self, X: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """Fill the first-layer input ``A`` (K, width + 1, batch; last row ones) from ``X``
+        (K, batch, inputs + 1), or (batch, inputs + 1) shared by the members: each member's
+        embedded columns, then the other columns. Returns the bin encoding, (K or 1,
+        feature, batch, bin), for :meth:`backward`."""
+        e, n, d = self.module, self.n, self.d
+        K, batch = A.shape[0], A.shape[-1]
+        x = X[..., :n].transpose(-2, -1).unsqueeze(-1)  # (K?, feature, batch, 1)
+        code = torch.addcmul(e.offset.unsqueeze(1), e.scale.unsqueeze(1), x)
+        torch.maximum(code, e.lower.unsqueeze(1), out=code)
+        torch.minimum(code, e.upper.unsqueeze(1), out=code)
+        E = torch.matmul(code, self.p["weight"])  # (K, feature, batch, d)
+        E.addcmul_(self.p["linear_weight"].unsqueeze(2), x)
+        E.add_(self.p["linear_bias"].unsqueeze(2))
+        A[:, : n * d].view(K, n, d, batch).copy_(E.transpose(2, 3))
+        rest = X.shape[-1] - 1 - n
+        A[:, n * d : n * d + rest].copy_(X[..., n:-1].transpose(-2, -1))
+        return code
+
+    def backward(self, X: torch.Tensor, code: torch.Tensor, dA: torch.Tensor) -> None:
+        """The parameters' gradients from ``dA`` (K, feature * d, batch), dLoss/d(the
+        embedded rows of the first-layer input); they land in ``grads``."""
+        n, d = self.n, self.d
+        K, batch = dA.shape[0], dA.shape[-1]
+        dE = dA.view(K, n, d, batch)
+        x = X[..., :n].transpose(-2, -1).unsqueeze(-2)  # (K?, feature, 1, batch)
+        self.g["linear_bias"].copy_(dE.sum(-1))
+        self.g["linear_weight"].copy_((dE * x).sum(-1))
+        self.g["weight"].copy_(torch.matmul(code.transpose(-1, -2), dE.transpose(-1, -2)))
