@@ -19,8 +19,9 @@ autograd otherwise. The tests check every covered combination against autograd i
 Layout: :mod:`.kernels` (what both engines share: coverage, packed layers, step buffers,
 activations, loss kernels, dropout masks, minibatch bounds), :mod:`.single` (:class:`FastMLP`,
 :class:`FlatOptimizer`: one model), :mod:`.batched` (:class:`BatchedMLP`,
-:class:`BatchedOptimizer`: K members as one computation) and :mod:`.shared` (:class:`FastTabM`:
-K members that share their weights, as one network).
+:class:`BatchedOptimizer`: K members as one computation), :mod:`.shared` (:class:`FastTabM`:
+K members that share their weights, as one network) and :mod:`.embedded` (piecewise-linear
+embeddings in each of them).
 """
 
 from .batched import BatchedMLP, BatchedOptimizer

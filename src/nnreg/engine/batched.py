@@ -30,7 +30,9 @@ class BatchedMLP:
     Parameters live in one ``(K, P)`` buffer, one row per member, so each member's weights are
     contiguous (its optimiser state, learning rate and weight decay are rows too); layer ``l``
     of all members is a ``(K, out, in + 1)`` view and each step is a handful of batched
-    matrix products (``torch.bmm``) instead of K Python-level training loops.
+    matrix products (``torch.bmm``) instead of K Python-level training loops. Members with
+    piecewise-linear embeddings (one set of bins) keep their embedding parameters after their
+    layers in their row (:class:`~nnreg.engine.embedded.BatchedPiecewise`).
     """
 
     def __init__(
