@@ -35,6 +35,7 @@ import torch
 
 from ._version import __version__
 from .checkpoint import CHECKPOINT, is_checkpoint, load_checkpoint, save_checkpoint
+from .embeddings import BIN_BUFFERS
 from .exceptions import ModelFileError
 from .model import MLPConfig, state_shapes
 from .outputs import atomic_folder, write_file_atomic
@@ -92,7 +93,7 @@ class SavedModel:
 
 
 # A piecewise embedding's bins: saved tensors, but fitted, not trained parameters.
-_BINS = re.compile(r"(^|\.)embedding\.(scale|offset|lower|upper)$")
+_BINS = re.compile(rf"(^|\.)embedding\.({'|'.join(BIN_BUFFERS)})$")
 
 
 def save(

@@ -36,12 +36,15 @@ __all__ = [
     "MIN_ROWS_PER_BIN",
     "PeriodicEmbedding",
     "PiecewiseLinearEmbedding",
+    "BIN_BUFFERS",
     "adapted_bins",
     "quantile_bins",
     "share_bins",
 ]
 
 EMBEDDINGS = ("none", "piecewise", "periodic")
+# A piecewise-linear embedding's fitted bins: buffers saved with it, not trained parameters.
+BIN_BUFFERS = ("scale", "offset", "lower", "upper")
 MIN_ROWS_PER_BIN = 64  # a table of n rows gets at most n // 64 bins per feature
 # "No bound" in a clamp: the largest float32, finite so that saved weights stay checkable.
 UNBOUNDED = float(np.finfo(np.float32).max)
@@ -139,7 +142,7 @@ class PiecewiseLinearEmbedding(nn.Module):
         # The piecewise part: (features, slots, d), zero at the start.
         self.weight = nn.Parameter(torch.zeros(n_features, max_bins, d))
         # Encoding z = x * scale + offset per slot, clamped to [lower, upper].
-        for name in ("scale", "offset", "lower", "upper"):
+        for name in BIN_BUFFERS:
             self.register_buffer(name, torch.zeros(n_features, max_bins))
         self.set_bins([np.array([0.0, 1.0])] * n_features)
 
@@ -162,7 +165,7 @@ class PiecewiseLinearEmbedding(nn.Module):
                 lower[i, -1] = -UNBOUNDED  # one bin: x scaled to its range, not clamped
         if B == 1:
             upper[:, 0] = UNBOUNDED
-        for name, a in (("scale", scale), ("offset", offset), ("lower", lower), ("upper", upper)):
+        for name, a in zip(BIN_BUFFERS, (scale, offset, lower, upper), strict=True):
             buffer: torch.Tensor = getattr(self, name)
             buffer.copy_(torch.as_tensor(a, dtype=buffer.dtype))
 
@@ -204,5 +207,5 @@ def share_bins(network: nn.Module, source: nn.Module) -> None:
     mine, theirs = getattr(network, "embedding", None), getattr(source, "embedding", None)
     if isinstance(mine, PiecewiseLinearEmbedding) and isinstance(theirs, PiecewiseLinearEmbedding):
         with torch.no_grad():
-            for name in ("scale", "offset", "lower", "upper"):
+            for name in BIN_BUFFERS:
                 getattr(mine, name).copy_(getattr(theirs, name))

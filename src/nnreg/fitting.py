@@ -187,8 +187,8 @@ def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
         edges = quantile_bins(numeric, adapted_bins(config.n_bins, len(frame)), w)
         config = replace(config, n_bins=max(len(e) - 1 for e in edges))
     model = recipe.model(config)
-    for net in model.members if isinstance(model, MLPEnsemble) else [model]:
-        if edges is not None:  # one set of bins: the network's, or every member's
+    if edges is not None:  # one set of bins: the network's, or every member's
+        for net in model.members if isinstance(model, MLPEnsemble) else [model]:
             assert isinstance(net.embedding, PiecewiseLinearEmbedding)
             net.embedding.set_bins(edges)
     return FitResult(

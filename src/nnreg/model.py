@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import EMBEDDINGS, PeriodicEmbedding, PiecewiseLinearEmbedding
+from .embeddings import BIN_BUFFERS, EMBEDDINGS, PeriodicEmbedding, PiecewiseLinearEmbedding
 from .engine.kernels import DropoutSampler
 
 __all__ = [
@@ -172,7 +172,7 @@ def embedding_shapes(config: MLPConfig) -> dict[str, tuple[int, ...]]:
     n, d, k = config.n_embedded, config.d_embedding, config.n_bins
     if config.embedding == "piecewise":
         shapes = {"linear_weight": (n, d), "linear_bias": (n, d), "weight": (n, k, d)}
-        shapes |= {name: (n, k) for name in ("scale", "offset", "lower", "upper")}
+        shapes |= {name: (n, k) for name in BIN_BUFFERS}
     elif config.embedding == "periodic":
         shapes = {"frequencies": (n, k), "weight": (n, 2 * k, d), "bias": (n, d)}
     else:

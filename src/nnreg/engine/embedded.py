@@ -17,7 +17,6 @@ BatchedMLP`): one set of bins, each member its own embedding parameters (rows of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,8 +24,12 @@ import torch
 
 __all__ = ["BatchedPiecewise", "PiecewiseInput"]
 
-# A member's embedding parameters, in the order they follow its layers in BatchedMLP's rows.
-_PARTS = ("linear_weight", "linear_bias", "weight")
+
+def _encode(module: Any, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The bin encoding of ``x`` (..., feature, batch, 1), (..., feature, batch, bin)."""
+    code = torch.addcmul(module.offset.unsqueeze(1), module.scale.unsqueeze(1), x, out=out)
+    torch.maximum(code, module.lower.unsqueeze(1), out=code)
+    return torch.minimum(code, module.upper.unsqueeze(1), out=code)
 
 
 class PiecewiseInput:
@@ -54,11 +57,7 @@ class PiecewiseInput:
     def prepare(self, x: torch.Tensor, code: torch.Tensor, first: torch.Tensor) -> None:
         """A new batch ``x`` (batch, inputs): its bin encoding, and the other columns copied
         into the first-layer input ``first`` (batch, >= inputs' width)."""
-        e = self.module
-        xe = x[:, : self.n].t().unsqueeze(2)  # (feature, batch, 1)
-        torch.addcmul(e.offset.unsqueeze(1), e.scale.unsqueeze(1), xe, out=code)
-        torch.maximum(code, e.lower.unsqueeze(1), out=code)
-        torch.minimum(code, e.upper.unsqueeze(1), out=code)
+        _encode(self.module, x[:, : self.n].t().unsqueeze(2), out=code)
         rest = x.shape[1] - self.n
         first[:, self.width : self.width + rest].copy_(x[:, self.n :])
 
@@ -83,7 +82,8 @@ class PiecewiseInput:
 class BatchedPiecewise:
     """K members' piecewise-linear embeddings: the bins of ``module`` (every member's are the
     same, fitted on the same rows) and each member's parameters as views of the ``(K, P)``
-    buffers ``params`` and ``grads`` from column ``start`` on (``size`` columns)."""
+    buffers ``params`` and ``grads`` from column ``start`` on, in the module's parameter
+    order (:meth:`parameter_count` columns)."""
 
     def __init__(self, module: Any, params: torch.Tensor, grads: torch.Tensor, start: int) -> None:
         self.module = module
@@ -91,31 +91,27 @@ class BatchedPiecewise:
         K = params.shape[0]
         self.p: dict[str, torch.Tensor] = {}
         self.g: dict[str, torch.Tensor] = {}
-        first = start
-        for name in _PARTS:
-            shape = tuple(getattr(module, name).shape)
-            size = math.prod(shape)
-            self.p[name] = params[:, start : start + size].view(K, *shape)
-            self.g[name] = grads[:, start : start + size].view(K, *shape)
-            start += size
-        self.size = start - first
+        for name, p in module.named_parameters():
+            self.p[name] = params[:, start : start + p.numel()].view(K, *p.shape)
+            self.g[name] = grads[:, start : start + p.numel()].view(K, *p.shape)
+            start += p.numel()
 
     @staticmethod
     def parameter_count(module: Any) -> int:
-        return sum(getattr(module, name).numel() for name in _PARTS)
+        return sum(p.numel() for p in module.parameters())
 
     def load(self, members: Sequence[Any]) -> None:
         """Copy each member's embedding parameters into its row."""
         with torch.no_grad():
             for k, member in enumerate(members):
-                for name in _PARTS:
+                for name in self.p:
                     self.p[name][k].copy_(getattr(member.embedding, name))
 
     def store(self, members: Sequence[Any]) -> None:
         """Write each row back into its member's embedding."""
         with torch.no_grad():
             for k, member in enumerate(members):
-                for name in _PARTS:
+                for name in self.p:
                     getattr(member.embedding, name).copy_(self.p[name][k])
 
     def forward(self, X: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -123,12 +119,10 @@ class BatchedPiecewise:
         (K, batch, inputs + 1), or (batch, inputs + 1) shared by the members: each member's
         embedded columns, then the other columns. Returns the bin encoding, (K or 1,
         feature, batch, bin), for :meth:`backward`."""
-        e, n, d = self.module, self.n, self.d
+        n, d = self.n, self.d
         K, batch = A.shape[0], A.shape[-1]
         x = X[..., :n].transpose(-2, -1).unsqueeze(-1)  # (K?, feature, batch, 1)
-        code = torch.addcmul(e.offset.unsqueeze(1), e.scale.unsqueeze(1), x)
-        torch.maximum(code, e.lower.unsqueeze(1), out=code)
-        torch.minimum(code, e.upper.unsqueeze(1), out=code)
+        code = _encode(self.module, x)
         E = torch.matmul(code, self.p["weight"])  # (K, feature, batch, d)
         E.addcmul_(self.p["linear_weight"].unsqueeze(2), x)
         E.add_(self.p["linear_bias"].unsqueeze(2))

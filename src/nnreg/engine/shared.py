@@ -69,7 +69,7 @@ class _Buffers:
         self.H = [new(k, batch, sizes[i + 1]) for i in layers]
         self.mask = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else []
         self.A = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else self.H
-        self.dA = [new(k, batch, sizes[i + 1]) for i in layers]  # dLoss/dA, then dZ, then dP
+        self.dA = [new(k, batch, sizes[i + 1]) for i in layers]  # dLoss/dA, then dZ
         self.dX = new(k, batch, sizes[0])
         self.scratch = [new(k, batch, sizes[i]) if unfolded_r[i] else None for i in layers]
         self.out = new(k, batch, net.n_out)
