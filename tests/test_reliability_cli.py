@@ -297,12 +297,12 @@ def test_a_padded_weights_file_is_refused_before_it_is_read(capsys, tmp_path, ta
 def test_an_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(
     capsys, tmp_path, table_csv, monkeypatch
 ) -> None:
-    from nnreg import fitting
+    from nnreg import checkpoint
 
     args = ["train", str(table_csv), "-t", "y", "--epochs", "6", "--checkpoint-every", "1"]
     assert run([*args, "--out", str(tmp_path / "ref")], capsys)[0] == 0
     written = []
-    save = fitting.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def save_then_interrupt(*a, **k):
         save(*a, **k)
@@ -312,7 +312,7 @@ def test_an_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights
 
     out = tmp_path / "m"
     with monkeypatch.context() as patch:
-        patch.setattr(fitting, "save_checkpoint", save_then_interrupt)
+        patch.setattr(checkpoint, "save_checkpoint", save_then_interrupt)
         code, _, err = run([*args, "--out", str(out)], capsys)
     assert code == 130 and "best weights so far" in err
     assert (out / "checkpoint.safetensors").is_file() and nnreg.load(out).n_iter_ < 6

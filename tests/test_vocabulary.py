@@ -114,7 +114,7 @@ def test_every_option_says_what_it_does_and_train_help_shows_the_presets(
         "[seed 0.001; recommended 0.003; plain 0.003]",
         "[seed 20,20; recommended 128,128,128; plain 128,128,128]",
         "[seed sgd; recommended adamw; plain adamw]",
-        "[seed 500; recommended 128; plain 128]",
+        "[seed 500; recommended auto; plain 128]",
         "[seed none; recommended standard; plain standard]",
         "[seed none; recommended auto; plain none]",
     ):

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from . import distributed
 from .exceptions import ConfigError, DataError, ModelFileError
 from .outputs import write_file_atomic
 from .reading import read_file, read_json, safetensors_header
 
+if TYPE_CHECKING:
+    from .train import Trainer
+
 __all__ = [
     "CHECKPOINT",
     "FORMAT",
+    "attach_checkpoints",
     "check_fingerprint",
     "check_processes",
     "fingerprint",
@@ -167,3 +172,65 @@ def check_processes(path: str | Path, meta: dict[str, Any], processes: int) -> N
         f"one has {processes}; resume it {how}{launcher}: the rows each process trains on "
         "depend on their number."
     )
+
+
+def attach_checkpoints(
+    trainer: Trainer,
+    resume: str | Path | None,
+    checkpoint: str | Path | None,
+    info: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+) -> Callable[[Trainer], None] | None:
+    """Load the training state saved at ``resume`` into ``trainer`` (refused when its
+    ``fingerprint`` is not this run's, or it was written by another number of processes);
+    return the function that writes ``trainer``'s state (plus ``info`` and the fingerprint)
+    to ``checkpoint``, or None without one.
+
+    In a distributed run every process loads the checkpoint and takes its own random state
+    from it; rank 0 writes it, with every process's random state (gathered), while the
+    others wait until it is written. The weights and optimiser state are rank 0's: every
+    process holds the same ones."""
+    group = distributed.current()
+    processes = 1 if group is None else group.world_size
+    if resume is not None:
+        tensors, meta = load_checkpoint(resume)
+        check_processes(resume, meta, processes)
+        check_fingerprint(resume, meta, fingerprint)
+        if group is not None:
+            tensors = _own_random_state(resume, tensors, group.rank)
+        try:
+            trainer.load_state_dict(tensors, meta["trainer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(
+                f"{resume} does not fit this run's network and settings ({type(exc).__name__});"
+                " resume with the settings and data it was made with, or start a new run."
+            ) from exc
+    if checkpoint is None:
+        return None
+    extra = {**(info or {}), "fingerprint": fingerprint, "processes": processes}
+
+    def write(t: Trainer) -> None:
+        tensors, meta = t.state_dict()
+        if group is not None and "generator" in tensors:
+            states = group.gather(tensors.pop("generator"))
+            tensors |= {f"generator.rank{r}": state for r, state in enumerate(states)}
+        distributed.on_rank0(
+            group, lambda: save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
+        )
+
+    return write
+
+
+def _own_random_state(
+    path: str | Path, tensors: dict[str, torch.Tensor], rank: int
+) -> dict[str, torch.Tensor]:
+    """A distributed checkpoint's tensors as process ``rank`` resumes them: its own
+    generator state as ``generator``, the others' left out."""
+    own = {k: v for k, v in tensors.items() if not k.startswith("generator.rank")}
+    if f"generator.rank{rank}" not in tensors:
+        raise ModelFileError(
+            f"{path} holds no random state for the process of rank {rank}; it was not written "
+            "by a run of this many processes. Start the run anew."
+        )
+    own["generator"] = tensors[f"generator.rank{rank}"]
+    return own

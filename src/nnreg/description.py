@@ -31,17 +31,17 @@ def describe(
     n_outputs = reg.n_outputs_
     targets = target_names or (["y"] if n_outputs == 1 else [f"y{j}" for j in range(n_outputs)])
     held_out = dict(getattr(reg, "validation_metrics_", {}))
+    training: dict[str, Any] = {"params": params, "epochs_run": reg.n_iter_}
+    training["best_epoch"] = reg.best_epoch_
+    if hasattr(reg, "epochs_cv_"):  # max_iter='auto': how the epochs were chosen
+        training["epochs_cv"] = reg.epochs_cv_
     meta = {
         "features": [{"name": n, "dtype": pre.dtypes[n]} for n in pre.columns],
         "feature_names_given": hasattr(reg, "feature_names_in_"),
         "targets": targets,
         "target_1d": target_1d,
         "preprocessing": {"inputs": pre.to_dict(), "target": reg.y_scaler_.to_dict()},
-        "training": {
-            "params": params,
-            "epochs_run": reg.n_iter_,
-            "best_epoch": reg.best_epoch_,
-        },
+        "training": training,
         "metrics": {
             "final_train_loss": (reg.loss_curve_ or [math.nan])[-1],
             **{f"validation_{k}": v for k, v in held_out.items()},

@@ -45,8 +45,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Width of each hidden layer.
     activation : {'relu', 'gelu', 'silu', 'tanh'}, default='silu'
     init : {'xavier_uniform', 'default'}, default='xavier_uniform'
-        Initialisation of the hidden layers' weights (biases zero); the output layer always
-        keeps PyTorch's default.
+        The hidden layers' weights (biases zero); the output layer keeps PyTorch's default.
     dropout : float, default=0.15
         Probability of zeroing each hidden unit during training.
     optimizer : {'sgd', 'adam', 'adamw'}, default='adamw'
@@ -55,8 +54,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Schedule: fixed; cosine decay to 0 over ``max_iter`` epochs (per step); or divided by
         5 whenever the monitored loss (validation if any, else training) stalls for
         ``n_iter_no_change // 2`` epochs, down to 1/1000 of ``learning_rate_init``.
-    momentum : float, default=0.9
-        Momentum of SGD; ignored by the other optimisers.
+    momentum : float, default=0.9 (SGD's; the other optimisers ignore it)
     nesterovs_momentum : bool, default=False
     weight_decay : float, default=0.02
         L2 penalty as ``torch.optim`` applies it (decoupled for 'adamw').
@@ -65,8 +63,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
     batch_size : int, 'auto' or 'full', default='auto'
         Rows per step; 'auto' splits each epoch into equal batches of at most 256 rows (300
         rows: two of 150, never 256 and a stray 44), 'full' one full-batch step per epoch.
-    max_iter : int, default=128
-        Number of epochs (at most, with early stopping).
+    max_iter : int or 'auto', default='auto'
+        Number of epochs (at most, with early stopping). 'auto' chooses 32, 64, 128 or 256 by
+        3-fold cross-validation on tables of up to 1,000 rows, else 128 (:mod:`nnreg.epochs`).
     loss : {'squared_error', 'absolute_error', 'huber'}, default='squared_error'
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows, stop when their loss has not improved
@@ -85,10 +84,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Missing values raise an error naming the column, or are imputed: numeric ones by the
         median plus a missing-indicator column, categorical ones as a category of their own.
     max_categories : int, default=32
-        One-hot columns per categorical feature (most frequent first; the rest share one).
-        Categorical features are (pandas or polars) DataFrame columns of text, objects or
-        ``category`` (``pl.Categorical``, ``pl.Enum``) dtype; categories first seen at
-        prediction share that column too.
+        One-hot columns per categorical feature (most frequent first; the rest, and those
+        first seen at prediction, share one). Categorical features are DataFrame columns of
+        text, objects or ``category`` dtype (polars: ``pl.Categorical``, ``pl.Enum``).
     dtype : {'float32', 'float64'}, default='float32'
         Precision of the weights and of training.
     random_state : int, RandomState or None, default=None
@@ -96,9 +94,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         int gives bitwise-identical fits on the CPU.
     warm_start : bool, default=False
         ``fit`` continues the fitted network for ``max_iter`` more epochs, with its
-        preprocessing, optimiser state (MLPRegressor's restarts) and random stream: two fits
-        of k epochs are one of 2k with ``learning_rate='constant'``. :mod:`nnreg.warm` says
-        what may change between fits.
+        preprocessing, optimiser state and random stream: two fits of k epochs are one of 2k
+        with ``learning_rate='constant'``. :mod:`nnreg.warm` says what may change.
     n_models : int, default=1
         Members of an ensemble trained together as one batched computation, each with its own
         initial weights, minibatch order and (with ``early_stopping``) stopping epoch.
@@ -120,10 +117,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
         (fewer on small tables: at most one per 64 training rows, and at least 2) or periodic
-        with ``n_bins`` frequencies. 'auto' is piecewise-linear in memory (one network,
-        independent or shared members) and none for sweeps and streamed training, which do
-        not embed. The fast engine trains piecewise-linear embeddings; periodic ones train
-        by autograd, for one network or shared members only.
+        with ``n_bins`` frequencies. 'auto' is piecewise-linear in memory and none for sweeps
+        and streamed training, which do not embed. Periodic embeddings train by autograd, for
+        one network or shared members only.
     d_embedding, n_bins : int, default=16, 48
     device : str, default='cpu'
         Where to train: 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (CUDA when available, else
@@ -148,6 +144,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
     validation_metrics_ : dict
         ``rows``, MSE, RMSE, MAE and R² in the target's units on the rows the fit held out
         (an ensemble's scored out-of-fold by its helper members); only when it held some out.
+    epochs_cv_ : dict
+        Only when ``max_iter='auto'`` cross-validated: the ``epochs`` chosen, the ``folds``,
+        the ``candidates`` and each one's ``held_out_loss``.
     n_iter_ : int
         Epochs trained.
     best_epoch_ : int
@@ -188,7 +187,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         beta_2: float = 0.95,
         epsilon: float = 1e-8,
         batch_size: int | str = "auto",
-        max_iter: int = 128,
+        max_iter: int | str = "auto",
         loss: str = "squared_error",
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -352,6 +351,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
             ("calibrator_", result.calibrator),
             ("member_best_epochs_", result.member_best_epochs),
             ("validation_metrics_", result.held_out),
+            ("epochs_cv_", result.epoch_choice and result.epoch_choice.to_dict()),
         ):
             if value is not None:
                 setattr(self, name, value)

@@ -24,18 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import calibration, distributed
+from . import calibration, distributed, epochs
 from .calibration import ConformalCalibrator, calibrate, prediction_interval
-from .checkpoint import (
-    check_fingerprint,
-    check_processes,
-    fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import attach_checkpoints, fingerprint
 from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
 from .ensemble import EnsembleTrainer
-from .exceptions import ModelFileError, TrainingDivergedError
+from .epochs import EpochChoice
+from .exceptions import TrainingDivergedError
 from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
@@ -60,7 +55,6 @@ __all__ = [
     "Checkpoints",
     "FitData",
     "FitResult",
-    "attach_checkpoints",
     "calibrate",
     "fit",
     "partial_fit",
@@ -113,6 +107,7 @@ class FitResult:
     held_out: dict[str, float] | None = None  # metrics on the held-out rows, the target's units
     interrupted: bool = False  # a stop event ended training early
     state: TrainerState | None = field(default=None, repr=False)  # what continuing resumes
+    epoch_choice: EpochChoice | None = None  # max_iter='auto' chosen by cross-validation
 
 
 @dataclass(frozen=True)
@@ -150,12 +145,30 @@ def fit(
     if group is not None:
         recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
     hooks = _Hooks(callback, stop, on_start)
+    previous = None if warm is None else warm.epoch_choice
+    recipe, choice = epochs.resolve(
+        recipe,
+        data,
+        _fit_alone,
+        continued=warm is not None,
+        previous=previous,
+        group=group,
+        stop=stop,
+    )
     if recipe.n_models > 1 and recipe.shared_ensemble is None:
         result = _fit_ensemble(recipe, data, group, hooks)
     else:
         result = _fit_single(recipe, data, warm, group, hooks, checkpoints)
     result.interrupted = stop is not None and stop.is_set()
+    result.epoch_choice = choice or previous
     return result
+
+
+def _fit_alone(recipe: Recipe, data: FitData) -> FitResult:
+    """A fit in this process that nothing listens to: :mod:`nnreg.epochs`'s trials."""
+    if recipe.n_models > 1 and recipe.shared_ensemble is None:
+        return _fit_ensemble(recipe, data, None, _Hooks())
+    return _fit_single(recipe, data, None, None, _Hooks(), Checkpoints())
 
 
 @dataclass(frozen=True)
@@ -415,68 +428,6 @@ def partial_fit(recipe: Recipe, data: FitData, previous: FitResult | None) -> Fi
     X, y, w = _tensors(recipe, result, data)
     train_single(recipe, result, (X, y, w), config, None, None, None, Checkpoints(), partial=True)
     return result
-
-
-def attach_checkpoints(
-    trainer: Trainer,
-    resume: str | Path | None,
-    checkpoint: str | Path | None,
-    info: dict[str, Any] | None = None,
-    fingerprint: str | None = None,
-) -> Callable[[Trainer], None] | None:
-    """Load the training state saved at ``resume`` into ``trainer`` (refused when its
-    ``fingerprint`` is not this run's, or it was written by another number of processes);
-    return the function that writes ``trainer``'s state (plus ``info`` and the fingerprint)
-    to ``checkpoint``, or None without one.
-
-    In a distributed run every process loads the checkpoint and takes its own random state
-    from it; rank 0 writes it, with every process's random state (gathered), while the
-    others wait until it is written. The weights and optimiser state are rank 0's: every
-    process holds the same ones."""
-    group = distributed.current()
-    processes = 1 if group is None else group.world_size
-    if resume is not None:
-        tensors, meta = load_checkpoint(resume)
-        check_processes(resume, meta, processes)
-        check_fingerprint(resume, meta, fingerprint)
-        if group is not None:
-            tensors = _own_random_state(resume, tensors, group.rank)
-        try:
-            trainer.load_state_dict(tensors, meta["trainer"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(
-                f"{resume} does not fit this run's network and settings ({type(exc).__name__});"
-                " resume with the settings and data it was made with, or start a new run."
-            ) from exc
-    if checkpoint is None:
-        return None
-    extra = {**(info or {}), "fingerprint": fingerprint, "processes": processes}
-
-    def write(t: Trainer) -> None:
-        tensors, meta = t.state_dict()
-        if group is not None and "generator" in tensors:
-            states = group.gather(tensors.pop("generator"))
-            tensors |= {f"generator.rank{r}": state for r, state in enumerate(states)}
-        distributed.on_rank0(
-            group, lambda: save_checkpoint(checkpoint, tensors, {"trainer": meta, **extra})
-        )
-
-    return write
-
-
-def _own_random_state(
-    path: str | Path, tensors: dict[str, torch.Tensor], rank: int
-) -> dict[str, torch.Tensor]:
-    """A distributed checkpoint's tensors as process ``rank`` resumes them: its own
-    generator state as ``generator``, the others' left out."""
-    own = {k: v for k, v in tensors.items() if not k.startswith("generator.rank")}
-    if f"generator.rank{rank}" not in tensors:
-        raise ModelFileError(
-            f"{path} holds no random state for the process of rank {rank}; it was not written "
-            "by a run of this many processes. Start the run anew."
-        )
-    own["generator"] = tensors[f"generator.rank{rank}"]
-    return own
 
 
 def run_fingerprint(

@@ -33,6 +33,7 @@ from .train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 __all__ = [
     "EMBEDDINGS",
     "AUTO_BATCH",
+    "AUTO_EPOCHS",
     "PARAMETER_RULES",
     "PRESETS",
     "RECOMMENDED_PRESET",
@@ -40,6 +41,7 @@ __all__ = [
     "Recipe",
     "auto_batch_size",
     "check_params",
+    "epochs_of",
     "is_real",
     "jsonable",
     "member_seeds",
@@ -50,6 +52,7 @@ __all__ = [
 
 ENSEMBLES = ("independent", "tabm", "tabm-mini")  # how n_models > 1 members are built
 MAX_BINS = 1024  # n_bins at most
+AUTO_EPOCHS = 128  # max_iter='auto' where no count was chosen (streamed, swept, continued)
 AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -59,6 +62,12 @@ def auto_batch_size(n_rows: int) -> int:
     AUTO_BATCH rows, so no epoch ends with a stray handful of rows taking a full step."""
     n_batches = max(1, math.ceil(n_rows / AUTO_BATCH))
     return max(1, math.ceil(n_rows / n_batches))
+
+
+def epochs_of(max_iter: int | str) -> int:
+    """The epochs a fit trains for ``max_iter``: 'auto' where nothing chose a count
+    (:mod:`nnreg.epochs` chooses it for fits in memory) is AUTO_EPOCHS."""
+    return AUTO_EPOCHS if max_iter == "auto" else int(max_iter)
 
 
 def member_seeds(seed: int, n_models: int) -> list[int]:
@@ -120,7 +129,10 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a positive integer, 'auto' (equal batches of at most 256 rows) or 'full' (one step "
         "per epoch)",
     ),
-    "max_iter": (_positive_int, "a positive integer (epochs)"),
+    "max_iter": (
+        lambda v: v == "auto" or _positive_int(v),
+        "a positive integer (epochs) or 'auto' (chosen by cross-validation, nnreg.epochs)",
+    ),
     "loss": _one_of(LOSSES),
     "early_stopping": BOOL,
     "validation_fraction": (lambda v: is_real(v, 0.0, 1.0, open_lo=True), "a number in (0, 1)"),
@@ -303,7 +315,7 @@ class Recipe:
             None if batch == "full" else auto_batch_size(n_rows) if batch == "auto" else int(batch)
         )
         return TrainConfig(
-            epochs=int(p["max_iter"]),
+            epochs=epochs_of(p["max_iter"]),
             lr=float(p["learning_rate_init"]),
             optimizer=p["optimizer"],
             momentum=float(p["momentum"]),

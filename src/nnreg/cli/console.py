@@ -56,7 +56,7 @@ class Report:
         self._data("train", source, rows, features, targets)
         self.out.print(
             f"preset  {preset}: {reg.optimizer}, lr {reg.learning_rate_init:g}, "
-            f"{batch}, {reg.max_iter} epochs, {reg.loss} loss, seed {reg.random_state}",
+            f"{batch}, {_epochs_text(reg)}, {reg.loss} loss, seed {reg.random_state}",
             markup=False,
         )
         self.out.print(f"loss    {loss_units(reg)}", markup=False)
@@ -106,26 +106,26 @@ class Report:
 
     def progress(self, reg: Regressor, log_every: int | None) -> Any:
         """A context manager yielding fit's epoch callback (None when nothing is shown)."""
-        epochs, console = reg.max_iter, self.progress_console
+        epochs, console = _known_epochs(reg), self.progress_console
         if self.quiet or (self.as_json and not console.is_terminal):
             return contextlib.nullcontext(None)
         if console.is_terminal and log_every is None:
             return _bar(console, epochs, lambda: self.layers(reg))
-        return self._lines(reg, log_every or max(1, epochs // 10))
+        return self._lines(reg, log_every or max(1, (epochs or 128) // 10))
 
     @contextlib.contextmanager
     def _lines(self, reg: Regressor, every: int) -> Iterator[EpochFn]:
-        epochs = reg.max_iter
-        width = len(str(epochs))
+        epochs = _known_epochs(reg)  # None: chosen during the fit (max_iter='auto')
+        width, total = len(str(epochs or 100)), "" if epochs is None else f"/{epochs}"
         tag = "  (standardised)" if reg.scale_target else ""
 
         def on_epoch(epoch: int, loss: float, val: float | None) -> None:
             if epoch == 0:
                 self.layers(reg)
-            if epoch % every == 0 or epoch == epochs - 1:
+            if epoch % every == 0 or epoch == (epochs or 0) - 1:
                 extra = "" if val is None else f"  val {val:.6g}"
                 self.progress_console.print(
-                    f"epoch {epoch:>{width}}/{epochs}  loss {loss:.6g}{extra}{tag}"
+                    f"epoch {epoch:>{width}}{total}  loss {loss:.6g}{extra}{tag}"
                 )
 
         yield on_epoch
@@ -190,6 +190,17 @@ class Report:
             f"are epoch {reg.best_epoch_}'s ({which})",
             markup=False,
         )
+        cv = getattr(reg, "epochs_cv_", None)
+        if cv is not None:
+            losses = ", ".join(
+                f"{e}: {'diverged' if x is None else f'{x:.4g}'}"
+                for e, x in zip(cv["candidates"], cv["held_out_loss"], strict=True)
+            )
+            self.out.print(
+                f"epochs  {cv['epochs']}, the lowest held-out loss in {cv['folds']}-fold "
+                f"cross-validation ({losses})",
+                markup=False,
+            )
         held = getattr(reg, "validation_metrics_", None)
         # The fit's own held-out rows (early stopping, calibration) are among DATA's rows.
         first = "training rows" if held is None or self.held_by_cli else "all rows of DATA"
@@ -364,8 +375,21 @@ def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any
     out.print("metrics   " + metrics, markup=False)
 
 
+def _epochs_text(reg: Regressor) -> str:
+    from ..epochs import CANDIDATES, FOLDS
+
+    if reg.max_iter != "auto":
+        return f"{reg.max_iter} epochs"
+    return f"epochs auto ({', '.join(map(str, CANDIDATES))}: {FOLDS}-fold cross-validation)"
+
+
+def _known_epochs(reg: Regressor) -> int | None:
+    """The epochs a fit will train, or None when it chooses them (``max_iter='auto'``)."""
+    return None if reg.max_iter == "auto" else int(reg.max_iter)
+
+
 @contextlib.contextmanager
-def _bar(console: Any, epochs: int, before: Callable[[], None]) -> Iterator[EpochFn]:
+def _bar(console: Any, epochs: int | None, before: Callable[[], None]) -> Iterator[EpochFn]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (

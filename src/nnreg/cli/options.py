@@ -87,6 +87,16 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str | None) 
         return value
 
 
+def _parse_epochs(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A whole number (checked with the other settings), or 'auto'."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a whole number or 'auto'.") from None
+
+
 def compose(*decorators: Decorator) -> Decorator:
     """One decorator applying ``decorators``; their options appear in --help in this order."""
 
@@ -218,8 +228,12 @@ def with_presets(text: str, param: str) -> str:
 epochs = click.option(
     "--epochs",
     "max_iter",
-    type=int,
-    help=with_presets("Number of epochs (at least 1).", "max_iter"),
+    callback=_parse_epochs,
+    help=with_presets(
+        "Number of epochs (at least 1), or 'auto': 32, 64, 128 or 256, whichever does best "
+        "in 3-fold cross-validation on a table of up to 1,000 rows (else 128).",
+        "max_iter",
+    ),
 )
 batch_size = click.option(
     "--batch-size",

@@ -112,7 +112,7 @@ def sweep(
     out = out or default_out(f"{data.stem}-sweep")
     check_output(out, settings.data)  # before any training
     report = Report(quiet=quiet, as_json=as_json)
-    report.sweep_header(source, table, trials, f"preset {preset}, {base.max_iter} epochs")
+    report.sweep_header(source, table, trials, f"preset {preset}, {_epochs(base)} epochs")
     stop = _run(runner, table, y, report)
     ranking = runner.table()
     scored = _save(runner.regressor(top=top), out, ranking, table, y, settings.data, tests)
@@ -172,3 +172,10 @@ def _save(
         run["test"] = str(Path(data["test"]).resolve())
     ranked = {"sweep.csv": lambda tmp: ranking.to_csv(tmp, index=False)}
     return save_model(reg, out, run, table, y, files=ranked, tests=tests)[2]
+
+
+def _epochs(base: Regressor) -> int:
+    """The epochs each configuration trains: a sweep chooses none for max_iter='auto'."""
+    from ..recipe import epochs_of
+
+    return epochs_of(base.max_iter)

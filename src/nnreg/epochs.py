@@ -1,0 +1,160 @@
+"""``max_iter="auto"``: the number of epochs, chosen by cross-validation on small tables.
+
+How long to train is what matters most on a small table, and no fixed count suits them all.
+On scikit-learn's diabetes data (353 training rows, a noisy target) the recommended network
+is best after 32 to 64 epochs and overfits by 128; on plotnine's mpg (187 rows) and on the
+seed experiment's 100 rows it still improves at 256 (``benchmarks/results/accuracy.md``).
+The rows themselves can tell these apart, and on a table this small a fit takes a second, so
+a fit in memory with ``max_iter="auto"`` on at most :data:`MAX_ROWS` rows:
+
+1. splits the rows into :data:`FOLDS` folds (drawn from the fit's seed);
+2. for each count in :data:`CANDIDATES`, trains the recipe on every fold's complement, with
+   its own learning-rate schedule over that many epochs and as many steps per epoch as the
+   fit on all the rows takes (its batches are smaller in proportion: the number of steps,
+   not of epochs, is what overfits), and scores the held-out fold in the fit's own loss;
+3. trains on every row for the count with the lowest held-out loss over all folds.
+
+Members that share weights (``ensemble="tabm"``) are cross-validated as they are; independent
+members are copies of one network, so one network is. Larger tables, streamed and swept fits
+and continued ones train :data:`~nnreg.recipe.AUTO_EPOCHS` (a warm start keeps its first
+fit's choice). In a data-parallel run every process chooses, and rank 0's choice holds. The
+choice, with each candidate's held-out loss, is the estimator's ``epochs_cv_``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .backends import loss_function
+from .exceptions import TrainingDivergedError
+from .model import predict_moments
+from .recipe import AUTO_EPOCHS, Recipe, auto_batch_size
+
+if TYPE_CHECKING:  # fitting imports this module
+    from .distributed import Group
+    from .fitting import FitData, FitResult
+
+__all__ = ["CANDIDATES", "FOLDS", "MAX_ROWS", "EpochChoice", "choose", "resolve"]
+
+CANDIDATES = (32, 64, 128, 256)  # epochs, each with its own schedule
+FOLDS = 3
+MAX_ROWS = 1000  # larger tables train AUTO_EPOCHS: 3 x 4 fits would cost too much there
+
+Train = Callable[["Recipe", "FitData"], "FitResult"]  # one process, no hooks
+
+
+@dataclass(frozen=True)
+class EpochChoice:
+    """The epochs a fit chose and each candidate's held-out loss (the mean over every row of
+    the loss the fit optimises, on the standardised target when ``scale_target``; inf where
+    that count diverged)."""
+
+    epochs: int
+    candidates: tuple[int, ...]
+    losses: tuple[float, ...]
+    folds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "folds": self.folds,
+            "candidates": list(self.candidates),
+            "held_out_loss": [x if math.isfinite(x) else None for x in self.losses],
+        }
+
+
+def resolve(
+    recipe: Recipe,
+    data: FitData,
+    train: Train,
+    *,
+    continued: bool = False,
+    previous: EpochChoice | None = None,
+    group: Group | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[Recipe, EpochChoice | None]:
+    """``recipe`` with a number for ``max_iter='auto'`` (unchanged otherwise), and the
+    choice when cross-validation made it. A ``continued`` fit (a warm start) trains its
+    first fit's choice (``previous``) or AUTO_EPOCHS."""
+    if recipe.params["max_iter"] != "auto":
+        return recipe, None
+    choice = None
+    if continued:
+        epochs = AUTO_EPOCHS if previous is None else previous.epochs
+    elif FOLDS <= data.n_rows <= MAX_ROWS:
+        choice = choose(recipe, data, train, stop)
+        epochs = choice.epochs
+    else:
+        epochs = AUTO_EPOCHS
+    if group is not None:  # every process chose alike; rank 0's holds
+        epochs = group.broadcast_int(epochs)
+        choice = None if choice is None else replace(choice, epochs=epochs)
+    return with_params(recipe, max_iter=epochs), choice
+
+
+def choose(
+    recipe: Recipe, data: FitData, train: Train, stop: threading.Event | None = None
+) -> EpochChoice:
+    """The count of :data:`CANDIDATES` with the lowest held-out loss over :data:`FOLDS`
+    folds of ``data``'s rows; see the module docstring. A set ``stop`` ends the search."""
+    n = data.n_rows
+    order = np.random.default_rng([recipe.seed, 1]).permutation(n)
+    folds = [np.sort(f) for f in np.array_split(order, FOLDS)]
+    base = recipe if recipe.shared_ensemble else with_params(recipe, n_models=1)
+    base = with_params(base, verbose=0)
+    steps = _steps_per_epoch(recipe, n)
+    losses = np.zeros(len(CANDIDATES))
+    weight_total = 0.0
+    for held in folds:
+        if stop is not None and stop.is_set():
+            break
+        rows = np.setdiff1d(np.arange(n), held)
+        part, rest = _subset(data, rows), _subset(data, held)
+        batch = base.params["batch_size"]
+        if batch != "full":  # as many steps per epoch as on all rows
+            batch = math.ceil(len(rows) / steps)
+        w = 1.0 if data.weight is None else float(data.weight[held].sum()) / len(held)
+        weight_total += w * len(held)
+        for j, epochs in enumerate(CANDIDATES):
+            fold_recipe = with_params(base, max_iter=epochs, batch_size=batch)
+            losses[j] += w * len(held) * _held_out_loss(fold_recipe, part, rest, train)
+    losses = losses / max(weight_total, 1e-300)
+    best = int(np.argmin(losses)) if np.isfinite(losses).any() else CANDIDATES.index(AUTO_EPOCHS)
+    return EpochChoice(CANDIDATES[best], CANDIDATES, tuple(float(x) for x in losses), FOLDS)
+
+
+def with_params(recipe: Recipe, **changes: Any) -> Recipe:
+    return replace(recipe, params={**recipe.params, **changes})
+
+
+def _steps_per_epoch(recipe: Recipe, n: int) -> int:
+    batch = recipe.params["batch_size"]
+    size = n if batch == "full" else auto_batch_size(n) if batch == "auto" else int(batch)
+    return max(1, math.ceil(n / size))
+
+
+def _subset(data: FitData, rows: np.ndarray) -> FitData:
+    weight = None if data.weight is None else data.weight[rows]
+    return replace(data, frame=data.frame.iloc[rows], y=data.y[rows], weight=weight)
+
+
+def _held_out_loss(recipe: Recipe, part: FitData, rest: FitData, train: Train) -> float:
+    """The fit's loss on ``rest`` after training ``recipe`` on ``part`` (inf if it
+    diverged)."""
+    try:
+        result = train(recipe, part)
+    except TrainingDivergedError:
+        return math.inf
+    X = recipe.tensor(result.preprocessor.transform(rest.frame))
+    pred = torch.from_numpy(predict_moments(result.model, X)[0])
+    target = torch.from_numpy(np.asarray(result.y_scaler.transform(rest.y), dtype=np.float64))
+    weight = None if rest.weight is None else torch.from_numpy(rest.weight.astype(np.float64))
+    loss = float(loss_function(recipe.params["loss"])(pred, target, weight))
+    return loss if math.isfinite(loss) else math.inf

@@ -1,0 +1,118 @@
+"""max_iter='auto': the epochs chosen by cross-validation (nnreg.epochs)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+import nnreg
+from cli_helpers import run
+from nnreg import epochs, fitting
+from nnreg.exceptions import TrainingDivergedError
+from nnreg.recipe import AUTO_EPOCHS, Recipe
+
+SMALL = {"hidden_layer_sizes": (16,), "random_state": 3}
+
+
+def _table(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.uniform(-2, 2, size=n)})
+    y = np.sin(X["a"].to_numpy()) + X["b"].to_numpy() ** 2 + rng.normal(0, 0.3, size=n)
+    return X, y
+
+
+def test_the_choice_is_the_lowest_held_out_loss_of_plain_fits_on_the_folds() -> None:
+    """Recomputed with the estimator alone: each candidate fit on each fold's complement
+    (batches sized for as many steps per epoch as the whole table takes), its mean squared
+    error on the standardised held-out fold."""
+    X, y = _table(300)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, size=len(y))
+    reg = nnreg.Regressor(**SMALL).fit(X, y, sample_weight=w)
+    cv = reg.epochs_cv_
+    assert cv["candidates"] == list(epochs.CANDIDATES) and cv["folds"] == epochs.FOLDS
+
+    order = np.random.default_rng([3, 1]).permutation(len(y))
+    totals = np.zeros(len(epochs.CANDIDATES))
+    for held in np.array_split(order, epochs.FOLDS):
+        rows = np.setdiff1d(np.arange(len(y)), held)
+        batch = math.ceil(len(rows) / 2)  # 300 rows take two steps of 150 per epoch
+        for j, e in enumerate(epochs.CANDIDATES):
+            fold = nnreg.Regressor(**SMALL, max_iter=e, batch_size=batch)
+            fold.fit(X.iloc[rows], y[rows], sample_weight=w[rows])
+            pred = fold.y_scaler_.transform(fold.predict(X.iloc[held]).reshape(-1, 1))
+            target = fold.y_scaler_.transform(y[held].reshape(-1, 1))
+            totals[j] += np.sum(w[held] * (pred - target).ravel() ** 2)
+    expected = totals / w.sum()
+    np.testing.assert_allclose(cv["held_out_loss"], expected, rtol=1e-5)
+    assert cv["epochs"] == epochs.CANDIDATES[int(np.argmin(expected))] == reg.n_iter_
+
+
+def test_auto_then_trains_exactly_the_fit_of_the_chosen_count() -> None:
+    X, y = _table(120)
+    auto = nnreg.Regressor(**SMALL).fit(X, y)
+    chosen = nnreg.Regressor(**SMALL, max_iter=auto.epochs_cv_["epochs"]).fit(X, y)
+    assert not hasattr(chosen, "epochs_cv_")
+    for a, b in zip(auto.model_.parameters(), chosen.model_.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same fit, so bitwise the same on the CPU
+
+
+def test_large_tables_streams_and_warm_starts_train_the_fallback() -> None:
+    X, y = _table(epochs.MAX_ROWS + 1)
+    big = nnreg.Regressor(**SMALL).fit(X, y)
+    assert big.n_iter_ == AUTO_EPOCHS and not hasattr(big, "epochs_cv_")
+
+    X, y = _table(90)
+    warm = nnreg.Regressor(**SMALL, warm_start=True).fit(X, y)
+    first = warm.epochs_cv_["epochs"]
+    warm.fit(X, y)  # continues for its first fit's count, without choosing again
+    assert warm.n_iter_ == 2 * first and warm.epochs_cv_["epochs"] == first
+
+
+def test_shared_members_are_cross_validated_as_they_are_independent_ones_as_one() -> None:
+    X, y = _table(100)
+    seen: list[tuple[int, str]] = []
+
+    def spy(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
+        seen.append((recipe.n_models, recipe.params["ensemble"]))
+        return fitting._fit_alone(recipe, data)
+
+    for form, expected in (("tabm-mini", (4, "tabm-mini")), ("independent", (1, "independent"))):
+        seen.clear()
+        params = nnreg.Regressor(**SMALL, n_models=4, ensemble=form).get_params()
+        frame = fitting.FitData(X, y.reshape(-1, 1))
+        epochs.choose(Recipe.from_params(params), frame, spy)
+        assert set(seen) == {expected} and len(seen) == epochs.FOLDS * len(epochs.CANDIDATES)
+
+
+def test_a_diverging_count_is_never_chosen() -> None:
+    X, y = _table(60)
+    recipe = Recipe.from_params(nnreg.Regressor(**SMALL).get_params())
+
+    def train(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
+        if recipe.params["max_iter"] == 256:
+            raise TrainingDivergedError("diverged")
+        return fitting._fit_alone(recipe, data)
+
+    choice = epochs.choose(recipe, fitting.FitData(X, y.reshape(-1, 1)), train)
+    assert math.isinf(choice.losses[-1]) and choice.epochs != 256
+    assert choice.to_dict()["held_out_loss"][-1] is None
+
+
+def test_the_choice_is_saved_and_shown(tmp_path, capsys) -> None:
+    X, y = _table(80)
+    reg = nnreg.Regressor(**SMALL).fit(X, y)
+    loaded = nnreg.load(reg.save(tmp_path / "m"))
+    assert loaded.model_info_["training"]["epochs_cv"] == reg.epochs_cv_
+    np.testing.assert_allclose(loaded.predict(X), reg.predict(X), rtol=1e-6)
+
+    data = tmp_path / "t.csv"
+    X.assign(y=y).to_csv(data, index=False)
+    args = ["train", str(data), "-t", "y", "--hidden", "16", "--out", str(tmp_path / "c")]
+    code, out, _ = run([*args, "--epochs", "auto"], capsys)
+    assert code == 0 and "epochs auto (32, 64, 128, 256" in out
+    assert "the lowest held-out loss in 3-fold cross-validation (32: " in out
+    code, _, err = run([*args, "--epochs", "many"], capsys)
+    assert code == 2 and "'many' is not a whole number or 'auto'" in err
