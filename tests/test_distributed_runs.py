@@ -42,6 +42,15 @@ WEIGHTED = {**ENSEMBLE, "n_models": 1, "early_stopping": True, "n_iter_no_change
 # Shared-weight members with the default embedding: one network on the fast engine, its
 # calibration rows held out, the rest split between the processes.
 SHARED = {**ENSEMBLE, "n_models": 4, "ensemble": "tabm"}
+# The epochs chosen by cross-validation on every row (each process), then trained
+# data-parallel.
+AUTO = {
+    **ENSEMBLE,
+    "n_models": 1,
+    "hidden_layer_sizes": (8,),
+    "max_iter": "auto",
+    "dtype": "float64",
+}
 MEMBER_SEEDS = [11, 12]
 BATCH = 8  # rows per process per step
 EPOCHS = 150  # of the command-line runs: enough that a kill after a checkpoint lands mid-run
@@ -95,6 +104,10 @@ def _worker(folder: str) -> None:
         )
         out["shared.interval"] = torch.from_numpy(np.stack(shared.predict_interval(X)))
         out["shared.loss"] = torch.tensor(shared.loss_curve_ + list(shared.history_.val_loss))
+        auto = nnreg.Regressor(**AUTO).fit(X, y)  # each process chooses; rank 0's holds
+        out["auto.epochs"] = torch.tensor(auto.epochs_cv_["epochs"])
+        out["auto.cv"] = torch.tensor(auto.epochs_cv_["held_out_loss"])
+        out["auto.pred"] = torch.from_numpy(auto.predict(X))
         weighted = nnreg.Regressor(**WEIGHTED).fit(X, y, sample_weight=w)
         out["weighted.pred"] = torch.from_numpy(weighted.predict(X))
         out["weighted.loss"] = torch.tensor(weighted.loss_curve_ + weighted.validation_scores_)
@@ -196,6 +209,17 @@ def test_shared_members_match_one_process(ranks: list[dict[str, torch.Tensor]]) 
     curves = torch.tensor(shared.loss_curve_ + list(shared.history_.val_loss))
     torch.testing.assert_close(ranks[0]["shared.loss"], curves)
     assert float(std.mean()) > 0
+
+
+@pytest.mark.slow
+def test_epochs_chosen_by_cross_validation_match_one_process(
+    ranks: list[dict[str, torch.Tensor]],
+) -> None:
+    X, y, _ = _data()
+    reg = nnreg.Regressor(**AUTO).fit(X, y)
+    assert int(ranks[0]["auto.epochs"]) == reg.epochs_cv_["epochs"] == reg.n_iter_
+    torch.testing.assert_close(ranks[0]["auto.cv"], torch.tensor(reg.epochs_cv_["held_out_loss"]))
+    torch.testing.assert_close(ranks[0]["auto.pred"], torch.from_numpy(reg.predict(X)))
 
 
 @pytest.mark.slow

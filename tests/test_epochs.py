@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,9 @@ def test_the_choice_is_saved_and_shown(tmp_path, capsys) -> None:
     X, y = _table(80)
     reg = nnreg.Regressor(**SMALL).fit(X, y)
     loaded = nnreg.load(reg.save(tmp_path / "m"))
-    assert loaded.model_info_["training"]["epochs_cv"] == reg.epochs_cv_
+    assert loaded.model_info_["training"]["epochs_cv"] == reg.epochs_cv_ == loaded.epochs_cv_
+    again = nnreg.load(loaded.save(tmp_path / "again"))  # a round trip keeps it
+    assert again.model_info_["training"]["epochs_cv"] == reg.epochs_cv_
     np.testing.assert_allclose(loaded.predict(X), reg.predict(X), rtol=1e-6)
 
     data = tmp_path / "t.csv"
@@ -116,3 +119,20 @@ def test_the_choice_is_saved_and_shown(tmp_path, capsys) -> None:
     assert "the lowest held-out loss in 3-fold cross-validation (32: " in out
     code, _, err = run([*args, "--epochs", "many"], capsys)
     assert code == 2 and "'many' is not a whole number or 'auto'" in err
+
+
+def test_a_stop_ends_the_search_between_two_trials() -> None:
+    X, y = _table(90)
+    recipe = Recipe.from_params(nnreg.Regressor(**SMALL).get_params())
+    stop, calls = threading.Event(), []
+
+    def train(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
+        calls.append(recipe.params["max_iter"])
+        if len(calls) == 2:
+            stop.set()  # as a signal handler would, mid-search
+        return fitting._fit_alone(recipe, data)
+
+    assert epochs.choose(recipe, fitting.FitData(X, y.reshape(-1, 1)), train, stop) is None
+    assert calls == [32, 64]
+    reg = nnreg.Regressor(**SMALL).fit(X, y, stop=stop)  # set already: no search, one step
+    assert reg.interrupted_ and reg.n_iter_ == 1 and not hasattr(reg, "epochs_cv_")

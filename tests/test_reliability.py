@@ -199,6 +199,13 @@ def test_absurd_sizes_fail_before_anything_is_allocated(
         (lambda d: d["features"].pop(), "features are not the columns"),
         (lambda d: d["training"]["params"].update(random_state=-1), "random_state must be"),
         (lambda d: d.pop("preprocessing"), "'preprocessing' is missing"),
+        (
+            lambda d: d["training"].update(
+                epochs_cv={"epochs": 64, "folds": 3, "candidates": [32], "held_out_loss": [0.1]}
+            ),
+            "epochs_cv is not what nnreg writes",
+        ),
+        (lambda d: d["training"].update(epochs_cv=[1]), "inconsistent"),
     ],
 )
 def test_inconsistent_model_json_is_one_clear_error(

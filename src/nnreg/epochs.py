@@ -69,6 +69,23 @@ class EpochChoice:
             "held_out_loss": [x if math.isfinite(x) else None for x in self.losses],
         }
 
+    @classmethod
+    def from_dict(cls, d: Any) -> EpochChoice | None:
+        """The choice :meth:`to_dict` wrote (None for None); ValueError when it is not one."""
+        if d is None:
+            return None
+        candidates, losses = d["candidates"], d["held_out_loss"]
+        ints = [d["epochs"], d["folds"], *candidates]
+        if not (
+            all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints)
+            and all(x is None or isinstance(x, float) for x in losses)
+            and len(losses) == len(candidates)
+            and d["epochs"] in candidates
+        ):
+            raise ValueError("its epochs_cv is not what nnreg writes")
+        held = tuple(math.inf if x is None else x for x in losses)
+        return cls(d["epochs"], tuple(candidates), held, d["folds"])
+
 
 def resolve(
     recipe: Recipe,
@@ -90,7 +107,7 @@ def resolve(
         epochs = AUTO_EPOCHS if previous is None else previous.epochs
     elif FOLDS <= data.n_rows <= MAX_ROWS:
         choice = choose(recipe, data, train, stop)
-        epochs = choice.epochs
+        epochs = AUTO_EPOCHS if choice is None else choice.epochs  # None: stopped
     else:
         epochs = AUTO_EPOCHS
     if group is not None:  # every process chose alike; rank 0's holds
@@ -101,9 +118,10 @@ def resolve(
 
 def choose(
     recipe: Recipe, data: FitData, train: Train, stop: threading.Event | None = None
-) -> EpochChoice:
+) -> EpochChoice | None:
     """The count of :data:`CANDIDATES` with the lowest held-out loss over :data:`FOLDS`
-    folds of ``data``'s rows; see the module docstring. A set ``stop`` ends the search."""
+    folds of ``data``'s rows; see the module docstring. A set ``stop`` ends the search
+    between two trials (None: nothing was chosen)."""
     n = data.n_rows
     order = np.random.default_rng([recipe.seed, 1]).permutation(n)
     folds = [np.sort(f) for f in np.array_split(order, FOLDS)]
@@ -113,8 +131,6 @@ def choose(
     losses = np.zeros(len(CANDIDATES))
     weight_total = 0.0
     for held in folds:
-        if stop is not None and stop.is_set():
-            break
         rows = np.setdiff1d(np.arange(n), held)
         part, rest = _subset(data, rows), _subset(data, held)
         batch = base.params["batch_size"]
@@ -123,6 +139,8 @@ def choose(
         w = 1.0 if data.weight is None else float(data.weight[held].sum()) / len(held)
         weight_total += w * len(held)
         for j, epochs in enumerate(CANDIDATES):
+            if stop is not None and stop.is_set():
+                return None
             fold_recipe = with_params(base, max_iter=epochs, batch_size=batch)
             losses[j] += w * len(held) * _held_out_loss(fold_recipe, part, rest, train)
     losses = losses / max(weight_total, 1e-300)

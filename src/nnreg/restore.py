@@ -16,6 +16,7 @@ import torch
 from . import fitting
 from .artifact import SavedModel
 from .ensemble import ConformalCalibrator
+from .epochs import EpochChoice
 from .exceptions import ModelFileError
 from .preprocess import Standardizer, TablePreprocessor, finite_floats
 from .recipe import DTYPES, check_params
@@ -34,6 +35,7 @@ def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting
         calibrator = _calibrator(meta.get("calibration"), config.n_outputs)
         history = History.from_dict(saved.history)
         _check_description(meta, config.n_outputs)
+        choice = EpochChoice.from_dict(meta["training"].get("epochs_cv"))
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{saved.path}/model.json is inconsistent: {_reason(exc)}.") from exc
     if not all(bool(torch.isfinite(t).all()) for t in saved.state_dict.values()):
@@ -61,6 +63,7 @@ def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting
         best_epoch=int(best) if isinstance(best, int) else len(history) - 1,
         calibrator=calibrator,
         held_out=_held_out(meta.get("metrics", {})),
+        epoch_choice=choice,
     )
 
 
