@@ -64,6 +64,13 @@ def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return X, y, w
 
 
+def _auto_data() -> tuple[np.ndarray, np.ndarray]:
+    """Enough rows (60 per process) for max_iter='auto' to cross-validate."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(120, 3))
+    return X, X @ np.array([1.0, -2.0, 0.5]) + np.cos(X[:, 1]) + rng.normal(0, 0.1, size=120)
+
+
 def _members() -> list[MLP]:
     members = []
     for s in MEMBER_SEEDS:
@@ -104,10 +111,11 @@ def _worker(folder: str) -> None:
         )
         out["shared.interval"] = torch.from_numpy(np.stack(shared.predict_interval(X)))
         out["shared.loss"] = torch.tensor(shared.loss_curve_ + list(shared.history_.val_loss))
-        auto = nnreg.Regressor(**AUTO).fit(X, y)  # each process chooses; rank 0's holds
+        Xa, ya = _auto_data()
+        auto = nnreg.Regressor(**AUTO).fit(Xa, ya)  # each process chooses; rank 0's holds
         out["auto.epochs"] = torch.tensor(auto.epochs_cv_["epochs"])
         out["auto.cv"] = torch.tensor(auto.epochs_cv_["held_out_loss"])
-        out["auto.pred"] = torch.from_numpy(auto.predict(X))
+        out["auto.pred"] = torch.from_numpy(auto.predict(Xa))
         weighted = nnreg.Regressor(**WEIGHTED).fit(X, y, sample_weight=w)
         out["weighted.pred"] = torch.from_numpy(weighted.predict(X))
         out["weighted.loss"] = torch.tensor(weighted.loss_curve_ + weighted.validation_scores_)
@@ -215,7 +223,7 @@ def test_shared_members_match_one_process(ranks: list[dict[str, torch.Tensor]]) 
 def test_epochs_chosen_by_cross_validation_match_one_process(
     ranks: list[dict[str, torch.Tensor]],
 ) -> None:
-    X, y, _ = _data()
+    X, y = _auto_data()
     reg = nnreg.Regressor(**AUTO).fit(X, y)
     assert int(ranks[0]["auto.epochs"]) == reg.epochs_cv_["epochs"] == reg.n_iter_
     torch.testing.assert_close(ranks[0]["auto.cv"], torch.tensor(reg.epochs_cv_["held_out_loss"]))

@@ -65,7 +65,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         rows: two of 150, never 256 and a stray 44), 'full' one full-batch step per epoch.
     max_iter : int or 'auto', default='auto'
         Number of epochs (at most, with early stopping). 'auto' chooses 32, 64, 128 or 256 by
-        3-fold cross-validation on tables of up to 1,000 rows, else 128 (:mod:`nnreg.epochs`).
+        3-fold cross-validation on 100 to 1,000 rows, else 128 (:mod:`nnreg.epochs`).
     loss : {'squared_error', 'absolute_error', 'huber'}, default='squared_error'
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows, stop when their loss has not improved

@@ -54,8 +54,8 @@ PLAIN_PRESET: dict[str, Any] = {
 }
 # The estimator's defaults (results/accuracy.md): the plain recipe with piecewise-linear
 # embeddings of the numeric columns (16 numbers each, over at most 48 quantile bins and at
-# most one per 64 training rows), where the fit can embed ("auto"), and on tables of up to
-# 1,000 rows 32, 64, 128 or 256 epochs, whichever cross-validates best (nnreg.epochs).
+# most one per 64 training rows), where the fit can embed ("auto"), and on tables of 100 to
+# 1,000 rows 32, 64, 128 or 256 epochs, chosen by cross-validation (nnreg.epochs).
 RECOMMENDED_PRESET: dict[str, Any] = {**PLAIN_PRESET, "embedding": "auto", "max_iter": "auto"}
 PRESETS = {"seed": SEED_PRESET, "recommended": RECOMMENDED_PRESET, "plain": PLAIN_PRESET}
 

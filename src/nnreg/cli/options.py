@@ -230,8 +230,8 @@ epochs = click.option(
     "max_iter",
     callback=_parse_epochs,
     help=with_presets(
-        "Number of epochs (at least 1), or 'auto': 32, 64, 128 or 256, whichever does best "
-        "in 3-fold cross-validation on a table of up to 1,000 rows (else 128).",
+        "Number of epochs (at least 1), or 'auto': 32, 64, 128 or 256, chosen by 3-fold "
+        "cross-validation on a table of 100 to 1,000 rows (else 128).",
         "max_iter",
     ),
 )
