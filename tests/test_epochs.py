@@ -70,6 +70,9 @@ def test_a_count_must_beat_the_default_by_a_standard_error() -> None:
     assert epochs.CANDIDATES[epochs._best(noisy, p)] == 128
     clear = np.repeat(base, 4, axis=0) - np.array([[0.0], [0.2], [0.0], [0.3]])
     assert epochs.CANDIDATES[epochs._best(clear, p)] == 256  # 0.3 better on every row
+    clear[2:] = np.inf  # 128 and 256 diverged: the best of the others
+    assert epochs.CANDIDATES[epochs._best(clear, p)] == 64
+    assert epochs.CANDIDATES[epochs._best(np.full((4, 50), np.inf), p)] == 128
 
 
 def test_auto_then_trains_exactly_the_fit_of_the_chosen_count() -> None:

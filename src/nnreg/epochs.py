@@ -137,8 +137,8 @@ def choose(
     recipe: Recipe, data: FitData, train: Train, stop: threading.Event | None = None
 ) -> EpochChoice | None:
     """The count of :data:`CANDIDATES` chosen on :data:`FOLDS` folds of ``data``'s rows;
-    see the module docstring. A set ``stop`` ends the search
-    between two trials (None: nothing was chosen)."""
+    see the module docstring. A set ``stop`` ends the search between two trials (None:
+    nothing was chosen)."""
     n = data.n_rows
     order = np.random.default_rng([recipe.seed, 1]).permutation(n)
     folds = [np.sort(f) for f in np.array_split(order, FOLDS)]
@@ -169,8 +169,9 @@ def _best(per_row: np.ndarray, p: np.ndarray) -> int:
     default = CANDIDATES.index(AUTO_EPOCHS)
     with np.errstate(invalid="ignore", over="ignore"):
         means = per_row @ p
-        if not np.isfinite(means[default]):  # the default diverged: the best finite one
-            return int(np.argmin(np.where(np.isfinite(means), means, np.inf)))
+        finite = np.isfinite(means)
+        if not finite[default]:  # the default diverged: the best count that did not, if any
+            return int(np.argmin(np.where(finite, means, np.inf))) if finite.any() else default
         diff = per_row - per_row[default]
         gain = diff @ p  # < 0: better than the default
         se = np.sqrt(((diff - gain[:, None]) ** 2) @ (p**2))
