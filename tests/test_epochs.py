@@ -141,7 +141,7 @@ def test_the_choice_is_saved_and_shown(tmp_path, capsys) -> None:
     args = ["train", str(data), "-t", "y", "--hidden", "16", "--out", str(tmp_path / "c")]
     code, out, _ = run([*args, "--epochs", "auto"], capsys)
     assert code == 0 and "epochs auto (32, 64, 128, 256" in out
-    assert "the lowest held-out loss in 3-fold cross-validation (32: " in out
+    assert "chosen by 3-fold cross-validation (held-out loss 32: " in out
     code, _, err = run([*args, "--epochs", "many"], capsys)
     assert code == 2 and "'many' is not a whole number or 'auto'" in err
 

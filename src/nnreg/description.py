@@ -31,8 +31,11 @@ def describe(
     n_outputs = reg.n_outputs_
     targets = target_names or (["y"] if n_outputs == 1 else [f"y{j}" for j in range(n_outputs)])
     held_out = dict(getattr(reg, "validation_metrics_", {}))
-    training: dict[str, Any] = {"params": params, "epochs_run": reg.n_iter_}
-    training["best_epoch"] = reg.best_epoch_
+    training: dict[str, Any] = {
+        "params": params,
+        "epochs_run": reg.n_iter_,
+        "best_epoch": reg.best_epoch_,
+    }
     if hasattr(reg, "epochs_cv_"):  # max_iter='auto': how the epochs were chosen
         training["epochs_cv"] = reg.epochs_cv_
     meta = {

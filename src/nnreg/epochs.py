@@ -41,7 +41,7 @@ import torch
 from .backends import ELEMENTWISE
 from .exceptions import TrainingDivergedError
 from .model import predict_moments
-from .recipe import AUTO_EPOCHS, Recipe, auto_batch_size
+from .recipe import AUTO_EPOCHS, Recipe
 
 if TYPE_CHECKING:  # fitting imports this module
     from .distributed import Group
@@ -158,9 +158,9 @@ def choose(
             fold_recipe = with_params(base, max_iter=epochs, batch_size=batch)
             per_row[j, held] = _held_out_losses(fold_recipe, part, rest, train)
     weight = np.ones(n) if data.weight is None else np.asarray(data.weight, dtype=np.float64)
-    best = _best(per_row, weight / weight.sum())
-    losses = per_row @ (weight / weight.sum())
-    return EpochChoice(CANDIDATES[best], CANDIDATES, tuple(float(x) for x in losses), FOLDS)
+    p = weight / weight.sum()
+    losses = tuple(float(x) for x in per_row @ p)
+    return EpochChoice(CANDIDATES[_best(per_row, p)], CANDIDATES, losses, FOLDS)
 
 
 def _best(per_row: np.ndarray, p: np.ndarray) -> int:
@@ -185,8 +185,7 @@ def with_params(recipe: Recipe, **changes: Any) -> Recipe:
 
 
 def _steps_per_epoch(recipe: Recipe, n: int) -> int:
-    batch = recipe.params["batch_size"]
-    size = n if batch == "full" else auto_batch_size(n) if batch == "auto" else int(batch)
+    size = recipe.train_config(n).batch_size or n  # None: the full batch
     return max(1, math.ceil(n / size))
 
 

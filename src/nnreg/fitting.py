@@ -155,20 +155,30 @@ def fit(
         group=group,
         stop=stop,
     )
-    if recipe.n_models > 1 and recipe.shared_ensemble is None:
-        result = _fit_ensemble(recipe, data, group, hooks)
-    else:
-        result = _fit_single(recipe, data, warm, group, hooks, checkpoints)
+    result = _fit_either(recipe, data, warm, group, hooks, checkpoints)
     result.interrupted = stop is not None and stop.is_set()
     result.epoch_choice = choice or previous
     return result
 
 
+def _fit_either(
+    recipe: Recipe,
+    data: FitData,
+    warm: FitResult | None,
+    group: distributed.Group | None,
+    hooks: _Hooks,
+    checkpoints: Checkpoints,
+) -> FitResult:
+    """Independent members with their calibration helpers, or one network (shared members
+    included)."""
+    if recipe.n_models > 1 and recipe.shared_ensemble is None:
+        return _fit_ensemble(recipe, data, group, hooks)
+    return _fit_single(recipe, data, warm, group, hooks, checkpoints)
+
+
 def _fit_alone(recipe: Recipe, data: FitData) -> FitResult:
     """A fit in this process that nothing listens to: :mod:`nnreg.epochs`'s trials."""
-    if recipe.n_models > 1 and recipe.shared_ensemble is None:
-        return _fit_ensemble(recipe, data, None, _Hooks())
-    return _fit_single(recipe, data, None, None, _Hooks(), Checkpoints())
+    return _fit_either(recipe, data, None, None, _Hooks(), Checkpoints())
 
 
 @dataclass(frozen=True)

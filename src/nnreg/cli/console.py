@@ -111,7 +111,9 @@ class Report:
             return contextlib.nullcontext(None)
         if console.is_terminal and log_every is None:
             return _bar(console, epochs, lambda: self.layers(reg))
-        return self._lines(reg, log_every or max(1, (epochs or 128) // 10))
+        from ..recipe import AUTO_EPOCHS  # 'auto': about ten lines of its usual length
+
+        return self._lines(reg, log_every or max(1, (epochs or AUTO_EPOCHS) // 10))
 
     @contextlib.contextmanager
     def _lines(self, reg: Regressor, every: int) -> Iterator[EpochFn]:
@@ -197,8 +199,8 @@ class Report:
                 for e, x in zip(cv["candidates"], cv["held_out_loss"], strict=True)
             )
             self.out.print(
-                f"epochs  {cv['epochs']}, the lowest held-out loss in {cv['folds']}-fold "
-                f"cross-validation ({losses})",
+                f"epochs  {cv['epochs']}, chosen by {cv['folds']}-fold cross-validation "
+                f"(held-out loss {losses})",
                 markup=False,
             )
         held = getattr(reg, "validation_metrics_", None)
