@@ -364,3 +364,105 @@ def test_cli_device_option(
     assert code == 2
     assert err.startswith("error: invalid Regressor settings: device must be")
     assert len(err.strip().splitlines()) == 1
+
+
+def _failed_launch(monkeypatch: pytest.MonkeyPatch, codes: dict[int, int]) -> None:
+    """Make --nproc's launcher see its processes end with ``codes`` (rank -> exit status)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {
+        rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=code, error_file="")
+        for rank, code in codes.items()
+    }
+
+    def launcher(config: object, entry: str) -> object:
+        def run(*args: str) -> None:
+            raise ChildFailedError("nnreg", failures)
+
+        return run
+
+    monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", launcher)
+
+
+@pytest.mark.parametrize(
+    ("codes", "rank", "code"),
+    [
+        # rank 1 was killed; the launcher's SIGTERM reached rank 0 before the broken
+        # collective did (it unwound: 143) or killed it (-15): rank 1 is named either way
+        ({0: 143, 1: -9}, 1, 137),
+        ({0: -15, 1: -9}, 1, 137),
+        ({0: 75, 1: -9}, 1, 137),
+        ({0: 75, 1: 143}, 1, 143),  # someone sent rank 1 SIGTERM itself
+        ({0: 1, 1: -9}, 1, 137),  # rank 0's error came from the killed peer
+        ({0: 75, 1: 1, 2: -15}, 1, 1),
+    ],
+)
+def test_nproc_names_the_process_that_stopped_first(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    codes: dict[int, int],
+    rank: int,
+    code: int,
+) -> None:
+    from nnreg.distributed import launch
+
+    _failed_launch(monkeypatch, codes)
+    assert launch(2, ["train", "t.csv", "-o", "out", "--checkpoint-every", "2"]) == code
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: the process of rank {rank} stopped (exit code {code}")
+    assert line.endswith("continue the run from its last checkpoint with --resume out.")
+
+
+def test_nproc_leaves_rank_0s_own_failure_to_its_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nnreg.distributed import launch
+
+    _failed_launch(monkeypatch, {0: 1, 1: 75})  # rank 0 printed why (a full disk, ...)
+    assert launch(2, ["train", "t.csv"]) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_a_process_under_nproc_ends_quietly_on_sigterm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The launcher ends every process with SIGTERM when one fails, and names that one; the
+    others' 'terminated by SIGTERM' would blame the wrong thing (the launcher says it when
+    it was the one terminated)."""
+    from nnreg.cli.app import Terminated, exit_code
+
+    assert exit_code(Terminated(), debug=False) == 143
+    assert capsys.readouterr().err.strip() == (
+        "error: terminated by SIGTERM; nothing was left half-written"
+    )
+    monkeypatch.setenv("NNREG_LAUNCHER", "1")
+    assert exit_code(Terminated(), debug=False) == 143
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sigterm_while_the_exit_code_is_decided_does_not_replace_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under --nproc the launcher's SIGTERM can reach a process just as its own collective
+    failed: it used to raise out of the error handling (a traceback, exit code 1)."""
+    import os
+    import signal
+
+    from nnreg.cli import app
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise nnreg.exceptions.ProcessGroupError("another process stopped")
+
+    decide = app.exit_code
+
+    def signalled(exc: BaseException, debug: bool) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered before this returns
+        return decide(exc, debug)
+
+    monkeypatch.setattr(app.cli, "main", failing)
+    monkeypatch.setattr(app, "exit_code", signalled)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as ended:
+        app.main(["train"])
+    assert ended.value.code == 1  # the ProcessGroupError's own code, outside a launcher
+    assert signal.getsignal(signal.SIGTERM) == previous

@@ -389,6 +389,43 @@ def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
     pd.testing.assert_frame_equal(history, pd.read_csv(tmp_path / "whole" / "history.csv"))
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_ends_every_process_in_one_line(
+    table_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nnreg", *_train_args(table_csv, out)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.safetensors").is_file() and run.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pids = _rank_pids(run.pid)
+    assert sorted(pids) == [0, 1], "the run ended before its first checkpoint was read"
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143
+    # rank 0 unwinds quietly; the launcher speaks for the run
+    assert err.strip().splitlines() == [
+        "error: terminated by SIGTERM; nothing was left half-written"
+    ]
+    assert not (out / "weights.safetensors").exists()
+    for pid in pids.values():  # every process has ended
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
 def _safetensors_metadata(path: Path) -> str:
     data = path.read_bytes()
     size = int.from_bytes(data[:8], "little")

@@ -76,6 +76,9 @@ LAUNCHER_ENV = "NNREG_LAUNCHER"
 LAUNCHER_PID_ENV = "NNREG_LAUNCHER_PID"  # its processes end with it (end_with_launcher)
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 PEER_STOPPED_EXIT = 75  # EX_TEMPFAIL: a temporary failure, to be retried (or resumed)
+# A process that SIGTERM ended as it unwound (nnreg.cli's Terminated): under --nproc, most
+# often the launcher ending every process after another one failed first.
+TERMINATED_EXIT = 128 + signal.SIGTERM
 T = TypeVar("T")
 
 
@@ -294,13 +297,19 @@ def launch(nproc: int, args: list[str]) -> int:
         elastic_launch(config, sys.executable)("-m", "nnreg", *args)
     except ChildFailedError as exc:
         codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
-        if codes.get(0, 0) > 0 and codes[0] != PEER_STOPPED_EXIT:
-            return int(codes[0])  # rank 0 failed on its own and printed why
+        # A process a signal killed (not the launcher's SIGTERM) came first; otherwise rank
+        # 0's own failure is explained by its own message.
+        killed = any(c < 0 and c != -signal.SIGTERM for c in codes.values())
+        own = codes.get(0, 0) > 0 and codes[0] not in (PEER_STOPPED_EXIT, TERMINATED_EXIT)
+        if own and not killed:
+            return int(codes[0])
         rank = _first_to_stop(codes)
         code = _exit_code(codes[rank])
         print(_stopped_message(rank, codes[rank], args), file=sys.stderr)
         return code or 1
     except SignalException as exc:
+        if exc.sigval == signal.SIGTERM:  # the processes ended quietly: this speaks for them
+            print("error: terminated by SIGTERM; nothing was left half-written", file=sys.stderr)
         return 128 + int(exc.sigval)
     finally:
         os.environ.pop(LAUNCHER_ENV, None)
@@ -311,10 +320,14 @@ def launch(nproc: int, args: list[str]) -> int:
 def _first_to_stop(codes: dict[int, int]) -> int:
     """The rank whose end made the others fail: not one that ended because another had
     (PEER_STOPPED_EXIT), and, where there is a choice, not one the launcher ended with
-    SIGTERM after the first failure; the lowest such rank."""
+    SIGTERM after the first failure (killed by it, or TERMINATED_EXIT when it unwound);
+    then one a signal killed (nnreg never ends a process so) before one that exited with an
+    error; the lowest such rank."""
     causes = [r for r, c in codes.items() if c != PEER_STOPPED_EXIT] or list(codes)
-    first = [r for r in causes if codes[r] != -signal.SIGTERM] or causes
-    return min(first)
+    ended = (-signal.SIGTERM, TERMINATED_EXIT)
+    first = [r for r in causes if codes[r] not in ended] or causes
+    killed = [r for r in first if codes[r] < 0]
+    return min(killed or first)
 
 
 def _stopped_message(rank: int, status: int, args: list[str]) -> str:

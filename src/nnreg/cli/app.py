@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         _silence()  # one process of a multi-process run speaks for all: rank 0
     previous = _on_sigterm(_terminate)
     try:
-        if os.environ.get("NNREG_LAUNCHER") == "1":  # started by --nproc: end with it
+        if _under_launcher():  # started by --nproc: end with it
             from ..distributed import end_with_launcher
 
             end_with_launcher()
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
             args=args, prog_name="nnreg", standalone_mode=False, obj={"argv": list(args)}
         )
     except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - the one place
+        # A SIGTERM now (under --nproc, the launcher ending every process after another one
+        # failed) must not replace the exit code being decided with a traceback and code 1.
+        _on_sigterm(signal.SIG_IGN)
         code = exit_code(exc, debug)
     finally:
         _on_sigterm(previous)
@@ -103,7 +106,8 @@ def exit_code(exc: BaseException, debug: bool) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     if isinstance(exc, Terminated):
-        click.echo("error: terminated by SIGTERM; nothing was left half-written", err=True)
+        if not _under_launcher():  # --nproc's launcher says why its processes ended
+            click.echo("error: terminated by SIGTERM; nothing was left half-written", err=True)
         return 143
     if debug:
         traceback.print_exception(exc)
@@ -197,6 +201,12 @@ def _on_sigterm(handler: Any) -> Any:
         return signal.signal(signal.SIGTERM, handler)
     except (ValueError, TypeError):
         return None
+
+
+def _under_launcher() -> bool:
+    """True in a process that ``--nproc`` started (``nnreg.distributed.under_launcher``,
+    without importing torch)."""
+    return os.environ.get("NNREG_LAUNCHER") == "1"
 
 
 def _other_rank() -> bool:
