@@ -329,6 +329,27 @@ def _rank_pids(launcher: int) -> dict[int, int]:
     return found
 
 
+def _start_until_checkpoint(
+    args: list[str], out: Path
+) -> tuple[subprocess.Popen[str], dict[int, int]]:
+    """Start ``nnreg ARGS`` (a --nproc 2 run) and wait for its first checkpoint in ``out``;
+    the launcher and its processes' pids by rank."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nnreg", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.safetensors").is_file() and run.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pids = _rank_pids(run.pid)
+    assert sorted(pids) == [0, 1], "the run ended before its first checkpoint was read"
+    return run, pids
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
 def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
@@ -343,19 +364,7 @@ def test_a_killed_rank_stops_the_run_and_resuming_ends_bitwise_equal(
     whole = _nnreg(*_train_args(data, tmp_path / "whole"), *extra)
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "nnreg", *_train_args(data, out), *extra],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoint.safetensors").is_file() and run.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    pids = _rank_pids(run.pid)
-    assert sorted(pids) == [0, 1], "the run ended before its first checkpoint was read"
+    run, pids = _start_until_checkpoint([*_train_args(data, out), *extra], out)
     torch_meta = json.loads(
         json.loads(_safetensors_metadata(out / "checkpoint.safetensors"))["nnreg"]
     )
@@ -394,19 +403,7 @@ def test_sigterm_to_the_launcher_ends_every_process_in_one_line(
     table_csv: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "nnreg", *_train_args(table_csv, out)],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoint.safetensors").is_file() and run.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    pids = _rank_pids(run.pid)
-    assert sorted(pids) == [0, 1], "the run ended before its first checkpoint was read"
+    run, pids = _start_until_checkpoint(_train_args(table_csv, out), out)
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 143
