@@ -297,13 +297,9 @@ def launch(nproc: int, args: list[str]) -> int:
         elastic_launch(config, sys.executable)("-m", "nnreg", *args)
     except ChildFailedError as exc:
         codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
-        # A process a signal killed (not the launcher's SIGTERM) came first; otherwise rank
-        # 0's own failure is explained by its own message.
-        killed = any(c < 0 and c != -signal.SIGTERM for c in codes.values())
-        own = codes.get(0, 0) > 0 and codes[0] not in (PEER_STOPPED_EXIT, TERMINATED_EXIT)
-        if own and not killed:
-            return int(codes[0])
         rank = _first_to_stop(codes)
+        if rank == 0 and codes[0] > 0 and codes[0] not in (PEER_STOPPED_EXIT, TERMINATED_EXIT):
+            return int(codes[0])  # rank 0 failed on its own and printed why
         code = _exit_code(codes[rank])
         print(_stopped_message(rank, codes[rank], args), file=sys.stderr)
         return code or 1

@@ -114,9 +114,9 @@ def exit_code(exc: BaseException, debug: bool) -> int:
     from ..exceptions import ConfigError, NnregError, ProcessGroupError  # imports scikit-learn
 
     if isinstance(exc, ProcessGroupError) and not debug:
-        from ..distributed import PEER_STOPPED_EXIT, under_launcher
+        from ..distributed import PEER_STOPPED_EXIT
 
-        if under_launcher():  # --nproc's launcher names the process that stopped first
+        if _under_launcher():  # --nproc's launcher names the process that stopped first
             return PEER_STOPPED_EXIT
     if isinstance(exc, NnregError):
         usage = isinstance(exc, ConfigError)
