@@ -112,7 +112,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         parameter-efficient members (:mod:`nnreg.tabm`) that share each layer's weights and
         differ by per-member scalings and biases ('tabm-mini': an input scaling only),
         trained as one network on the mean of their losses. Shared members hold out their
-        calibration rows (``validation_fraction``, at least 100 or a third) from training.
+        calibration rows (``validation_fraction``, at least 20 or a third) from training.
     embedding : {'auto', 'none', 'piecewise', 'periodic'}, default='auto'
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
