@@ -161,3 +161,52 @@ def test_a_stop_ends_the_search_between_two_trials() -> None:
     assert calls == [32, 64]
     reg = nnreg.Regressor(**SMALL).fit(X, y, stop=stop)  # set already: no search, one step
     assert reg.interrupted_ and reg.n_iter_ == 1 and not hasattr(reg, "epochs_cv_")
+
+
+class _Share:
+    """A stand-in for a two-process group: ``gather`` returns this process's matrix beside
+    the other process's (recorded from its own run), in rank order."""
+
+    world_size = 2
+
+    def __init__(self, rank: int, other: torch.Tensor | None = None) -> None:
+        self.rank, self.other, self.sent = rank, other, torch.empty(0)
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        self.sent = tensor.clone()
+        other = torch.full_like(tensor, math.nan) if self.other is None else self.other
+        return [tensor, other] if self.rank == 0 else [other, tensor]
+
+
+def test_processes_share_the_trials_and_choose_as_one_process_does() -> None:
+    """Each of two processes trains its share of the (fold, count) trials, about half of
+    the epochs, and with the other's losses chooses what one process choosing alone does;
+    a search stopped in either process chooses nothing in both."""
+    X, y = _table(150)
+    data = fitting.FitData(X, y.reshape(-1, 1))
+    recipe = Recipe.from_params(nnreg.Regressor(**SMALL).get_params())
+    trained: dict[int, list[int]] = {0: [], 1: []}
+
+    def counted(rank: int) -> epochs.Train:
+        def train(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
+            trained[rank].append(recipe.params["max_iter"])
+            return fitting._fit_alone(recipe, data)
+
+        return train
+
+    alone = epochs.choose(recipe, data, fitting._fit_alone)
+    second = _Share(1)
+    assert epochs.choose(recipe, data, counted(1), group=second) is None  # has half the trials
+    first = _Share(0, other=second.sent)
+    shared = epochs.choose(recipe, data, counted(0), group=first)
+    assert shared is not None and alone is not None
+    assert shared.epochs == alone.epochs
+    np.testing.assert_allclose(shared.losses, alone.losses, rtol=1e-6)
+    assert sorted(trained[0] + trained[1]) == sorted(list(epochs.CANDIDATES) * epochs.FOLDS)
+    assert sum(trained[0]) == 736 and sum(trained[1]) == 704  # of 1440 epochs
+
+    stop = threading.Event()
+    stop.set()
+    stopped = _Share(1)
+    assert epochs.choose(recipe, data, counted(1), stop, stopped) is None
+    assert epochs.choose(recipe, data, counted(0), group=_Share(0, stopped.sent)) is None

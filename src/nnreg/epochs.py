@@ -23,8 +23,9 @@ on, picking the plain minimum made statsmodels' ccard (57 rows) 2.1x worse and m
 Members that share weights (``ensemble="tabm"``) are cross-validated as they are; independent
 members are copies of one network, so one network is. Larger tables, streamed and swept fits
 and continued ones train :data:`~nnreg.recipe.AUTO_EPOCHS` (a warm start keeps its first
-fit's choice). In a data-parallel run every process chooses, and rank 0's choice holds. The
-choice, with each candidate's held-out loss, is the estimator's ``epochs_cv_``.
+fit's choice). In a data-parallel run the processes share the trials out and each gets all
+their losses, so every process makes the same choice (rank 0's holds). The choice, with each
+candidate's held-out loss, is the estimator's ``epochs_cv_``.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def resolve(
     if continued:
         epochs = AUTO_EPOCHS if previous is None else previous.epochs
     elif MIN_ROWS <= data.n_rows <= MAX_ROWS:
-        choice = choose(recipe, data, train, stop)
+        choice = choose(recipe, data, train, stop, group)
         epochs = AUTO_EPOCHS if choice is None else choice.epochs  # None: stopped
     else:
         epochs = AUTO_EPOCHS
@@ -134,33 +135,61 @@ def resolve(
 
 
 def choose(
-    recipe: Recipe, data: FitData, train: Train, stop: threading.Event | None = None
+    recipe: Recipe,
+    data: FitData,
+    train: Train,
+    stop: threading.Event | None = None,
+    group: Group | None = None,
 ) -> EpochChoice | None:
     """The count of :data:`CANDIDATES` chosen on :data:`FOLDS` folds of ``data``'s rows;
     see the module docstring. A set ``stop`` ends the search between two trials (None:
-    nothing was chosen)."""
+    nothing was chosen). In a ``group`` of processes each trains its share of the trials
+    (fold and count pairs, about as many epochs each) and every process gets all their
+    held-out losses, so that all choose alike in a fraction of the time; a search stopped in
+    any of them chose nothing."""
     n = data.n_rows
     order = np.random.default_rng([recipe.seed, 1]).permutation(n)
     folds = [np.sort(f) for f in np.array_split(order, FOLDS)]
     base = recipe if recipe.shared_ensemble else with_params(recipe, n_models=1)
     base = with_params(base, verbose=0)
     steps = _steps_per_epoch(recipe, n)
-    per_row = np.zeros((len(CANDIDATES), n))  # each row's loss when it was held out
-    for held in folds:
+    per_row = np.full((len(CANDIDATES), n), math.nan)  # each row's loss when it was held out
+    trials = [(held, j) for held in folds for j in range(len(CANDIDATES))]
+    mine = _share([CANDIDATES[j] for _, j in trials], group)
+    for held, j in (trial for trial, ours in zip(trials, mine, strict=True) if ours):
+        if stop is not None and stop.is_set():
+            break
         rows = np.setdiff1d(np.arange(n), held)
-        part, rest = _subset(data, rows), _subset(data, held)
         batch = base.params["batch_size"]
         if batch != "full":  # as many steps per epoch as on all rows
             batch = math.ceil(len(rows) / steps)
-        for j, epochs in enumerate(CANDIDATES):
-            if stop is not None and stop.is_set():
-                return None
-            fold_recipe = with_params(base, max_iter=epochs, batch_size=batch)
-            per_row[j, held] = _held_out_losses(fold_recipe, part, rest, train)
+        fold_recipe = with_params(base, max_iter=CANDIDATES[j], batch_size=batch)
+        per_row[j, held] = _held_out_losses(
+            fold_recipe, _subset(data, rows), _subset(data, held), train
+        )
+    if group is not None:  # each entry is one trial's: its process has it, the others NaN
+        for part in group.gather(torch.from_numpy(per_row)):
+            per_row = np.where(np.isnan(per_row), part.numpy(), per_row)
+    if np.isnan(per_row).any():  # a trial did not run: stopped
+        return None
     weight = np.ones(n) if data.weight is None else np.asarray(data.weight, dtype=np.float64)
     p = weight / weight.sum()
     losses = tuple(float(x) for x in per_row @ p)
     return EpochChoice(CANDIDATES[_best(per_row, p)], CANDIDATES, losses, FOLDS)
+
+
+def _share(work: list[int], group: Group | None) -> list[bool]:
+    """Which of the trials (their epochs, ``work``) this process trains: each goes to the
+    process with the least work so far, longest first (ties to the lowest rank), so that
+    two processes take about half of the epochs each."""
+    if group is None:
+        return [True] * len(work)
+    load = [0] * group.world_size
+    owner = [0] * len(work)
+    for t in sorted(range(len(work)), key=lambda t: -work[t]):
+        owner[t] = min(range(group.world_size), key=lambda r: load[r])
+        load[owner[t]] += work[t]
+    return [o == group.rank for o in owner]
 
 
 def _best(per_row: np.ndarray, p: np.ndarray) -> int:
