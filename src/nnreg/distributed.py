@@ -163,11 +163,12 @@ class Group:
 
     def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (of one shape and dtype on all ranks), in rank order, on
-        every rank."""
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        every rank, on ``tensor``'s device (they travel on the backend's: NCCL's is CUDA)."""
+        sent = tensor.to(_collective_device()).contiguous()
+        parts = [torch.empty_like(sent) for _ in range(self.world_size)]
         with _collective():
-            dist.all_gather(parts, tensor.contiguous())
-        return parts
+            dist.all_gather(parts, sent)
+        return [part.to(tensor.device) for part in parts]
 
     def gather_objects(self, value: T) -> list[T]:
         """Every rank's ``value`` (plain data: numbers, lists, arrays, CPU tensors), in rank
