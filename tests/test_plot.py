@@ -48,6 +48,19 @@ def test_the_loss_curve_marks_the_epoch_and_draws_no_empty_validation_line(
     assert legend(drawn[-1]) == ["training", "validation"]
 
 
+def test_the_validation_line_joins_the_epochs_an_ensemble_scored(
+    drawn: list[Any], tmp_path: Path
+) -> None:
+    """A long ensemble run scores every 4th epoch (NaN between): the line goes through
+    them, instead of isolated points that draw nothing."""
+    nan = float("nan")
+    history = {"train_loss": [1.0] * 8, "val_loss": [nan, nan, nan, 0.9, nan, nan, nan, 0.7]}
+    plot.loss_curve(history, tmp_path / "a.png")
+    validation = drawn[-1].get_lines()[1]
+    np.testing.assert_array_equal(validation.get_xdata(), [3, 7])
+    np.testing.assert_array_equal(validation.get_ydata(), [0.9, 0.7])
+
+
 def test_predicted_vs_actual_and_residuals_say_their_scores_and_interval(
     drawn: list[Any], tmp_path: Path
 ) -> None:

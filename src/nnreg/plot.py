@@ -51,8 +51,9 @@ def loss_curve(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key, label in (("train_loss", "training"), ("val_loss", "validation")):
         values = np.asarray(history.get(key, []), dtype=float)
-        if values.size and np.isfinite(values).any():  # no legend entry for a line not drawn
-            ax.plot(np.arange(values.size), values, label=label)
+        scored = np.flatnonzero(np.isfinite(values))  # an ensemble scores some epochs only
+        if scored.size:  # no legend entry for a line not drawn
+            ax.plot(scored, values[scored], label=label, marker="." if scored.size == 1 else "")
     losses = np.asarray(history.get("train_loss", []), dtype=float)
     if losses.size and np.all(losses > 0) and losses.max() / max(losses.min(), 1e-300) > 100:
         ax.set_yscale("log")
