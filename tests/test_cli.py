@@ -401,3 +401,24 @@ def test_export_writes_an_onnx_file_that_predicts_the_same(
     code, _, err = run(["export", "nowhere", "m2.onnx"], capsys)
     assert code == 1 and "model folder not found" in err
     assert not (tmp_path / "m2.onnx").exists()
+
+
+def test_progress_lines_say_when_an_ensembles_validation_was_scored(
+    capsys, table_csv: Path
+) -> None:
+    """200 epochs without early stopping score the helpers' held-out rows every other epoch:
+    a line on an epoch between shows the latest score and its epoch."""
+    args = ["train", str(table_csv), "--target", "y", "--n-models", "2", "--hidden", "8"]
+    code, out, err = run([*args, "--epochs", "200", "--log-every", "25", "--out", "m"], capsys)
+    assert code == 0, err
+    val = np.asarray(nnreg.load("m").history_.val_loss)
+    lines = [line for line in out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 9
+    for line in lines:
+        epoch = int(line.split()[1].split("/")[0])
+        scored = [j for j in range(epoch + 1) if np.isfinite(val[j])]
+        if not scored:
+            assert " val " not in line
+            continue
+        shown = f"  val {val[scored[-1]]:.6g}"
+        assert shown + (f" (epoch {scored[-1]})" if scored[-1] != epoch else "  (") in line

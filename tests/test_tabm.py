@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import nnreg
+from nnreg import train
 from nnreg.backends import AutogradBackend
 from nnreg.exceptions import ConfigError
 from nnreg.model import MLP, MLPConfig, count_parameters, state_shapes, summary
@@ -152,3 +153,26 @@ def test_seeded_fits_repeat_with_dropout(friedman: tuple[np.ndarray, np.ndarray]
     b = nnreg.Regressor(random_state=0, **params).fit(X, y).predict(X)
     c = nnreg.Regressor(random_state=1, **params).fit(X, y).predict(X)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_long_run_scores_its_calibration_rows_on_spaced_epochs(
+    friedman: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without early stopping, 300 epochs score the held-out rows on 100 of them (every
+    3rd, the last among them), as independent members' helpers do; the weights are bitwise
+    those of a run that scores every epoch (scoring changes nothing). Early stopping, which
+    needs every epoch, still scores every one."""
+    X, y = friedman[0][:150], friedman[1][:150]
+    params = {"n_models": 3, "ensemble": "tabm", "hidden_layer_sizes": (8,), "max_iter": 300}
+    spaced = nnreg.Regressor(random_state=0, **params).fit(X, y)
+    val = np.asarray(spaced.history_.val_loss)
+    assert np.flatnonzero(np.isfinite(val)).tolist() == list(range(2, 300, 3))
+    monkeypatch.setattr(train, "MAX_SCORED_EPOCHS", 1000)
+    every = nnreg.Regressor(random_state=0, **params).fit(X, y)
+    assert np.isfinite(every.history_.val_loss).all()
+    np.testing.assert_array_equal(np.asarray(every.history_.val_loss)[2::3], val[2::3])
+    for key, value in every.model_.state_dict().items():
+        assert torch.equal(value, spaced.model_.state_dict()[key]), key
+    monkeypatch.undo()
+    stopping = nnreg.Regressor(random_state=0, **params, early_stopping=True, n_iter_no_change=5)
+    assert np.isfinite(stopping.fit(X, y).history_.val_loss).all()

@@ -22,7 +22,15 @@ from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
 from .model import MLP
 from .schedule import Schedule, check_finite
-from .train import ELEMENTWISE, EVAL_CHUNK, GradientSync, History, TrainConfig, Validation
+from .train import (
+    ELEMENTWISE,
+    EVAL_CHUNK,
+    MAX_SCORED_EPOCHS,
+    GradientSync,
+    History,
+    TrainConfig,
+    Validation,
+)
 
 __all__ = ["ConformalCalibrator", "EnsembleTrainer"]
 
@@ -297,9 +305,6 @@ class EnsembleTrainer:
         X1 = torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
         out = self.net.predict(X1)  # (K, outputs, rows)
         return out.transpose(1, 2).clone()
-
-
-MAX_SCORED_EPOCHS = 128  # out-of-fold scorings of a full (not early-stopped) ensemble run
 
 
 class _MemberRows:

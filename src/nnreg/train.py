@@ -47,6 +47,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
 EVAL_CHUNK = 8192  # rows per forward pass when scoring validation data
+# A run that neither stops early nor schedules on validation scores it this often at most:
+MAX_SCORED_EPOCHS = 128  # evenly spaced (shared members' calibration rows, ensembles' helpers)
 
 EpochCallback = Callable[[int, float, "float | None"], None]
 Validation = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -196,6 +198,8 @@ class _Run:
     checkpoint_every: int
     steps_per_epoch: int
     first: int  # the history index of the run's epoch 0
+    last: int = 0  # the run's last epoch: validation scores it and every stride-th before
+    stride: int = 1
     good: Any = None  # the weights of the last finite epoch
 
 
@@ -254,7 +258,9 @@ class Trainer:
         self._begin(max(1, epochs * steps))
         start = self.run_epoch
         first = len(self.history) - start
-        run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first)
+        run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first, epochs - 1)
+        if not (self.config.early_stopping or self.config.schedule == "plateau"):
+            run.stride = max(1, math.ceil(epochs / MAX_SCORED_EPOCHS))  # else: every epoch
         widest = max(p.shape[0] for p in self.model.parameters())
         with thread_policy(batch_rows, widest, self.config.threads), self.backend.no_graph():
             run.good = self.backend.snapshot()
@@ -299,10 +305,10 @@ class Trainer:
     def _end_epoch(self, run: _Run, i: int, train_loss: float) -> bool:
         """Score, record and judge the run's epoch ``i``; True when training should stop."""
         epoch = run.first + i
-        validation = run.validation
+        validation = run.validation if (run.last - i) % run.stride == 0 else None
         scored = validation is not None
         val_loss = self._validation_loss(validation) if validation is not None else math.nan
-        self._check_finite(run, epoch, train_loss, val_loss)
+        self._check_finite(run, epoch, (train_loss, val_loss) if scored else (train_loss,))
         self.run_epoch = i + 1
         self.history.train_loss.append(train_loss)
         self.history.val_loss.append(val_loss)
@@ -327,11 +333,11 @@ class Trainer:
             self.best_epoch = epoch
         return self.stopper.stalled
 
-    def _check_finite(self, run: _Run, epoch: int, train_loss: float, val_loss: float) -> None:
-        """Keep this epoch's weights as the last finite ones, or go back to those and raise."""
-        checked = (train_loss, val_loss) if run.validation is not None else (train_loss,)
+    def _check_finite(self, run: _Run, epoch: int, losses: tuple[float, ...]) -> None:
+        """Keep this epoch's weights as the last finite ones, or go back to those and raise.
+        ``losses``: the training loss, then the validation loss when it was scored."""
         try:
-            check_finite(epoch, checked, self.config.lr, f"loss is {train_loss}", kept=True)
+            check_finite(epoch, losses, self.config.lr, f"loss is {losses[0]}", kept=True)
         except TrainingDivergedError:
             self.backend.restore(run.good)
             self.backend.finish()

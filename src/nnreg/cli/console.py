@@ -121,11 +121,13 @@ class Report:
         width, total = len(str(epochs or 100)), "" if epochs is None else f"/{epochs}"
         tag = "  (standardised)" if reg.scale_target else ""
 
+        latest = _LatestValidation()
+
         def on_epoch(epoch: int, loss: float, val: float | None) -> None:
             if epoch == 0:
                 self.layers(reg)
+            extra = latest(epoch, val)
             if epoch % every == 0 or epoch == (epochs or 0) - 1:
-                extra = "" if val is None else f"  val {val:.6g}"
                 self.progress_console.print(
                     f"epoch {epoch:>{width}}{total}  loss {loss:.6g}{extra}{tag}"
                 )
@@ -403,14 +405,30 @@ def _bar(console: Any, epochs: int | None, before: Callable[[], None]) -> Iterat
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=epochs, loss="-")
+        latest = _LatestValidation()
 
         def on_epoch(epoch: int, loss: float, val: float | None) -> None:
             if epoch == 0:
                 before()
-            shown = f"{loss:.6g}" if val is None else f"{loss:.6g}  val {val:.6g}"
-            progress.update(task, completed=epoch + 1, loss=shown)
+            progress.update(task, completed=epoch + 1, loss=f"{loss:.6g}{latest(epoch, val)}")
 
         yield on_epoch
+
+
+class _LatestValidation:
+    """The progress text of the latest validation loss: a long ensemble run scores its
+    held-out rows every few epochs only, so an epoch between says the one it last scored."""
+
+    def __init__(self) -> None:
+        self.scored: tuple[int, float] | None = None
+
+    def __call__(self, epoch: int, val: float | None) -> str:
+        if val is not None:
+            self.scored = (epoch, val)
+        if self.scored is None:
+            return ""
+        at, value = self.scored
+        return f"  val {value:.6g}" + ("" if at == epoch else f" (epoch {at})")
 
 
 @contextlib.contextmanager
