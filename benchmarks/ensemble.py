@@ -118,7 +118,7 @@ def speed_section(repeats: int) -> str:
         "weights) and score them out of fold (every 4th epoch: at most 128 of them). The single",
         f"fits train on all {n} rows. Shared members train as one network (the fast engine)",
         f"on {n - cal_shared} rows and score the other {cal_shared} (their calibration rows)",
-        "every epoch.",
+        "every 4th epoch, as the helpers do.",
         "",
         "| run | time (s) | time / 1 member |",
         "|---|---:|---:|",
