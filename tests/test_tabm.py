@@ -4,6 +4,7 @@ the members' losses, and every way a fitted ensemble leaves the estimator."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +177,27 @@ def test_a_long_run_scores_its_calibration_rows_on_spaced_epochs(
     monkeypatch.undo()
     stopping = nnreg.Regressor(random_state=0, **params, early_stopping=True, n_iter_no_change=5)
     assert np.isfinite(stopping.fit(X, y).history_.val_loss).all()
+
+
+def test_threads_are_sized_by_the_members_batch(
+    friedman: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shared members' products are (k * batch, width): 32 members of width 64 on batches
+    of 64 rows do 8.4M multiply-adds a layer, past one thread's share, where the batch
+    alone (0.26M) was not; one network keeps its own rows and widest layer."""
+    import nnreg.device
+
+    seen: list[tuple[int, int]] = []
+    policy = train.thread_policy
+
+    def recorded(batch: int, widest: int, threads: int | None = None) -> Any:
+        seen.append((batch, widest))
+        return policy(batch, widest, threads)
+
+    monkeypatch.setattr(train, "thread_policy", recorded)
+    X, y = friedman
+    common = {"hidden_layer_sizes": (64, 64), "batch_size": 64, "max_iter": 1, "random_state": 0}
+    nnreg.Regressor(n_models=32, ensemble="tabm", **common).fit(X, y)
+    assert seen[-1] == (32 * 64, 64) and nnreg.device.ONE_THREAD_MAX_WORK < 32 * 64 * 64**2
+    nnreg.Regressor(**common, embedding="none").fit(X, y)
+    assert seen[-1] == (64, 64)

@@ -36,6 +36,7 @@ __all__ = [
     "n_members",
     "predict_moments",
     "state_shapes",
+    "step_shape",
     "summary",
     "SeededDropout",
 ]
@@ -336,6 +337,15 @@ def n_members(model: nn.Module) -> int:
         return len(model.members)
     config = getattr(model, "config", None)
     return config.k if isinstance(config, MLPConfig) else 1
+
+
+def step_shape(model: nn.Module, batch: int) -> tuple[int, int]:
+    """(rows, widest layer) of the products in a training step of ``model`` on ``batch``
+    rows, which size its thread count: shared members are one network of k times the batch."""
+    config = getattr(model, "config", None)
+    if isinstance(config, MLPConfig) and config.ensemble != "none" and config.hidden_sizes:
+        return batch * config.k, max(config.hidden_sizes)
+    return batch, max(p.shape[0] for p in model.parameters())
 
 
 class MLPEnsemble(nn.Module):

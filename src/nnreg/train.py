@@ -26,7 +26,7 @@ from .backends import AutogradBackend, FastBackend, StepBackend, loss_function
 from .device import adapt_threads, thread_policy
 from .engine import FastMLP, FastTabM, FlatOptimizer, epoch_batches, shared_members, supports
 from .exceptions import TrainingDivergedError
-from .model import SeededDropout
+from .model import SeededDropout, step_shape
 from .schedule import EarlyStopping, Schedule, check_finite
 
 __all__ = [
@@ -261,8 +261,8 @@ class Trainer:
         run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first, epochs - 1)
         if not (self.config.early_stopping or self.config.schedule == "plateau"):
             run.stride = max(1, math.ceil(epochs / MAX_SCORED_EPOCHS))  # else: every epoch
-        widest = max(p.shape[0] for p in self.model.parameters())
-        with thread_policy(batch_rows, widest, self.config.threads), self.backend.no_graph():
+        rows, widest = step_shape(self.model, batch_rows)
+        with thread_policy(rows, widest, self.config.threads), self.backend.no_graph():
             run.good = self.backend.snapshot()
             if isinstance(X, torch.Tensor):
                 assert y is not None, "in-memory training needs targets"
