@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nnreg
-from nnreg import train
+from nnreg import schedule, train
 from nnreg.backends import AutogradBackend
 from nnreg.exceptions import ConfigError
 from nnreg.model import MLP, MLPConfig, count_parameters, state_shapes, summary
@@ -168,7 +168,7 @@ def test_a_long_run_scores_its_calibration_rows_on_spaced_epochs(
     spaced = nnreg.Regressor(random_state=0, **params).fit(X, y)
     val = np.asarray(spaced.history_.val_loss)
     assert np.flatnonzero(np.isfinite(val)).tolist() == list(range(2, 300, 3))
-    monkeypatch.setattr(train, "MAX_SCORED_EPOCHS", 1000)
+    monkeypatch.setattr(schedule, "MAX_SCORED_EPOCHS", 1000)
     every = nnreg.Regressor(random_state=0, **params).fit(X, y)
     assert np.isfinite(every.history_.val_loss).all()
     np.testing.assert_array_equal(np.asarray(every.history_.val_loss)[2::3], val[2::3])

@@ -21,16 +21,8 @@ from .device import adapt_threads, thread_policy
 from .engine import BatchedMLP, BatchedOptimizer, epoch_batches, supports
 from .exceptions import ConfigError
 from .model import MLP
-from .schedule import Schedule, check_finite
-from .train import (
-    ELEMENTWISE,
-    EVAL_CHUNK,
-    MAX_SCORED_EPOCHS,
-    GradientSync,
-    History,
-    TrainConfig,
-    Validation,
-)
+from .schedule import Schedule, check_finite, scored_epoch
+from .train import ELEMENTWISE, EVAL_CHUNK, GradientSync, History, TrainConfig, Validation
 
 __all__ = ["ConformalCalibrator", "EnsembleTrainer"]
 
@@ -237,8 +229,7 @@ class EnsembleTrainer:
         """
         cfg = self.config
         if joint is not None:
-            stride = max(1, math.ceil(cfg.epochs / MAX_SCORED_EPOCHS))
-            if cfg.early_stopping or (cfg.epochs - 1 - epoch) % stride == 0:
+            if cfg.early_stopping or scored_epoch(epoch, cfg.epochs):
                 return torch.full((self.K,), joint.update(epoch, self.net.params))
             return None
         if per_member is not None and validation is not None:

@@ -2,8 +2,8 @@
 
 Shared by :class:`nnreg.train.Trainer` and :class:`nnreg.ensemble.EnsembleTrainer`: one
 learning-rate :class:`Schedule` (constant, per-step cosine decay, or reduce-on-plateau), one
-score tracker (:class:`EarlyStopping`, which the plateau rule uses too) and one divergence
-check (:func:`check_finite`).
+score tracker (:class:`EarlyStopping`, which the plateau rule uses too), one divergence
+check (:func:`check_finite`) and which epochs score validation rows (:func:`scored_epoch`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,27 @@ from collections.abc import Iterable
 
 from .exceptions import TrainingDivergedError
 
-__all__ = ["PLATEAU_FACTOR", "PLATEAU_MIN_SCALE", "EarlyStopping", "Schedule", "check_finite"]
+__all__ = [
+    "MAX_SCORED_EPOCHS",
+    "PLATEAU_FACTOR",
+    "PLATEAU_MIN_SCALE",
+    "EarlyStopping",
+    "Schedule",
+    "check_finite",
+    "scored_epoch",
+]
 
 PLATEAU_FACTOR = 0.2  # reduce-on-plateau multiplies the learning rate by this
 PLATEAU_MIN_SCALE = 1e-3  # ... but never below this fraction of the initial rate
+MAX_SCORED_EPOCHS = 128  # at most, in a run that neither stops nor schedules on them
+
+
+def scored_epoch(epoch: int, epochs: int) -> bool:
+    """Whether a run of ``epochs`` that neither stops early nor schedules on its validation
+    loss scores it after ``epoch``: on at most MAX_SCORED_EPOCHS evenly spaced epochs, the
+    last among them (shared members' calibration rows, independent members' helpers)."""
+    stride = max(1, math.ceil(epochs / MAX_SCORED_EPOCHS))
+    return (epochs - 1 - epoch) % stride == 0
 
 
 class EarlyStopping:

@@ -27,7 +27,7 @@ from .device import adapt_threads, thread_policy
 from .engine import FastMLP, FastTabM, FlatOptimizer, epoch_batches, shared_members, supports
 from .exceptions import TrainingDivergedError
 from .model import SeededDropout, step_shape
-from .schedule import EarlyStopping, Schedule, check_finite
+from .schedule import EarlyStopping, Schedule, check_finite, scored_epoch
 
 __all__ = [
     "LOSSES",
@@ -47,8 +47,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("squared_error", "absolute_error", "huber")
 SCHEDULES = ("constant", "cosine", "plateau")
 EVAL_CHUNK = 8192  # rows per forward pass when scoring validation data
-# A run that neither stops early nor schedules on validation scores it this often at most:
-MAX_SCORED_EPOCHS = 128  # evenly spaced (shared members' calibration rows, ensembles' helpers)
 
 EpochCallback = Callable[[int, float, "float | None"], None]
 Validation = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -198,8 +196,8 @@ class _Run:
     checkpoint_every: int
     steps_per_epoch: int
     first: int  # the history index of the run's epoch 0
-    last: int = 0  # the run's last epoch: validation scores it and every stride-th before
-    stride: int = 1
+    epochs: int = 0  # the run's length
+    every_epoch: bool = True  # validation is scored every epoch, else on scored_epoch's
     good: Any = None  # the weights of the last finite epoch
 
 
@@ -258,9 +256,8 @@ class Trainer:
         self._begin(max(1, epochs * steps))
         start = self.run_epoch
         first = len(self.history) - start
-        run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first, epochs - 1)
-        if not (self.config.early_stopping or self.config.schedule == "plateau"):
-            run.stride = max(1, math.ceil(epochs / MAX_SCORED_EPOCHS))  # else: every epoch
+        every = self.config.early_stopping or self.config.schedule == "plateau"
+        run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first, epochs, every)
         rows, widest = step_shape(self.model, batch_rows)
         with thread_policy(rows, widest, self.config.threads), self.backend.no_graph():
             run.good = self.backend.snapshot()
@@ -305,7 +302,7 @@ class Trainer:
     def _end_epoch(self, run: _Run, i: int, train_loss: float) -> bool:
         """Score, record and judge the run's epoch ``i``; True when training should stop."""
         epoch = run.first + i
-        validation = run.validation if (run.last - i) % run.stride == 0 else None
+        validation = run.validation if run.every_epoch or scored_epoch(i, run.epochs) else None
         scored = validation is not None
         val_loss = self._validation_loss(validation) if validation is not None else math.nan
         self._check_finite(run, epoch, (train_loss, val_loss) if scored else (train_loss,))
