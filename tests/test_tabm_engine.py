@@ -16,11 +16,11 @@ from nnreg.tabm import TabM
 from nnreg.train import TrainConfig, fit, make_backend
 
 
-def _net(form: str, k: int, embedded: int = 0, **kw: object) -> TabM:
+def _net(form: str, k: int, embedded: int = 0, outputs: int = 2, **kw: object) -> TabM:
     config = MLPConfig(
         n_inputs=4,
         hidden_sizes=(6, 5, 7),
-        n_outputs=2,
+        n_outputs=outputs,
         ensemble=form,
         k=k,
         embedding="piecewise" if embedded else "none",
@@ -60,13 +60,20 @@ CASES = [
 
 @pytest.mark.parametrize(("form", "activation", "loss", "weighted", "embedded"), CASES)
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("outputs", [1, 2])  # one output: the head as elementwise products
 def test_gradients_match_autograd_in_float64(
-    form: str, activation: str, loss: str, weighted: bool, embedded: int, dropout: float
+    form: str,
+    activation: str,
+    loss: str,
+    weighted: bool,
+    embedded: int,
+    dropout: float,
+    outputs: int,
 ) -> None:
     torch.manual_seed(0)
-    net = _net(form, 3, embedded, activation=activation, dropout=dropout)
+    net = _net(form, 3, embedded, outputs, activation=activation, dropout=dropout)
     x = torch.randn(11, 4, dtype=torch.float64)
-    y = torch.randn(11, 2, dtype=torch.float64)
+    y = torch.randn(11, outputs, dtype=torch.float64)
     w = torch.rand(11, dtype=torch.float64) + 0.2 if weighted else None
     # Autograd with the masks drawn from one stream; the fast engine from a copy of it.
     for module in net.modules():
@@ -86,8 +93,8 @@ def test_gradients_match_autograd_in_float64(
 @pytest.mark.parametrize("weighted", [False, True])
 def test_validation_scores_the_members_mean(weighted: bool) -> None:
     torch.manual_seed(1)
-    net = _net("tabm", 4, 2, dropout=0.5)
-    x, y = torch.randn(9, 4, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    net = _net("tabm", 4, 2, outputs=1, dropout=0.5)
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.randn(9, 1, dtype=torch.float64)
     w = torch.rand(9, dtype=torch.float64) if weighted else None
     net.eval()
     expected = loss_function("squared_error")(net(x).mean(0), y, w)

@@ -185,10 +185,16 @@ class FastTabM:
         self._forward(batch, buf)
         torch.sub(buf.out, batch.Y, out=buf.D)
         loss = self._loss(batch, buf.D)
-        last = buf.A[-1]
-        torch.bmm(last.transpose(1, 2), buf.D, out=g["head_weight"])
+        last, head = buf.A[-1], v["head_weight"]
+        if self.n_out == 1:  # rows and units scaled elementwise: bmm's (.., 1) products are slow
+            k, width = self.k, self.sizes[-1]
+            scratch = torch.mul(last, buf.D, out=buf.dA[-1])
+            torch.sum(scratch, dim=1, keepdim=True, out=g["head_weight"].view(k, 1, width))
+            torch.mul(buf.D, head.view(k, 1, width), out=buf.dA[-1])
+        else:
+            torch.bmm(last.transpose(1, 2), buf.D, out=g["head_weight"])
+            torch.bmm(buf.D, head.transpose(1, 2), out=buf.dA[-1])
         torch.sum(buf.D, dim=1, out=g["head_bias"])
-        torch.bmm(buf.D, v["head_weight"].transpose(1, 2), out=buf.dA[-1])
         for i in range(len(self.sizes) - 2, -1, -1):
             self._layer_backward(i, buf)
         if self.embedding is not None:
@@ -244,7 +250,12 @@ class FastTabM:
                 self.sampler.fill_(buf.mask[i])
                 torch.mul(buf.H[i], buf.mask[i], out=buf.A[i])
             h = buf.A[i]
-        torch.baddbmm(v["head_bias"].unsqueeze(1), h, v["head_weight"], out=buf.out)
+        head_bias = v["head_bias"].unsqueeze(1)
+        if self.n_out == 1:  # a dot per row and member: (k, batch, width) * (k, 1, width)
+            products = torch.mul(h, v["head_weight"].view(self.k, 1, -1), out=buf.dA[-1])
+            torch.sum(products, dim=2, keepdim=True, out=buf.out).add_(head_bias)
+        else:
+            torch.baddbmm(head_bias, h, v["head_weight"], out=buf.out)
 
     def _layer_backward(self, i: int, buf: _Buffers) -> None:
         """Layer ``i``'s gradients from ``buf.dA[i]``; leaves dLoss/d(its input) in
