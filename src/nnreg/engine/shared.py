@@ -14,7 +14,9 @@ that broadcast over the batch; no step loops over members. Forward, for layer ``
     Z = U @ W.T + b      (k, batch, out)   one (k * batch, in) @ (in, out) product
     H' = dropout(act(Z))
 
-and the output layers are one batched product per member, ``H @ head_weight[m] + head_bias[m]``.
+and the output layers are ``H @ head_weight[m] + head_bias[m]`` per member: one batched
+product, or with one output elementwise products summed over the width (a batched product
+with a size of 1 runs as k slow matrix-vector calls).
 Backward, from ``dZ``: ``db = sum_batch dZ``. Folded layers: ``dM = dZ^T @ H`` and ``dH = dZ @
 M`` (batched products), then on the small (k, out, in) blocks ``dW = sum_k dM * s r^T``,
 ``T = dM * W``, ``dr = s^T T``, ``ds = T r``: about a third of the passes over the (k, batch,
@@ -69,7 +71,8 @@ class _Buffers:
         self.H = [new(k, batch, sizes[i + 1]) for i in layers]
         self.mask = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else []
         self.A = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else self.H
-        self.dA = [new(k, batch, sizes[i + 1]) for i in layers]  # dLoss/dA, then dZ
+        # dLoss/dA, then dZ; the last one first holds the one-output head's products
+        self.dA = [new(k, batch, sizes[i + 1]) for i in layers]
         self.dX = new(k, batch, sizes[0])
         self.scratch = [new(k, batch, sizes[i]) if unfolded_r[i] else None for i in layers]
         self.out = new(k, batch, net.n_out)
@@ -185,15 +188,14 @@ class FastTabM:
         self._forward(batch, buf)
         torch.sub(buf.out, batch.Y, out=buf.D)
         loss = self._loss(batch, buf.D)
-        last, head = buf.A[-1], v["head_weight"]
-        if self.n_out == 1:  # rows and units scaled elementwise: bmm's (.., 1) products are slow
-            k, width = self.k, self.sizes[-1]
-            scratch = torch.mul(last, buf.D, out=buf.dA[-1])
-            torch.sum(scratch, dim=1, keepdim=True, out=g["head_weight"].view(k, 1, width))
-            torch.mul(buf.D, head.view(k, 1, width), out=buf.dA[-1])
+        last = buf.A[-1]
+        if self.n_out == 1:  # elementwise, as in the forward pass
+            products = torch.mul(last, buf.D, out=buf.dA[-1])
+            torch.sum(products, dim=1, keepdim=True, out=self._row_head(g["head_weight"]))
+            torch.mul(buf.D, self._row_head(v["head_weight"]), out=buf.dA[-1])
         else:
             torch.bmm(last.transpose(1, 2), buf.D, out=g["head_weight"])
-            torch.bmm(buf.D, head.transpose(1, 2), out=buf.dA[-1])
+            torch.bmm(buf.D, v["head_weight"].transpose(1, 2), out=buf.dA[-1])
         torch.sum(buf.D, dim=1, out=g["head_bias"])
         for i in range(len(self.sizes) - 2, -1, -1):
             self._layer_backward(i, buf)
@@ -252,10 +254,15 @@ class FastTabM:
             h = buf.A[i]
         head_bias = v["head_bias"].unsqueeze(1)
         if self.n_out == 1:  # a dot per row and member: (k, batch, width) * (k, 1, width)
-            products = torch.mul(h, v["head_weight"].view(self.k, 1, -1), out=buf.dA[-1])
+            products = torch.mul(h, self._row_head(v["head_weight"]), out=buf.dA[-1])
             torch.sum(products, dim=2, keepdim=True, out=buf.out).add_(head_bias)
         else:
             torch.baddbmm(head_bias, h, v["head_weight"], out=buf.out)
+
+    def _row_head(self, head: torch.Tensor) -> torch.Tensor:
+        """A one-output head's (k, width, 1) weight or gradient as (k, 1, width), a view: it
+        broadcasts over the batch."""
+        return head.view(self.k, 1, self.sizes[-1])
 
     def _layer_backward(self, i: int, buf: _Buffers) -> None:
         """Layer ``i``'s gradients from ``buf.dA[i]``; leaves dLoss/d(its input) in
