@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -465,3 +467,21 @@ def test_a_diverging_ensemble_raises_the_shared_divergence_error() -> None:
     )
     with pytest.raises(TrainingDivergedError, match=message):
         EnsembleTrainer(members, TrainConfig(epochs=50, lr=1000.0), [0, 1]).run(X * 100, y * 1e4)
+
+
+@pytest.mark.parametrize("coverage", [0.5, 0.8, 0.9, 0.95, 0.99, 0.7, 0.1])
+def test_the_rows_an_interval_needs_are_the_fewest_that_give_it(coverage: float) -> None:
+    """rows_for (the error message's count and the report's check) against a search: 0.9
+    needs 9 rows (the 10th smallest of 10 scores would be the 9th of 9), not 10."""
+    from nnreg.calibration import ConformalCalibrator, rows_for
+
+    def fits(n: int) -> bool:
+        return math.ceil((n + 1) * coverage) <= n
+
+    fewest = next(n for n in range(1, 10_000) if fits(n))
+    assert rows_for(coverage) == fewest
+    for n in (fewest - 1, fewest):
+        cal = ConformalCalibrator.fit(np.zeros((n, 1)), np.arange(n, dtype=float)[:, None])
+        assert cal.covers(coverage) == (n >= fewest)
+        if n >= fewest:
+            cal.halfwidth(np.zeros((1, 1)), coverage)

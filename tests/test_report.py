@@ -144,6 +144,27 @@ def test_without_data_the_figures_that_need_it_are_explained(
     nnreg.load(model)  # every file still matches its hash
 
 
+def test_an_ensemble_with_too_few_calibration_rows_reports_and_plots_without_intervals(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """12 rows keep 4 calibration rows, fewer than 90% intervals need (9): the report and the
+    figures are made without intervals, not refused for a coverage the user cannot change."""
+    houses(12, seed=2).to_csv(tmp_path / "small.csv", index=False)
+    args = ["train", str(tmp_path / "small.csv"), "--target", "price", "--n-models", "2"]
+    args += ["--hidden", "4", "--epochs", "3", "-q", "-o", str(tmp_path / "model")]
+    assert run(args, capsys)[0] == 0
+    assert len(nnreg.load(tmp_path / "model").calibrator_.scores[0]) < 9
+    out = tmp_path / "small.html"
+    report = ["report", str(tmp_path / "model"), str(tmp_path / "small.csv"), "-o", str(out)]
+    code, _, err = run([*report, "--repeats", "0"], capsys)
+    assert code == 0, err
+    assert "90% intervals" not in " ".join(Page(out.read_text(encoding="utf-8")).text)
+    plots = ["plot", str(tmp_path / "model"), str(tmp_path / "small.csv")]
+    code, _, err = run([*plots, "--out-dir", str(tmp_path / "figures")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "figures" / "pred_vs_actual.png").is_file()
+
+
 def test_a_file_nnreg_did_not_write_is_never_replaced(
     folder: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -215,6 +215,19 @@ def test_requests_predicted_together_get_what_each_gets_alone(served: Served) ->
                 np.testing.assert_allclose(answer[key], alone[key], rtol=1e-12)
 
 
+def test_a_coverage_the_calibration_cannot_give_is_refused_alone(served: Served) -> None:
+    """Too few calibration rows for 0.999: that request hears so (422), and the requests
+    predicted beside it are answered as if it had not come."""
+    bodies = [json.dumps(records(house_frame(n, seed=n).drop(columns="price"))) for n in (2, 3, 4)]
+    queries: list[dict[str, str]] = [{"interval": "0.8"}, {"interval": "0.999"}, {}]
+    answers = served.predict(
+        [served.prepare(b.encode(), q) for b, q in zip(bodies, queries, strict=True)]
+    )
+    assert answers[0][0] == 200 and len(answers[0][1]["lower"]) == 2
+    assert answers[1][0] == 422 and "coverage 0.999 needs at least" in answers[1][1]["error"]
+    assert answers[2][0] == 200 and len(answers[2][1]["predictions"]) == 4
+
+
 def test_a_batch_that_fails_is_answered_request_by_request(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,13 @@ from .model import MLP, Predicts, predict_moments
 from .preprocess import Standardizer
 from .train import Validation
 
-__all__ = ["ConformalCalibrator", "calibrate", "out_of_fold", "prediction_interval"]
+__all__ = [
+    "ConformalCalibrator",
+    "calibrate",
+    "out_of_fold",
+    "prediction_interval",
+    "rows_for",
+]
 
 
 def out_of_fold(X_cal: torch.Tensor, folds: np.ndarray, helpers: list[MLP]) -> np.ndarray:
@@ -48,6 +54,16 @@ def prediction_interval(
     """(lower, upper) in the target's units from standardised mean and spread."""
     half = calibrator.halfwidth(std, coverage)
     return y_scaler.inverse_transform(mean - half), y_scaler.inverse_transform(mean + half)
+
+
+def rows_for(coverage: float) -> int:
+    """The fewest held-out rows ``n`` whose ``ceil((n + 1) coverage)``-th score exists."""
+    n = max(1, math.floor(coverage / (1 - coverage)))  # (n + 1) c <= n, up to rounding
+    while math.ceil((n + 1) * coverage) > n:
+        n += 1
+    while n > 1 and math.ceil(n * coverage) <= n - 1:
+        n -= 1
+    return n
 
 
 @dataclass
@@ -88,7 +104,7 @@ class ConformalCalibrator:
         rank = math.ceil((n + 1) * coverage)
         if rank > n:
             raise ConfigError(
-                f"coverage {coverage} needs at least {math.ceil(1 / (1 - coverage)) - 1} "
+                f"coverage {coverage} needs at least {rows_for(coverage)} "
                 f"held-out rows, but only {n} were kept; lower the coverage or raise "
                 "validation_fraction."
             )
@@ -96,6 +112,10 @@ class ConformalCalibrator:
         if not self.scaled:
             return np.broadcast_to(q, std.shape).copy()
         return q * (std + np.asarray(self.floor))
+
+    def covers(self, coverage: float) -> bool:
+        """Whether there are enough held-out rows for intervals of this coverage."""
+        return len(self.scores[0]) >= rows_for(coverage) if self.scores else False
 
     def to_dict(self) -> dict[str, Any]:
         return {"scores": self.scores, "floor": self.floor, "scaled": self.scaled}

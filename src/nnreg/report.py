@@ -72,7 +72,9 @@ def score(
     permutation importance (``repeats`` shuffles each; 0 leaves importance out)."""
     y = np.asarray(y, dtype=np.float64)
     pred = reg.predict(X)
-    bounds = reg.predict_interval(X, COVERAGE) if hasattr(reg, "calibrator_") else None
+    # without enough calibration rows for COVERAGE, the report has no intervals
+    cal = getattr(reg, "calibrator_", None)
+    bounds = reg.predict_interval(X, COVERAGE) if cal is not None and cal.covers(COVERAGE) else None
     found = None
     if repeats > 0:
         found = reg.feature_importances(X, y, n_repeats=repeats, random_state=seed)

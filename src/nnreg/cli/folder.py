@@ -86,7 +86,7 @@ def _data_figures(reg: Any, table: Any, name: str) -> dict[str, Any]:
     y, pred = target_values(table), reg.predict(table.features)
     target = ", ".join(reg.model_info_["targets"])
     extra: dict[str, Any] = {"target": target}
-    if hasattr(reg, "calibrator_"):
+    if hasattr(reg, "calibrator_") and reg.calibrator_.covers(0.9):  # enough rows for it
         extra.update(bounds=reg.predict_interval(table.features, 0.9), coverage=0.9)
     return {
         "pred_vs_actual.png": lambda p: predicted_vs_actual(

@@ -204,6 +204,8 @@ class Served:
                 bounds = self.reg.predict_interval(frame, interval) if interval else None
             except DataError as exc:  # what the contract cannot see, as predict words it
                 raise RequestError(422, str(exc)) from None
+            except ConfigError as exc:  # a coverage its calibration rows cannot give
+                raise RequestError(422, str(exc)) from None
         return pred, bounds
 
     def _answer(
