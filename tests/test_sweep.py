@@ -76,6 +76,20 @@ def test_the_best_model_and_a_top_k_ensemble_are_fitted_regressors(
         sweep.regressor(top=4)
 
 
+def test_a_top_k_ensemble_is_described_as_the_independent_members_it_is(
+    table_frame: pd.DataFrame,
+) -> None:
+    """A base that names a shared-weight form (unused with n_models=1) does not make the
+    kept members, trained apart, claim it: a clone would refit a different model."""
+    from sklearn.base import clone
+
+    X, y = table_frame[["a", "b", "c"]], table_frame["y"].to_numpy()
+    base = small_base(ensemble="tabm")
+    ensemble = Sweep(base, grid([(8,)], [1e-3, 3e-3], [0.0], [0])).fit(X, y).regressor(top=2)
+    assert ensemble.get_params()["ensemble"] == "independent"
+    assert type(clone(ensemble).fit(X, y).model_) is type(ensemble.model_)
+
+
 def test_grid_values_are_checked() -> None:
     with pytest.raises(ConfigError, match="lr values repeat"):
         grid([(8,)], [1e-3, 1e-3], [0.0], [0])

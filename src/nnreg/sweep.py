@@ -407,7 +407,10 @@ class Sweep:
             ),
             interrupted=self.interrupted_,
         )
-        reg = clone(self.base).set_params(**first.params(), n_models=len(chosen))
+        # the members trained apart, whatever ensemble form the base named for n_models > 1
+        reg = clone(self.base).set_params(
+            **first.params(), n_models=len(chosen), ensemble="independent"
+        )
         return reg.adopt(result)
 
 
