@@ -58,11 +58,9 @@ def prediction_interval(
 
 def rows_for(coverage: float) -> int:
     """The fewest held-out rows ``n`` whose ``ceil((n + 1) coverage)``-th score exists."""
-    n = max(1, math.floor(coverage / (1 - coverage)))  # (n + 1) c <= n, up to rounding
+    n = max(1, math.floor(coverage / (1 - coverage)) - 1)  # below (n + 1) c <= n's bound
     while math.ceil((n + 1) * coverage) > n:
         n += 1
-    while n > 1 and math.ceil(n * coverage) <= n - 1:
-        n -= 1
     return n
 
 

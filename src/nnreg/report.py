@@ -72,13 +72,20 @@ def score(
     permutation importance (``repeats`` shuffles each; 0 leaves importance out)."""
     y = np.asarray(y, dtype=np.float64)
     pred = reg.predict(X)
-    # without enough calibration rows for COVERAGE, the report has no intervals
-    cal = getattr(reg, "calibrator_", None)
-    bounds = reg.predict_interval(X, COVERAGE) if cal is not None and cal.covers(COVERAGE) else None
+    bounds = intervals(reg, X)
     found = None
     if repeats > 0:
         found = reg.feature_importances(X, y, n_repeats=repeats, random_state=seed)
     return Scored(name, X, y, np.asarray(pred), bounds, found)
+
+
+def intervals(reg: Regressor, X: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``reg``'s COVERAGE intervals on ``X``; None without calibration rows, or with fewer
+    than COVERAGE needs (figures and reports then draw none)."""
+    calibrator = getattr(reg, "calibrator_", None)
+    if calibrator is None or not calibrator.covers(COVERAGE):
+        return None
+    return reg.predict_interval(X, COVERAGE)
 
 
 def render(

@@ -82,12 +82,14 @@ def plot(model_dir: Path, data: Path | None, out_dir: Path | None) -> None:
 def _data_figures(reg: Any, table: Any, name: str) -> dict[str, Any]:
     """pred_vs_actual.png and residuals.png of ``reg`` on ``table``: writers by file name."""
     from ..plot import predicted_vs_actual, residuals
+    from ..report import COVERAGE, intervals
 
     y, pred = target_values(table), reg.predict(table.features)
     target = ", ".join(reg.model_info_["targets"])
     extra: dict[str, Any] = {"target": target}
-    if hasattr(reg, "calibrator_") and reg.calibrator_.covers(0.9):  # enough rows for it
-        extra.update(bounds=reg.predict_interval(table.features, 0.9), coverage=0.9)
+    bounds = intervals(reg, table.features)
+    if bounds is not None:
+        extra.update(bounds=bounds, coverage=COVERAGE)
     return {
         "pred_vs_actual.png": lambda p: predicted_vs_actual(
             y, pred, p, title=f"Predicted vs actual ({name})", **extra

@@ -202,9 +202,9 @@ class Served:
             try:  # (overflow far outside the training data is caught below, as not finite)
                 pred = self.reg.predict(frame)
                 bounds = self.reg.predict_interval(frame, interval) if interval else None
-            except DataError as exc:  # what the contract cannot see, as predict words it
-                raise RequestError(422, str(exc)) from None
-            except ConfigError as exc:  # a coverage its calibration rows cannot give
+            # what the contract cannot see, or a coverage the calibration rows cannot give,
+            # as predict words it
+            except (DataError, ConfigError) as exc:
                 raise RequestError(422, str(exc)) from None
         return pred, bounds
 
