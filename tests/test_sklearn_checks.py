@@ -33,6 +33,9 @@ def expected_failures(estimator: nnreg.Regressor) -> dict[str, str]:
     [
         nnreg.Regressor(max_iter=50, random_state=0, dtype="float64", dropout=0.0),
         nnreg.Regressor(max_iter=50, random_state=0),
+        # Ensembles: their calibration members and the absent partial_fit
+        nnreg.Regressor(max_iter=20, random_state=0, n_models=2),
+        nnreg.Regressor(max_iter=20, random_state=0, n_models=2, ensemble="tabm"),
     ],
     expected_failed_checks=expected_failures,
 )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.metaestimators import available_if
 
 from . import artifact, distributed, fitting
 from .description import describe
@@ -31,6 +32,12 @@ from .train import EpochCallback
 from .validation import check_sample_weight, check_X, check_y, drop_zero_weights
 
 __all__ = ["PRESETS", "Regressor", "load"]
+
+
+def _one_network(reg: Regressor) -> bool:
+    if reg.n_models > 1:
+        raise AttributeError("partial_fit trains one model; use n_models=1.")
+    return True
 
 
 class Regressor(Parameters, RegressorMixin, BaseEstimator):
@@ -155,7 +162,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
     feature_names_in_ : ndarray of str
         Only when ``X`` was a DataFrame with string column names.
     model_info_ : dict
-        Only on a model read by :func:`nnreg.load`: the folder's ``model.json``.
+        Only on a model read by :func:`nnreg.load`: the folder's ``model.json`` (dropped
+        when the model is fitted again).
 
     Examples
     --------
@@ -272,9 +280,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         """
         warm = bool(self.warm_start) and self.__sklearn_is_fitted__()
         recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if warm else None)
-        self._refuse(recipe, checkpoint is not None or resume is not None)
-        data = self._fit_data(X, y, sample_weight, reset=not warm)
         checkpoints = fitting.Checkpoints(checkpoint, checkpoint_every, checkpoint_info, resume)
+        fitting.refuse(recipe, warm_start=bool(self.warm_start), checkpoints=checkpoints)
+        data = self._fit_data(X, y, sample_weight, reset=not warm)
         try:
             result = fitting.fit(
                 recipe,
@@ -291,15 +299,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
             raise
         return self.adopt(result)
 
-    def _refuse(self, recipe: Recipe, checkpoints: bool) -> None:
-        """What ``fit`` cannot do with these parameters: a ConfigError."""
-        if self.warm_start and recipe.n_models > 1:
-            raise ConfigError("warm_start is not available with n_models > 1.")
-        if checkpoints and recipe.n_models > 1 and recipe.shared_ensemble is None:
-            raise ConfigError(
-                "checkpoints are available for one network (n_models=1, or ensemble='tabm')."
-            )
-
+    @available_if(_one_network)  # an ensemble has no partial_fit (scikit-learn checks hasattr)
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
         """One epoch over ``X, y``, continuing the fitted network; returns self.
 
@@ -317,8 +317,6 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         """
         fitted = self.__sklearn_is_fitted__()
         recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if fitted else None)
-        if self.n_models > 1:
-            raise ConfigError("partial_fit trains one model; use n_models=1.")
         if distributed.current() is not None:
             raise ConfigError("partial_fit trains in one process; use fit in distributed runs.")
         data = self._fit_data(X, y, sample_weight, reset=not fitted)
@@ -352,6 +350,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
             ("member_best_epochs_", result.member_best_epochs),
             ("validation_metrics_", result.held_out),
             ("epochs_cv_", result.epoch_choice and result.epoch_choice.to_dict()),
+            ("model_info_", None),  # a loaded folder's description, which no longer holds
         ):
             if value is not None:
                 setattr(self, name, value)
@@ -412,7 +411,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
     def _predict_moments(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this Regressor is not fitted yet; call fit(X, y) before predict.")
-        frame = check_X(self, X, reset=False, allow_nan=self.missing == "impute")
+        impute, columns = self.missing == "impute", self.preprocessor_.columns
+        frame = check_X(self, X, reset=False, allow_nan=impute, columns=columns)
         device = next(self.model_.parameters()).device  # where it was trained; CPU once loaded
         Z = torch.from_numpy(self.preprocessor_.transform(frame)).to(device)
         return predict_moments(self.model_, Z)  # (rows, targets) each, standardised units

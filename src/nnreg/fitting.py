@@ -30,7 +30,7 @@ from .checkpoint import attach_checkpoints, fingerprint
 from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
 from .ensemble import EnsembleTrainer
 from .epochs import EpochChoice
-from .exceptions import TrainingDivergedError
+from .exceptions import ConfigError, TrainingDivergedError
 from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
@@ -119,6 +119,18 @@ class Checkpoints:
     every: int = 0
     info: dict[str, Any] | None = None  # extra metadata, e.g. the command line's settings
     resume: str | Path | None = None
+
+
+def refuse(recipe: Recipe, *, warm_start: bool, checkpoints: Checkpoints) -> None:
+    """What :func:`fit` cannot do with these settings, as a ConfigError."""
+    if warm_start and recipe.n_models > 1:
+        raise ConfigError("warm_start is not available with n_models > 1.")
+    writes = checkpoints.path is not None or checkpoints.resume is not None
+    if writes and recipe.n_models > 1 and recipe.shared_ensemble is None:
+        raise ConfigError(
+            "checkpoints are available for one network: n_models=1, or ensemble='tabm' or "
+            "'tabm-mini'."
+        )
 
 
 def fit(

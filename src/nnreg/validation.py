@@ -35,10 +35,22 @@ __all__ = ["MAX_DENSE_VALUES", "check_X", "check_sample_weight", "check_y", "dro
 MAX_DENSE_VALUES = 2**28  # the most values a sparse X is densified to (2 GiB in float64)
 
 
-def check_X(estimator: BaseEstimator, X: Any, *, reset: bool, allow_nan: bool) -> pd.DataFrame:
+def check_X(
+    estimator: BaseEstimator,
+    X: Any,
+    *,
+    reset: bool,
+    allow_nan: bool,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
     """``X`` as a DataFrame with string column names; ``reset`` records its features on
     ``estimator`` (fit), else checks them against the recorded ones (predict). A polars
-    DataFrame or a sparse matrix is converted first (see the module's docstring)."""
+    DataFrame or a sparse matrix is converted first (see the module's docstring).
+
+    ``columns`` (at prediction: the names the fitted columns were given) name X's columns
+    by position once the checks pass, so that an array can be given to a model fitted on a
+    DataFrame and the other way round (scikit-learn warns that the names are not checked).
+    """
     X = _densified(from_polars(X, "X"))
     if not reset and isinstance(X, pd.DataFrame):
         if _known_columns(estimator, X):
@@ -52,10 +64,11 @@ def check_X(estimator: BaseEstimator, X: Any, *, reset: bool, allow_nan: bool) -
                     f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
                     "is required: X has no rows."
                 )
-            return X.set_axis([str(c) for c in X.columns], axis=1)
+            return X.set_axis(columns or [str(c) for c in X.columns], axis=1)
         arr = validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_all_finite=False)
     _require_finite(arr, "X", allow_nan=allow_nan)
-    return pd.DataFrame(arr, columns=[f"x{j}" for j in range(arr.shape[1])], copy=False)
+    names = columns or [f"x{j}" for j in range(arr.shape[1])]
+    return pd.DataFrame(arr, columns=names, copy=False)
 
 
 def _known_columns(estimator: BaseEstimator, X: pd.DataFrame) -> bool:
