@@ -316,3 +316,27 @@ def test_predict_and_evaluate_read_a_file_as_the_model_was_trained(
         ["evaluate", str(tmp_path / "m"), str(tmp_path / "t.csv"), "--json"], capsys
     )
     assert code == 0 and json.loads(got)["rmse"] == pytest.approx(rmse, rel=1e-4)
+
+
+def test_a_whole_number_is_one_category_as_an_integer_or_a_float(tmp_path: Path) -> None:
+    # A number-coded category column read as integers in fit and as floats at prediction,
+    # as a CSV column with one empty cell is: 4 and 4.0 must be the same category.
+    rng = np.random.default_rng(0)
+    cyl = rng.choice([4, 6, 8], size=120)
+    X = pd.DataFrame({"cyl": pd.Series(cyl, dtype=object), "w": rng.normal(size=120)})
+    y = cyl + X["w"]
+    reg = nnreg.Regressor(max_iter=5, missing="impute", random_state=0).fit(X, y)
+    assert sorted(reg.preprocessor_.categories["cyl"]) == ["4", "6", "8"]
+    as_floats = X.assign(cyl=pd.Series(cyl.astype(float), dtype=object))
+    as_text = X.assign(cyl=[f"{v}.0" for v in cyl])
+    np.testing.assert_allclose(reg.predict(as_floats), reg.predict(X), rtol=1e-12)
+    np.testing.assert_allclose(reg.predict(as_text), reg.predict(X), rtol=1e-12)
+    # A folder saved when "4.0" was its own category reads it as "4"; a folder naming one
+    # category twice is refused.
+    pre = reg.preprocessor_.to_dict()
+    old = TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4.0", "6.0", "8.0"]}})
+    assert old.categories["cyl"] == ["4", "6", "8"]
+    with pytest.raises(ValueError, match="'categories'"):
+        TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4", "4.0", "8"]}})
+    with pytest.raises(ValueError, match="'categories'"):
+        TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4", "6", "4"]}})

@@ -278,3 +278,18 @@ def test_onnx_inputs_errors(tmp_path: Path, small_fitted: nnreg.Regressor) -> No
     not_onnx.write_text("not a model")
     with pytest.raises(ModelFileError, match="not an ONNX file written by nnreg"):
         onnx_inputs(not_onnx, pd.DataFrame({"a": [1.0], "b": [2.0]}))
+
+
+def test_a_whole_number_category_is_found_as_an_integer_or_a_float(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    cyl = rng.choice([4, 6, 8], size=90)
+    X = pd.DataFrame({"cyl": pd.Series(cyl, dtype=object), "w": rng.normal(size=90)})
+    reg = nnreg.Regressor(max_iter=3, random_state=0).fit(X, cyl + X["w"])
+    path = export_onnx(reg, tmp_path / "model.onnx")
+    expected = reg.predict(X)
+    as_floats = X.assign(cyl=pd.Series(cyl.astype(float), dtype=object))
+    np.testing.assert_allclose(_run(path, as_floats)[:, 0], expected, rtol=RTOL, atol=ATOL)
+    feeds = onnx_inputs(path, X)  # fed by hand as str() of floats: "4.0"
+    feeds[CATEGORICAL] = np.asarray([[f"{v}.0"] for v in cyl], dtype=object)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, feeds)[0][:, 0], expected, rtol=RTOL, atol=ATOL)

@@ -15,7 +15,8 @@ An input is left out when the model has no feature of that kind. Inside the grap
   (``missing="impute"`` only; otherwise NaN flows through to the predictions), then standard
   scaling, robust scaling with its smooth clip, or quantile scaling (the piecewise-linear map
   through the fitted knots, :func:`nnreg.quantile.onnx_transform`), all in float64;
-* categorical columns: an ``ai.onnx.ml`` LabelEncoder maps each string to its one-hot position,
+* categorical columns: an ``ai.onnx.ml`` LabelEncoder maps each string to its one-hot position
+  (a whole number as ``"4"`` or ``"4.0"``: one category, see :mod:`nnreg.categories`),
   unseen (and rare) categories to the shared ``__other__`` column when there is one, else to
   no column, exactly as :class:`~nnreg.preprocess.TablePreprocessor` does; a missing value is
   fed as the string ``"__missing__"``;
@@ -44,6 +45,7 @@ import pandas as pd
 import torch
 
 from ._version import __version__
+from .categories import category_text, float_spellings
 from .exceptions import ConfigError, DataError, ModelFileError, NotFittedError
 from .model import MLP, MLPEnsemble, n_members
 from .onnx_graph import Graph, network
@@ -182,10 +184,11 @@ def onnx_inputs(path: str | Path, X: Any) -> dict[str, np.ndarray]:
         for j, c in enumerate(cols):
             col = frame[c]
             values = col.astype(object).to_numpy()
-            # The same strings TablePreprocessor compares: str(value), missing as a category.
+            # The same strings TablePreprocessor compares (nnreg.categories), missing as one.
             missing_rows = col.isna().to_numpy()
             block[:, j] = [
-                MISSING_CATEGORY if m else str(v) for v, m in zip(values, missing_rows, strict=True)
+                MISSING_CATEGORY if m else category_text(v)
+                for v, m in zip(values, missing_rows, strict=True)
             ]
         feeds[CATEGORICAL] = block
     return feeds
@@ -328,12 +331,15 @@ def _categorical_parts(g: Graph, pre: TablePreprocessor, net_type: int) -> list[
         # Unseen strings go to the shared "other" column, or to none (an all-zero row).
         default = cats.index(OTHER) if OTHER in cats else len(cats)
         col = g.op("Gather", [CATEGORICAL, g.const("column", [j], np.int64)], "cat", axis=1)
+        # Each category, and "4.0" for a category "4" (str of a float column; see
+        # nnreg.categories), to its position in cats.
+        keys = [(k, i) for i, c in enumerate(cats) for k in [c, *float_spellings(c)]]
         codes = g.op(  # (batch, 1) int64: position in cats
             "LabelEncoder",
             [col],
             "codes",
-            keys_strings=list(cats),
-            values_int64s=list(range(len(cats))),
+            keys_strings=[k for k, _ in keys],
+            values_int64s=[i for _, i in keys],
             default_int64=default,
         )
         # (batch, 1) == (len(cats),) broadcasts to the (batch, len(cats)) one-hot block.
@@ -363,7 +369,8 @@ def _metadata(reg: Regressor, net_dtype: Any, n_models: int) -> dict[str, str]:
             "dtype": "string",
             "shape": ["batch", len(pre.categorical)],
             "columns": list(pre.categorical),
-            "encoding": "str(value) of each entry; a missing entry as "
+            "encoding": "str(value) of each entry (a whole number as '4' or '4.0'); a missing "
+            "entry as "
             f"{MISSING_CATEGORY!r}; one-hot over 'categories' inside the graph, unseen values "
             f"in the {OTHER!r} column when a column has one, else in none",
             "categories": {c: list(pre.categories[c]) for c in pre.categorical},
