@@ -290,3 +290,22 @@ def test_a_loaded_model_fitted_again_drops_the_folder_description(
     assert loaded.model_info_["targets"] == ["y"]
     loaded.fit(X, np.column_stack([y, -y]))  # two targets now: the folder's no longer holds
     assert not hasattr(loaded, "model_info_")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_models": 3, "ensemble": "tabm", "max_iter": 2},
+        {"early_stopping": True, "max_iter": 2},
+        {},
+    ],
+    ids=["calibration-rows", "validation-rows", "epoch-trials"],
+)
+def test_missing_values_are_counted_and_placed_in_the_whole_table(params: dict) -> None:
+    # Held-out rows and the epoch trials' folds fit on part of the rows; the error must still
+    # say where in the table given to fit the missing values are, and how many there are.
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    X.loc[[151, 200, 250], "a"] = np.nan
+    with pytest.raises(DataError, match=r"'a' has 3 missing values \(first at row 151\)"):
+        nnreg.Regressor(random_state=0, **params).fit(X, X["b"])

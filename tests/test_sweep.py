@@ -10,7 +10,7 @@ import pytest
 
 import nnreg
 from cli_helpers import run
-from nnreg.exceptions import ConfigError
+from nnreg.exceptions import ConfigError, DataError
 from nnreg.sweep import Sweep, Trial, grid
 
 
@@ -179,3 +179,12 @@ def test_a_sweep_resolves_the_device_as_the_estimator_does(table_frame: pd.DataF
     single = small_base(device="auto", max_iter=3, hidden_layer_sizes=(8,), random_state=0)
     assert reg.predict(X).shape == (len(X),)
     assert next(reg.model_.parameters()).device == next(single.fit(X, y).model_.parameters()).device
+
+
+def test_missing_values_are_placed_in_the_whole_table_not_the_training_rows() -> None:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    X.loc[[151, 170, 190], "a"] = np.nan
+    trials = grid([(8,)], [1e-3], [0.0], [0])
+    with pytest.raises(DataError, match=r"'a' has 3 missing values \(first at row 151\)"):
+        Sweep(small_base(), trials).fit(X, X["b"])

@@ -30,7 +30,7 @@ from .checkpoint import attach_checkpoints, fingerprint
 from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
 from .ensemble import EnsembleTrainer
 from .epochs import EpochChoice
-from .exceptions import ConfigError, TrainingDivergedError
+from .exceptions import ConfigError, DataError, TrainingDivergedError
 from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
@@ -158,16 +158,23 @@ def fit(
         recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
     hooks = _Hooks(callback, stop, on_start)
     previous = None if warm is None else warm.epoch_choice
-    recipe, choice = epochs.resolve(
-        recipe,
-        data,
-        _fit_alone,
-        continued=warm is not None,
-        previous=previous,
-        group=group,
-        stop=stop,
-    )
-    result = _fit_either(recipe, data, warm, group, hooks, checkpoints)
+    try:
+        recipe, choice = epochs.resolve(
+            recipe,
+            data,
+            _fit_alone,
+            continued=warm is not None,
+            previous=previous,
+            group=group,
+            stop=stop,
+        )
+        result = _fit_either(recipe, data, warm, group, hooks, checkpoints)
+    except DataError:
+        # A problem with the data found in the part of the rows a trial or the fit trains
+        # on: said again, when it is the preprocessing's, with rows and counts of the table.
+        if warm is None:
+            recipe.preprocessor().fit(data.frame, data.weight)
+        raise
     result.interrupted = stop is not None and stop.is_set()
     result.epoch_choice = choice or previous
     return result

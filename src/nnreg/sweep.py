@@ -39,7 +39,7 @@ from sklearn.base import clone
 from . import distributed
 from .ensemble import EnsembleTrainer
 from .estimator import Regressor
-from .exceptions import ConfigError
+from .exceptions import ConfigError, DataError
 from .fitting import FitData, FitResult, calibrate, held_out_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments, state_shapes
 from .recipe import PARAMETER_RULES, Recipe, split_rows
@@ -185,7 +185,11 @@ class Sweep:
         )
         w = data.weight
         w_train = None if w is None else w[train_rows]
-        self.preprocessor_ = recipe.preprocessor().fit(data.frame.iloc[train_rows], w_train)
+        try:
+            self.preprocessor_ = recipe.preprocessor().fit(data.frame.iloc[train_rows], w_train)
+        except DataError:  # said again with the rows and counts of the whole table
+            recipe.preprocessor().fit(data.frame, w)
+            raise
         self.y_scaler_ = recipe.target_scaler().fit(data.y[train_rows], w_train)
         X_all = recipe.tensor(self.preprocessor_.transform(data.frame))
         y_all = recipe.tensor(self.y_scaler_.transform(data.y))
