@@ -218,6 +218,35 @@ def test_inconsistent_model_json_is_one_clear_error(
     assert "\n" not in str(info.value)
 
 
+def _duplicate_category(d: dict) -> None:
+    cats = d["preprocessing"]["inputs"]["categories"]["zone"]
+    cats.append(cats[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["calibration"].update(floor=[-0.5]), "floor is not positive"),
+        (lambda d: d["calibration"]["scores"][0].pop(), "each held-out row once"),
+        (lambda d: d["calibration"].update(scores=[[]]), "each held-out row once"),
+        (_duplicate_category, "inconsistent 'categories'"),
+    ],
+    ids=["negative-floor", "truncated-scores", "no-scores", "duplicate-category"],
+)
+def test_a_model_json_that_would_invert_intervals_or_repeat_a_category_is_refused(
+    tmp_path: Path, change, message: str
+) -> None:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=90), "zone": rng.choice(["n", "s", "e"], size=90)})
+    reg = nnreg.Regressor(n_models=2, ensemble="tabm", max_iter=2, random_state=0)
+    folder = reg.fit(X, X["a"] * 2).save(tmp_path / "m")
+    nnreg.load(folder).predict_interval(X)  # as written, it loads and gives intervals
+    edit_model_json(folder, change)
+    with pytest.raises(ModelFileError, match=message) as info:
+        nnreg.load(folder)
+    assert "\n" not in str(info.value) and "unexpected" not in str(info.value)
+
+
 def test_deeply_nested_json_is_refused(tmp_path: Path, fitted) -> None:
     folder = fitted.save(tmp_path / "m")
     (folder / "model.json").write_text("[" * 200_000 + "]" * 200_000)
