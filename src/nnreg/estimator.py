@@ -378,8 +378,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         """Predictions in the target's units: (rows,) for one target, (rows, targets) otherwise.
 
         An ensemble predicts its members' mean; with ``return_std=True`` it also returns their
-        standard deviation (same shape). Computed in float64, so a row's prediction does not
-        depend on the other rows.
+        standard deviation (same shape). Computed in float64: a row's prediction depends on
+        the other rows only by float64 rounding (about 1e-16 relative).
         """
         mean, std = self._predict_moments(X)
         pred = self.y_scaler_.inverse_transform(mean)

@@ -390,7 +390,8 @@ def predict_moments(model: Predicts, Z: torch.Tensor) -> tuple[np.ndarray, np.nd
     (rows, outputs) each; a single network has spread 1 (plain conformal residuals).
 
     Forward passes of PREDICT_CHUNK rows keep the float64 activations small; a row's
-    prediction does not depend on the rows beside it."""
+    prediction depends on the rows beside it only through float64 rounding (matrix products
+    block their sums differently for other row counts), about 1e-16 relative."""
     parts = [
         model.predict_float64(Z[lo : lo + PREDICT_CHUNK]).cpu().numpy()
         for lo in range(0, max(len(Z), 1), PREDICT_CHUNK)
