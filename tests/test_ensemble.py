@@ -485,3 +485,25 @@ def test_the_rows_an_interval_needs_are_the_fewest_that_give_it(coverage: float)
         assert cal.covers(coverage) == (n >= fewest)
         if n >= fewest:
             cal.halfwidth(np.zeros((1, 1)), coverage)
+
+
+def test_an_ensemble_too_large_for_memory_is_refused_before_its_members_are_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nnreg
+    from nnreg import recipe
+    from nnreg.exceptions import ConfigError
+
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    with pytest.raises(ConfigError, match=r"n_models must be an integer in \[1, 4096\]"):
+        nnreg.Regressor(n_models=100_000).fit(X, X[:, 0])
+    built: list[int] = []
+    member = recipe.Recipe.member
+    monkeypatch.setattr(recipe.Recipe, "member", lambda *a: built.append(1) or member(*a))
+    monkeypatch.setattr(recipe, "physical_memory", lambda: 2**20)  # 64 members need more
+    reg = nnreg.Regressor(n_models=64, hidden_layer_sizes=(64, 64), max_iter=1)
+    with pytest.raises(ConfigError, match=r"n_models=64 .* more than this machine's 0\.0 GiB"):
+        reg.fit(X, X[:, 0])
+    assert len(built) == 1  # member 0, whose size is the estimate's measure
+    monkeypatch.setattr(recipe, "physical_memory", lambda: None)  # the system does not say
+    assert nnreg.Regressor(n_models=2, max_iter=1).fit(X, X[:, 0]).n_models == 2

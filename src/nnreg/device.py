@@ -169,6 +169,21 @@ class _Governor:
 _governor: _Governor | None = None
 
 
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has, or its container's limit when lower (cgroup v2);
+    None where the system does not say."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that counts pages
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
 def _in_process_group() -> bool:
     """A data-parallel process: its launcher already chose its share of the cores, and its
     collectives' threads are not to be raced by changing the pool mid-run."""

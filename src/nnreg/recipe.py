@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import DEVICE_HELP, is_device_name, training_device
+from .device import DEVICE_HELP, is_device_name, physical_memory, training_device
 from .embeddings import EMBEDDINGS as NETWORK_EMBEDDINGS
 from .exceptions import ConfigError
-from .model import ACTIVATIONS, INITS, MLP, MLPConfig, MLPEnsemble
+from .model import ACTIVATIONS, INITS, MAX_MEMBERS, MLP, MLPConfig, MLPEnsemble, count_parameters
 from .preprocess import MISSING, SCALINGS, Standardizer, TablePreprocessor
 from .presets import PRESETS, RECOMMENDED_PRESET, SEED_PRESET
 from .tabm import TabM
@@ -146,7 +146,10 @@ PARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dtype": _one_of(tuple(DTYPES)),
     "random_state": (_seed, "None, an integer in [0, 2**32) or a numpy RandomState"),
     "warm_start": BOOL,
-    "n_models": (_positive_int, "a positive integer (ensemble members)"),
+    "n_models": (
+        lambda v: _positive_int(v) and int(v) <= MAX_MEMBERS,
+        f"an integer in [1, {MAX_MEMBERS}] (ensemble members)",
+    ),
     "ensemble": _one_of(ENSEMBLES),
     "embedding": _one_of(EMBEDDINGS),
     "d_embedding": (_positive_int, "a positive integer (numbers per numeric column)"),
@@ -345,8 +348,26 @@ class Recipe:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 return TabM(config).to(device=self.device, dtype=self.dtype)
-        members = [self.member(config, s) for s in member_seeds(self.seed, self.n_models)]
+        seeds = member_seeds(self.seed, self.n_models)
+        members = [self.member(config, seeds[0])]
+        if len(seeds) > 1:
+            self._refuse_oversized(members[0])
+        members += [self.member(config, s) for s in seeds[1:]]
         return members[0] if len(members) == 1 else MLPEnsemble(config, members)
+
+    def _refuse_oversized(self, member: MLP) -> None:
+        """A ConfigError, before the members are built, when they would not fit in memory:
+        training holds about nine copies of the weights (gradients, optimiser state, the
+        engine's buffers), calibration helpers included; ten are counted."""
+        need = count_parameters(member) * (self.n_models + 2) * self.dtype.itemsize * 10
+        have = physical_memory()
+        if have is not None and need > have:
+            raise ConfigError(
+                f"n_models={self.n_models} members of this network need about "
+                f"{need / 2**30:.1f} GiB to train (weights, gradients, optimiser state), "
+                f"more than this machine's {have / 2**30:.1f} GiB; use fewer members, "
+                "ensemble='tabm' (shared weights) or a smaller network."
+            )
 
     def generator(self) -> torch.Generator:
         """Minibatch order and dropout draw from their own stream, seeded like the weights."""
