@@ -132,3 +132,33 @@ def test_a_diverging_run_exits_1_and_keeps_the_last_finite_weights(tmp_path: Pat
     weights = load_file(str(tmp_path / "m" / "weights.safetensors"))
     assert all(np.isfinite(v).all() for v in weights.values())
     assert os.path.isfile(tmp_path / "m" / "model.json")
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGTERM, 143, "terminated by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_signal_that_breaks_an_import_ends_the_run_as_that_signal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sig, code, said
+) -> None:
+    """A SIGTERM in the first second (nnreg train importing scikit-learn) cut numpy's import
+    short; the next use of the half-made module raised RecursionError, and the run ended
+    with code 1 and 'a file nests too deeply' instead of 143 ('nnreg train' killed at
+    0.45-0.55 s, 3 of 3 runs)."""
+    from nnreg.cli import app
+
+    def cut_short(*args: object, **kwargs: object) -> None:
+        try:
+            os.kill(os.getpid(), sig)  # delivered inside an import that swallows it ...
+            time.sleep(5)
+        except BaseException:  # noqa: BLE001 - as importlib's bookkeeping does
+            pass
+        raise RecursionError("maximum recursion depth exceeded")  # ... and fails later
+
+    monkeypatch.setattr(app.cli, "main", cut_short)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as ended:
+        app.main(["train"])
+    assert ended.value.code == code and said in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

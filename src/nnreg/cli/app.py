@@ -66,8 +66,26 @@ class Terminated(BaseException):
     """SIGTERM outside training: unwinds like Ctrl-C, so that temporaries are removed."""
 
 
+_RECEIVED: list[int] = []  # the signals this run took; what fails after one, fails by it
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
     raise Terminated
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _as_received(exc: BaseException) -> BaseException:
+    """``exc``, or the signal it followed. A signal can break what was under way so that it
+    fails later with another error (a module whose import it cut short raises RecursionError
+    when next used); the run then ends as the signal's, with its exit code."""
+    if not _RECEIVED or isinstance(exc, (KeyboardInterrupt, Terminated, click.exceptions.Abort)):
+        return exc
+    return KeyboardInterrupt() if _RECEIVED[-1] == signal.SIGINT else Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     debug, args = _debug_anywhere(list(args))
     if not debug and _other_rank():
         _silence()  # one process of a multi-process run speaks for all: rank 0
+    _RECEIVED.clear()
     previous = _on_sigterm(_terminate)
+    previous_int = _on_sigint()
     try:
         if _under_launcher():  # started by --nproc: end with it
             from ..distributed import end_with_launcher
@@ -89,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         # A SIGTERM now (under --nproc, the launcher ending every process after another one
         # failed) must not replace the exit code being decided with a traceback and code 1.
         _on_sigterm(signal.SIG_IGN)
-        code = exit_code(exc, debug)
+        code = exit_code(_as_received(exc), debug)
     finally:
         _on_sigterm(previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
     if code and _other_rank():
         time.sleep(OTHER_RANK_GRACE)  # when rank 0 fails too, its message is the one shown
     sys.exit(code if isinstance(code, int) else 0)
@@ -200,6 +222,17 @@ def _on_sigterm(handler: Any) -> Any:
     try:
         return signal.signal(signal.SIGTERM, handler)
     except (ValueError, TypeError):
+        return None
+
+
+def _on_sigint() -> Any:
+    """Install :func:`_interrupt` for SIGINT where Python's own handler (KeyboardInterrupt)
+    is, and return that one; None where SIGINT is ignored or someone else's."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    try:
+        return signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:  # not the main thread
         return None
 
 
