@@ -328,12 +328,15 @@ def weights_hash(folder: Path) -> str:
     return sha256(read_file(folder / "weights.safetensors"))
 
 
-def wait_for_save(proc: subprocess.Popen, parent: Path, name: str, limit: float) -> float:
-    """Poll until ``proc`` starts writing ``parent/name`` (its temporary sibling appears) or
-    ends; the seconds waited."""
+def wait_for_save(
+    proc: subprocess.Popen, parent: Path, name: str, limit: float, gone: bool = False
+) -> float:
+    """Poll until ``proc`` starts writing ``parent/name`` (its temporary sibling appears),
+    or with ``gone`` until it has put it in place (the sibling is gone), or ends; the seconds
+    waited."""
     started = time.monotonic()
     while proc.poll() is None and time.monotonic() - started < limit:
-        if any(p.name.startswith(f".{name}.nnreg-") for p in parent.iterdir()):
+        if any(p.name.startswith(f".{name}.nnreg-") for p in parent.iterdir()) != gone:
             break
         time.sleep(0.002)
     return time.monotonic() - started
@@ -368,6 +371,9 @@ def test_kill_9_at_random_moments_never_loses_the_model(tmp_path: Path, table_cs
         )
         if k % 4 < 2:  # any moment, mostly late: loading, training and saving
             time.sleep(rng.uniform(0.2, 1.1) * duration)
+        elif k % 8 == 7:  # just after the folder was replaced, however busy the machine is
+            wait_for_save(proc, tmp_path, "m", 10 * duration)
+            wait_for_save(proc, tmp_path, "m", 10 * duration, gone=True)
         else:  # aimed at the save, however slow the start was: before, during and after it
             wait_for_save(proc, tmp_path, "m", 10 * duration)
             time.sleep(rng.uniform(0, 1.2) * saving)

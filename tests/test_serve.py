@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -586,6 +587,11 @@ def test_several_workers_serve_the_same_predictions_and_end_with_the_server(
         while any(_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(_alive(p) for p in workers)
+        if stop == signal.SIGTERM:  # each worker says what it answered (the health checks too)
+            out = srv.output()
+            said = re.findall(r"worker (\d+) stopped: answered (\d+) of the (\d+) requests", out)
+            assert len(said) == 2 and {int(pid) for pid, _, _ in said} <= set(workers), out
+            assert sum(int(n) for _, n, _ in said) >= 4 and all(n == t for _, n, t in said)
 
 
 def _children(pid: int) -> list[int]:

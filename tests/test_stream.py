@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import r2_score
 
 import nnreg
 from nnreg.exceptions import ConfigError, DataError, DataFileError
@@ -117,6 +119,12 @@ def test_running_metrics_equal_regression_metrics() -> None:
     constant = RunningMetrics()
     constant.update(np.ones(4), np.ones(4))
     assert constant.result()["r2"] == 1.0
+    # One row has no spread to explain: R² is undefined, as scikit-learn's r2_score says.
+    one = RunningMetrics()
+    one.update(np.array([2.0]), np.array([2.5]))
+    assert np.isnan(one.result()["r2"]) and np.isnan(regression_metrics([2.0], [2.5])["r2"])
+    with pytest.warns(UndefinedMetricWarning):
+        assert np.isnan(r2_score([2.0], [2.5]))
 
 
 # -- training --------------------------------------------------------------------------------

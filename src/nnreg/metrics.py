@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["RunningMetrics", "regression_metrics"]
@@ -21,15 +23,22 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         mse = float(np.mean(err**2))
         ss_res = np.sum(err**2, axis=0)
         ss_tot = np.sum((t - t.mean(axis=0)) ** 2, axis=0)
-    # R² is undefined for a constant target: 1 for a perfect fit, else 0, as in scikit-learn.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
     return {
         "mse": mse,
         "rmse": float(np.sqrt(mse)),
         "mae": float(np.mean(np.abs(err))),
-        "r2": float(np.mean(r2)),
+        "r2": _r2(ss_res, ss_tot, len(t)),
     }
+
+
+def _r2(ss_res: np.ndarray, ss_tot: np.ndarray, rows: int) -> float:
+    """R² averaged over targets. As in scikit-learn: undefined (NaN) for fewer than two
+    rows, and for a constant target 1 for a perfect fit, else 0."""
+    if rows < 2:
+        return math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
+    return float(np.mean(r2))
 
 
 class RunningMetrics:
@@ -70,11 +79,9 @@ class RunningMetrics:
     def result(self) -> dict[str, float]:
         cells = self.rows * len(self.sse)
         mse = float(np.sum(self.sse) / cells)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(self.m2 > 0, 1.0 - self.sse / self.m2, np.where(self.sse == 0, 1.0, 0.0))
         return {
             "mse": mse,
             "rmse": float(np.sqrt(mse)),
             "mae": float(np.sum(self.sae) / cells),
-            "r2": float(np.mean(r2)),
+            "r2": _r2(self.sse, self.m2, self.rows),
         }

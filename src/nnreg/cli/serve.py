@@ -101,5 +101,5 @@ def serve(
             f"stopped: answered {counts['answered']} of the {counts['taken']} requests taken in",
             err=True,
         )
-    else:
+    else:  # each worker said how many it answered as it ended
         click.echo("stopped", err=True)

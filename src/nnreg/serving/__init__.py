@@ -62,7 +62,7 @@ def run(
         access_log=access_log,
         log_level="info" if access_log else "warning",
         timeout_graceful_shutdown=max(1, round(limits.timeout)),
-        lifespan="off",
+        lifespan="on" if workers > 1 else "off",  # a worker says what it answered at shutdown
         proxy_headers=False,  # X-Forwarded-For is taken from no one: the log shows the peer
     )
     served = app.state.served

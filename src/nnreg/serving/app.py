@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,18 +264,33 @@ def _finite(a: np.ndarray) -> list[Any]:
 
 
 class Counter:
-    """ASGI middleware that counts the HTTP requests taken in and those fully answered."""
+    """ASGI middleware that counts the HTTP requests taken in and those fully answered;
+    ``on_shutdown(counter)`` is called when the server shuts down (with lifespan events on),
+    once every request is done."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, on_shutdown: Callable[[Counter], None] | None = None) -> None:
         self.app, self.taken, self.answered = app, 0, 0
+        self.on_shutdown = on_shutdown
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" and self.on_shutdown is not None:
+            await self.app(scope, self._watching(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.taken += 1
         await self.app(scope, receive, send)
         self.answered += 1  # the application returns once the whole answer was sent
+
+    def _watching(self, receive: Any) -> Any:
+        async def received() -> Any:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and self.on_shutdown is not None:
+                self.on_shutdown(self)
+            return message
+
+        return received
 
 
 def create_app(model_dir: str | Path, limits: Limits | None = None) -> FastAPI:
@@ -355,8 +371,9 @@ def predict_openapi(served: Served) -> dict[str, Any]:
     }
 
 
-def from_environment() -> FastAPI:
-    """The application described by :data:`ENVIRONMENT` (for uvicorn's worker processes)."""
+def from_environment() -> Counter:
+    """The application described by :data:`ENVIRONMENT` (for uvicorn's worker processes),
+    counting its requests; the worker says how many it answered when it ends."""
     _die_with_parent()
     settings = json.loads(os.environ[ENVIRONMENT])
     threads = settings.get("threads")
@@ -364,9 +381,18 @@ def from_environment() -> FastAPI:
         import torch
 
         torch.set_num_threads(int(threads))
-    app = create_app(settings["model"], Limits(**settings["limits"]))
+    counter = Counter(create_app(settings["model"], Limits(**settings["limits"])), _say_answered)
     gc.freeze()  # as in the single process: the loaded model is not walked by the collector
-    return app
+    return counter
+
+
+def _say_answered(counter: Counter) -> None:
+    print(
+        f"worker {os.getpid()} stopped: answered {counter.answered} of the {counter.taken} "
+        "requests taken in",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _die_with_parent() -> None:
