@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,24 @@ def test_column_names_with_markup_and_emoji_train_and_repeat(capsys, tmp_path) -
     code, _, err = run(["train", "--config", str(out / "config.toml"), "--out", str(again)], capsys)
     assert code == 0, err
     assert read_file(again / "weights.safetensors") == read_file(out / "weights.safetensors")
+    # The figures draw the emoji as a box, without a warning per missing glyph.
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        figure = tmp_path / "importance.png"
+        args = ["importance", str(out), str(tmp_path / "d.csv"), "-o", str(figure)]
+        code, _, err = run(args, capsys)
+        assert code == 0 and figure.stat().st_size > 0, err
+        data = str(tmp_path / "d.csv")
+        for args in (
+            ["info", str(out)],
+            ["evaluate", str(out), data],
+            ["plot", str(out), data, "--out-dir", str(tmp_path / "figures")],
+            ["report", str(out), data, "-o", str(tmp_path / "report.html")],
+            ["predict", str(out), data, "-o", str(tmp_path / "p.csv")],
+        ):
+            code, _, err = run(args, capsys)  # names with markup are shown as written
+            assert code == 0, (args, err)
+    assert not [w for w in said if "Glyph" in str(w.message)]
 
 
 def test_plot_into_the_model_folder_keeps_it_nnregs(capsys, tmp_path, table_csv) -> None:

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from typing import Any
 
 import click
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     if not debug and _other_rank():
         _silence()  # one process of a multi-process run speaks for all: rank 0
     _RECEIVED.clear()
+    # A column named with characters matplotlib's font lacks (emoji, many scripts) is drawn
+    # as boxes in the figures; the command says nothing about each missing glyph.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
     previous = _on_sigterm(_terminate)
     previous_int = _on_sigint()
     try:

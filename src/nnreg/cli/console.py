@@ -348,14 +348,14 @@ def importance_table(frame: pd.DataFrame) -> None:
     """The columns by permutation importance, the most important first."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(show_edge=False, pad_edge=False)
     for col in ("rank", "feature", "RMSE growth", "std", "share of RMSE"):
         t.add_column(col, justify="left" if col == "feature" else "right")
     for rank, r in enumerate(frame.itertuples(), start=1):
-        t.add_row(
-            str(rank), str(r.feature), f"{r.importance:.4g}", f"{r.std:.2g}", f"{r.share:.1%}"
-        )
+        name = Text(str(r.feature))  # a column's name is text, never markup
+        t.add_row(str(rank), name, f"{r.importance:.4g}", f"{r.std:.2g}", f"{r.share:.1%}")
     Console().print(t)
 
 
