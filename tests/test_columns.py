@@ -331,12 +331,18 @@ def test_a_whole_number_is_one_category_as_an_integer_or_a_float(tmp_path: Path)
     as_text = X.assign(cyl=[f"{v}.0" for v in cyl])
     np.testing.assert_allclose(reg.predict(as_floats), reg.predict(X), rtol=1e-12)
     np.testing.assert_allclose(reg.predict(as_text), reg.predict(X), rtol=1e-12)
-    # A folder saved when "4.0" was its own category reads it as "4"; a folder naming one
+    # A folder saved when "4.0" was its own category reads it as "4", and one saved with
+    # both "4" and "4.0" keeps the two (each a column of its network); a folder naming one
     # category twice is refused.
     pre = reg.preprocessor_.to_dict()
     old = TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4.0", "6.0", "8.0"]}})
     assert old.categories["cyl"] == ["4", "6", "8"]
-    with pytest.raises(ValueError, match="'categories'"):
-        TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4", "4.0", "8"]}})
+    both = TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4", "4.0", "8"]}})
+    assert both.categories["cyl"] == ["4", "4.0", "8"]
     with pytest.raises(ValueError, match="'categories'"):
         TablePreprocessor.from_dict({**pre, "categories": {"cyl": ["4", "6", "4"]}})
+    # Codes of 1e16 and more, which str() writes as '1e+16' for a float
+    big = pd.DataFrame({"code": pd.Series([10**16, 4, 10**16], dtype=object)})
+    as_float = pd.DataFrame({"code": pd.Series([1e16, 4.0, np.nan], dtype=object)})
+    coder = TablePreprocessor(missing="impute").fit(big)
+    np.testing.assert_array_equal(coder.transform(as_float)[:2], coder.transform(big)[:2])

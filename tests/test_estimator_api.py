@@ -275,10 +275,22 @@ def test_an_array_predicts_like_the_frame_a_model_was_fitted_on_and_back(
     with pytest.warns(UserWarning, match="fitted without feature names"):
         by_name = on_array.predict(renamed)
     np.testing.assert_allclose(by_name, on_array.predict(frame.to_numpy()), rtol=1e-12)
-    numbered = nnreg.Regressor(max_iter=3, **QUICK).fit(frame.set_axis([0, 1, 2], axis=1), y)
+    numbered_frame = frame.set_axis([0, 1, 2], axis=1)
+    numbered = nnreg.Regressor(max_iter=3, **QUICK).fit(numbered_frame, y)
     np.testing.assert_allclose(
         numbered.predict(frame.to_numpy()), on_array.predict(frame.to_numpy()), rtol=1e-12
     )
+    # Names that are the fitted ones, in another order, are matched by name, not position.
+    np.testing.assert_allclose(
+        numbered.predict(numbered_frame[[2, 0, 1]]), numbered.predict(numbered_frame), rtol=1e-12
+    )
+    # A continued fit takes the other form too.
+    on_frame.set_params(warm_start=True, max_iter=1)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        on_frame.fit(frame.to_numpy(), y).partial_fit(frame.to_numpy(), y)
+    on_array.set_params(warm_start=True, max_iter=1)
+    with pytest.warns(UserWarning, match="fitted without feature names"):
+        on_array.fit(renamed, y).partial_fit(renamed, y)
 
 
 def test_a_loaded_model_fitted_again_drops_the_folder_description(

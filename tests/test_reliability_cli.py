@@ -301,6 +301,38 @@ def test_an_edited_model_json_is_one_line_for_every_command(
         assert code == 1 and one_line(err) and "unexpected" not in err, (args, err)
 
 
+@pytest.mark.parametrize("flags", [["--n-models", "2"], ["--early-stopping"]])
+def test_a_folder_trained_with_a_holdout_and_calibration_rows_loads(
+    capsys, tmp_path, table_csv, flags
+) -> None:
+    """The CLI's --holdout rows are scored as validation_*, so their count is not the
+    calibration's; a load check that compared them refused every such folder."""
+    model = tmp_path / "m"
+    args = ["train", str(table_csv), "-t", "y", "--epochs", "2", "--holdout", "0.2"]
+    assert run([*args, *flags, "--out", str(model)], capsys)[0] == 0
+    for command in (["info", str(model)], ["predict", str(model), str(table_csv)]):
+        code, _, err = run(command, capsys)
+        assert code == 0, (command, err)
+
+
+def test_model_json_is_strict_json_when_a_metric_is_undefined(capsys, tmp_path) -> None:
+    """One held-out row has no R²: model.json says null (not NaN, which is not JSON), and
+    nnreg reads it back as NaN."""
+    frame = pd.DataFrame({"a": np.arange(12.0), "y": np.arange(12.0) ** 2})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    model = tmp_path / "m"
+    args = ["train", str(tmp_path / "d.csv"), "-t", "y", "--epochs", "2", "--early-stopping"]
+    assert run([*args, "--validation-fraction", "0.05", "--out", str(model)], capsys)[0] == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"model.json holds {name}")
+
+    doc = json.loads((model / "model.json").read_text(), parse_constant=refuse)
+    assert doc["metrics"]["validation_r2"] is None
+    assert np.isnan(nnreg.load(model).validation_metrics_["r2"])
+    assert run(["info", str(model)], capsys)[0] == 0
+
+
 def test_a_padded_weights_file_is_refused_before_it_is_read(capsys, tmp_path, table_csv) -> None:
     model = tmp_path / "m"
     assert (

@@ -188,3 +188,10 @@ def test_missing_values_are_placed_in_the_whole_table_not_the_training_rows() ->
     trials = grid([(8,)], [1e-3], [0.0], [0])
     with pytest.raises(DataError, match=r"'a' has 3 missing values \(first at row 151\)"):
         Sweep(small_base(), trials).fit(X, X["b"])
+
+
+def test_a_top_k_beyond_what_a_folder_may_hold_is_refused(table_frame: pd.DataFrame) -> None:
+    X, y = table_frame[["a", "b", "c"]], table_frame["y"].to_numpy()
+    sweep = Sweep(small_base(max_iter=1), grid([(8,)], [1e-3], [0.0], [0])).fit(X, y)
+    with pytest.raises(ConfigError, match=r"top must be an integer in \[1, 4096\]"):
+        sweep.regressor(top=4097)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -153,8 +154,19 @@ def loss_labels(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    text = json.dumps(document, indent=2, ensure_ascii=False)
+    """``document`` as strict JSON: a metric that is not a finite number (R² of one row, an
+    infinite error) is written as null, which :func:`load` reads back as NaN."""
+    if isinstance(document.get("metrics"), dict):
+        document = {
+            **document,
+            "metrics": {k: _finite_or_none(v) for k, v in document["metrics"].items()},
+        }
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
     path.write_text(text + "\n", encoding="utf-8")
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def add_files(folder: str | Path, files: dict[str, Writer]) -> None:
@@ -272,6 +284,8 @@ def load(path: str | Path, *, history: bool = True) -> SavedModel:
         raise ModelFileError(f"{weights} is corrupt: {exc}") from exc
     hist = _read_history(path, manifest) if history else {"epoch": [], "train_loss": []}
     meta = {k: v for k, v in doc.items() if k not in ("architecture", "weights", "files")}
+    if isinstance(meta.get("metrics"), dict):  # null: a metric that was not a finite number
+        meta["metrics"] = {k: math.nan if v is None else v for k, v in meta["metrics"].items()}
     meta["weights_sha256"] = expected  # checked above: the hash of the weights in use
     return SavedModel(path=path, config=config, state_dict=state_dict, meta=meta, history=hist)
 

@@ -311,9 +311,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         no optimiser state, training goes on from its weights with a fresh optimiser state.
         The learning rate stays at ``learning_rate_init`` (times the reduction that
         ``learning_rate='plateau'`` reached): a schedule needs to know where training ends.
-        Every row trains (none is held out), and the calibration of
-        :meth:`predict_interval` and ``validation_metrics_``, which describe the old weights,
-        are dropped. Ensembles and distributed runs cannot continue this way.
+        Every row trains (none is held out); the calibration of :meth:`predict_interval`
+        and ``validation_metrics_`` (of the old weights) are dropped. One process only.
         """
         fitted = self.__sklearn_is_fitted__()
         recipe = Recipe.from_params(self.get_params(), seed=self.seed_ if fitted else None)
@@ -362,7 +361,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
 
     def _fit_data(self, X: Any, y: Any, sample_weight: Any, *, reset: bool) -> fitting.FitData:
         """The checked training data; ``reset`` records X's features (a fresh fit)."""
-        frame = check_X(self, X, reset=reset, allow_nan=self.missing == "impute")
+        columns = None if reset else self.preprocessor_.columns  # a continued fit's
+        frame = check_X(self, X, reset=reset, allow_nan=self.missing == "impute", columns=columns)
         y_arr, y_1d = check_y(y, len(frame), None if reset else self.n_outputs_)
         w = check_sample_weight(sample_weight, len(frame))
         frame, y_arr, w = drop_zero_weights(frame, y_arr, w)

@@ -333,7 +333,8 @@ def _categorical_parts(g: Graph, pre: TablePreprocessor, net_type: int) -> list[
         col = g.op("Gather", [CATEGORICAL, g.const("column", [j], np.int64)], "cat", axis=1)
         # Each category, and "4.0" for a category "4" (str of a float column; see
         # nnreg.categories), to its position in cats.
-        keys = [(k, i) for i, c in enumerate(cats) for k in [c, *float_spellings(c)]]
+        spelt = [[c] + [f for f in float_spellings(c) if f not in cats] for c in cats]
+        keys = [(k, i) for i, spellings in enumerate(spelt) for k in spellings]
         codes = g.op(  # (batch, 1) int64: position in cats
             "LabelEncoder",
             [col],

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import quantile
-from .categories import category_text, distinct
+from .categories import category_text, saved_categories
 from .dates import expand_dates, fit_dates, is_date, looks_like_dates
 from .exceptions import DataError
 
@@ -366,7 +366,7 @@ class TablePreprocessor:
             "indicators": set(_strings(d["indicators"], "indicators")) <= set(numeric),
             "categories": isinstance(cats, dict)
             and set(cats) == set(categorical)
-            and all(distinct(_strings(v, "categories")) for v in cats.values()),
+            and all(_distinct(_strings(v, "categories")) for v in cats.values()),
             "dtypes": isinstance(d["dtypes"], dict) and set(d["dtypes"]) == set(columns),
             "dates": _valid_dates(d["dates"], numeric),
         }
@@ -375,8 +375,12 @@ class TablePreprocessor:
             raise ValueError(f"the input preprocessing has an inconsistent {bad[0]!r}")
         knots = quantile.checked_knots(d["knots"], n, d["scaling"] == "quantile")
         # Saved before 4 and 4.0 were one category: "4.0" is read as "4" (nnreg.categories)
-        d = {**d, "categories": {c: [category_text(v) for v in vs] for c, vs in cats.items()}}
+        d = {**d, "categories": {c: saved_categories(vs) for c, vs in cats.items()}}
         return cls(**{**d, "center": center, "scale": scale, "fill": fill, "knots": knots})
+
+
+def _distinct(values: list[str]) -> bool:
+    return len(set(values)) == len(values)
 
 
 def _raw(numeric: list[str], dates: Any) -> list[str]:

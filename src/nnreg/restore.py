@@ -32,8 +32,7 @@ def restore(saved: SavedModel, names: set[str]) -> tuple[dict[str, Any], fitting
     config = saved.config
     try:
         params, pre, y_scaler, features = _parts(meta, names)
-        held_rows = meta.get("metrics", {}).get("validation_rows")
-        calibrator = _calibrator(meta.get("calibration"), config.n_outputs, held_rows)
+        calibrator = _calibrator(meta.get("calibration"), config.n_outputs)
         history = History.from_dict(saved.history)
         _check_description(meta, config.n_outputs)
         choice = EpochChoice.from_dict(meta["training"].get("epochs_cv"))
@@ -116,9 +115,10 @@ def _parts(
     return params, pre, y_scaler, features
 
 
-def _calibrator(d: Any, n_outputs: int, held_rows: Any) -> ConformalCalibrator | None:
-    """The calibration, checked: one sorted list of non-negative scores per target, each as
-    long as the held-out rows the metrics count, and a positive floor (zero unscaled)."""
+def _calibrator(d: Any, n_outputs: int) -> ConformalCalibrator | None:
+    """The calibration, checked: one sorted list of non-negative scores per target, as many
+    for each, and a positive floor (zero unscaled). (``validation_rows`` in the metrics need
+    not count them: ``nnreg train --holdout`` scores its own rows there.)"""
     if d is None:
         return None
     if not isinstance(d, dict) or not isinstance(d.get("scaled", True), bool):
@@ -134,11 +134,8 @@ def _calibrator(d: Any, n_outputs: int, held_rows: Any) -> ConformalCalibrator |
         raise ValueError("its calibration does not have one list of scores per target")
     if any(r != sorted(r) or any(v < 0 for v in r) for r in rows):
         raise ValueError("its calibration scores are not sorted non-negative numbers")
-    counts = {len(r) for r in rows} | (
-        {held_rows} if isinstance(held_rows, (int, float)) else set()
-    )
-    if len(counts) != 1 or 0 in counts:
-        raise ValueError("its calibration does not score each held-out row once per target")
+    if len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise ValueError("its calibration does not score its held-out rows once per target")
     if any(v <= 0 if d.get("scaled", True) else v != 0 for v in floors):
         raise ValueError("its calibration floor is not positive (zero for unscaled scores)")
     return ConformalCalibrator.from_dict(d)

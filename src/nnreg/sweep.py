@@ -41,7 +41,7 @@ from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError, DataError
 from .fitting import FitData, FitResult, calibrate, held_out_metrics
-from .model import MLP, MLPConfig, MLPEnsemble, predict_moments, state_shapes
+from .model import MAX_MEMBERS, MLP, MLPConfig, MLPEnsemble, predict_moments, state_shapes
 from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History
 from .validation import check_sample_weight, check_X, check_y
@@ -369,6 +369,8 @@ class Sweep:
     def regressor(self, top: int = 1) -> Regressor:
         """A fitted Regressor: the best configuration, or for ``top`` > 1 an ensemble of the
         ``top`` best configurations that share the winner's hidden sizes."""
+        if not 1 <= int(top) <= MAX_MEMBERS:
+            raise ConfigError(f"top must be an integer in [1, {MAX_MEMBERS}], got {top!r}.")
         ranked = self._ranked()
         best_group, _ = ranked[0]
         chosen = [(g, k) for g, k in ranked if g is best_group][: max(1, int(top))]

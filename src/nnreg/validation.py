@@ -48,8 +48,9 @@ def check_X(
     DataFrame or a sparse matrix is converted first (see the module's docstring).
 
     ``columns`` (at prediction: the names the fitted columns were given) name X's columns
-    by position once the checks pass, so that an array can be given to a model fitted on a
-    DataFrame and the other way round (scikit-learn warns that the names are not checked).
+    by position once the checks pass, unless X's own names are those, so that an array can
+    be given to a model fitted on a DataFrame and the other way round (scikit-learn warns
+    that the names are not checked).
     """
     X = _densified(from_polars(X, "X"))
     if not reset and isinstance(X, pd.DataFrame):
@@ -64,11 +65,20 @@ def check_X(
                     f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
                     "is required: X has no rows."
                 )
-            return X.set_axis(columns or [str(c) for c in X.columns], axis=1)
+            return X.set_axis(_names(X, columns), axis=1)
         arr = validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_all_finite=False)
     _require_finite(arr, "X", allow_nan=allow_nan)
     names = columns or [f"x{j}" for j in range(arr.shape[1])]
     return pd.DataFrame(arr, columns=names, copy=False)
+
+
+def _names(X: pd.DataFrame, columns: list[str] | None) -> list[str]:
+    """X's column names as strings; given the fitted ``columns``, those by position unless
+    X's names are the fitted ones (in any order: then they are matched by name)."""
+    names = [str(c) for c in X.columns]
+    if columns is None or (len(set(names)) == len(names) and set(names) == set(columns)):
+        return names
+    return list(columns)
 
 
 def _known_columns(estimator: BaseEstimator, X: pd.DataFrame) -> bool:
