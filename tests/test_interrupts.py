@@ -157,8 +157,13 @@ def test_a_signal_that_breaks_an_import_ends_the_run_as_that_signal(
         raise RecursionError("maximum recursion depth exceeded")  # ... and fails later
 
     monkeypatch.setattr(app.cli, "main", cut_short)
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as ended:
-        app.main(["train"])
-    assert ended.value.code == code and said in capsys.readouterr().err
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    # As a command starts: Python's own SIGINT handler (an earlier test may have left another)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        with pytest.raises(SystemExit) as ended:
+            app.main(["train"])
+        assert ended.value.code == code and said in capsys.readouterr().err
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGINT, outer)
