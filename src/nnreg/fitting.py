@@ -133,6 +133,16 @@ def refuse(recipe: Recipe, *, warm_start: bool, checkpoints: Checkpoints) -> Non
         )
 
 
+def raise_for_whole_table(recipe: Recipe, data: FitData) -> None:
+    """A data problem that fitting the preprocessing on part of the rows found (a trial's
+    fold, the rows left after held-out ones), raised again with the rows and counts of the
+    whole table, when the whole table has it too; otherwise nothing."""
+    try:
+        recipe.preprocessor().fit(data.frame, data.weight)
+    except DataError as whole:
+        raise whole from None  # the part's error would only repeat it with other numbers
+
+
 def fit(
     recipe: Recipe,
     data: FitData,
@@ -170,10 +180,8 @@ def fit(
         )
         result = _fit_either(recipe, data, warm, group, hooks, checkpoints)
     except DataError:
-        # A problem with the data found in the part of the rows a trial or the fit trains
-        # on: said again, when it is the preprocessing's, with rows and counts of the table.
         if warm is None:
-            recipe.preprocessor().fit(data.frame, data.weight)
+            raise_for_whole_table(recipe, data)
         raise
     result.interrupted = stop is not None and stop.is_set()
     result.epoch_choice = choice or previous

@@ -40,7 +40,7 @@ from . import distributed
 from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError, DataError
-from .fitting import FitData, FitResult, calibrate, held_out_metrics
+from .fitting import FitData, FitResult, calibrate, held_out_metrics, raise_for_whole_table
 from .model import MAX_MEMBERS, MLP, MLPConfig, MLPEnsemble, predict_moments, state_shapes
 from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History
@@ -187,8 +187,8 @@ class Sweep:
         w_train = None if w is None else w[train_rows]
         try:
             self.preprocessor_ = recipe.preprocessor().fit(data.frame.iloc[train_rows], w_train)
-        except DataError:  # said again with the rows and counts of the whole table
-            recipe.preprocessor().fit(data.frame, w)
+        except DataError:
+            raise_for_whole_table(recipe, data)
             raise
         self.y_scaler_ = recipe.target_scaler().fit(data.y[train_rows], w_train)
         X_all = recipe.tensor(self.preprocessor_.transform(data.frame))
