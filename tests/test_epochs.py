@@ -13,7 +13,7 @@ import nnreg
 from cli_helpers import run
 from nnreg import epochs, fitting
 from nnreg.exceptions import TrainingDivergedError
-from nnreg.recipe import AUTO_EPOCHS, Recipe
+from nnreg.recipe import AUTO_EPOCHS, SHARED_EPOCHS, Recipe
 
 SMALL = {"hidden_layer_sizes": (16,), "random_state": 3}
 
@@ -98,19 +98,51 @@ def test_tables_outside_the_bounds_and_warm_starts_train_the_fallback() -> None:
 
 
 def test_shared_members_are_cross_validated_as_they_are_independent_ones_as_one() -> None:
+    """Shared members search SHARED_EPOCHS times the counts, their default among them; one
+    network (and so independent members) the counts themselves."""
     X, y = _table(100)
-    seen: list[tuple[int, str]] = []
+    seen: list[tuple[int, str, int]] = []
 
     def spy(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
-        seen.append((recipe.n_models, recipe.params["ensemble"]))
+        seen.append((recipe.n_models, recipe.params["ensemble"], recipe.params["max_iter"]))
         return fitting._fit_alone(recipe, data)
 
-    for form, expected in (("tabm-mini", (4, "tabm-mini")), ("independent", (1, "independent"))):
+    shared = [c * SHARED_EPOCHS for c in epochs.CANDIDATES]
+    for form, expected, counts in (
+        ("tabm-mini", (4, "tabm-mini"), shared),
+        ("independent", (1, "independent"), list(epochs.CANDIDATES)),
+    ):
         seen.clear()
         params = nnreg.Regressor(**SMALL, n_models=4, ensemble=form).get_params()
         frame = fitting.FitData(X, y.reshape(-1, 1))
-        epochs.choose(Recipe.from_params(params), frame, spy)
-        assert set(seen) == {expected} and len(seen) == epochs.FOLDS * len(epochs.CANDIDATES)
+        choice = epochs.choose(Recipe.from_params(params), frame, spy)
+        assert choice is not None and list(choice.candidates) == counts
+        assert {s[:2] for s in seen} == {expected}
+        assert sorted(s[2] for s in seen) == sorted(counts * epochs.FOLDS)
+    # the rule's default for shared members is theirs: equal losses keep it
+    flat = fitting.FitData(X, y.reshape(-1, 1))
+    params = nnreg.Regressor(**SMALL, n_models=2, ensemble="tabm").get_params()
+    recipe = Recipe.from_params(params)
+    assert epochs.resolve(recipe, flat, lambda r, d: _constant(r, d))[0].params["max_iter"] == (
+        AUTO_EPOCHS * SHARED_EPOCHS
+    )
+
+
+def _constant(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
+    """A trial whose network predicts the same whatever its epochs: every count ties."""
+    return fitting._fit_alone(epochs.with_params(recipe, max_iter=1), data)
+
+
+def test_shared_members_train_their_own_default_where_nothing_is_chosen() -> None:
+    X, y = _table(epochs.MAX_ROWS + 1)
+    small = {**SMALL, "hidden_layer_sizes": (4,)}
+    fit = nnreg.Regressor(**small, n_models=2, ensemble="tabm").fit(X, y)
+    assert fit.n_iter_ == AUTO_EPOCHS * SHARED_EPOCHS and not hasattr(fit, "epochs_cv_")
+    recipe = Recipe.from_params(nnreg.Regressor(n_models=2, ensemble="tabm-mini").get_params())
+    assert recipe.train_config(100).epochs == AUTO_EPOCHS * SHARED_EPOCHS
+    assert Recipe.from_params(nnreg.Regressor().get_params()).train_config(100).epochs == (
+        AUTO_EPOCHS
+    )
 
 
 def test_a_diverging_count_is_never_chosen() -> None:
@@ -142,6 +174,9 @@ def test_the_choice_is_saved_and_shown(tmp_path, capsys) -> None:
     code, out, _ = run([*args, "--epochs", "auto"], capsys)
     assert code == 0 and "epochs auto (32, 64, 128, 256" in out
     assert "chosen by 3-fold cross-validation (held-out loss 32: " in out
+    shared = [*args[:-1], str(tmp_path / "s"), "--hidden", "4", "--n-models", "2"]
+    code, out, _ = run([*shared, "--ensemble", "tabm", "--epochs", "auto"], capsys)
+    assert code == 0 and "epochs auto (64, 128, 256, 512" in out
     code, _, err = run([*args, "--epochs", "many"], capsys)
     assert code == 2 and "'many' is not a whole number or 'auto'" in err
 

@@ -8,24 +8,27 @@ The rows themselves can tell these apart, and on a table this small a fit takes 
 a fit in memory with ``max_iter="auto"`` on :data:`MIN_ROWS` to :data:`MAX_ROWS` rows:
 
 1. splits the rows into :data:`FOLDS` folds (drawn from the fit's seed);
-2. for each count in :data:`CANDIDATES`, trains the recipe on every fold's complement, with
-   its own learning-rate schedule over that many epochs and as many steps per epoch as the
-   fit on all the rows takes (its batches are smaller in proportion: the number of steps,
-   not of epochs, is what overfits), and scores each held-out row in the fit's own loss;
+2. for each count in :data:`CANDIDATES` (times :data:`~nnreg.recipe.SHARED_EPOCHS` for
+   members that share their weights, which learn more slowly), trains the recipe on every
+   fold's complement, with its own learning-rate schedule over that many epochs and as many
+   steps per epoch as the fit on all the rows takes (its batches are smaller in proportion:
+   the number of steps, not of epochs, is what overfits), and scores each held-out row in
+   the fit's own loss;
 3. trains on every row for the count with the lowest mean held-out loss, among
-   :data:`~nnreg.recipe.AUTO_EPOCHS` and the counts that beat it by more than
-   :data:`SE_MARGIN` standard errors of the rows' paired differences (the one-standard-error
-   rule: the default stays unless the rows clearly say otherwise).
+   :data:`~nnreg.recipe.AUTO_EPOCHS` (times the same factor) and the counts that beat it by
+   more than :data:`SE_MARGIN` standard errors of the rows' paired differences (the
+   one-standard-error rule: the default stays unless the rows clearly say otherwise).
 
 The margin and the lower bound keep noise from choosing. On tables the recipe was not chosen
 on, picking the plain minimum made statsmodels' ccard (57 rows) 2.1x worse and msleep (60)
 1.6x; with both, the twelve such tables scored 1.2% better in geometric mean (README, Accuracy).
 Members that share weights (``ensemble="tabm"``) are cross-validated as they are; independent
 members are copies of one network, so one network is. Larger tables, streamed and swept fits
-and continued ones train :data:`~nnreg.recipe.AUTO_EPOCHS` (a warm start keeps its first
-fit's choice). In a data-parallel run the processes share the trials out and each gets all
-their losses, so every process makes the same choice (rank 0's holds). The choice, with each
-candidate's held-out loss, is the estimator's ``epochs_cv_``.
+and continued ones train :data:`~nnreg.recipe.AUTO_EPOCHS` (times the factor for shared
+members; a warm start keeps its first fit's choice). In a data-parallel run the processes
+share the trials out and each gets all their losses, so every process makes the same choice
+(rank 0's holds). The choice, with each candidate's held-out loss, is the estimator's
+``epochs_cv_``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 from .backends import ELEMENTWISE
 from .exceptions import TrainingDivergedError
 from .model import predict_moments
-from .recipe import AUTO_EPOCHS, Recipe
+from .recipe import AUTO_EPOCHS, SHARED_EPOCHS, Recipe, epochs_of
 
 if TYPE_CHECKING:  # fitting imports this module
     from .distributed import Group
@@ -55,6 +58,7 @@ __all__ = [
     "MIN_ROWS",
     "SE_MARGIN",
     "EpochChoice",
+    "candidates",
     "choose",
     "resolve",
 ]
@@ -117,17 +121,18 @@ def resolve(
 ) -> tuple[Recipe, EpochChoice | None]:
     """``recipe`` with a number for ``max_iter='auto'`` (unchanged otherwise), and the
     choice when cross-validation made it. A ``continued`` fit (a warm start) trains its
-    first fit's choice (``previous``) or AUTO_EPOCHS."""
+    first fit's choice (``previous``) or the recipe's default count."""
     if recipe.params["max_iter"] != "auto":
         return recipe, None
     choice = None
+    default = epochs_of("auto", recipe.shared_ensemble is not None)
     if continued:
-        epochs = AUTO_EPOCHS if previous is None else previous.epochs
+        epochs = default if previous is None else previous.epochs
     elif MIN_ROWS <= data.n_rows <= MAX_ROWS:
         choice = choose(recipe, data, train, stop, group)
-        epochs = AUTO_EPOCHS if choice is None else choice.epochs  # None: stopped
+        epochs = default if choice is None else choice.epochs  # None: stopped
     else:
-        epochs = AUTO_EPOCHS
+        epochs = default
     if group is not None:  # every process chose alike; rank 0's holds
         epochs = group.broadcast_int(epochs)
         choice = None if choice is None else replace(choice, epochs=epochs)
@@ -141,7 +146,7 @@ def choose(
     stop: threading.Event | None = None,
     group: Group | None = None,
 ) -> EpochChoice | None:
-    """The count of :data:`CANDIDATES` chosen on :data:`FOLDS` folds of ``data``'s rows;
+    """The count of :func:`candidates` chosen on :data:`FOLDS` folds of ``data``'s rows;
     see the module docstring. A set ``stop`` ends the search between two trials (None:
     nothing was chosen). In a ``group`` of processes each trains its share of the trials
     (fold and count pairs, about as many epochs each) and every process gets all their
@@ -153,9 +158,10 @@ def choose(
     base = recipe if recipe.shared_ensemble else with_params(recipe, n_models=1)
     base = with_params(base, verbose=0)
     steps = _steps_per_epoch(recipe, n)
-    per_row = np.full((len(CANDIDATES), n), math.nan)  # each row's loss when it was held out
-    trials = [(held, j) for held in folds for j in range(len(CANDIDATES))]
-    mine = _share([CANDIDATES[j] for _, j in trials], group)
+    counts = candidates(recipe)
+    per_row = np.full((len(counts), n), math.nan)  # each row's loss when it was held out
+    trials = [(held, j) for held in folds for j in range(len(counts))]
+    mine = _share([counts[j] for _, j in trials], group)
     for held, j in (trial for trial, ours in zip(trials, mine, strict=True) if ours):
         if stop is not None and stop.is_set():
             break
@@ -163,7 +169,7 @@ def choose(
         batch = base.params["batch_size"]
         if batch != "full":  # as many steps per epoch as on all rows
             batch = math.ceil(len(rows) / steps)
-        fold_recipe = with_params(base, max_iter=CANDIDATES[j], batch_size=batch)
+        fold_recipe = with_params(base, max_iter=counts[j], batch_size=batch)
         per_row[j, held] = _held_out_losses(
             fold_recipe, _subset(data, rows), _subset(data, held), train
         )
@@ -175,7 +181,15 @@ def choose(
     weight = np.ones(n) if data.weight is None else np.asarray(data.weight, dtype=np.float64)
     p = weight / weight.sum()
     losses = tuple(float(x) for x in per_row @ p)
-    return EpochChoice(CANDIDATES[_best(per_row, p)], CANDIDATES, losses, FOLDS)
+    default = counts.index(epochs_of("auto", recipe.shared_ensemble is not None))
+    return EpochChoice(counts[_best(per_row, p, default)], counts, losses, FOLDS)
+
+
+def candidates(recipe: Recipe) -> tuple[int, ...]:
+    """The epoch counts the search tries for ``recipe``: :data:`CANDIDATES`, times
+    :data:`~nnreg.recipe.SHARED_EPOCHS` for members that share their weights."""
+    factor = SHARED_EPOCHS if recipe.shared_ensemble is not None else 1
+    return tuple(c * factor for c in CANDIDATES)
 
 
 def _share(work: list[int], group: Group | None) -> list[bool]:
@@ -192,10 +206,12 @@ def _share(work: list[int], group: Group | None) -> list[bool]:
     return [o == group.rank for o in owner]
 
 
-def _best(per_row: np.ndarray, p: np.ndarray) -> int:
+def _best(per_row: np.ndarray, p: np.ndarray, default: int | None = None) -> int:
     """The candidate with the lowest mean held-out loss among the default and those that
-    beat it by more than SE_MARGIN standard errors of the paired per-row differences."""
-    default = CANDIDATES.index(AUTO_EPOCHS)
+    beat it by more than SE_MARGIN standard errors of the paired per-row differences;
+    ``default`` is the default's row (AUTO_EPOCHS's in CANDIDATES when None)."""
+    if default is None:
+        default = CANDIDATES.index(AUTO_EPOCHS)
     with np.errstate(invalid="ignore", over="ignore"):
         means = per_row @ p
         finite = np.isfinite(means)

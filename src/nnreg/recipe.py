@@ -34,6 +34,7 @@ __all__ = [
     "EMBEDDINGS",
     "AUTO_BATCH",
     "AUTO_EPOCHS",
+    "SHARED_EPOCHS",
     "PARAMETER_RULES",
     "PRESETS",
     "RECOMMENDED_PRESET",
@@ -53,6 +54,10 @@ __all__ = [
 ENSEMBLES = ("independent", "tabm", "tabm-mini")  # how n_models > 1 members are built
 MAX_BINS = 1024  # n_bins at most
 AUTO_EPOCHS = 128  # max_iter='auto' where no count was chosen (streamed, swept, continued)
+# Members that share their weights (TabM) learn more slowly than one network: each shared
+# weight's gradient is the mean of k members' that pull apart, so their epoch counts are this
+# many times one network's (README, Ensembles).
+SHARED_EPOCHS = 2
 AUTO_BATCH = 256  # the most rows per step of batch_size='auto'
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -64,10 +69,13 @@ def auto_batch_size(n_rows: int) -> int:
     return max(1, math.ceil(n_rows / n_batches))
 
 
-def epochs_of(max_iter: int | str) -> int:
+def epochs_of(max_iter: int | str, shared: bool = False) -> int:
     """The epochs a fit trains for ``max_iter``: 'auto' where nothing chose a count
-    (:mod:`nnreg.epochs` chooses it for fits in memory) is AUTO_EPOCHS."""
-    return AUTO_EPOCHS if max_iter == "auto" else int(max_iter)
+    (:mod:`nnreg.epochs` chooses it for fits in memory) is AUTO_EPOCHS, SHARED_EPOCHS times
+    that for ``shared`` members (TabM)."""
+    if max_iter != "auto":
+        return int(max_iter)
+    return AUTO_EPOCHS * (SHARED_EPOCHS if shared else 1)
 
 
 def member_seeds(seed: int, n_models: int) -> list[int]:
@@ -318,7 +326,7 @@ class Recipe:
             None if batch == "full" else auto_batch_size(n_rows) if batch == "auto" else int(batch)
         )
         return TrainConfig(
-            epochs=epochs_of(p["max_iter"]),
+            epochs=epochs_of(p["max_iter"], self.shared_ensemble is not None),
             lr=float(p["learning_rate_init"]),
             optimizer=p["optimizer"],
             momentum=float(p["momentum"]),

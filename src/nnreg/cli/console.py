@@ -111,9 +111,10 @@ class Report:
             return contextlib.nullcontext(None)
         if console.is_terminal and log_every is None:
             return _bar(console, epochs, lambda: self.layers(reg))
-        from ..recipe import AUTO_EPOCHS  # 'auto': about ten lines of its usual length
+        from ..recipe import epochs_of  # 'auto': about ten lines of its usual length
 
-        return self._lines(reg, log_every or max(1, (epochs or AUTO_EPOCHS) // 10))
+        usual = epochs_of("auto", reg.n_models > 1 and reg.ensemble != "independent")
+        return self._lines(reg, log_every or max(1, (epochs or usual) // 10))
 
     @contextlib.contextmanager
     def _lines(self, reg: Regressor, every: int) -> Iterator[EpochFn]:
@@ -380,11 +381,13 @@ def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any
 
 
 def _epochs_text(reg: Regressor) -> str:
-    from ..epochs import CANDIDATES, FOLDS
+    from ..epochs import FOLDS, candidates
+    from ..recipe import Recipe
 
     if reg.max_iter != "auto":
         return f"{reg.max_iter} epochs"
-    return f"epochs auto ({', '.join(map(str, CANDIDATES))}: {FOLDS}-fold cross-validation)"
+    counts = candidates(Recipe.from_params(reg.get_params()))
+    return f"epochs auto ({', '.join(map(str, counts))}: {FOLDS}-fold cross-validation)"
 
 
 def _known_epochs(reg: Regressor) -> int | None:
