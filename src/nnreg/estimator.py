@@ -71,8 +71,8 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Rows per step; 'auto' splits each epoch into equal batches of at most 256 rows (300
         rows: two of 150, never 256 and a stray 44), 'full' one full-batch step per epoch.
     max_iter : int or 'auto', default='auto'
-        Number of epochs (at most, with early stopping). 'auto' chooses 32, 64, 128 or 256 by
-        3-fold cross-validation on 100 to 1,000 rows, else 128 (:mod:`nnreg.epochs`).
+        Epochs (at most, with early stopping). 'auto' chooses 32, 64, 128 or 256 by 3-fold
+        cross-validation on 100 to 1,000 rows, else 128; shared members twice (nnreg.epochs).
     loss : {'squared_error', 'absolute_error', 'huber'}, default='squared_error'
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows, stop when their loss has not improved

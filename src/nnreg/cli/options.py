@@ -231,7 +231,8 @@ epochs = click.option(
     callback=_parse_epochs,
     help=with_presets(
         "Number of epochs (at least 1), or 'auto': 32, 64, 128 or 256, chosen by 3-fold "
-        "cross-validation on a table of 100 to 1,000 rows (else 128).",
+        "cross-validation on a table of 100 to 1,000 rows (else 128); twice these counts "
+        "for --ensemble tabm or tabm-mini.",
         "max_iter",
     ),
 )
