@@ -77,3 +77,25 @@ def test_the_thread_count_does_not_change_the_fit() -> None:
     finally:
         torch.set_num_threads(before)
     assert digests[0] == digests[1]
+
+
+def test_weights_are_the_same_bits_and_predictions_agree_to_float64_rounding() -> None:
+    """The trained weights do not depend on the thread count. The float64 predictions from
+    them may differ in the last bits: with MKL's strict mode some processors split a
+    float64 product of some shapes (89 rows through a 160-wide embedding) across threads."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(350, 10))
+    y = X[:, 0] - 2 * X[:, 1] ** 2 + rng.normal(0, 0.1, size=350)
+    fits, predictions = [], []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with device.thread_policy(10**9, 10**9, threads):
+                fits.append(nnreg.Regressor(max_iter=5, random_state=0).fit(X, y))
+            predictions.append(fits[0].predict(X[:89]))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(fits[0].model_.parameters(), fits[1].model_.parameters(), strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-13, atol=0)
