@@ -67,12 +67,13 @@ def test_a_count_must_beat_the_default_by_a_standard_error() -> None:
     noisy = base + rng.normal(0, 0.5, size=(4, 50))  # mean gains well inside the noise
     noisy[epochs.CANDIDATES.index(128)] = base
     p = np.full(50, 1 / 50)
-    assert epochs.CANDIDATES[epochs._best(noisy, p)] == 128
+    default = epochs.CANDIDATES.index(AUTO_EPOCHS)
+    assert epochs.CANDIDATES[epochs._best(noisy, p, default)] == 128
     clear = np.repeat(base, 4, axis=0) - np.array([[0.0], [0.2], [0.0], [0.3]])
-    assert epochs.CANDIDATES[epochs._best(clear, p)] == 256  # 0.3 better on every row
+    assert epochs.CANDIDATES[epochs._best(clear, p, default)] == 256  # 0.3 better on every row
     clear[2:] = np.inf  # 128 and 256 diverged: the best of the others
-    assert epochs.CANDIDATES[epochs._best(clear, p)] == 64
-    assert epochs.CANDIDATES[epochs._best(np.full((4, 50), np.inf), p)] == 128
+    assert epochs.CANDIDATES[epochs._best(clear, p, default)] == 64
+    assert epochs.CANDIDATES[epochs._best(np.full((4, 50), np.inf), p, default)] == 128
 
 
 def test_auto_then_trains_exactly_the_fit_of_the_chosen_count() -> None:

@@ -45,7 +45,7 @@ import torch
 from .backends import ELEMENTWISE
 from .exceptions import TrainingDivergedError
 from .model import predict_moments
-from .recipe import AUTO_EPOCHS, SHARED_EPOCHS, Recipe, epochs_of
+from .recipe import SHARED_EPOCHS, Recipe, epochs_of
 
 if TYPE_CHECKING:  # fitting imports this module
     from .distributed import Group
@@ -206,12 +206,10 @@ def _share(work: list[int], group: Group | None) -> list[bool]:
     return [o == group.rank for o in owner]
 
 
-def _best(per_row: np.ndarray, p: np.ndarray, default: int | None = None) -> int:
-    """The candidate with the lowest mean held-out loss among the default and those that
-    beat it by more than SE_MARGIN standard errors of the paired per-row differences;
-    ``default`` is the default's row (AUTO_EPOCHS's in CANDIDATES when None)."""
-    if default is None:
-        default = CANDIDATES.index(AUTO_EPOCHS)
+def _best(per_row: np.ndarray, p: np.ndarray, default: int) -> int:
+    """The candidate with the lowest mean held-out loss among the default (row ``default``)
+    and those that beat it by more than SE_MARGIN standard errors of the paired per-row
+    differences."""
     with np.errstate(invalid="ignore", over="ignore"):
         means = per_row @ p
         finite = np.isfinite(means)

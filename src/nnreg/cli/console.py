@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ..data import Table
     from ..estimator import Regressor
+    from ..recipe import Recipe
     from ..sweep import Trial
 
 SWEEP_ROWS_SHOWN = 20
@@ -113,7 +114,7 @@ class Report:
             return _bar(console, epochs, lambda: self.layers(reg))
         from ..recipe import epochs_of  # 'auto': about ten lines of its usual length
 
-        usual = epochs_of("auto", reg.n_models > 1 and reg.ensemble != "independent")
+        usual = epochs_of("auto", _recipe(reg).shared_ensemble is not None)
         return self._lines(reg, log_every or max(1, (epochs or usual) // 10))
 
     @contextlib.contextmanager
@@ -380,13 +381,19 @@ def print_info(model_dir: Path, meta: dict[str, Any], layers: list[dict[str, Any
     out.print("metrics   " + metrics, markup=False)
 
 
+def _recipe(reg: Regressor) -> Recipe:
+    """The recipe ``reg`` fits with (which says, for one, whether its members share weights)."""
+    from ..recipe import Recipe
+
+    return Recipe.from_params(reg.get_params())
+
+
 def _epochs_text(reg: Regressor) -> str:
     from ..epochs import FOLDS, candidates
-    from ..recipe import Recipe
 
     if reg.max_iter != "auto":
         return f"{reg.max_iter} epochs"
-    counts = candidates(Recipe.from_params(reg.get_params()))
+    counts = candidates(_recipe(reg))
     return f"epochs auto ({', '.join(map(str, counts))}: {FOLDS}-fold cross-validation)"
 
 
