@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .exceptions import DataError
+from .exceptions import DataError, RowNumbers, row_number
 
 __all__ = [
     "DATE_PARTS",
@@ -94,14 +94,15 @@ def day_first(values: pd.Series) -> bool | None:
 
 def stray_value(col: pd.Series) -> tuple[object, int] | None:
     """(the first value that is not a date, its position) for text that is dates but for a
-    few values (at most 10% of at least 5): a typo, not a categorical column."""
+    few values (at most 10% of at least 5): a typo, not a categorical column. A value shaped
+    like a date that is none (2021-02-30) counts as a typo too."""
     if not is_text(col):
         return None
     values = col.dropna()
     if len(values) < 5 or not all(isinstance(v, str) for v in values):
         return None
     dates = values.str.match(_DATE_TEXT).to_numpy()
-    if dates.all() or dates.mean() < 0.9:
+    if dates.mean() < 0.9:
         return None
     text = values.astype(object)
     parsed = _to_datetime(text, day_first(text[dates])).notna().to_numpy() & dates
@@ -133,7 +134,9 @@ def _to_datetime(text: pd.Series, dayfirst: bool | None) -> pd.Series:
     return out
 
 
-def parse(col: pd.Series, name: str, first_row: int = 0, dayfirst: bool | None = None) -> pd.Series:
+def parse(
+    col: pd.Series, name: str, first_row: RowNumbers = 0, dayfirst: bool | None = None
+) -> pd.Series:
     """``col`` as timezone-naive datetime64 (UTC for zoned values); text that is not a date,
     or numbers, are a :class:`DataError` naming the column (and the row)."""
     if is_date(col):
@@ -153,7 +156,8 @@ def parse(col: pd.Series, name: str, first_row: int = 0, dayfirst: bool | None =
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"column {name!r} holds dates, but {col.iloc[row]!r} at row {first_row + row} "
+                f"column {name!r} holds dates, but {col.iloc[row]!r} at row "
+                f"{row_number(first_row, row)} "
                 "is not one; fix it or leave it empty."
             )
     if getattr(out.dt, "tz", None) is not None:
@@ -169,7 +173,7 @@ def date_parts(col: pd.Series) -> list[str]:
 
 
 def expand_dates(
-    frame: pd.DataFrame, dates: dict[str, dict[str, Any]], first_row: int = 0
+    frame: pd.DataFrame, dates: dict[str, dict[str, Any]], first_row: RowNumbers = 0
 ) -> pd.DataFrame:
     """``frame`` with each date column replaced, in place, by its derived numeric columns
     (``name:days``, ``name:year``, ...); a missing date is NaN in each of them."""
@@ -194,13 +198,15 @@ def expand_dates(
     return pd.DataFrame(parts, index=frame.index)
 
 
-def fit_dates(frame: pd.DataFrame, names: list[str]) -> dict[str, dict[str, Any]]:
+def fit_dates(
+    frame: pd.DataFrame, names: list[str], rows: RowNumbers = 0
+) -> dict[str, dict[str, Any]]:
     """What :func:`expand_dates` needs for each date column: its first date and its parts."""
     out = {}
     for name in names:
         text = not is_date(frame[name])
         dayfirst = day_first(frame[name].dropna()) if text else None
-        when = parse(frame[name], name, dayfirst=dayfirst)
+        when = parse(frame[name], name, rows, dayfirst=dayfirst)
         first = when.min()
         if pd.isna(first):
             raise DataError(f"date column {name!r} has no dates; drop it or fill it.")

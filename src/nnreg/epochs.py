@@ -234,7 +234,10 @@ def _steps_per_epoch(recipe: Recipe, n: int) -> int:
 
 def _subset(data: FitData, rows: np.ndarray) -> FitData:
     weight = None if data.weight is None else data.weight[rows]
-    return replace(data, frame=data.frame.iloc[rows], y=data.y[rows], weight=weight)
+    numbers = np.asarray(data.numbers(rows))  # a fold's data errors name the table's rows
+    return replace(
+        data, frame=data.frame.iloc[rows], y=data.y[rows], weight=weight, row_numbers=numbers
+    )
 
 
 def _held_out_losses(recipe: Recipe, part: FitData, rest: FitData, train: Train) -> np.ndarray:

@@ -365,9 +365,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         frame = check_X(self, X, reset=reset, allow_nan=self.missing == "impute", columns=columns)
         y_arr, y_1d = check_y(y, len(frame), None if reset else self.n_outputs_)
         w = check_sample_weight(sample_weight, len(frame))
-        frame, y_arr, w = drop_zero_weights(frame, y_arr, w)
+        frame, y_arr, w, numbers = drop_zero_weights(frame, y_arr, w)
         names = [str(c) for c in frame.columns] if hasattr(self, "feature_names_in_") else None
-        return fitting.FitData(frame, y_arr, w, y_1d if reset else self._y_1d, names)
+        return fitting.FitData(frame, y_arr, w, y_1d if reset else self._y_1d, names, numbers)
 
     # -- prediction ----------------------------------------------------------------------------
 

@@ -21,8 +21,9 @@ Soft problems are reported with :mod:`warnings`, never printed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
+import numpy as np
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = [
@@ -36,7 +37,26 @@ __all__ = [
     "OutputError",
     "ProcessGroupError",
     "TrainingDivergedError",
+    "RowNumbers",
+    "row_number",
+    "rows_from",
 ]
+
+# How a data error names rows: a block's rows are numbered from an offset (a chunk of a
+# larger table; 0 for the whole table), or each row carries its number in the table as the
+# user gave it (the rows a fit kept after dropping those of weight 0).
+RowNumbers: TypeAlias = "int | np.ndarray"
+
+
+def row_number(rows: RowNumbers, i: int) -> int:
+    """The number, in the user's table (from 0), of a block's row ``i``."""
+    return int(rows[i]) if isinstance(rows, np.ndarray) else int(rows) + i
+
+
+def rows_from(rows: RowNumbers) -> str:
+    """`` in rows from N`` for a chunk that starts at row N > 0, else nothing: a count of
+    a chunk's values is not the table's."""
+    return "" if isinstance(rows, np.ndarray) or not rows else f" in rows from {int(rows)}"
 
 
 class NnregError(Exception):

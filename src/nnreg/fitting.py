@@ -30,7 +30,7 @@ from .checkpoint import attach_checkpoints, fingerprint
 from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
 from .ensemble import EnsembleTrainer
 from .epochs import EpochChoice
-from .exceptions import ConfigError, DataError, TrainingDivergedError
+from .exceptions import ConfigError, DataError, RowNumbers, TrainingDivergedError
 from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
@@ -82,10 +82,19 @@ class FitData:
     weight: np.ndarray | None = None
     y_1d: bool = True
     feature_names: list[str] | None = None  # None: X had no column names
+    # each row's number in the table as given, for data errors: set where rows of weight 0
+    # were dropped; None: 0, 1, ...
+    row_numbers: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
         return len(self.frame)
+
+    def numbers(self, rows: np.ndarray | None = None) -> RowNumbers:
+        """How data errors number the frame's ``rows`` (default all), in the table as given."""
+        if rows is None:
+            return 0 if self.row_numbers is None else self.row_numbers
+        return rows if self.row_numbers is None else self.row_numbers[rows]
 
 
 @dataclass
@@ -138,7 +147,7 @@ def raise_for_whole_table(recipe: Recipe, data: FitData) -> None:
     fold, the rows left after held-out ones), raised again with the rows and counts of the
     whole table, when the whole table has it too; otherwise nothing."""
     try:
-        recipe.preprocessor().fit(data.frame, data.weight)
+        recipe.preprocessor().fit(data.frame, data.weight, data.numbers())
     except DataError as whole:
         raise whole from None  # the part's error would only repeat it with other numbers
 
@@ -227,7 +236,7 @@ def _start(recipe: Recipe, data: FitData, rows: np.ndarray | None) -> FitResult:
     frame = data.frame if rows is None else data.frame.iloc[rows]
     y = data.y if rows is None else data.y[rows]
     w = data.weight if rows is None or data.weight is None else data.weight[rows]
-    preprocessor = recipe.preprocessor().fit(frame, w)
+    preprocessor = recipe.preprocessor().fit(frame, w, data.numbers(rows))
     y_scaler = recipe.target_scaler().fit(y, w)
     n_numeric = len(preprocessor.numeric)  # the first encoded columns
     config = recipe.model_config(len(preprocessor.output_names), y.shape[1], n_numeric)

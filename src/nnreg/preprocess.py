@@ -34,7 +34,7 @@ import pandas as pd
 from . import quantile
 from .categories import category_text, saved_categories
 from .dates import expand_dates, fit_dates, is_date, looks_like_dates
-from .exceptions import DataError
+from .exceptions import DataError, RowNumbers, row_number, rows_from
 
 __all__ = [
     "SCALINGS",
@@ -168,18 +168,20 @@ class TablePreprocessor:
     knots: quantile.Knots = field(default_factory=dict)  # scaling="quantile" only
 
     def fit(
-        self, frame: pd.DataFrame, sample_weight: np.ndarray | None = None
+        self, frame: pd.DataFrame, sample_weight: np.ndarray | None = None, rows: RowNumbers = 0
     ) -> TablePreprocessor:
+        """Learn the encoding from ``frame``; ``rows`` numbers its rows for data errors (see
+        :data:`~nnreg.exceptions.RowNumbers`)."""
         self.columns = [str(c) for c in frame.columns]
         self.dtypes = {c: str(frame[c].dtype) for c in self.columns}
         dates = [c for c in self.columns if is_date(frame[c]) or looks_like_dates(frame[c])]
-        self.dates = fit_dates(frame, dates)
-        frame = expand_dates(frame, self.dates)
+        self.dates = fit_dates(frame, dates, rows)
+        frame = expand_dates(frame, self.dates, rows)
         self.numeric = [str(c) for c in frame.columns if not is_categorical(frame[c])]
         self.categorical = [str(c) for c in frame.columns if is_categorical(frame[c])]
         for c in self.categorical:
-            _refuse_stray_text(frame[c])
-        num = self._numeric_block(frame)  # (rows, numeric)
+            _refuse_stray_text(frame[c], rows)
+        num = self._numeric_block(frame, rows)  # (rows, numeric)
         w = sample_weight
         nan = np.isnan(num)
         self.indicators = [c for c, has in zip(self.numeric, nan.any(axis=0), strict=True) if has]
@@ -199,7 +201,7 @@ class TablePreprocessor:
             num = np.where(nan, np.asarray(fill), num)
         self.center, self.scale = self._fit_scaling(num, w)
         self.knots = quantile.fit_knots(num, w) if self.scaling == "quantile" else {}
-        self.categories = {c: self._fit_categories(frame[c], w) for c in self.categorical}
+        self.categories = {c: self._fit_categories(frame[c], w, rows) for c in self.categorical}
         return self
 
     def _fit_scaling(
@@ -219,8 +221,8 @@ class TablePreprocessor:
         peak = np.max(np.abs(num - q50), axis=0)
         return q50.tolist(), _robust_spread(q25, q75, std, peak).tolist()
 
-    def _fit_categories(self, col: pd.Series, w: np.ndarray | None) -> list[str]:
-        values = self._category_values(col)
+    def _fit_categories(self, col: pd.Series, w: np.ndarray | None, rows: RowNumbers) -> list[str]:
+        values = self._category_values(col, rows)
         weights = np.ones(len(values)) if w is None else w
         counts = pd.Series(weights).groupby(values).sum()
         # Most frequent first, ties by name, so the encoding does not depend on row order.
@@ -275,7 +277,7 @@ class TablePreprocessor:
         return raw if ":" in name and raw in self.dates else name
 
     def _numeric_block(
-        self, frame: pd.DataFrame, first_row: int = 0, fitted: bool = False
+        self, frame: pd.DataFrame, first_row: RowNumbers = 0, fitted: bool = False
     ) -> np.ndarray:
         if not self.numeric:
             return np.zeros((len(frame), 0))
@@ -293,30 +295,28 @@ class TablePreprocessor:
             row, col = map(int, np.argwhere(np.isinf(block))[0])
             raise DataError(
                 f"column {self._shown(self.numeric[col])!r} has infinite values (first at row "
-                f"{first_row + row}); "
+                f"{row_number(first_row, row)}); "
                 "replace or drop them."
             )
         if self.missing == "error" and np.isnan(block).any():
             row, col = map(int, np.argwhere(np.isnan(block))[0])
             count = int(np.isnan(block[:, col]).sum())
-            where = "" if first_row == 0 else f" in rows from {first_row}"
             raise DataError(
-                f"column {self._shown(self.numeric[col])!r} has {count} missing values{where} "
-                f"(first at row {first_row + row}); "
+                f"column {self._shown(self.numeric[col])!r} has {count} missing values"
+                f"{rows_from(first_row)} (first at row {row_number(first_row, row)}); "
                 + _fill_hint(fitted, "fill them with the median and add a missing-indicator column")
             )
         return block
 
     def _category_values(
-        self, col: pd.Series, first_row: int = 0, fitted: bool = False
+        self, col: pd.Series, first_row: RowNumbers = 0, fitted: bool = False
     ) -> np.ndarray:
         missing = col.isna().to_numpy()
         if missing.any() and self.missing == "error":
-            row = first_row + int(np.flatnonzero(missing)[0])
-            where = "" if first_row == 0 else f" in rows from {first_row}"
+            row = row_number(first_row, int(np.flatnonzero(missing)[0]))
             raise DataError(
                 f"categorical column {col.name!r} has {int(missing.sum())} missing values"
-                f"{where} (first at row {row}); "
+                f"{rows_from(first_row)} (first at row {row}); "
                 + _fill_hint(fitted, "treat missing as a category of its own")
             )
         values = col.astype(object).to_numpy()
@@ -442,18 +442,19 @@ def _first_text(col: pd.Series) -> Any:
     return bad.iloc[0] if len(bad) else (values.iloc[0] if len(values) else None)
 
 
-def _refuse_stray_text(col: pd.Series) -> None:
+def _refuse_stray_text(col: pd.Series, rows: RowNumbers = 0) -> None:
     """A column of numbers with a few words in it is a typo, not a categorical feature."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         return
-    values, text, example, row = _count_text(col)
-    _check_stray_text(str(col.name), values, text, example, row)
+    values, text, example, at = _count_text(col)
+    _check_stray_text(str(col.name), values, text, example, row_number(rows, max(at, 0)))
     from .dates import stray_value
 
     stray = stray_value(col)
     if stray is not None:
         raise DataError(
-            f"column {str(col.name)!r} holds dates but also {stray[0]!r} at row {stray[1]}, "
+            f"column {str(col.name)!r} holds dates but also {stray[0]!r} at row "
+            f"{row_number(rows, stray[1])}, "
             "which is not one; fix it or leave it empty, or make it categorical on purpose by "
             "storing it as pandas 'category' dtype."
         )
@@ -461,13 +462,14 @@ def _refuse_stray_text(col: pd.Series) -> None:
 
 def _count_text(col: pd.Series) -> tuple[int, int, Any, int]:
     """(non-missing values, those that are not numbers, the first such value, its position
-    among the non-missing values)."""
+    in the column)."""
     values = col.dropna()
     text = pd.to_numeric(values.astype(str), errors="coerce").isna().to_numpy()
     if not text.any():
         return len(values), 0, None, -1
     first = int(np.flatnonzero(text)[0])
-    return len(values), int(text.sum()), values.iloc[first], first
+    position = int(np.flatnonzero(col.notna().to_numpy())[first])
+    return len(values), int(text.sum()), values.iloc[first], position
 
 
 def _check_stray_text(name: str, values: int, text: int, example: Any, row: int) -> None:

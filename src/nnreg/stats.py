@@ -126,7 +126,7 @@ class StreamingStatistics:
                 values, text, example, row = _count_text(col)
                 seen = self.text[c]
                 if text and not seen.text:
-                    seen.example, seen.row = example, seen.values + row
+                    seen.example, seen.row = example, first_row + row
                 seen.values, seen.text = seen.values + values, seen.text + text
             names, counts = np.unique(pre._category_values(col, first_row), return_counts=True)
             tally = self.counts[c]

@@ -186,7 +186,9 @@ class Sweep:
         w = data.weight
         w_train = None if w is None else w[train_rows]
         try:
-            self.preprocessor_ = recipe.preprocessor().fit(data.frame.iloc[train_rows], w_train)
+            self.preprocessor_ = recipe.preprocessor().fit(
+                data.frame.iloc[train_rows], w_train, data.numbers(train_rows)
+            )
         except DataError:
             raise_for_whole_table(recipe, data)
             raise

@@ -198,16 +198,19 @@ def check_sample_weight(sample_weight: Any, n_rows: int) -> np.ndarray | None:
 
 def drop_zero_weights(
     frame: pd.DataFrame, y: np.ndarray, w: np.ndarray | None
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Rows of weight 0 cannot change the fit: drop them, so that weighting is exactly like
-    repeating and removing rows; equal weights then change nothing and are dropped too."""
+    repeating and removing rows; equal weights then change nothing and are dropped too. The
+    last item is the kept rows' numbers in the table (None when every row is kept), which
+    data errors name."""
     if w is None:
-        return frame, y, None
+        return frame, y, None, None
     keep = w > 0
+    rows = None
     if not keep.all():
         rows = np.flatnonzero(keep)
         frame, y, w = frame.iloc[rows], y[rows], w[rows]
-    return frame, y, (None if np.all(w == w[0]) else w)
+    return frame, y, (None if np.all(w == w[0]) else w), rows
 
 
 @contextlib.contextmanager
