@@ -447,7 +447,8 @@ def _refuse_stray_text(col: pd.Series, rows: RowNumbers = 0) -> None:
     if isinstance(col.dtype, pd.CategoricalDtype):
         return
     values, text, example, at = _count_text(col)
-    _check_stray_text(str(col.name), values, text, example, row_number(rows, max(at, 0)))
+    if text:  # at is -1 without text
+        _check_stray_text(str(col.name), values, text, example, row_number(rows, at))
     from .dates import stray_value
 
     stray = stray_value(col)
