@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,11 @@ import pytest
 import torch
 
 import nnreg
+
+# What nnreg compiles on first use (nnreg.engine.native) goes to a folder of this test run's
+# own, which the commands the tests start inherit; it is removed when the run ends.
+_CACHE = tempfile.TemporaryDirectory(prefix="nnreg-test-cache-")
+os.environ["NNREG_CACHE_DIR"] = _CACHE.name
 
 
 @pytest.fixture(autouse=True)

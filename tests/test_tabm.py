@@ -190,9 +190,9 @@ def test_threads_are_sized_by_the_members_batch(
     seen: list[tuple[int, int]] = []
     policy = train.thread_policy
 
-    def recorded(batch: int, widest: int, threads: int | None = None) -> Any:
+    def recorded(batch: int, widest: int, threads: int | None = None, *args: Any) -> Any:
         seen.append((batch, widest))
-        return policy(batch, widest, threads)
+        return policy(batch, widest, threads, *args)
 
     monkeypatch.setattr(train, "thread_policy", recorded)
     X, y = friedman

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import ONE_THREAD_MAX_WORK
 from .engine import FlatOptimizer
 
 __all__ = ["ELEMENTWISE", "MEAN", "AutogradBackend", "FastBackend", "StepBackend", "loss_function"]
@@ -61,6 +62,8 @@ class StepBackend(Protocol):
     """What :class:`nnreg.train.Trainer` needs from an engine."""
 
     fast: bool  # which engine; checkpoints record it (their key "fast")
+    # A step's batch x width**2 up to which it runs on one thread (device.thread_policy)
+    one_thread_max_work: int
 
     def no_graph(self) -> AbstractContextManager[object]:
         """The context a run trains in."""
@@ -138,6 +141,7 @@ class FastBackend:
 
     def __init__(self, model: nn.Module, net: FastNet, optimizer: FlatOptimizer) -> None:
         self.model, self.net, self.optimizer = model, net, optimizer
+        self.one_thread_max_work = getattr(net, "one_thread_max_work", ONE_THREAD_MAX_WORK)
 
     def no_graph(self) -> AbstractContextManager[object]:
         return torch.no_grad()  # the buffers are plain tensors: no graph, no per-step guard
@@ -251,6 +255,7 @@ class AutogradBackend:
     """Steps on the model itself: forward, loss, backward, ``torch.optim`` update."""
 
     fast = False
+    one_thread_max_work = ONE_THREAD_MAX_WORK
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: str) -> None:
         self.model, self.optimizer = model, optimizer

@@ -89,11 +89,17 @@ ONE_THREAD_MAX_WORK = 2**21  # between 1M (one thread won) and 4M (two won)
 
 
 @contextlib.contextmanager
-def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterator[None]:
+def thread_policy(
+    batch: int,
+    widest: int,
+    threads: int | None = None,
+    one_thread_max_work: int = ONE_THREAD_MAX_WORK,
+) -> Iterator[None]:
     """Run the block with ``threads`` intra-op threads, or by measurement when None.
 
     Small matrix products finish before a second thread is worth waking, so steps whose
-    ``batch * widest**2`` is at most :data:`ONE_THREAD_MAX_WORK` use one thread. Larger ones
+    ``batch * widest**2`` is at most ``one_thread_max_work`` use one thread (an engine that
+    splits its step more cheaply than PyTorch's products passes a lower bound). Larger ones
     use torch's setting, but only as many threads as there are cores that other processes
     leave free (outside a data-parallel process group): a :class:`_Governor` watches the
     machine while the block runs (the trainers call :func:`adapt_threads` every step),
@@ -105,7 +111,7 @@ def thread_policy(batch: int, widest: int, threads: int | None = None) -> Iterat
     before = torch.get_num_threads()
     governor = None
     if threads is None:
-        threads = 1 if batch * widest**2 <= ONE_THREAD_MAX_WORK else before
+        threads = 1 if batch * widest**2 <= one_thread_max_work else before
         if threads > 1 and not _in_process_group():
             governor = _Governor(threads)
             threads = governor.current

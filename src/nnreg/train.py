@@ -259,7 +259,8 @@ class Trainer:
         every = self.config.early_stopping or self.config.schedule == "plateau"
         run = _Run(validation, callback, checkpoint, checkpoint_every, steps, first, epochs, every)
         rows, widest = step_shape(self.model, batch_rows)
-        with thread_policy(rows, widest, self.config.threads), self.backend.no_graph():
+        policy = thread_policy(rows, widest, self.config.threads, self.backend.one_thread_max_work)
+        with policy, self.backend.no_graph():
             run.good = self.backend.snapshot()
             if isinstance(X, torch.Tensor):
                 assert y is not None, "in-memory training needs targets"

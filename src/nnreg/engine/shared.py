@@ -35,11 +35,14 @@ all-reduces one gradient.
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from . import native
 from .embedded import PiecewiseInput
 from .kernels import (
     ACTIVATION_KERNELS,
@@ -80,6 +83,7 @@ class _Buffers:
         self.mean = new(batch, net.n_out)
         if net.embedding is not None:  # the bin encoding and the embedding
             self.code, self.E = net.embedding.new_code(batch, like)
+        self.native: _NativeStep | None = None  # the compiled step's arguments (training)
 
 
 class SharedBatch(NamedTuple):
@@ -91,6 +95,7 @@ class SharedBatch(NamedTuple):
     grad_scale: torch.Tensor  # d(loss)/d(elementwise loss), 0-d or (batch, 1)
     factor: float  # the returned loss times this is the batch's mean loss
     buf: _Buffers
+    native: _NativeStep | None = None  # set when the compiled step trains on this batch
 
 
 class FastTabM:
@@ -141,6 +146,19 @@ class FastTabM:
         self._act, self._act_backward = ACTIVATION_KERNELS[activation]
         self.loss, self._kernel = loss, LOSS_KERNELS[loss]
         self._buffers: dict[int, _Buffers] = {}
+        covered = native.covers(
+            self.folded,
+            self.sizes,
+            activation,
+            dropout,
+            loss,
+            self.n_out,
+            self.embedding,
+            self.params,
+        )
+        self.native = native.kernels(self.params.dtype) if covered else None
+        if self.native is not None:
+            self.one_thread_max_work = native.ONE_THREAD_MAX_WORK
 
     def copy_from(self, model: nn.Module) -> None:
         with torch.no_grad():
@@ -159,7 +177,9 @@ class FastTabM:
     def buffers(self, batch: int, train: bool = True) -> _Buffers:
         key = batch if train else -batch  # evaluation buffers never apply dropout
         if key not in self._buffers:
-            self._buffers[key] = _Buffers(self, batch, train and self.dropout > 0)
+            buf = self._buffers[key] = _Buffers(self, batch, train and self.dropout > 0)
+            if self.native is not None:
+                buf.native = _NativeStep(self, batch)
         return self._buffers[key]
 
     def prepare(
@@ -179,11 +199,19 @@ class FastTabM:
         buf = self.buffers(Y.shape[0], train)
         if self.embedding is not None:
             self.embedding.prepare(X, buf.code, buf.X0)
-        return SharedBatch(X, Y, weights, grad_scale, factor, buf)
+        step = buf.native if weights is None else None
+        if step is not None:
+            step.load(X, Y)
+        return SharedBatch(X, Y, weights, grad_scale, factor, buf, step)
 
     def loss_and_grad(self, batch: SharedBatch) -> torch.Tensor:
         """Forward and backward on one batch; gradients land in ``self.grads``. Returns the
         batch loss as a 0-d tensor; times ``batch.factor`` it is the members' mean loss."""
+        if batch.native is not None:  # one compiled call: csrc/tabm.cpp
+            assert self.native is not None
+            step = batch.native
+            threads = min(torch.get_num_threads(), step.threads)
+            return self.params.new_tensor(self.native.step(threads, *step.args))
         buf, v, g = batch.buf, self.view, self.grad
         self._forward(batch, buf)
         torch.sub(buf.out, batch.Y, out=buf.D)
@@ -207,6 +235,10 @@ class FastTabM:
     def evaluate(self, batch: SharedBatch) -> torch.Tensor:
         """The loss of the members' mean prediction, on a batch prepared with
         ``train=False``."""
+        if batch.native is not None:
+            assert self.native is not None
+            threads = min(torch.get_num_threads(), batch.native.threads)
+            return self.params.new_tensor(self.native.mean_loss(threads, *batch.native.forward))
         buf = batch.buf
         self._forward(batch, buf)
         torch.mean(buf.out, dim=0, out=buf.mean)
@@ -319,6 +351,68 @@ class FastTabM:
         n, d = self.embedding.n, self.embedding.d
         dE = dx0[:, : n * d].view(-1, n, d).transpose(0, 1)  # (feature, batch, d)
         self.embedding.backward(batch.X, buf.code, dE)
+
+
+class _NativeStep:
+    """The compiled step's buffers and arguments for one batch size (``csrc/tabm.cpp``): the
+    batch transposed and padded to whole 32-byte vectors, each member's activations, and
+    pointers to the parameters' and gradients' views. Every pointer is fixed for the fit, so
+    the arguments are made once; :meth:`load` copies each batch in."""
+
+    def __init__(self, net: FastTabM, rows: int) -> None:
+        like, sizes, k = net.params, net.sizes, net.k
+        lanes = 32 // like.element_size()
+        padded = -(-rows // lanes) * lanes
+        self.x = like.new_zeros(sizes[0], padded)  # padded rows stay zero
+        self.y = like.new_zeros(rows)
+        self.H = [like.new_zeros(k, w, padded) for w in sizes[1:]]
+        self.threads = max(1, torch.get_num_threads())  # each thread has its own scratch
+        self.D = like.new_zeros(self.threads, padded)
+        self.G = [like.new_zeros(self.threads, max(sizes), padded) for _ in range(2)]
+        self.losses = like.new_zeros(k)
+        self.P = like.new_zeros(k, padded)  # each member's predictions (evaluation)
+        layers = len(sizes) - 1
+        v, g = net.view, net.grad
+        expected = {f"{p}.{i}" for p in ("weights", "biases", "r", "s") for i in range(layers)}
+        if set(v) != expected | {"head_weight", "head_bias"}:
+            raise ValueError(f"the compiled step does not cover parameters {sorted(v)}")
+        self._keep: list[object] = []
+
+        def pointers(tensors: Sequence[torch.Tensor | None]) -> ctypes.Array[ctypes.c_void_p]:
+            array = (ctypes.c_void_p * len(tensors))(*[_address(t) for t in tensors])
+            self._keep.append(array)
+            return array
+
+        def each(views: dict[str, torch.Tensor], name: str) -> ctypes.Array[ctypes.c_void_p]:
+            return pointers([views[f"{name}.{i}"] for i in range(layers)])
+
+        self._keep.append(sizes_array := (ctypes.c_int * len(sizes))(*sizes))
+        scale = net._kernel.slope / (k * rows)  # d(members' mean loss)/d(a residual)
+        self.args = (
+            *(k, padded, rows, layers, sizes_array, _address(self.x), _address(self.y), scale),
+            *(each(v, "weights"), each(v, "biases"), each(v, "r"), each(v, "s")),
+            *(_address(v["head_weight"]), _address(v["head_bias"])),
+            *(each(g, "weights"), each(g, "biases"), each(g, "r"), each(g, "s")),
+            *(_address(g["head_weight"]), _address(g["head_bias"])),
+            *(pointers(net._m), pointers(net._dm), pointers(self.H)),
+            *(_address(self.D), _address(self.G[0]), _address(self.G[1])),
+            _address(self.losses),
+        )
+        self.forward = (
+            *(k, padded, rows, layers, sizes_array, _address(self.x), _address(self.y)),
+            *(each(v, "weights"), each(v, "biases"), each(v, "r"), each(v, "s")),
+            *(_address(v["head_weight"]), _address(v["head_bias"])),
+            *(pointers(net._m), pointers(self.H), _address(self.P)),
+        )
+
+    def load(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+        self.x[:, : X.shape[0]].copy_(X.t())
+        self.y.copy_(Y.reshape(-1))
+
+
+def _address(t: torch.Tensor | None) -> int:
+    assert t is not None and t.is_contiguous()
+    return t.data_ptr()
 
 
 def _prefixed(
