@@ -6,6 +6,10 @@ source that does not compile) falls back to the PyTorch step with the same resul
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +212,28 @@ def test_the_compiled_step_splits_members_between_threads_sooner(
     monkeypatch.setattr(train, "thread_policy", recorded)
     _seed_fit()
     assert seen[-1] == native.ONE_THREAD_MAX_WORK < 8 * 100 * 20**2 < device.ONE_THREAD_MAX_WORK
+
+
+@needs_compiler
+def test_a_kill_while_compiling_leaves_no_library_and_the_next_run_cleans_up(
+    fresh_cache: Path,
+) -> None:
+    """SIGKILL a process (and its compiler) once its temporary appears: no library is left
+    under the target's name, and the next compile removes the dead process's temporary."""
+    env = {**os.environ, "NNREG_CACHE_DIR": str(fresh_cache)}
+    code = "from nnreg.engine import native; native.library()"
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(fresh_cache.glob(".tabm-*.tmp")):
+            assert child.poll() is None and time.monotonic() < deadline, "no compile seen"
+            time.sleep(0.005)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not list(fresh_cache.glob("tabm-*.so"))
+    (left,) = fresh_cache.glob(".tabm-*.tmp")
+    live = left.with_name(left.name.replace(f"-{child.pid}-", f"-{os.getppid()}-"))
+    live.write_bytes(b"another process's compile, still running")
+    assert native.library() is not None
+    assert not left.exists() and live.exists()  # only the dead process's is removed

@@ -25,11 +25,12 @@ import platform
 import shutil
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from ..outputs import clean_stale, temporary_name
 
 __all__ = ["Kernels", "cache_dir", "covers", "kernels", "library"]
 
@@ -43,9 +44,10 @@ _COMPILE_TIMEOUT_S = 300
 # PyTorch's products (device.ONE_THREAD_MAX_WORK). At 32 x 100 x 20**2 (1.3M, the seed
 # network) a step took 166 us on one thread and 100 us on two.
 ONE_THREAD_MAX_WORK = 2**17
-# The widest layer the compiled step takes. Against the PyTorch step (32 members, 256 rows,
-# one and two threads): 1.8-1.9x as fast at width 32, 1.4-1.7x at 64, 1.1x at 256, and
-# 0.91-0.96x at 512, where a member's weights no longer stay in the cache between rows.
+# The widest layer the compiled step takes. Against the PyTorch step, 32 members on 256 rows
+# (benchmarks/native.py): 1.7-1.9x as fast at width 32, 1.5x at 64, 1.1x at 256 and 0.92-0.96x
+# at 512, where a member's weights no longer stay in the cache from one block of rows to the
+# next.
 MAX_WIDTH = 256
 
 
@@ -171,15 +173,16 @@ def _own(path: Path) -> bool:
 
 
 def _compile(compiler: str, folder: Path, target: Path) -> None:
-    """Compile the source into ``target``: beside it under a unique name, then renamed, so a
-    process killed while compiling leaves no half-written library under the target's name,
-    and two processes compiling at once each rename a whole one."""
-    fd, partial = tempfile.mkstemp(prefix=".tabm-", suffix=".so", dir=folder)
-    os.close(fd)
+    """Compile the source into ``target``: beside it under a name of this process's
+    (:func:`nnreg.outputs.temporary_name`), then renamed, so a process killed while compiling
+    leaves no half-written library under the target's name (the next compile removes what it
+    left), and two processes compiling at once each rename a whole one."""
+    clean_stale(target)
+    partial = temporary_name(target)
     try:
         for extra in ([OPENMP], []):
             done = subprocess.run(
-                [compiler, *FLAGS, *extra, str(SOURCE), "-o", partial],
+                [compiler, *FLAGS, *extra, str(SOURCE), "-o", str(partial)],
                 capture_output=True,
                 timeout=_COMPILE_TIMEOUT_S,
             )
@@ -188,5 +191,4 @@ def _compile(compiler: str, folder: Path, target: Path) -> None:
                 return
         raise OSError(f"{compiler} could not compile {SOURCE.name}: {done.stderr[-400:]!r}")
     finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+        partial.unlink(missing_ok=True)
