@@ -237,3 +237,54 @@ def test_a_kill_while_compiling_leaves_no_library_and_the_next_run_cleans_up(
     live.write_bytes(b"another process's compile, still running")
     assert native.library() is not None
     assert not left.exists() and live.exists()  # only the dead process's is removed
+
+
+@needs_compiler
+@pytest.mark.parametrize("where", ["weights.1", "input"])
+def test_a_nan_reaches_the_loss_as_in_pytorch(where: str) -> None:
+    """ReLU keeps a NaN, as PyTorch's does, so that the loss (which the divergence check
+    reads) is NaN too instead of a finite number over NaN gradients."""
+    net = _net((6, 5), 3, torch.float32)
+    x, y = torch.randn(9, 3), torch.randn(9, 1)
+    if where == "input":
+        x[4, 1] = float("nan")
+    else:
+        with torch.no_grad():
+            net.weights[1][2, 3] = float("nan")
+    compiled, reference = FastTabM(net, "relu", "squared_error"), _torch_step(net)
+    for fast in (compiled, reference):
+        assert torch.isnan(fast.loss_and_grad(fast.prepare(x, y, None)))
+        assert torch.isnan(fast.evaluate(fast.prepare(x, y, None, train=False)))
+
+
+@needs_compiler
+def test_a_damaged_library_is_compiled_again_not_loaded(fresh_cache: Path) -> None:
+    """A library cut short (a crash before it reached the disk, a partial copy of the cache)
+    would kill the process that loads it (SIGBUS): its SHA-256 no longer matches the one
+    recorded beside it, so it is compiled again. Checked in a child process, which is what
+    would die."""
+    assert native.library() is not None
+    (built,) = fresh_cache.glob("tabm-*.so")
+    whole = built.read_bytes()
+    built.write_bytes(whole[:20000])
+    env = {**os.environ, "NNREG_CACHE_DIR": str(fresh_cache)}
+    code = "from nnreg.engine import native; print(native.library() is not None)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
+    assert native._intact(built) and len(built.read_bytes()) >= len(whole) // 2
+    assert not list(fresh_cache.glob(".*.tmp"))
+
+
+def test_no_home_folder_falls_back_to_the_pytorch_step(
+    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's user with no home folder and no cache variables."""
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("NNREG_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", no_home)
+    assert native.library() is None
+    assert np.isfinite(_seed_fit()).all()

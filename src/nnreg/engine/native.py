@@ -37,6 +37,7 @@ __all__ = ["Kernels", "cache_dir", "covers", "kernels", "library"]
 SOURCE = Path(__file__).with_name("csrc") / "tabm.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 OPENMP = "-fopenmp"  # tried first; without it the members run on one thread
+SYMBOLS = [f"nnreg_tabm_{f}_{t}" for f in ("step", "mean_loss") for t in ("float32", "float64")]
 DTYPES = {torch.float32: ("float32", ctypes.c_float), torch.float64: ("float64", ctypes.c_double)}
 _COMPILE_TIMEOUT_S = 300
 # Members x rows x width**2 above which a step splits its members between threads: the
@@ -93,8 +94,8 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         return _load()
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
+    except Exception:  # noqa: BLE001 - whatever stops it (no home folder, a full disk, ...),
+        return None  # the PyTorch step computes the same thing
 
 
 class Kernels(NamedTuple):
@@ -157,11 +158,26 @@ def _load() -> ctypes.CDLL | None:
     if not _own(folder):
         return None  # another user could replace what it holds: never load code from it
     target = folder / f"tabm-{key}-{platform.machine()}.so"
-    if not target.exists():
-        _compile(compiler, folder, target)
-    if not _own(target):
+    if not _intact(target):  # never compiled, or damaged (a cut copy, a crash, an edit)
+        _compile(compiler, target)
+    if not _own(target) or not _intact(target):
         return None
-    return ctypes.CDLL(str(target))
+    lib = ctypes.CDLL(str(target))
+    return lib if all(hasattr(lib, name) for name in SYMBOLS) else None
+
+
+def _digest_file(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """Whether ``target`` is the library its compile wrote: its SHA-256 is the one recorded
+    beside it then. Loading a damaged library can kill the process (SIGBUS), not raise."""
+    try:
+        recorded = _digest_file(target).read_text().strip()
+        return hashlib.sha256(target.read_bytes()).hexdigest() == recorded
+    except OSError:
+        return False
 
 
 def _own(path: Path) -> bool:
@@ -172,13 +188,16 @@ def _own(path: Path) -> bool:
     return mine and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _compile(compiler: str, folder: Path, target: Path) -> None:
-    """Compile the source into ``target``: beside it under a name of this process's
-    (:func:`nnreg.outputs.temporary_name`), then renamed, so a process killed while compiling
-    leaves no half-written library under the target's name (the next compile removes what it
-    left), and two processes compiling at once each rename a whole one."""
+def _compile(compiler: str, target: Path) -> None:
+    """Compile the source into ``target`` and record its SHA-256 beside it. Both are written
+    under names of this process's (:func:`nnreg.outputs.temporary_name`), flushed to disk and
+    then renamed, so a process killed while compiling leaves no half-written library under
+    the target's name (the next compile removes what it left), and two processes compiling at
+    once each rename whole files."""
+    digest = _digest_file(target)
     clean_stale(target)
-    partial = temporary_name(target)
+    clean_stale(digest)
+    partial, partial_digest = temporary_name(target), temporary_name(digest)
     try:
         for extra in ([OPENMP], []):
             done = subprocess.run(
@@ -187,8 +206,22 @@ def _compile(compiler: str, folder: Path, target: Path) -> None:
                 timeout=_COMPILE_TIMEOUT_S,
             )
             if done.returncode == 0:
-                os.replace(partial, target)
-                return
-        raise OSError(f"{compiler} could not compile {SOURCE.name}: {done.stderr[-400:]!r}")
+                break
+        else:
+            raise OSError(f"{compiler} could not compile {SOURCE.name}: {done.stderr[-400:]!r}")
+        _flush(partial)
+        partial_digest.write_text(hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")
+        _flush(partial_digest)
+        os.replace(partial, target)
+        os.replace(partial_digest, digest)
     finally:
         partial.unlink(missing_ok=True)
+        partial_digest.unlink(missing_ok=True)
+
+
+def _flush(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -79,10 +79,12 @@ inline void reduce_block(const Vec<double>::type* c, double* row0, double* row1)
   }
 }
 
+// value where test > 0, else 0, as PyTorch's ReLU and its gradient decide: a NaN test keeps
+// the value (so a NaN passes through, to be caught by the loss, as it would in PyTorch).
 template <typename V>
 inline V keep_if_positive(V value, V test) {
   V zero = {};
-  return test > zero ? value : zero;
+  return test <= zero ? zero : value;
 }
 
 // Rows j .. j + J of out[:, t .. t + one vector]: J accumulators held in registers while the
