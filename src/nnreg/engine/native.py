@@ -46,9 +46,9 @@ _COMPILE_TIMEOUT_S = 300
 # network) a step took 166 us on one thread and 100 us on two.
 ONE_THREAD_MAX_WORK = 2**17
 # The widest layer the compiled step takes. Against the PyTorch step, 32 members on 256 rows
-# (benchmarks/native.py): 1.7-1.9x as fast at width 32, 1.5x at 64, 1.1x at 256 and 0.92-0.96x
-# at 512, where a member's weights no longer stay in the cache from one block of rows to the
-# next.
+# (benchmarks/results/native.md): 1.6-1.8x as fast at width 32, 1.5-1.6x at 64, 1.1-1.2x at
+# 256 and 0.93-0.94x at 512, where a member's weights no longer stay in the cache from one
+# block of rows to the next.
 MAX_WIDTH = 256
 
 
