@@ -62,20 +62,36 @@ SHAPES = [  # hidden sizes, rows, members: whole and partial vectors and registe
 ]
 
 
+def _row_weights(rows: int, weighted: bool, dtype: torch.dtype) -> torch.Tensor | None:
+    if not weighted:
+        return None
+    w = torch.rand(rows, dtype=dtype) + 0.2  # one per row, as the trainer passes them
+    w[::3] = 0.0  # rows of weight 0 count for nothing
+    w[-1] = 1.0  # at least one row counts
+    return w
+
+
 @needs_compiler
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize(("hidden", "rows", "k"), SHAPES)
-def test_step_matches_autograd_in_float64(hidden: tuple[int, ...], rows: int, k: int) -> None:
+def test_step_matches_autograd_in_float64(
+    hidden: tuple[int, ...], rows: int, k: int, weighted: bool
+) -> None:
     net = _net(hidden, k, torch.float64)
     x = torch.randn(rows, 3, dtype=torch.float64)
     y = torch.randn(rows, 1, dtype=torch.float64)
+    w = _row_weights(rows, weighted, torch.float64)
     fast = FastTabM(net, "relu", "squared_error")
     assert fast.native is not None
-    batch = fast.prepare(x, y, None)
+    batch = fast.prepare(x, y, w)
     assert batch.native is not None
     loss = fast.loss_and_grad(batch) * batch.factor
 
     net.zero_grad()
-    reference = ((net(x) - y) ** 2).mean()  # the mean of the members' losses
+    squares = (net(x) - y) ** 2  # (members, rows, 1)
+    weights = torch.ones(rows, dtype=torch.float64) if w is None else w
+    # the mean over members of their (weighted) mean loss
+    reference = (squares * weights[:, None]).sum() / (weights.sum() * k)
     reference.backward()
     torch.testing.assert_close(loss, reference.detach(), rtol=1e-12, atol=0)
     for name, p in net.named_parameters():
@@ -84,18 +100,20 @@ def test_step_matches_autograd_in_float64(hidden: tuple[int, ...], rows: int, k:
 
 
 @needs_compiler
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize(("hidden", "rows", "k"), SHAPES)
 def test_step_and_validation_match_the_pytorch_step_in_float32(
-    hidden: tuple[int, ...], rows: int, k: int
+    hidden: tuple[int, ...], rows: int, k: int, weighted: bool
 ) -> None:
     net = _net(hidden, k, torch.float32)
     x, y = torch.randn(rows, 3), torch.randn(rows, 1)
+    w = _row_weights(rows, weighted, torch.float32)
     compiled, reference = FastTabM(net, "relu", "squared_error"), _torch_step(net)
-    losses = [f.loss_and_grad(f.prepare(x, y, None)) for f in (compiled, reference)]
+    losses = [f.loss_and_grad(f.prepare(x, y, w)) for f in (compiled, reference)]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     scale = reference.grads.abs().max()
     torch.testing.assert_close(compiled.grads / scale, reference.grads / scale, rtol=0, atol=1e-5)
-    held = [f.evaluate(f.prepare(x, y, None, train=False)) for f in (compiled, reference)]
+    held = [f.evaluate(f.prepare(x, y, w, train=False)) for f in (compiled, reference)]
     torch.testing.assert_close(held[0], held[1], rtol=1e-5, atol=1e-6)
 
 
@@ -261,16 +279,21 @@ def test_a_nan_reaches_the_loss_as_in_pytorch(where: str) -> None:
 def test_a_damaged_library_is_compiled_again_not_loaded(fresh_cache: Path) -> None:
     """A library cut short (a crash before it reached the disk, a partial copy of the cache)
     would kill the process that loads it (SIGBUS): its SHA-256 no longer matches the one
-    recorded beside it, so it is compiled again. Checked in a child process, which is what
-    would die."""
-    assert native.library() is not None
-    (built,) = fresh_cache.glob("tabm-*.so")
-    whole = built.read_bytes()
-    built.write_bytes(whole[:20000])
+    recorded beside it, so it is compiled again. Compiled and loaded in child processes,
+    which are what would die (this one never maps the file it damages)."""
     env = {**os.environ, "NNREG_CACHE_DIR": str(fresh_cache)}
     code = "from nnreg.engine import native; print(native.library() is not None)"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
+
+    def load() -> None:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
+
+    load()
+    (built,) = fresh_cache.glob("tabm-*.so")
+    whole = built.read_bytes()
+    built.unlink()  # a new file under the name, as a copy would leave it
+    built.write_bytes(whole[:20000])
+    load()
     assert native._intact(built) and len(built.read_bytes()) >= len(whole) // 2
     assert not list(fresh_cache.glob(".*.tmp"))
 

@@ -64,7 +64,8 @@ def covers(
 ) -> bool:
     """True for the networks ``csrc/tabm.cpp`` computes, where it is the faster step: the
     "tabm" form (r and s on every layer) no wider than :data:`MAX_WIDTH`, ReLU, no dropout,
-    squared error, one output, no embedding, float32 or float64 on the CPU."""
+    squared error (with row weights or without), one output, no embedding, float32 or float64
+    on the CPU."""
     return (
         all(folded)
         and max(sizes) <= MAX_WIDTH
@@ -102,7 +103,7 @@ class Kernels(NamedTuple):
     """The compiled functions for one dtype (``csrc/tabm.cpp`` documents their arguments)."""
 
     step: Any  # one training step: gradients of the members' mean loss; returns the loss sum
-    mean_loss: Any  # the members' mean prediction's sum of squared residuals
+    mean_loss: Any  # the members' mean prediction's (row-weighted) sum of squared residuals
 
 
 def kernels(dtype: torch.dtype) -> Kernels | None:
@@ -114,10 +115,10 @@ def kernels(dtype: torch.dtype) -> Kernels | None:
     name, scalar = DTYPES[dtype]
     p, i = ctypes.c_void_p, ctypes.c_int
     step = getattr(lib, f"nnreg_tabm_step_{name}")
-    step.argtypes = [i, i, i, i, i, p, p, p, scalar] + [p] * 19
+    step.argtypes = [i, i, i, i, i, p, p, p, p, scalar] + [p] * 19
     step.restype = scalar
     mean_loss = getattr(lib, f"nnreg_tabm_mean_loss_{name}")
-    mean_loss.argtypes = [i, i, i, i, i, p, p, p] + [p] * 9
+    mean_loss.argtypes = [i, i, i, i, i, p, p, p, p] + [p] * 9
     mean_loss.restype = scalar
     return Kernels(step, mean_loss)
 

@@ -199,10 +199,9 @@ class FastTabM:
         buf = self.buffers(Y.shape[0], train)
         if self.embedding is not None:
             self.embedding.prepare(X, buf.code, buf.X0)
-        step = buf.native if weights is None else None
-        if step is not None:
-            step.load(X, Y)
-        return SharedBatch(X, Y, weights, grad_scale, factor, buf, step)
+        if buf.native is not None:
+            buf.native.load(X, Y, weights)
+        return SharedBatch(X, Y, weights, grad_scale, factor, buf, buf.native)
 
     def loss_and_grad(self, batch: SharedBatch) -> torch.Tensor:
         """Forward and backward on one batch; gradients land in ``self.grads``. Returns the
@@ -211,7 +210,8 @@ class FastTabM:
             assert self.native is not None
             step = batch.native
             threads = min(torch.get_num_threads(), step.threads)
-            return self.params.new_tensor(self.native.step(threads, *step.args))
+            args = step.args if batch.weights is None else step.weighted_args
+            return self.params.new_tensor(self.native.step(threads, *args))
         buf, v, g = batch.buf, self.view, self.grad
         self._forward(batch, buf)
         torch.sub(buf.out, batch.Y, out=buf.D)
@@ -237,8 +237,10 @@ class FastTabM:
         ``train=False``."""
         if batch.native is not None:
             assert self.native is not None
-            threads = min(torch.get_num_threads(), batch.native.threads)
-            return self.params.new_tensor(self.native.mean_loss(threads, *batch.native.forward))
+            step = batch.native
+            threads = min(torch.get_num_threads(), step.threads)
+            args = step.forward if batch.weights is None else step.weighted_forward
+            return self.params.new_tensor(self.native.mean_loss(threads, *args))
         buf = batch.buf
         self._forward(batch, buf)
         torch.mean(buf.out, dim=0, out=buf.mean)
@@ -365,6 +367,7 @@ class _NativeStep:
         padded = -(-rows // lanes) * lanes
         self.x = like.new_zeros(sizes[0], padded)  # padded rows stay zero
         self.y = like.new_zeros(rows)
+        self.w = like.new_zeros(rows)  # a weighted batch's normalised row weights
         self.H = [like.new_zeros(k, w, padded) for w in sizes[1:]]
         self.threads = max(1, torch.get_num_threads())  # each thread has its own scratch
         self.D = like.new_zeros(self.threads, padded)
@@ -387,27 +390,34 @@ class _NativeStep:
             return pointers([views[f"{name}.{i}"] for i in range(layers)])
 
         self._keep.append(sizes_array := (ctypes.c_int * len(sizes))(*sizes))
-        scale = net._kernel.slope / (k * rows)  # d(members' mean loss)/d(a residual)
-        self.args = (
-            *(k, padded, rows, layers, sizes_array, _address(self.x), _address(self.y), scale),
+        batch = (k, padded, rows, layers, sizes_array, _address(self.x), _address(self.y))
+        parameters = (
             *(each(v, "weights"), each(v, "biases"), each(v, "r"), each(v, "s")),
             *(_address(v["head_weight"]), _address(v["head_bias"])),
+        )
+        step = (
+            *parameters,
             *(each(g, "weights"), each(g, "biases"), each(g, "r"), each(g, "s")),
             *(_address(g["head_weight"]), _address(g["head_bias"])),
             *(pointers(net._m), pointers(net._dm), pointers(self.H)),
             *(_address(self.D), _address(self.G[0]), _address(self.G[1])),
             _address(self.losses),
         )
-        self.forward = (
-            *(k, padded, rows, layers, sizes_array, _address(self.x), _address(self.y)),
-            *(each(v, "weights"), each(v, "biases"), each(v, "r"), each(v, "s")),
-            *(_address(v["head_weight"]), _address(v["head_bias"])),
-            *(pointers(net._m), pointers(self.H), _address(self.P)),
-        )
+        # d(loss)/d(residual) = slope * scale * residual (times the row's weight): without
+        # weights the loss is a sum that FastTabM's factor 1 / (k * rows) makes a mean; the
+        # weights are normalised (loss_scales) so that their loss is the mean itself.
+        slope, w = net._kernel.slope, _address(self.w)
+        self.args = (*batch, None, slope / (k * rows), *step)
+        self.weighted_args = (*batch, w, slope, *step)
+        predictions = (*parameters, pointers(net._m), pointers(self.H), _address(self.P))
+        self.forward = (*batch, None, *predictions)
+        self.weighted_forward = (*batch, w, *predictions)
 
-    def load(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+    def load(self, X: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor | None) -> None:
         self.x[:, : X.shape[0]].copy_(X.t())
         self.y.copy_(Y.reshape(-1))
+        if weights is not None:
+            self.w.copy_(weights.reshape(-1))
 
 
 def _address(t: torch.Tensor | None) -> int:

@@ -1,6 +1,6 @@
 // Shared-weight members (nnreg.engine.shared.FastTabM, the "tabm" form with ReLU, no dropout,
-// no embedding, squared error, one output): one training step, and the validation loss of
-// the members' mean, each one call that works member by member.
+// no embedding, squared error with or without row weights, one output): one training step,
+// and the validation loss of the members' mean, each one call that works member by member.
 //
 // Built and loaded by nnreg/engine/native.py: plain C symbols called through ctypes, no
 // Python or PyTorch headers; with OpenMP where the compiler has it, the members split between
@@ -230,10 +230,12 @@ void forward(int m, int n, int layers, const int* sizes, const T* x, T* const* W
   linear<T, false>(1, last, n, hw + m * last, last, 1, hb + m, h, out, nullptr);
 }
 
-// Member m's forward and backward: its loss (the sum of squared residuals) and its dM, db,
-// head gradients. D, G1 and G2 are the calling thread's own scratch.
+// Member m's forward and backward: its loss (the sum of squared residuals, each times its
+// row's weight w[t] where w is given) and its dM, db, head gradients (dLoss/d(residual) is
+// 2 * scale * residual, times w[t]). D, G1 and G2 are the calling thread's own scratch.
 template <typename T>
-T member(int m, int n, int rows, int layers, const int* sizes, const T* x, const T* y, T scale,
+T member(int m, int n, int rows, int layers, const int* sizes, const T* x, const T* y,
+         const T* w, T scale,
          T* const* W, T* const* b, T* const* r, T* const* s, const T* hw, const T* hb,
          T* const* db, T* dhw, T* dhb, T* const* M, T* const* dM, T* const* H, T* D, T* G1,
          T* G2) {
@@ -243,8 +245,9 @@ T member(int m, int n, int rows, int layers, const int* sizes, const T* x, const
   T loss = 0, sum = 0;
   for (int t = 0; t < rows; ++t) {
     T d = D[t] - y[t];
-    loss += d * d;
-    d *= scale;
+    T weighted = w ? w[t] * d : d;
+    loss += weighted * d;
+    d = weighted * scale;
     D[t] = d;
     sum += d;
   }
@@ -275,7 +278,7 @@ T member(int m, int n, int rows, int layers, const int* sizes, const T* x, const
 // whatever the thread count, so the gradients are the same bits on any number of threads.
 template <typename T>
 T step(int threads, int k, int n, int rows, int layers, const int* sizes, const T* x,
-       const T* y, T scale, T* const* W, T* const* b, T* const* r, T* const* s, const T* hw,
+       const T* y, const T* w, T scale, T* const* W, T* const* b, T* const* r, T* const* s, const T* hw,
        const T* hb, T* const* dW, T* const* db, T* const* dr, T* const* ds, T* dhw, T* dhb,
        T* const* M, T* const* dM, T* const* H, T* D, T* G1, T* G2, T* losses) {
   int width = 0;
@@ -283,7 +286,7 @@ T step(int threads, int k, int n, int rows, int layers, const int* sizes, const 
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int m = 0; m < k; ++m) {
     const long at = omp_get_thread_num();
-    losses[m] = member<T>(m, n, rows, layers, sizes, x, y, scale, W, b, r, s, hw, hb, db, dhw,
+    losses[m] = member<T>(m, n, rows, layers, sizes, x, y, w, scale, W, b, r, s, hw, hb, db, dhw,
                           dhb, M, dM, H, D + at * n, G1 + at * width * n, G2 + at * width * n);
   }
   for (int l = 0; l < layers; ++l)
@@ -293,11 +296,11 @@ T step(int threads, int k, int n, int rows, int layers, const int* sizes, const 
   return loss;
 }
 
-// The members' mean prediction's sum of squared residuals over the first `rows` rows; each
-// member's predictions land in P (k, n).
+// The members' mean prediction's sum of squared residuals over the first `rows` rows (each
+// times its row's weight w[t] where w is given); each member's predictions land in P (k, n).
 template <typename T>
 T mean_loss(int threads, int k, int n, int rows, int layers, const int* sizes, const T* x,
-            const T* y, T* const* W, T* const* b, T* const* r, T* const* s, const T* hw,
+            const T* y, const T* w, T* const* W, T* const* b, T* const* r, T* const* s, const T* hw,
             const T* hb, T* const* M, T* const* H, T* P) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int m = 0; m < k; ++m) forward<T>(m, n, layers, sizes, x, W, b, r, s, hw, hb, M, H, P + m * n);
@@ -306,7 +309,7 @@ T mean_loss(int threads, int k, int n, int rows, int layers, const int* sizes, c
     T mean = 0;
     for (int m = 0; m < k; ++m) mean += P[m * n + t];
     T d = mean / k - y[t];
-    loss += d * d;
+    loss += (w ? w[t] : T(1)) * d * d;
   }
   return loss;
 }
@@ -315,20 +318,21 @@ T mean_loss(int threads, int k, int n, int rows, int layers, const int* sizes, c
 
 #define NNREG_STEP(name, T)                                                                 \
   extern "C" T name(int threads, int k, int n, int rows, int layers, const int* sizes,      \
-                    const T* x, const T* y, T scale, T* const* W, T* const* b, T* const* r, \
-                    T* const* s, const T* hw, const T* hb, T* const* dW, T* const* db,      \
-                    T* const* dr, T* const* ds, T* dhw, T* dhb, T* const* M, T* const* dM,  \
-                    T* const* H, T* D, T* G1, T* G2, T* losses) {                           \
-    return step<T>(threads, k, n, rows, layers, sizes, x, y, scale, W, b, r, s, hw, hb, dW, \
-                   db, dr, ds, dhw, dhb, M, dM, H, D, G1, G2, losses);                      \
+                    const T* x, const T* y, const T* w, T scale, T* const* W, T* const* b,  \
+                    T* const* r, T* const* s, const T* hw, const T* hb, T* const* dW,       \
+                    T* const* db, T* const* dr, T* const* ds, T* dhw, T* dhb, T* const* M,  \
+                    T* const* dM, T* const* H, T* D, T* G1, T* G2, T* losses) {             \
+    return step<T>(threads, k, n, rows, layers, sizes, x, y, w, scale, W, b, r, s, hw, hb,  \
+                   dW, db, dr, ds, dhw, dhb, M, dM, H, D, G1, G2, losses);                  \
   }
 
-#define NNREG_MEAN_LOSS(name, T)                                                              \
-  extern "C" T name(int threads, int k, int n, int rows, int layers, const int* sizes,        \
-                    const T* x, const T* y, T* const* W, T* const* b, T* const* r,            \
-                    T* const* s, const T* hw, const T* hb, T* const* M, T* const* H, T* P) {  \
-    return mean_loss<T>(threads, k, n, rows, layers, sizes, x, y, W, b, r, s, hw, hb, M, H, \
-                        P);                                                                   \
+#define NNREG_MEAN_LOSS(name, T)                                                           \
+  extern "C" T name(int threads, int k, int n, int rows, int layers, const int* sizes,     \
+                    const T* x, const T* y, const T* w, T* const* W, T* const* b,          \
+                    T* const* r, T* const* s, const T* hw, const T* hb, T* const* M,       \
+                    T* const* H, T* P) {                                                   \
+    return mean_loss<T>(threads, k, n, rows, layers, sizes, x, y, w, W, b, r, s, hw, hb, M, \
+                        H, P);                                                             \
   }
 
 NNREG_STEP(nnreg_tabm_step_float32, float)
