@@ -27,6 +27,16 @@ FLAGS = flags_of(cli.commands.values())
         ("batch_size >= 2", "--batch-size of at least 2"),
         ("column 'city=Oslo' and foo=3 stay", "column 'city=Oslo' and foo=3 stay"),
         ("first at row 0); in rows from 100", "first at row 1); in rows from 101"),
+        # quoted names are the user's text: columns called like parameters or row phrases
+        ("column 'batch_size=5' at row 2", "column 'batch_size=5' at row 3"),
+        (
+            'column "it\'s max_iter=3", use max_iter=3',
+            'column "it\'s max_iter=3", use --epochs 3',
+        ),
+        (
+            "the model's columns 'at row 7', 'n_models > 1'",
+            "the model's columns 'at row 7', 'n_models > 1'",
+        ),
     ],
 )
 def test_parameters_are_said_as_their_flags(said: str, meant: str) -> None:

@@ -20,6 +20,10 @@ _ASSIGNED = re.compile(r"\b([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|True|False|-?[\
 _COMPARED = re.compile(r"\b([a-z][a-z0-9_]*) (>=|<=|>|<) (-?\d[\d.]*)")
 _WORDS = {">": "above", ">=": "of at least", "<": "below", "<=": "of at most"}
 _ROW = re.compile(r"\b(at row|rows from) (\d+)\b")
+# A quoted name (a column's, a file's), as repr() quotes it: a quote that follows neither a
+# word (an apostrophe: "the model's") nor "=" (a quoted value: missing='impute'). What it
+# holds is the user's text, never rewritten: a column may be called "batch_size=5".
+_QUOTED = re.compile(r"""(?<![\w=])('[^']*'|"[^"]*")""")
 
 
 def flags_of(commands: Iterable[click.Command]) -> dict[str, click.Option]:
@@ -39,7 +43,7 @@ def _flag(option: click.Option) -> str:
 def with_flags(message: str, options: dict[str, click.Option], rows_in_file: bool) -> str:
     """``message`` with each ``name=value`` and ``name > N`` of a parameter that a flag
     sets said as that flag; with ``rows_in_file``, rows numbered from 1 (the first data row
-    of a file, under its header)."""
+    of a file, under its header). Quoted names are left as they are."""
 
     def assigned(m: re.Match[str]) -> str:
         option = options.get(m.group(1))
@@ -60,7 +64,14 @@ def with_flags(message: str, options: dict[str, click.Option], rows_in_file: boo
             return m.group(0)
         return f"{_flag(option)} {_WORDS[m.group(2)]} {m.group(3)}"
 
-    message = _COMPARED.sub(compared, _ASSIGNED.sub(assigned, message))
-    if rows_in_file:
-        message = _ROW.sub(lambda m: f"{m.group(1)} {int(m.group(2)) + 1}", message)
-    return message
+    def rewrite(text: str) -> str:
+        text = _COMPARED.sub(compared, _ASSIGNED.sub(assigned, text))
+        if rows_in_file:
+            text = _ROW.sub(lambda m: f"{m.group(1)} {int(m.group(2)) + 1}", text)
+        return text
+
+    parts, end = [], 0
+    for quoted in _QUOTED.finditer(message):  # rewrite only what lies between quoted names
+        parts += [rewrite(message[end : quoted.start()]), quoted.group(0)]
+        end = quoted.end()
+    return "".join([*parts, rewrite(message[end:])])
