@@ -71,16 +71,25 @@ def _row_weights(rows: int, weighted: bool, dtype: torch.dtype) -> torch.Tensor 
     return w
 
 
+Shape = tuple[tuple[int, ...], int, int]  # hidden sizes, rows, members
+Case = tuple[TabM, torch.Tensor, torch.Tensor, torch.Tensor | None]
+each_case = pytest.mark.parametrize(
+    ("shape", "weighted"), [(shape, weighted) for shape in SHAPES for weighted in (False, True)]
+)
+
+
+def _case(shape: Shape, weighted: bool, dtype: torch.dtype) -> Case:
+    """A network moved off its initial values, and a batch: inputs, targets, row weights."""
+    hidden, rows, k = shape
+    x, y = torch.randn(rows, 3, dtype=dtype), torch.randn(rows, 1, dtype=dtype)
+    return _net(hidden, k, dtype), x, y, _row_weights(rows, weighted, dtype)
+
+
 @needs_compiler
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize(("hidden", "rows", "k"), SHAPES)
-def test_step_matches_autograd_in_float64(
-    hidden: tuple[int, ...], rows: int, k: int, weighted: bool
-) -> None:
-    net = _net(hidden, k, torch.float64)
-    x = torch.randn(rows, 3, dtype=torch.float64)
-    y = torch.randn(rows, 1, dtype=torch.float64)
-    w = _row_weights(rows, weighted, torch.float64)
+@each_case
+def test_step_matches_autograd_in_float64(shape: Shape, weighted: bool) -> None:
+    net, x, y, w = _case(shape, weighted, torch.float64)
+    rows, k = shape[1], shape[2]
     fast = FastTabM(net, "relu", "squared_error")
     assert fast.native is not None
     batch = fast.prepare(x, y, w)
@@ -100,14 +109,11 @@ def test_step_matches_autograd_in_float64(
 
 
 @needs_compiler
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize(("hidden", "rows", "k"), SHAPES)
+@each_case
 def test_step_and_validation_match_the_pytorch_step_in_float32(
-    hidden: tuple[int, ...], rows: int, k: int, weighted: bool
+    shape: Shape, weighted: bool
 ) -> None:
-    net = _net(hidden, k, torch.float32)
-    x, y = torch.randn(rows, 3), torch.randn(rows, 1)
-    w = _row_weights(rows, weighted, torch.float32)
+    net, x, y, w = _case(shape, weighted, torch.float32)
     compiled, reference = FastTabM(net, "relu", "squared_error"), _torch_step(net)
     losses = [f.loss_and_grad(f.prepare(x, y, w)) for f in (compiled, reference)]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
