@@ -83,7 +83,7 @@ class _Buffers:
         self.mean = new(batch, net.n_out)
         if net.embedding is not None:  # the bin encoding and the embedding
             self.code, self.E = net.embedding.new_code(batch, like)
-        self.native: _NativeStep | None = None  # the compiled step's arguments (training)
+        self.native: _NativeStep | None = None  # the compiled step's buffers and arguments
 
 
 class SharedBatch(NamedTuple):
@@ -95,7 +95,7 @@ class SharedBatch(NamedTuple):
     grad_scale: torch.Tensor  # d(loss)/d(elementwise loss), 0-d or (batch, 1)
     factor: float  # the returned loss times this is the batch's mean loss
     buf: _Buffers
-    native: _NativeStep | None = None  # set when the compiled step trains on this batch
+    native: _NativeStep | None = None  # set when the compiled step runs on this batch
 
 
 class FastTabM:
@@ -209,9 +209,8 @@ class FastTabM:
         if batch.native is not None:  # one compiled call: csrc/tabm.cpp
             assert self.native is not None
             step = batch.native
-            threads = min(torch.get_num_threads(), step.threads)
             args = step.args if batch.weights is None else step.weighted_args
-            return self.params.new_tensor(self.native.step(threads, *args))
+            return self.params.new_tensor(step.call(self.native.step, args))
         buf, v, g = batch.buf, self.view, self.grad
         self._forward(batch, buf)
         torch.sub(buf.out, batch.Y, out=buf.D)
@@ -238,9 +237,8 @@ class FastTabM:
         if batch.native is not None:
             assert self.native is not None
             step = batch.native
-            threads = min(torch.get_num_threads(), step.threads)
             args = step.forward if batch.weights is None else step.weighted_forward
-            return self.params.new_tensor(self.native.mean_loss(threads, *args))
+            return self.params.new_tensor(step.call(self.native.mean_loss, args))
         buf = batch.buf
         self._forward(batch, buf)
         torch.mean(buf.out, dim=0, out=buf.mean)
@@ -412,6 +410,11 @@ class _NativeStep:
         predictions = (*parameters, pointers(net._m), pointers(self.H), _address(self.P))
         self.forward = (*batch, None, *predictions)
         self.weighted_forward = (*batch, w, *predictions)
+
+    def call(self, function: Any, args: tuple[Any, ...]) -> float:
+        """``function`` (a compiled one) on ``args``, on as many threads as PyTorch's setting
+        allows now, but no more than this batch size's scratch was made for."""
+        return float(function(min(torch.get_num_threads(), self.threads), *args))
 
     def load(self, X: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor | None) -> None:
         self.x[:, : X.shape[0]].copy_(X.t())
