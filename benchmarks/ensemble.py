@@ -354,7 +354,7 @@ def accuracy_report(
     n_single, n_ens = runs["single"], runs["ensemble"]
     columns = [names[m] for m in models]
     columns.insert(1, f"nnreg recommended, mean of {n_single} random states (spread)")
-    for m in INTERVAL:
+    for m in INTERVAL if n_ens > 1 else ():
         columns[columns.index(names[m])] += f", mean of {n_ens} random states (spread)"
     header = "| dataset | " + " | ".join(columns)
     header += " | 90% interval coverage (independent, tabm, tabm-mini) |"
