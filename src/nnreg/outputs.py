@@ -46,6 +46,7 @@ __all__ = [
     "check_replaceable",
     "clean_stale",
     "exchange",
+    "fsync",
     "temporary_name",
     "write_file_atomic",
 ]
@@ -162,11 +163,11 @@ def atomic_folder(
         for f in tmp.iterdir():
             if f.is_file() and not f.is_symlink():
                 f.chmod(mode)  # some writers (safetensors) make private files
-            _fsync(f)
-        _fsync(tmp)
+            fsync(f)
+        fsync(tmp)
         check_replaceable(dest, owned, protect)  # nothing foreign arrived meanwhile
         _replace_folder(tmp, dest)
-        _fsync(dest.parent)
+        fsync(dest.parent)
     except BaseException:
         _remove(tmp)
         raise
@@ -275,7 +276,7 @@ def write_file_atomic(dest: Path, write: Callable[[Path], Any]) -> None:
     try:
         write(tmp)
         tmp.chmod(mode)  # a writer may have made the file anew, private (safetensors: 0600)
-        _fsync(tmp)
+        fsync(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -295,7 +296,8 @@ def _create(path: Path) -> int:
         os.close(fd)
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; a symbolic link is left alone."""
     if path.is_symlink():
         return
     fd = os.open(path, os.O_RDONLY)

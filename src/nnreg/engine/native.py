@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..outputs import clean_stale, temporary_name
+from ..outputs import clean_stale, fsync, temporary_name
 
 __all__ = ["Kernels", "cache_dir", "covers", "kernels", "library"]
 
@@ -161,7 +161,9 @@ def _load() -> ctypes.CDLL | None:
     target = folder / f"tabm-{key}-{platform.machine()}.so"
     if not _intact(target):  # never compiled, or damaged (a cut copy, a crash, an edit)
         _compile(compiler, target)
-    if not _own(target) or not _intact(target):
+        if not _intact(target):
+            return None
+    if not _own(target):
         return None
     lib = ctypes.CDLL(str(target))
     return lib if all(hasattr(lib, name) for name in SYMBOLS) else None
@@ -210,19 +212,11 @@ def _compile(compiler: str, target: Path) -> None:
                 break
         else:
             raise OSError(f"{compiler} could not compile {SOURCE.name}: {done.stderr[-400:]!r}")
-        _flush(partial)
+        fsync(partial)
         partial_digest.write_text(hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")
-        _flush(partial_digest)
+        fsync(partial_digest)
         os.replace(partial, target)
         os.replace(partial_digest, digest)
     finally:
         partial.unlink(missing_ok=True)
         partial_digest.unlink(missing_ok=True)
-
-
-def _flush(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
