@@ -266,6 +266,11 @@ class Errors:
         self.per_split: list[list[float]] = []
 
     @property
+    def first(self) -> float:
+        """The mean over the splits of each split's first fit (``random_state`` its seed)."""
+        return float(np.mean([e[0] for e in self.per_split]))
+
+    @property
     def mean(self) -> float:
         """The mean over the splits of each split's mean over its random states."""
         return float(np.mean([np.mean(e) for e in self.per_split]))
@@ -300,35 +305,32 @@ def accuracy_section(
     }
     if realmlp:
         models["realmlp"] = lambda s: accuracy.realmlp_td(s, [])
-    # the single model's fits beyond the first on each split: its expected error
+    # random states per split: the single model's mean over its states is its expected error
     runs = {m: states if m == "single" else ensemble_states if m in INTERVAL else 1 for m in models}
     errors = {(d, m): Errors() for d in datasets for m in models}
-    first: dict[tuple[str, str], list[float]] = {}  # each split's fit with random_state s
     secs = {m: 0.0 for m in models}
     extra_secs = {m: 0.0 for m in models}  # fits with random states beyond the first
     coverage: dict[tuple[str, str], list[float]] = {}
     for d in datasets:
         for s in seeds:
             data = accuracy.load_dataset(d, s)
-            split: dict[str, list[float]] = {m: [] for m in models}
+            for name in models:
+                errors[(d, name)].per_split.append([])
             for j in range(max(runs.values())):
                 for name, make in models.items():
                     if j >= runs[name]:
                         continue
                     error, took, inside = fitted_error(name, make, data, s + 1000 * j)
-                    split[name].append(error)
+                    errors[(d, name)].per_split[-1].append(error)
                     if j == 0:
                         secs[name] += took
-                        first.setdefault((d, name), []).append(error)
                     else:
                         extra_secs[name] += took
                     if inside is not None:
                         coverage.setdefault((d, name), []).append(inside)
                     print(f"{d} seed {s} state {j} {name}: RMSE {error:.4g}", flush=True)
-            for name in models:
-                errors[(d, name)].per_split.append(split[name])
     return accuracy_report(
-        datasets, seeds, members, list(models), runs, errors, first, secs, extra_secs, coverage
+        datasets, seeds, members, list(models), runs, errors, secs, extra_secs, coverage
     )
 
 
@@ -339,7 +341,6 @@ def accuracy_report(
     models: list[str],
     runs: dict[str, int],
     errors: dict[tuple[str, str], Errors],
-    first: dict[tuple[str, str], list[float]],
     secs: dict[str, float],
     extra_secs: dict[str, float],
     coverage: dict[tuple[str, str], list[float]],
@@ -383,7 +384,7 @@ def accuracy_report(
         for m in models:
             e = errors[(d, m)]
             if m == "single":
-                values.append(f"{np.mean(first[(d, m)]):.4g}")
+                values.append(f"{e.first:.4g}")
                 values.append(f"{e.mean:.4g} ({e.spread:.2g})")
             elif m in INTERVAL and n_ens > 1:
                 values.append(f"{e.mean:.4g} ({e.spread:.2g})")
@@ -401,16 +402,14 @@ def accuracy_report(
     checks = len(lines)  # the PASS/FAIL lines start here
     for m in INTERVAL:
         lines += ensemble_check(names[m], datasets, single, {d: errors[(d, m)] for d in datasets})
-        lucky = [d for d in datasets if np.mean(first[(d, m)]) > np.mean(first[(d, "single")])]
+        lucky = [d for d in datasets if errors[(d, m)].first > errors[(d, "single")].first]
         if lucky:
             lines.append(
                 f"  Comparing only the fits with `random_state` the split's seed, it is worse "
                 f"on {', '.join(lucky)}."
             )
     if "realmlp" in models:
-        ratios = {
-            d: np.mean(first[(d, "ensemble")]) / errors[(d, "realmlp")].mean for d in datasets
-        }
+        ratios = {d: errors[(d, "ensemble")].first / errors[(d, "realmlp")].first for d in datasets}
         ok = all(r <= 1.03 for r in ratios.values())
         shown = ", ".join(f"{d} {r:.3f}" for d, r in ratios.items())
         lines.append(f"- {'PASS' if ok else 'FAIL'}: within 1.03x of RealMLP-TD: {shown}.")
