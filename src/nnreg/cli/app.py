@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
+from types import FrameType
 from typing import Any
 
 import click
@@ -70,14 +72,61 @@ class Terminated(BaseException):
 _RECEIVED: list[int] = []  # the signals this run took; what fails after one, fails by it
 
 
-def _terminate(signum: int, frame: object) -> None:
-    _RECEIVED.append(signum)
-    raise Terminated
+_REDELIVERY = 0.05  # seconds until a signal that came during an import is taken again
+_PENDING: list[threading.Timer] = []  # those redeliveries; main cancels any left
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    _take(signum, frame, Terminated)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _take(signum, frame, KeyboardInterrupt)
+
+
+def _take(signum: int, frame: FrameType | None, kind: type[BaseException]) -> None:
+    """Record ``signum`` and unwind with ``kind``; but inside an import, let the import
+    finish and take the signal again moments later. An exception raised in an import is
+    not safe: torch's import runs C++ that calls back into Python, and an exception there
+    ends the process in std::terminate ('nnreg train' killed 0.58 s in: SIGABRT, exit 134,
+    1 of 150 runs); elsewhere it cuts a module short (see :func:`_as_received`)."""
     _RECEIVED.append(signum)
-    raise KeyboardInterrupt
+    if not _importing(frame):
+        raise kind
+    timer = threading.Timer(_REDELIVERY, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    _PENDING.append(timer)
+    timer.start()
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """True when ``frame`` runs inside an import (below one of importlib's frames)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def raise_if_received() -> None:
+    """Unwind now for a signal whose exception was swallowed where it landed: Python only
+    prints an exception raised in an import lock's callback or a ``__del__``, and some
+    libraries catch everything. A run that went on after one must not start to train or
+    write (``fit_and_save`` and the sweep call this before they begin)."""
+    if _RECEIVED:
+        raise KeyboardInterrupt if _RECEIVED[-1] == signal.SIGINT else Terminated
+
+
+def _unraisable(hook: Any) -> Any:
+    """``sys.unraisablehook`` that says nothing of our own signal's exception where Python
+    could not raise it (the run ends by the signal anyway: :func:`raise_if_received`), and
+    hands everything else to ``hook``."""
+
+    def quiet(info: Any) -> None:
+        if not (_RECEIVED and isinstance(info.exc_value, (KeyboardInterrupt, Terminated))):
+            hook(info)
+
+    return quiet
 
 
 def _as_received(exc: BaseException) -> BaseException:
@@ -101,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
     previous = _on_sigterm(_terminate)
     previous_int = _on_sigint()
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     try:
         if _under_launcher():  # started by --nproc: end with it
             from ..distributed import end_with_launcher
@@ -109,12 +159,17 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(
             args=args, prog_name="nnreg", standalone_mode=False, obj={"argv": list(args)}
         )
+        raise_if_received()  # swallowed on the way, but the run still ends as the signal's
     except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - the one place
         # A SIGTERM now (under --nproc, the launcher ending every process after another one
         # failed) must not replace the exit code being decided with a traceback and code 1.
         _on_sigterm(signal.SIG_IGN)
         code = exit_code(_as_received(exc), debug)
     finally:
+        for timer in _PENDING:  # the run has ended; a signal it deferred must not outlive it
+            timer.cancel()
+        _PENDING.clear()
+        sys.unraisablehook = previous_hook
         _on_sigterm(previous)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)

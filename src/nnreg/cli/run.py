@@ -43,6 +43,9 @@ class SignalStop:
             self.event.set()
 
     def __enter__(self) -> SignalStop:
+        from .app import raise_if_received
+
+        raise_if_received()  # a signal before this one took that something swallowed
         if self.event is not None:
             for sig in SIGNAL_NAMES:
                 with contextlib.suppress(ValueError):
@@ -77,7 +80,9 @@ def fit_and_save(
     a signal came. Signals are held until the folder is written: one during training ends it
     after the current step, one while scoring or saving lets the folder be completed."""
     from ..exceptions import TrainingDivergedError
+    from .app import raise_if_received
 
+    raise_if_received()  # a signal taken earlier ends the run before it starts a tracker
     started = time.perf_counter()
     log = _tracker(log_to, out, group)
     try:  # Processes of one run stop together or not at all: there, a signal ends them.

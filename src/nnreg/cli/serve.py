@@ -85,6 +85,11 @@ def serve(
            -d '[{"x1": 0.5, "x2": -1.0}]'
     """
     from ..serving import Limits, run
+    from .app import raise_if_received
+
+    def announce(line: str) -> None:
+        raise_if_received()  # one taken while the model loaded: end before serving
+        click.echo(line, err=True)
 
     limits = Limits(max_rows=max_rows, max_body=int(max_body_mb * 2**20), timeout=timeout)
     counts = run(
@@ -94,7 +99,7 @@ def serve(
         workers=workers,
         limits=limits,
         access_log=access_log,
-        announce=lambda line: click.echo(line, err=True),
+        announce=announce,
     )
     if workers == 1:
         click.echo(
