@@ -72,8 +72,11 @@ class Terminated(BaseException):
 _RECEIVED: list[int] = []  # the signals this run took; what fails after one, fails by it
 
 
-_REDELIVERY = 0.05  # seconds until a signal that came during an import is taken again
+_REDELIVERY = 0.05  # seconds until a signal that came at an unsafe moment is taken again
 _PENDING: list[threading.Timer] = []  # those redeliveries; main cancels any left
+# Code an exception must not cut short (by the file its frames run): an import, and pandas'
+# CSV reader, whose worker threads parse a memory map that an unwinding read unmaps.
+_UNSAFE = ("<frozen importlib", os.path.join("pandas", "io", "parsers", ""))
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -85,24 +88,27 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _take(signum: int, frame: FrameType | None, kind: type[BaseException]) -> None:
-    """Record ``signum`` and unwind with ``kind``; but inside an import, let the import
-    finish and take the signal again moments later. An exception raised in an import is
-    not safe: torch's import runs C++ that calls back into Python, and an exception there
-    ends the process in std::terminate ('nnreg train' killed 0.58 s in: SIGABRT, exit 134,
-    1 of 150 runs); elsewhere it cuts a module short (see :func:`_as_received`)."""
+    """Record ``signum`` and unwind with ``kind``; but inside an import or a CSV read, let
+    it finish and take the signal again moments later. An exception there is not safe:
+    torch's import runs C++ that calls back into Python, and an exception in it ends the
+    process in std::terminate ('nnreg train' killed 0.3 to 2.5 s in: SIGABRT, exit 134, 2
+    of 250 runs); a CSV read that unwinds unmaps the file under its worker threads ('nnreg
+    predict' on 90,000 rows killed 0.3 to 3 s in: SIGSEGV, exit 139, 2 of 370 runs); and an
+    import cut short breaks its module (see :func:`_as_received`)."""
     _RECEIVED.append(signum)
-    if not _importing(frame):
+    if not _unsafe(frame):
         raise kind
+    _PENDING[:] = [t for t in _PENDING if not t.finished.is_set()]
     timer = threading.Timer(_REDELIVERY, os.kill, (os.getpid(), signum))
     timer.daemon = True
     _PENDING.append(timer)
     timer.start()
 
 
-def _importing(frame: FrameType | None) -> bool:
-    """True when ``frame`` runs inside an import (below one of importlib's frames)."""
+def _unsafe(frame: FrameType | None) -> bool:
+    """True when ``frame`` runs inside code of :data:`_UNSAFE` (an import, a CSV read)."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        if any(part in frame.f_code.co_filename for part in _UNSAFE):
             return True
         frame = frame.f_back
     return False
