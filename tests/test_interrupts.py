@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,18 +135,46 @@ def test_a_diverging_run_exits_1_and_keeps_the_last_finite_weights(tmp_path: Pat
     assert os.path.isfile(tmp_path / "m" / "model.json")
 
 
-@pytest.mark.parametrize(
-    ("sig", "code", "said"),
+# Each signal, the exit code it ends a command with and what the command says.
+SIGNALS = pytest.mark.parametrize(
+    "signalled",
     [(signal.SIGTERM, 143, "terminated by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
     ids=["SIGTERM", "SIGINT"],
 )
+Signalled = tuple[int, int, str]
+
+
+Run = Callable[[list[str]], tuple[object, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
+    """``run(argv)``: the exit code of ``nnreg ARGV`` run in this process and what it wrote
+    to stderr, with Python's own SIGINT handler in place, as when a command starts (an
+    earlier test may have left another)."""
+    from nnreg.cli import app
+
+    def ended_by(argv: list[str]) -> tuple[object, str]:
+        with pytest.raises(SystemExit) as ended:
+            app.main(argv)
+        return ended.value.code, capsys.readouterr().err
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield ended_by
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+@SIGNALS
 def test_a_signal_that_breaks_an_import_ends_the_run_as_that_signal(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sig, code, said
+    monkeypatch: pytest.MonkeyPatch, run: Run, signalled: Signalled
 ) -> None:
     """A SIGTERM in the first second (nnreg train importing scikit-learn) cut numpy's import
     short; the next use of the half-made module raised RecursionError, and the run ended
     with code 1 and 'a file nests too deeply' instead of 143 ('nnreg train' killed at
     0.45-0.55 s, 3 of 3 runs)."""
+    sig, code, said = signalled
     from nnreg.cli import app
 
     def cut_short(*args: object, **kwargs: object) -> None:
@@ -157,35 +186,21 @@ def test_a_signal_that_breaks_an_import_ends_the_run_as_that_signal(
         raise RecursionError("maximum recursion depth exceeded")  # ... and fails later
 
     monkeypatch.setattr(app.cli, "main", cut_short)
-    # As a command starts: Python's own SIGINT handler (an earlier test may have left another)
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-        with pytest.raises(SystemExit) as ended:
-            app.main(["train"])
-        assert ended.value.code == code and said in capsys.readouterr().err
-        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-    finally:
-        signal.signal(signal.SIGINT, outer)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    ended, err = run(["train"])
+    assert ended == code and said in err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
-@pytest.mark.parametrize(
-    ("sig", "code", "said"),
-    [(signal.SIGTERM, 143, "terminated by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
-    ids=["SIGTERM", "SIGINT"],
-)
+@SIGNALS
 def test_a_signal_something_swallowed_still_ends_the_run_before_it_trains(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    sig: int,
-    code: int,
-    said: str,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run: Run, signalled: Signalled
 ) -> None:
     """A SIGTERM while 'nnreg train' imported torch (0.52 s in, 1 of 40 runs) raised in an
     import lock's callback, where Python only prints the exception: the run went on, trained,
     wrote its folder and exited 0."""
-    from nnreg.cli import app, train
+    sig, code, said = signalled
+    from nnreg.cli import train
 
     csv = tmp_path / "d.csv"
     pd.DataFrame({"x": np.arange(40.0), "y": np.arange(40.0) ** 0.5}).to_csv(csv, index=False)
@@ -200,32 +215,19 @@ def test_a_signal_something_swallowed_still_ends_the_run_before_it_trains(
         return read(*args, **kwargs)  # ... and the command goes on
 
     monkeypatch.setattr(train, "training_table", swallowing)
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(SystemExit) as ended:
-            app.main(["train", str(csv), "--target", "y", "--out", str(tmp_path / "m")])
-        assert ended.value.code == code and said in capsys.readouterr().err
-        assert not (tmp_path / "m").exists()  # it neither trained nor wrote
-    finally:
-        signal.signal(signal.SIGINT, outer)
+    ended, err = run(["train", str(csv), "--target", "y", "--out", str(tmp_path / "m")])
+    assert ended == code and said in err
+    assert not (tmp_path / "m").exists()  # it neither trained nor wrote
 
 
-@pytest.mark.parametrize(
-    ("sig", "code", "said"),
-    [(signal.SIGTERM, 143, "terminated by SIGTERM"), (signal.SIGINT, 130, "interrupted")],
-    ids=["SIGTERM", "SIGINT"],
-)
+@SIGNALS
 def test_a_signal_during_an_import_lets_it_finish_then_ends_the_run(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    sig: int,
-    code: int,
-    said: str,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run: Run, signalled: Signalled
 ) -> None:
     """A SIGTERM while 'nnreg train' imported torch (0.58 s in, 1 of 150 runs) raised inside
     C++ that torch's import runs (torch._C._autograd_init): std::terminate, SIGABRT, exit
     134 and a C++ message. The signal now waits for the import and then ends the run."""
+    sig, code, said = signalled
     import importlib
 
     from nnreg.cli import app
@@ -247,20 +249,17 @@ def test_a_signal_during_an_import_lets_it_finish_then_ends_the_run(
         return 0
 
     monkeypatch.setattr(app.cli, "main", importing)
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(SystemExit) as ended:
-            app.main(["train"])
-        assert ended.value.code == code and said in capsys.readouterr().err
+        ended, err = run(["train"])
+        assert ended == code and said in err
         assert sys.modules[name].FINISHED  # the import was not cut short
         assert waited and waited[0] < 4  # the signal did not wait for the command's end
     finally:
-        signal.signal(signal.SIGINT, outer)
         sys.modules.pop(name, None)
 
 
 def test_a_signal_during_a_csv_read_lets_it_finish_then_ends_the_run(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run: Run
 ) -> None:
     """A SIGTERM while 'nnreg predict' read a 90,000-row CSV unwound pandas' parallel read,
     which unmapped the file under its worker threads: SIGSEGV at exit (exit 139, 2 of 370
@@ -284,7 +283,6 @@ def test_a_signal_during_a_csv_read_lets_it_finish_then_ends_the_run(
         return 0
 
     monkeypatch.setattr(app.cli, "main", reading)
-    with pytest.raises(SystemExit) as ended:
-        app.main(["predict"])
-    assert ended.value.code == 143 and "terminated by SIGTERM" in capsys.readouterr().err
+    ended, err = run(["predict"])
+    assert ended == 143 and "terminated by SIGTERM" in err
     assert read == [50]  # the read was not cut short
