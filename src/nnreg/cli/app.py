@@ -117,8 +117,9 @@ def _unsafe(frame: FrameType | None) -> bool:
 def raise_if_received() -> None:
     """Unwind now for a signal whose exception was swallowed where it landed: Python only
     prints an exception raised in an import lock's callback or a ``__del__``, and some
-    libraries catch everything. A run that went on after one must not start to train or
-    write (``fit_and_save`` and the sweep call this before they begin)."""
+    libraries catch everything. A run that went on after one must not train, serve or
+    write: ``fit_and_save``, the sweep and ``serve`` call this before they begin, and
+    :func:`main` when the command returns."""
     if _RECEIVED:
         raise KeyboardInterrupt if _RECEIVED[-1] == signal.SIGINT else Terminated
 

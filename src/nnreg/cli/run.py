@@ -45,7 +45,7 @@ class SignalStop:
     def __enter__(self) -> SignalStop:
         from .app import raise_if_received
 
-        raise_if_received()  # a signal before this one took that something swallowed
+        raise_if_received()  # an earlier signal, swallowed where it landed, ends it here
         if self.event is not None:
             for sig in SIGNAL_NAMES:
                 with contextlib.suppress(ValueError):
