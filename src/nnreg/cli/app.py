@@ -118,10 +118,10 @@ def raise_if_received() -> None:
     """Unwind now for a signal whose exception was swallowed where it landed: Python only
     prints an exception raised in an import lock's callback or a ``__del__``, and some
     libraries catch everything. A run that went on after one must not train, serve or
-    write: ``fit_and_save``, the sweep and ``serve`` call this before they begin, and
+    write: ``fit_and_save``, ``sweep`` and ``serve`` call this before they begin, and
     :func:`main` when the command returns."""
     if _RECEIVED:
-        raise KeyboardInterrupt if _RECEIVED[-1] == signal.SIGINT else Terminated
+        raise _signal_exception()
 
 
 def _unraisable(hook: Any) -> Any:
@@ -142,6 +142,11 @@ def _as_received(exc: BaseException) -> BaseException:
     when next used); the run then ends as the signal's, with its exit code."""
     if not _RECEIVED or isinstance(exc, (KeyboardInterrupt, Terminated, click.exceptions.Abort)):
         return exc
+    return _signal_exception()
+
+
+def _signal_exception() -> BaseException:
+    """The exception the last signal taken unwinds with (Ctrl-C's or SIGTERM's)."""
     return KeyboardInterrupt() if _RECEIVED[-1] == signal.SIGINT else Terminated()
 
 

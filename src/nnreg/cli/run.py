@@ -43,9 +43,6 @@ class SignalStop:
             self.event.set()
 
     def __enter__(self) -> SignalStop:
-        from .app import raise_if_received
-
-        raise_if_received()  # an earlier signal, swallowed where it landed, ends it here
         if self.event is not None:
             for sig in SIGNAL_NAMES:
                 with contextlib.suppress(ValueError):

@@ -129,6 +129,9 @@ def sweep(
 def _run(runner: Sweep, table: Table, y: Any, report: Report) -> SignalStop:
     """Train the sweep (its share of it, in each process of a distributed run) with
     progress; the signal handling it ran under, to exit with after saving."""
+    from .app import raise_if_received
+
+    raise_if_received()  # a signal taken earlier, swallowed where it landed, ends it here
     group = join_process_group(runner.base.device)
     if group is not None:
         report.ranks(group.world_size, sweep=True)
