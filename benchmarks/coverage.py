@@ -9,8 +9,10 @@ of the small tables and reports the mean, the per-split standard deviation and t
 standard error, then checks the band on the mean.
 
 The forms: ``n_models=4`` independent members (calibrated out of fold by two helper
-networks), and 8 shared-weight members (``ensemble="tabm"`` and ``"tabm-mini"``, calibrated
-on rows held out from training), each with the recommended preset otherwise. The tables are
+networks), and 8 shared-weight members (``ensemble="tabm"`` and ``"tabm-mini"``; on tables
+of 100 to 1,000 rows, where ``max_iter="auto"`` cross-validates, they train on every row and
+calibrate on every row's out-of-fold prediction from that search, else on rows held out from
+training), each with the recommended preset otherwise. The tables are
 the panel's tables of at most a few hundred rows (where the noise is) and three tables the
 presets were never tuned on; the splits and tables are ``benchmarks/accuracy.py``'s.
 

@@ -51,6 +51,8 @@ AUTO = {
     "max_iter": "auto",
     "dtype": "float64",
 }
+# Shared members whose epochs the search chose: every row trains, calibrated out of fold.
+SHARED_AUTO = {**AUTO, "n_models": 2, "ensemble": "tabm"}
 MEMBER_SEEDS = [11, 12]
 BATCH = 8  # rows per process per step
 EPOCHS = 150  # of the command-line runs: enough that a kill after a checkpoint lands mid-run
@@ -116,6 +118,9 @@ def _worker(folder: str) -> None:
         out["auto.epochs"] = torch.tensor(auto.epochs_cv_["epochs"])
         out["auto.cv"] = torch.tensor(auto.epochs_cv_["held_out_loss"])
         out["auto.pred"] = torch.from_numpy(auto.predict(Xa))
+        shared_auto = nnreg.Regressor(**SHARED_AUTO).fit(Xa, ya)
+        out["shared_auto.interval"] = torch.from_numpy(np.stack(shared_auto.predict_interval(Xa)))
+        out["shared_auto.scores"] = torch.tensor(shared_auto.calibrator_.scores)
         weighted = nnreg.Regressor(**WEIGHTED).fit(X, y, sample_weight=w)
         out["weighted.pred"] = torch.from_numpy(weighted.predict(X))
         out["weighted.loss"] = torch.tensor(weighted.loss_curve_ + weighted.validation_scores_)
@@ -228,6 +233,20 @@ def test_epochs_chosen_by_cross_validation_match_one_process(
     assert int(ranks[0]["auto.epochs"]) == reg.epochs_cv_["epochs"] == reg.n_iter_
     torch.testing.assert_close(ranks[0]["auto.cv"], torch.tensor(reg.epochs_cv_["held_out_loss"]))
     torch.testing.assert_close(ranks[0]["auto.pred"], torch.from_numpy(reg.predict(X)))
+
+
+@pytest.mark.slow
+def test_shared_members_calibrated_out_of_fold_match_one_process(
+    ranks: list[dict[str, torch.Tensor]],
+) -> None:
+    """The trials' out-of-fold predictions reach every process with their losses, so each
+    calibrates on every row as one process does."""
+    X, y = _auto_data()
+    reg = nnreg.Regressor(**SHARED_AUTO).fit(X, y)
+    assert len(reg.calibrator_.scores[0]) == len(y)
+    torch.testing.assert_close(ranks[0]["shared_auto.scores"], torch.tensor(reg.calibrator_.scores))
+    interval = torch.from_numpy(np.stack(reg.predict_interval(X)))
+    torch.testing.assert_close(ranks[0]["shared_auto.interval"], interval)
 
 
 @pytest.mark.slow

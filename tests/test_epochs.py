@@ -129,6 +129,77 @@ def test_shared_members_are_cross_validated_as_they_are_independent_ones_as_one(
     )
 
 
+def test_shared_members_the_search_chose_for_train_on_every_row_and_calibrate_out_of_fold(
+    monkeypatch,
+) -> None:
+    """Where the search chose their epochs, shared members hold out no calibration rows:
+    every row trains, and each row's conformity score and held-out metrics come from the
+    chosen count's trial that held the row out (cross-conformal). The trials, too, train on
+    every row of theirs. Recomputed from the trials' own predictions."""
+    X, y = _table(150)
+    params = {**SMALL, "hidden_layer_sizes": (8,), "n_models": 4, "ensemble": "tabm"}
+    trained: list[int] = []
+    train_single = fitting.train_single
+
+    def counted(recipe: Recipe, result: fitting.FitResult, data, *args, **kwargs) -> None:
+        trained.append(data[0].shape[0])
+        train_single(recipe, result, data, *args, **kwargs)
+
+    monkeypatch.setattr(fitting, "train_single", counted)
+    reg = nnreg.Regressor(**params).fit(X, y)
+    assert trained[-1] == len(y) and len(trained) == 1 + len(epochs.CANDIDATES) * epochs.FOLDS
+    assert all(t == 100 for t in trained[:-1])  # each trial: its fold's complement, whole
+    assert np.isnan(reg.history_.val_loss).all()  # nothing held out to score
+
+    trials: list[tuple[int, fitting.FitData, fitting.FitResult]] = []
+
+    def spy(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
+        result = fitting._fit_alone(recipe, data)
+        trials.append((recipe.params["max_iter"], data, result))
+        return result
+
+    choice = epochs.choose(Recipe.from_params(reg.get_params()), _frame(X, y), spy)
+    assert choice is not None and choice.epochs == reg.n_iter_ == reg.epochs_cv_["epochs"]
+    assert all(r.calibrator is None and r.held_out is None for *_, r in trials)
+    mean, spread = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    for count, part, result in trials:
+        if count == choice.epochs:
+            held = np.setdiff1d(np.arange(len(y)), part.numbers(np.arange(part.n_rows)))
+            trial = nnreg.Regressor(**params).adopt(result)
+            mean[held], spread[held] = trial.predict(X.to_numpy()[held], return_std=True)
+    scale = reg.y_scaler_.scale[0]
+    residual = np.abs(y - mean) / scale
+    unit_spread = spread / scale
+    scores = np.sort(residual / (unit_spread + np.median(unit_spread)))
+    # The trials' rows reached their float32 inputs as a table there, as an array here.
+    np.testing.assert_allclose(reg.calibrator_.scores[0], scores, rtol=1e-4, atol=1e-7)
+    assert reg.validation_metrics_["rows"] == len(y)
+    rmse = float(np.sqrt(np.mean((y - mean) ** 2)))
+    np.testing.assert_allclose(reg.validation_metrics_["rmse"], rmse, rtol=1e-5)
+
+
+def test_shared_members_calibrated_out_of_fold_cover_new_rows() -> None:
+    """Their 90% intervals cover about 90% of 4,000 new rows from the same distribution
+    (trials trained on two thirds of the rows: if anything a little more)."""
+    X, y = _table(300)
+    X_new, y_new = _table(4000, seed=1)
+    reg = nnreg.Regressor(**SMALL, n_models=4, ensemble="tabm").fit(X, y)
+    assert len(reg.calibrator_.scores[0]) == len(y)
+    lower, upper = reg.predict_interval(X_new, coverage=0.9)
+    assert 0.87 <= float(np.mean((lower <= y_new) & (y_new <= upper))) <= 0.95
+
+
+def test_shared_members_with_a_set_count_hold_out_their_calibration_rows() -> None:
+    X, y = _table(150)
+    reg = nnreg.Regressor(**SMALL, n_models=2, ensemble="tabm-mini", max_iter=20).fit(X, y)
+    assert len(reg.calibrator_.scores[0]) == fitting.MIN_SHARED_CALIBRATION_ROWS
+    assert reg.validation_metrics_["rows"] == fitting.MIN_SHARED_CALIBRATION_ROWS
+
+
+def _frame(X: pd.DataFrame, y: np.ndarray) -> fitting.FitData:
+    return fitting.FitData(X, y.reshape(-1, 1))
+
+
 def _constant(recipe: Recipe, data: fitting.FitData) -> fitting.FitResult:
     """A trial whose network predicts the same whatever its epochs: every count ties."""
     return fitting._fit_alone(epochs.with_params(recipe, max_iter=1), data)

@@ -11,13 +11,17 @@ import numpy as np
 import torch
 
 from .exceptions import ConfigError
+from .metrics import regression_metrics
 from .model import MLP, Predicts, predict_moments
 from .preprocess import Standardizer
 from .train import Validation
 
 __all__ = [
     "ConformalCalibrator",
+    "OutOfFold",
     "calibrate",
+    "cross_conformal",
+    "held_out_metrics",
     "out_of_fold",
     "prediction_interval",
     "rows_for",
@@ -42,6 +46,33 @@ def calibrate(model: Predicts, validation: Validation | None) -> ConformalCalibr
     X_val, y_val, _ = validation
     mean, std = predict_moments(model, X_val)
     return ConformalCalibrator.fit(y_val.cpu().double().numpy(), mean, std)
+
+
+# Each row's prediction by a model that did not train on it: mean and spread (rows,
+# targets) in the target's units (:attr:`nnreg.epochs.EpochChoice.out_of_fold`).
+OutOfFold = tuple[np.ndarray, np.ndarray]
+
+
+def cross_conformal(
+    y_scaler: Standardizer, y: np.ndarray, out_of_fold: OutOfFold
+) -> tuple[ConformalCalibrator, np.ndarray]:
+    """Conformity scores of every row from its out-of-fold prediction, in ``y_scaler``'s
+    standardised units, and those standardised predictions (rows, targets). From folds that
+    each trained on two thirds of the rows (the epoch search's), the residuals are if
+    anything larger than those of a model trained on all of them, so the intervals keep
+    their coverage (cross-conformal, "CV+", with three folds)."""
+    mean, spread = out_of_fold
+    scale = np.asarray(y_scaler.scale) if y_scaler.enabled else np.ones(mean.shape[1])
+    scaled = y_scaler.transform(mean)
+    target = y_scaler.transform(np.asarray(y, dtype=np.float64))
+    return ConformalCalibrator.fit(target, scaled, spread / scale), scaled
+
+
+def held_out_metrics(y_scaler: Standardizer, y: np.ndarray, scaled: np.ndarray) -> dict[str, float]:
+    """``rows`` and the metrics of :func:`~nnreg.metrics.regression_metrics` of standardised
+    predictions ``scaled`` of held-out rows, in the target's units."""
+    pred = y_scaler.inverse_transform(np.asarray(scaled, dtype=np.float64))
+    return {"rows": float(len(y)), **regression_metrics(y, pred)}
 
 
 def prediction_interval(

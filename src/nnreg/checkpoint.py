@@ -26,7 +26,9 @@ from .outputs import write_file_atomic
 from .reading import read_file, read_json, safetensors_header
 
 if TYPE_CHECKING:
-    from .train import Trainer
+    from .fitting import FitResult
+    from .recipe import Recipe
+    from .train import BatchSource, Trainer
 
 __all__ = [
     "CHECKPOINT",
@@ -37,6 +39,7 @@ __all__ = [
     "fingerprint",
     "is_checkpoint",
     "load_checkpoint",
+    "run_fingerprint",
     "save_checkpoint",
     "tensors_digest",
 ]
@@ -64,6 +67,25 @@ def checkpoint_digest(tensors: Mapping[str, torch.Tensor], document: Mapping[str
     rest = {k: v for k, v in document.items() if k != "sha256"}
     h.update(json.dumps(rest, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def run_fingerprint(
+    recipe: Recipe,
+    result: FitResult,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | BatchSource,
+) -> str:
+    """What a checkpoint is tied to: the settings (but the device), the fitted preprocessing
+    and the training rows (or, streamed, the row groups and how they are read)."""
+    from .recipe import jsonable
+
+    quiet = ("device", "verbose")  # where a run trains and what it prints change no step
+    settings = {k: v for k, v in jsonable(recipe.params).items() if k not in quiet}
+    if isinstance(data, tuple):
+        rows: list[Any] = [t for t in data if t is not None]
+    else:
+        rows = [getattr(data, "describe", dict)()]
+    pre = [result.preprocessor.to_dict(), result.y_scaler.to_dict()]
+    return fingerprint([settings, *pre, *rows])
 
 
 def fingerprint(parts: Iterable[Any]) -> str:

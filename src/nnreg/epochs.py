@@ -23,7 +23,11 @@ The margin and the lower bound keep noise from choosing. On tables the recipe wa
 on, picking the plain minimum made statsmodels' ccard (57 rows) 2.1x worse and msleep (60)
 1.6x; with both, the twelve such tables scored 1.2% better in geometric mean (README, Accuracy).
 Members that share weights (``ensemble="tabm"``) are cross-validated as they are; independent
-members are copies of one network, so one network is. Larger tables, streamed and swept fits
+members are copies of one network, so one network is. Shared members' trials also keep each
+held-out row's prediction (the members' mean and spread, in the target's units), so that the
+fit they chose for trains on every row and calibrates its intervals on those out-of-fold
+predictions (:func:`nnreg.calibration.cross_conformal`) instead of holding out rows of its
+own; the trials themselves hold none out either. Larger tables, streamed and swept fits
 and continued ones train :data:`~nnreg.recipe.AUTO_EPOCHS` (times the factor for shared
 members; a warm start keeps its first fit's choice). In a data-parallel run the processes
 share the trials out and each gets all their losses, so every process makes the same choice
@@ -36,7 +40,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -82,6 +86,12 @@ class EpochChoice:
     candidates: tuple[int, ...]
     losses: tuple[float, ...]
     folds: int
+    # Shared members' out-of-fold predictions at the chosen count: each row's mean and spread
+    # (rows, targets) in the target's units, from the trial that held the row out. They
+    # calibrate the fit's intervals in place of held-out rows; not saved (the scores are).
+    out_of_fold: tuple[np.ndarray, np.ndarray] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,7 +169,10 @@ def choose(
     base = with_params(base, verbose=0)
     steps = _steps_per_epoch(recipe, n)
     counts = candidates(recipe)
-    per_row = np.full((len(counts), n), math.nan)  # each row's loss when it was held out
+    # per count and row, when the row was held out: its loss, then (shared members) the
+    # members' mean and spread of each target
+    width = 1 + 2 * data.y.shape[1] if recipe.shared_ensemble else 1
+    held_out = np.full((len(counts), n, width), math.nan)
     trials = [(held, j) for held in folds for j in range(len(counts))]
     mine = _share([counts[j] for _, j in trials], group)
     for held, j in (trial for trial, ours in zip(trials, mine, strict=True) if ours):
@@ -170,19 +183,25 @@ def choose(
         if batch != "full":  # as many steps per epoch as on all rows
             batch = math.ceil(len(rows) / steps)
         fold_recipe = with_params(base, max_iter=counts[j], batch_size=batch)
-        per_row[j, held] = _held_out_losses(
-            fold_recipe, _subset(data, rows), _subset(data, held), train
+        held_out[j, held] = _held_out(
+            fold_recipe, _subset(data, rows), _subset(data, held), train, width
         )
     if group is not None:  # each entry is one trial's: its process has it, the others NaN
-        for part in group.gather(torch.from_numpy(per_row)):
-            per_row = np.where(np.isnan(per_row), part.numpy(), per_row)
+        for part in group.gather(torch.from_numpy(held_out)):
+            held_out = np.where(np.isnan(held_out), part.numpy(), held_out)
+    per_row = held_out[:, :, 0]
     if np.isnan(per_row).any():  # a trial did not run: stopped
         return None
     weight = np.ones(n) if data.weight is None else np.asarray(data.weight, dtype=np.float64)
     p = weight / weight.sum()
     losses = tuple(float(x) for x in per_row @ p)
     default = counts.index(epochs_of("auto", recipe.shared_ensemble is not None))
-    return EpochChoice(counts[_best(per_row, p, default)], counts, losses, FOLDS)
+    best = _best(per_row, p, default)
+    out_of_fold = None
+    if width > 1 and np.isfinite(held_out[best]).all():
+        mean, spread = np.split(held_out[best, :, 1:], 2, axis=1)
+        out_of_fold = (mean, spread)
+    return EpochChoice(counts[best], counts, losses, FOLDS, out_of_fold)
 
 
 def candidates(recipe: Recipe) -> tuple[int, ...]:
@@ -240,15 +259,22 @@ def _subset(data: FitData, rows: np.ndarray) -> FitData:
     )
 
 
-def _held_out_losses(recipe: Recipe, part: FitData, rest: FitData, train: Train) -> np.ndarray:
-    """Each row of ``rest``'s loss (mean over targets) after training ``recipe`` on ``part``
-    (inf where it diverged)."""
+def _held_out(recipe: Recipe, part: FitData, rest: FitData, train: Train, width: int) -> np.ndarray:
+    """(rows of ``rest``, ``width``) after training ``recipe`` on ``part``: each row's loss
+    (mean over targets; inf where it diverged), then, with ``width`` > 1, the members' mean
+    and spread of each target in the target's units (NaN where it diverged)."""
+    out = np.full((rest.n_rows, width), math.nan)
     try:
         result = train(recipe, part)
     except TrainingDivergedError:
-        return np.full(rest.n_rows, math.inf)
+        out[:, 0] = math.inf
+        return out
     X = recipe.tensor(result.preprocessor.transform(rest.frame))
-    pred = torch.from_numpy(predict_moments(result.model, X)[0])
+    mean, spread = predict_moments(result.model, X)
     target = torch.from_numpy(np.asarray(result.y_scaler.transform(rest.y), dtype=np.float64))
-    losses = ELEMENTWISE[recipe.params["loss"]](pred, target).mean(dim=1).numpy()
-    return np.where(np.isfinite(losses), losses, math.inf)
+    losses = ELEMENTWISE[recipe.params["loss"]](torch.from_numpy(mean), target).mean(dim=1)
+    out[:, 0] = np.where(np.isfinite(losses.numpy()), losses.numpy(), math.inf)
+    if width > 1:  # unscaled by the trial's own standardisation, unclipped
+        scale = np.asarray(result.y_scaler.scale)
+        out[:, 1:] = np.hstack([mean * scale + np.asarray(result.y_scaler.mean), spread * scale])
+    return out

@@ -43,8 +43,7 @@ def _one_network(reg: Regressor) -> bool:
 class Regressor(Parameters, RegressorMixin, BaseEstimator):
     """A multilayer-perceptron regressor trained with PyTorch.
 
-    The defaults are the ``recommended`` preset; ``Regressor.from_preset("seed")`` is the
-    seed experiment's recipe.
+    The defaults are the ``recommended`` preset; ``from_preset("seed")`` the seed experiment.
 
     Parameters
     ----------
@@ -118,8 +117,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         How ``n_models > 1`` members are built: independent networks (above), or TabM's
         parameter-efficient members (:mod:`nnreg.tabm`) that share each layer's weights and
         differ by per-member scalings and biases ('tabm-mini': an input scaling only),
-        trained as one network on the mean of their losses. Shared members hold out their
-        calibration rows (``validation_fraction``, at least 20 or a third) from training.
+        trained as one network on the mean of their losses. They hold out calibration rows
+        (``validation_fraction``, at least 20 or a third) unless ``max_iter='auto'`` chose
+        their epochs (no ``early_stopping``): then every row trains, calibrated out of fold.
     embedding : {'auto', 'none', 'piecewise', 'periodic'}, default='auto'
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
@@ -150,7 +150,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         Validation loss per epoch; only with ``early_stopping``.
     validation_metrics_ : dict
         ``rows``, MSE, RMSE, MAE and R² in the target's units on the rows the fit held out
-        (an ensemble's scored out-of-fold by its helper members); only when it held some out.
+        (scored out of fold: by helper members, or by the epoch search for every row).
     epochs_cv_ : dict
         Only when ``max_iter='auto'`` cross-validated: the ``epochs`` chosen, the ``folds``,
         the ``candidates`` and each one's ``held_out_loss``.
@@ -393,7 +393,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         """(lower, upper) bounds that contain the true value with probability ``coverage``.
 
         Split-conformal, from rows held out during fit: an ensemble's calibration rows (see
-        ``n_models``), or a single model's early-stopping rows.
+        ``n_models`` and ``ensemble``), or a single model's early-stopping rows.
         """
         if not is_real(coverage, 0.0, 1.0, open_lo=True):
             raise ConfigError(f"coverage must be a number in (0, 1), got {coverage!r}.")

@@ -25,17 +25,23 @@ import pandas as pd
 import torch
 
 from . import calibration, distributed, epochs
-from .calibration import ConformalCalibrator, calibrate, prediction_interval
-from .checkpoint import attach_checkpoints, fingerprint
+from .calibration import (
+    ConformalCalibrator,
+    OutOfFold,
+    calibrate,
+    cross_conformal,
+    held_out_metrics,
+    prediction_interval,
+)
+from .checkpoint import attach_checkpoints, run_fingerprint
 from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
 from .ensemble import EnsembleTrainer
 from .epochs import EpochChoice
 from .exceptions import ConfigError, DataError, RowNumbers, TrainingDivergedError
-from .metrics import regression_metrics
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
 from .progress import report_end, with_progress
-from .recipe import Recipe, jsonable, member_seeds
+from .recipe import Recipe, member_seeds
 from .tabm import Network, TabM
 from .train import (
     BatchSource,
@@ -59,17 +65,17 @@ __all__ = [
     "fit",
     "partial_fit",
     "prediction_interval",
-    "run_fingerprint",
     "train_single",
 ]
 
 MIN_CALIBRATION_ROWS = 100  # an ensemble calibrates on at least this many (or a third of) rows
-# Shared members (TabM) do not train on their calibration rows: validation_fraction of the
-# rows, but at least this many (or a third of a small table).
+# Shared members (TabM) hold out validation_fraction of the rows to calibrate on, but at
+# least this many (or a third), unless the epoch search scored every row (_fit_single).
 MIN_SHARED_CALIBRATION_ROWS = 20
 # Extra members an ensemble trains (batched with the others) only to score its calibration
 # rows out of fold; the members that predict train on every row.
 CALIBRATION_MEMBERS = 2
+TRIAL: OutOfFold = (np.empty((0, 0)), np.empty((0, 0)))  # a search's trial: no calibration
 StartCallback = Callable[[MLPConfig], None]  # told the network's architecture before training
 
 
@@ -187,7 +193,8 @@ def fit(
             group=group,
             stop=stop,
         )
-        result = _fit_either(recipe, data, warm, group, hooks, checkpoints)
+        out_of_fold = None if choice is None else choice.out_of_fold
+        result = _fit_either(recipe, data, warm, group, hooks, checkpoints, out_of_fold)
     except DataError:
         if warm is None:
             raise_for_whole_table(recipe, data)
@@ -204,17 +211,18 @@ def _fit_either(
     group: distributed.Group | None,
     hooks: _Hooks,
     checkpoints: Checkpoints,
+    out_of_fold: OutOfFold | None = None,
 ) -> FitResult:
-    """Independent members with their calibration helpers, or one network (shared members
-    included)."""
+    """Independent members with calibration helpers, or one network (:func:`_fit_single`)."""
     if recipe.n_models > 1 and recipe.shared_ensemble is None:
         return _fit_ensemble(recipe, data, group, hooks)
-    return _fit_single(recipe, data, warm, group, hooks, checkpoints)
+    return _fit_single(recipe, data, warm, group, hooks, checkpoints, out_of_fold)
 
 
 def _fit_alone(recipe: Recipe, data: FitData) -> FitResult:
-    """A fit in this process that nothing listens to: :mod:`nnreg.epochs`'s trials."""
-    return _fit_either(recipe, data, None, None, _Hooks(), Checkpoints())
+    """A fit in this process that nothing listens to: :mod:`nnreg.epochs`'s trials. Shared
+    members train on every row of theirs, as the fit they choose for does."""
+    return _fit_either(recipe, data, None, None, _Hooks(), Checkpoints(), TRIAL)
 
 
 @dataclass(frozen=True)
@@ -279,10 +287,20 @@ def _fit_single(
     group: distributed.Group | None,
     hooks: _Hooks,
     checkpoints: Checkpoints,
+    out_of_fold: OutOfFold | None = None,
 ) -> FitResult:
-    n = data.n_rows
-    calibration = min(MIN_SHARED_CALIBRATION_ROWS, n // 3) if recipe.shared_ensemble else 1
-    val_rows, train_rows = recipe.validation_split(n, min_rows=calibration)
+    """One network, or shared members. These hold out calibration rows, unless they train
+    for the epochs the search chose (without early stopping): then every row trains and
+    ``out_of_fold``, the search's prediction of each row by the trial that held it out,
+    calibrates the intervals (cross-conformal) and gives the held-out metrics; its trials
+    (:data:`TRIAL`) need neither."""
+    shared = recipe.shared_ensemble is not None
+    out_of_fold = None if recipe.params["early_stopping"] or not shared else out_of_fold
+    if out_of_fold is not None:
+        val_rows, train_rows = None, np.arange(data.n_rows)
+    else:
+        calibration = min(MIN_SHARED_CALIBRATION_ROWS, data.n_rows // 3) if shared else 1
+        val_rows, train_rows = recipe.validation_split(data.n_rows, min_rows=calibration)
     if warm is None:
         result = _start(recipe, data, None if val_rows is None else train_rows)
     else:
@@ -316,6 +334,9 @@ def _fit_single(
     if val_rows is not None and validation is not None:
         held = predict_moments(result.model, validation[0])[0]
         result.held_out = held_out_metrics(result.y_scaler, data.y[val_rows], held)
+    elif out_of_fold is not None and out_of_fold is not TRIAL:
+        result.calibrator, held = cross_conformal(result.y_scaler, data.y, out_of_fold)
+        result.held_out = held_out_metrics(result.y_scaler, data.y, held)
     return result
 
 
@@ -326,13 +347,6 @@ def _continued(recipe: Recipe, previous: FitResult, data: FitData, how: str) -> 
     model = check_continuable(recipe, previous.model, how)
     n_features = data.frame.shape[1]
     return replace(previous, model=model, n_features=n_features, calibrator=None, held_out=None)
-
-
-def held_out_metrics(y_scaler: Standardizer, y: np.ndarray, scaled: np.ndarray) -> dict[str, float]:
-    """``rows`` and the metrics of :func:`~nnreg.metrics.regression_metrics` of standardised
-    predictions ``scaled`` of held-out rows, in the target's units."""
-    pred = y_scaler.inverse_transform(np.asarray(scaled, dtype=np.float64))
-    return {"rows": float(len(y)), **regression_metrics(y, pred)}
 
 
 def train_single(
@@ -474,23 +488,6 @@ def partial_fit(recipe: Recipe, data: FitData, previous: FitResult | None) -> Fi
     X, y, w = _tensors(recipe, result, data)
     train_single(recipe, result, (X, y, w), config, None, None, None, Checkpoints(), partial=True)
     return result
-
-
-def run_fingerprint(
-    recipe: Recipe,
-    result: FitResult,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | BatchSource,
-) -> str:
-    """What a checkpoint is tied to: the settings (but the device), the fitted preprocessing
-    and the training rows (or, streamed, the row groups and how they are read)."""
-    quiet = ("device", "verbose")  # where a run trains and what it prints change no step
-    settings = {k: v for k, v in jsonable(recipe.params).items() if k not in quiet}
-    if isinstance(data, tuple):
-        rows: list[Any] = [t for t in data if t is not None]
-    else:
-        rows = [getattr(data, "describe", dict)()]
-    pre = [result.preprocessor.to_dict(), result.y_scaler.to_dict()]
-    return fingerprint([settings, *pre, *rows])
 
 
 def _concat(a: History, b: History) -> History:

@@ -231,7 +231,12 @@ def _metrics(meta: dict[str, Any], scored: Scored | None) -> str:
             count = saved.get(f"{prefix}rows")
             rows.append((label, "" if count is None else f"{int(count)}", *_scores(saved, prefix)))
     notes = []
-    if "validation_mse" in saved:
+    if "validation_mse" in saved and saved.get("validation_rows") == saved.get("train_rows"):
+        notes.append(
+            "Held-out rows: every training row, each scored out of fold by a model of the "
+            "epoch search that did not train on it (shared members train on every row)."
+        )
+    elif "validation_mse" in saved:
         notes.append(
             "Held-out rows: the share of the training table the fit set aside "
             "(an ensemble's are scored out-of-fold, each by a helper network that did not "

@@ -37,10 +37,11 @@ import pandas as pd
 from sklearn.base import clone
 
 from . import distributed
+from .calibration import held_out_metrics
 from .ensemble import EnsembleTrainer
 from .estimator import Regressor
 from .exceptions import ConfigError, DataError
-from .fitting import FitData, FitResult, calibrate, held_out_metrics, raise_for_whole_table
+from .fitting import FitData, FitResult, calibrate, raise_for_whole_table
 from .model import MAX_MEMBERS, MLP, MLPConfig, MLPEnsemble, predict_moments, state_shapes
 from .recipe import PARAMETER_RULES, Recipe, split_rows
 from .train import History

@@ -208,11 +208,16 @@ class Report:
                 markup=False,
             )
         held = getattr(reg, "validation_metrics_", None)
-        # The fit's own held-out rows (early stopping, calibration) are among DATA's rows.
-        first = "training rows" if held is None or self.held_by_cli else "all rows of DATA"
-        rows = {first: metrics | {"rows": float(self.train_rows)}}
+        # The fit's own held-out rows (early stopping, calibration) are among DATA's rows;
+        # shared members whose epochs were cross-validated score every row out of fold.
+        every = held is not None and int(held["rows"]) == self.train_rows
+        own = held is not None and not self.held_by_cli and not every
+        rows = {
+            "all rows of DATA" if own else "training rows": metrics
+            | {"rows": float(self.train_rows)}
+        }
         if held is not None:
-            rows["held-out rows"] = held
+            rows["every row, out of fold" if every else "held-out rows"] = held
         rows |= tests
         self.out.print(scores_table(rows, ", ".join(self.targets)))
         if held is None and not tests:
