@@ -57,10 +57,12 @@ def cross_conformal(
     y_scaler: Standardizer, y: np.ndarray, out_of_fold: OutOfFold
 ) -> tuple[ConformalCalibrator, np.ndarray]:
     """Conformity scores of every row from its out-of-fold prediction, in ``y_scaler``'s
-    standardised units, and those standardised predictions (rows, targets). From folds that
-    each trained on two thirds of the rows (the epoch search's), the residuals are if
-    anything larger than those of a model trained on all of them, so the intervals keep
-    their coverage (cross-conformal, "CV+", with three folds)."""
+    standardised units, and those standardised predictions (rows, targets): cross-conformal
+    with the epoch search's three folds. Their models trained on two thirds of the rows, so
+    their residuals are if anything larger than the fit's; but the scores divide them by
+    those models' spread, and the fit's members agree more or less than the trials' did
+    (median spread 0.8 to 1.2 times theirs on four small tables), so coverage is not
+    guaranteed either way: over ten splits of each, 0.874 to 0.939 for 90% intervals."""
     mean, spread = out_of_fold
     scale = np.asarray(y_scaler.scale) if y_scaler.enabled else np.ones(mean.shape[1])
     scaled = y_scaler.transform(mean)
