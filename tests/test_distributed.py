@@ -137,7 +137,11 @@ def run_ranks(module: str, folder: Path) -> list[dict[str, torch.Tensor]]:
     """Run ``module._worker(folder)`` as two gloo processes on loopback; what each saved."""
     port = str(_free_port())
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import {module} as t; "
-    code += f"t._worker({str(folder)!r})"
+    code += f"t._worker({str(folder)!r}); "
+    # Once a rank has saved its results and left the group, it ends without the interpreter's
+    # teardown: on a loaded machine a rank once ended there in std::terminate ("terminate
+    # called without an active exception") after finishing its work.
+    code += "sys.stdout.flush(); sys.stderr.flush(); import os; os._exit(0)"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code],
