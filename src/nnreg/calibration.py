@@ -64,10 +64,10 @@ def cross_conformal(
     (median spread 0.8 to 1.2 times theirs on four small tables), so coverage is not
     guaranteed either way: over ten splits of each, 0.869 to 0.939 for 90% intervals."""
     mean, spread = out_of_fold
-    scale = np.asarray(y_scaler.scale) if y_scaler.enabled else np.ones(mean.shape[1])
     scaled = y_scaler.transform(mean)
     target = y_scaler.transform(np.asarray(y, dtype=np.float64))
-    return ConformalCalibrator.fit(target, scaled, spread / scale), scaled
+    # a fitted scaler holds its scale also when disabled (ones), as the trials' unscaling did
+    return ConformalCalibrator.fit(target, scaled, spread / np.asarray(y_scaler.scale)), scaled
 
 
 def held_out_metrics(y_scaler: Standardizer, y: np.ndarray, scaled: np.ndarray) -> dict[str, float]:
