@@ -53,6 +53,8 @@ AUTO = {
 }
 # Shared members whose epochs the search chose: every row trains, calibrated out of fold.
 SHARED_AUTO = {**AUTO, "n_models": 2, "ensemble": "tabm"}
+# Under the search's sizes: the default count, every row trains, helpers calibrate.
+HELPED = 60
 MEMBER_SEEDS = [11, 12]
 BATCH = 8  # rows per process per step
 EPOCHS = 150  # of the command-line runs: enough that a kill after a checkpoint lands mid-run
@@ -121,6 +123,9 @@ def _worker(folder: str) -> None:
         shared_auto = nnreg.Regressor(**SHARED_AUTO).fit(Xa, ya)
         out["shared_auto.interval"] = torch.from_numpy(np.stack(shared_auto.predict_interval(Xa)))
         out["shared_auto.scores"] = torch.tensor(shared_auto.calibrator_.scores)
+        helped = nnreg.Regressor(**SHARED_AUTO).fit(Xa[:HELPED], ya[:HELPED])
+        out["helped.interval"] = torch.from_numpy(np.stack(helped.predict_interval(Xa)))
+        out["helped.scores"] = torch.tensor(helped.calibrator_.scores)
         weighted = nnreg.Regressor(**WEIGHTED).fit(X, y, sample_weight=w)
         out["weighted.pred"] = torch.from_numpy(weighted.predict(X))
         out["weighted.loss"] = torch.tensor(weighted.loss_curve_ + weighted.validation_scores_)
@@ -233,6 +238,21 @@ def test_epochs_chosen_by_cross_validation_match_one_process(
     assert int(ranks[0]["auto.epochs"]) == reg.epochs_cv_["epochs"] == reg.n_iter_
     torch.testing.assert_close(ranks[0]["auto.cv"], torch.tensor(reg.epochs_cv_["held_out_loss"]))
     torch.testing.assert_close(ranks[0]["auto.pred"], torch.from_numpy(reg.predict(X)))
+
+
+@pytest.mark.slow
+def test_shared_members_calibrated_by_helpers_match_one_process(
+    ranks: list[dict[str, torch.Tensor]],
+) -> None:
+    """Helpers trained data-parallel after the members (full batches: the global batch is
+    every row) calibrate as in one process."""
+    X, y = _auto_data()
+    reg = nnreg.Regressor(**SHARED_AUTO).fit(X[:HELPED], y[:HELPED])
+    assert len(reg.calibrator_.scores[0]) == HELPED // 3
+    for rank in ranks:
+        torch.testing.assert_close(rank["helped.scores"], torch.tensor(reg.calibrator_.scores))
+        interval = torch.from_numpy(np.stack(reg.predict_interval(X)))
+        torch.testing.assert_close(rank["helped.interval"], interval)
 
 
 @pytest.mark.slow

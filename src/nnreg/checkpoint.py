@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .train import BatchSource, Trainer
 
 __all__ = [
+    "Checkpoints",
     "CHECKPOINT",
     "FORMAT",
     "attach_checkpoints",
@@ -49,6 +51,17 @@ FORMAT = "nnreg-checkpoint"
 # 2: the tensors' SHA-256 and the run's fingerprint are recorded; 3: the SHA-256 covers the
 # metadata too (the epoch, the history, the number of processes), not only the tensors.
 FORMAT_VERSION = 3
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where and how often a single-model fit writes its training state, and where a fit
+    resumes from."""
+
+    path: str | Path | None = None
+    every: int = 0
+    info: dict[str, Any] | None = None  # extra metadata, e.g. the command line's settings
+    resume: str | Path | None = None
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -117,9 +117,9 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         How ``n_models > 1`` members are built: independent networks (above), or TabM's
         parameter-efficient members (:mod:`nnreg.tabm`) that share each layer's weights and
         differ by per-member scalings and biases ('tabm-mini': an input scaling only),
-        trained as one network on the mean of their losses. They hold out calibration rows
-        (``validation_fraction``, at least 20 or a third) unless ``max_iter='auto'`` chose
-        their epochs (no ``early_stopping``): then every row trains, calibrated out of fold.
+        trained as one network on the mean of their losses. Where ``max_iter='auto'`` chose
+        their epochs (no ``early_stopping``) every row trains, scored out of fold by the epoch
+        search or by helpers trained afterwards; else ``validation_fraction`` is held out.
     embedding : {'auto', 'none', 'piecewise', 'periodic'}, default='auto'
         Numeric embeddings (:mod:`nnreg.embeddings`): each numeric column enters the network
         as ``d_embedding`` learned numbers, piecewise-linear over ``n_bins`` quantile bins
@@ -401,7 +401,7 @@ class Regressor(Parameters, RegressorMixin, BaseEstimator):
         if not hasattr(self, "calibrator_"):
             raise ConfigError(
                 "predict_interval needs rows held out during fit: use n_models > 1 or "
-                "early_stopping=True."
+                "early_stopping=True (shared members stopped early have none)."
             )
         lower, upper = fitting.prediction_interval(
             self.calibrator_, self.y_scaler_, mean, std, float(coverage)

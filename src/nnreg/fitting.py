@@ -17,14 +17,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import calibration, distributed, epochs
+from . import distributed, epochs
 from .calibration import (
     ConformalCalibrator,
     OutOfFold,
@@ -33,11 +31,12 @@ from .calibration import (
     held_out_metrics,
     prediction_interval,
 )
-from .checkpoint import attach_checkpoints, run_fingerprint
-from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins, share_bins
+from .checkpoint import Checkpoints, attach_checkpoints, run_fingerprint
+from .embeddings import PiecewiseLinearEmbedding, adapted_bins, quantile_bins
 from .ensemble import EnsembleTrainer
 from .epochs import EpochChoice
 from .exceptions import ConfigError, DataError, RowNumbers, TrainingDivergedError
+from .helpers import CALIBRATION_MEMBERS, MIN_CALIBRATION_ROWS, Helpers, can_calibrate, train_after
 from .model import MLP, MLPConfig, MLPEnsemble, predict_moments
 from .preprocess import Standardizer, TablePreprocessor
 from .progress import report_end, with_progress
@@ -68,14 +67,11 @@ __all__ = [
     "train_single",
 ]
 
-MIN_CALIBRATION_ROWS = 100  # an ensemble calibrates on at least this many (or a third of) rows
-# Shared members (TabM) hold out validation_fraction of the rows to calibrate on, but at
-# least this many (or a third), unless the epoch search scored every row (_fit_single).
+# Shared members (TabM) with a set max_iter or early stopping hold out validation_fraction of
+# the rows to calibrate on, but at least this many (or a third) (_fit_single).
 MIN_SHARED_CALIBRATION_ROWS = 20
-# Extra members an ensemble trains (batched with the others) only to score its calibration
-# rows out of fold; the members that predict train on every row.
-CALIBRATION_MEMBERS = 2
 TRIAL: OutOfFold = (np.empty((0, 0)), np.empty((0, 0)))  # a search's trial: no calibration
+HELPERS: OutOfFold = (np.empty((0, 0)), np.empty((0, 0)))  # calibrate by nnreg.helpers
 StartCallback = Callable[[MLPConfig], None]  # told the network's architecture before training
 
 
@@ -125,17 +121,6 @@ class FitResult:
     epoch_choice: EpochChoice | None = None  # max_iter='auto' chosen by cross-validation
 
 
-@dataclass(frozen=True)
-class Checkpoints:
-    """Where and how often a single-model fit writes its training state, and where a fit
-    resumes from."""
-
-    path: str | Path | None = None
-    every: int = 0
-    info: dict[str, Any] | None = None  # extra metadata, e.g. the command line's settings
-    resume: str | Path | None = None
-
-
 def refuse(recipe: Recipe, *, warm_start: bool, checkpoints: Checkpoints) -> None:
     """What :func:`fit` cannot do with these settings, as a ConfigError."""
     if warm_start and recipe.n_models > 1:
@@ -183,6 +168,7 @@ def fit(
         recipe = replace(recipe, seed=group.broadcast_int(recipe.seed))
     hooks = _Hooks(callback, stop, on_start)
     previous = None if warm is None else warm.epoch_choice
+    auto = recipe.params["max_iter"] == "auto"
     try:
         recipe, choice = epochs.resolve(
             recipe,
@@ -193,7 +179,8 @@ def fit(
             group=group,
             stop=stop,
         )
-        out_of_fold = None if choice is None else choice.out_of_fold
+        out_of_fold = HELPERS if auto else None  # nnreg chose the epochs, without a search
+        out_of_fold = out_of_fold if choice is None else choice.out_of_fold
         result = _fit_either(recipe, data, warm, group, hooks, checkpoints, out_of_fold)
     except DataError:
         if warm is None:
@@ -289,18 +276,13 @@ def _fit_single(
     checkpoints: Checkpoints,
     out_of_fold: OutOfFold | None = None,
 ) -> FitResult:
-    """One network, or shared members. These hold out calibration rows, unless they train
-    for the epochs the search chose (without early stopping): then every row trains and
-    ``out_of_fold``, the search's prediction of each row by the trial that held it out,
-    calibrates the intervals (cross-conformal) and gives the held-out metrics; its trials
-    (:data:`TRIAL`) need neither."""
-    shared = recipe.shared_ensemble is not None
-    out_of_fold = None if recipe.params["early_stopping"] or not shared else out_of_fold
-    if out_of_fold is not None:
-        val_rows, train_rows = None, np.arange(data.n_rows)
-    else:
-        calibration = min(MIN_SHARED_CALIBRATION_ROWS, data.n_rows // 3) if shared else 1
-        val_rows, train_rows = recipe.validation_split(data.n_rows, min_rows=calibration)
+    """One network, or shared members. These hold out calibration rows, unless nnreg chose
+    their epochs (``max_iter='auto'``, without early stopping): then every row trains and
+    either ``out_of_fold``, the search's prediction of each row by the trial that held it
+    out, calibrates the intervals (cross-conformal) and gives the held-out metrics, or
+    (:data:`HELPERS`: no search ran) two helper networks trained afterwards do; the
+    search's trials (:data:`TRIAL`) need neither."""
+    val_rows, train_rows, out_of_fold, helped = _calibration(recipe, data, warm, out_of_fold)
     if warm is None:
         result = _start(recipe, data, None if val_rows is None else train_rows)
     else:
@@ -337,7 +319,29 @@ def _fit_single(
     elif out_of_fold is not None and out_of_fold is not TRIAL:
         result.calibrator, held = cross_conformal(result.y_scaler, data.y, out_of_fold)
         result.held_out = held_out_metrics(result.y_scaler, data.y, held)
+    elif helped and not (hooks.stop is not None and hooks.stop.is_set()):
+        one = replace(result.model.config, ensemble="none", k=1)  # a member, alone
+        helpers = train_after(recipe, one, result.model, whole, group, hooks.stop)
+        X, y = whole[0], whole[1]
+        result.calibrator, result.held_out = helpers.calibrate(X, y, result.y_scaler, data.y)
     return result
+
+
+def _calibration(
+    recipe: Recipe, data: FitData, warm: FitResult | None, out_of_fold: OutOfFold | None
+) -> tuple[np.ndarray | None, np.ndarray, OutOfFold | None, bool]:
+    """How :func:`_fit_single` calibrates: the rows it holds out (None: every row trains)
+    and trains on, the search's predictions to calibrate on (or None), and whether helpers
+    calibrate instead."""
+    shared = recipe.shared_ensemble is not None
+    helped = out_of_fold is HELPERS and warm is None and can_calibrate(recipe, data.n_rows)
+    if out_of_fold is HELPERS or recipe.params["early_stopping"] or not shared:
+        out_of_fold = None  # the helpers score the rows, or held-out rows do
+    if out_of_fold is not None or helped:
+        return None, np.arange(data.n_rows), out_of_fold, helped
+    calibration = min(MIN_SHARED_CALIBRATION_ROWS, data.n_rows // 3) if shared else 1
+    val_rows, train_rows = recipe.validation_split(data.n_rows, min_rows=calibration)
+    return val_rows, train_rows, None, False
 
 
 def _continued(recipe: Recipe, previous: FitResult, data: FitData, how: str) -> FitResult:
@@ -431,28 +435,20 @@ def _fit_ensemble(
     members = [m for m in result.model.members if isinstance(m, MLP)]
     K = len(members)
     seeds = member_seeds(recipe.seed, K + (CALIBRATION_MEMBERS if cal_rows is not None else 0))
-    helpers: list[MLP] = []
-    member_w, owner, validation, folds = w, None, None, None
+    helpers, member_w, owner, validation = None, w, None, None
     if cal_rows is not None:
-        helpers = [recipe.member(result.model.config, s) for s in seeds[K:]]
-        for helper in helpers:  # the members' bins, the helper's own parameters
-            share_bins(helper, members[0])
-        folds = np.random.default_rng(recipe.seed + 3).permutation(len(cal_rows)) % len(helpers)
-        member_w = X.new_ones(X.shape[0]) if w is None else w
-        member_w = member_w.expand(K + len(helpers), -1).clone()  # (K + helpers, rows)
-        member_w[K + torch.as_tensor(folds), torch.as_tensor(cal_rows)] = 0.0
+        helpers = Helpers.make(recipe, result.model.config, seeds[K:], members[0], cal_rows)
+        member_w = helpers.weights(X, w, K)  # (K + helpers, rows)
         # The helpers' out-of-fold loss on these rows: stop on it, or roll back.
-        owner = K + torch.as_tensor(folds, device=X.device)
-        validation = (X[cal_rows], y[cal_rows], None if w is None else w[cal_rows])
-    X_cal, y_cal = (X, y) if cal_rows is None else (X[cal_rows], y[cal_rows])
-    if group is not None:  # this process's shard of the rows, with its members' weights
+        validation, owner = helpers.validation(X, y, w, K)
+    X_all, y_all = X, y
+    if group is not None:  # this process's shard of the rows, with their weights
         rows = group.shard(X.shape[0])
         X, y = X[rows], y[rows]
         member_w = None if member_w is None else member_w[..., rows]
     config = recipe.train_config(X.shape[0])
-    trainer = EnsembleTrainer(
-        members + helpers, config, seeds, dropout_seed=recipe.seed + 2, reported=K
-    )
+    nets = members + ([] if helpers is None else helpers.nets)
+    trainer = EnsembleTrainer(nets, config, seeds, dropout_seed=recipe.seed + 2, reported=K)
     trainer.stop = hooks.stop
     if group is not None:
         group.broadcast_(trainer.net.params)  # rank 0's members (they agree when seeded)
@@ -465,11 +461,10 @@ def _fit_ensemble(
     result.best_epoch = best if best >= 0 else last
     result.member_best_epochs = [b if b >= 0 else last for b in trainer.record.best_epoch[:K]]
     report_end(recipe, len(history), config.epochs, result.best_epoch)
-    if cal_rows is not None:
-        assert folds is not None
-        out_of_fold = calibration.out_of_fold(X_cal, folds, helpers)
-        result.calibrator = ConformalCalibrator.fit(y_cal.cpu().double().numpy(), out_of_fold)
-        result.held_out = held_out_metrics(result.y_scaler, data.y[cal_rows], out_of_fold)
+    if helpers is not None:
+        result.calibrator, result.held_out = helpers.calibrate(
+            X_all, y_all, result.y_scaler, data.y
+        )
     return result
 
 
