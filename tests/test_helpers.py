@@ -25,21 +25,27 @@ def _table(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     return X, y
 
 
+@pytest.fixture
+def trained(monkeypatch) -> list[int]:
+    """The rows of each single-network (or shared-member) training run in the test."""
+    rows: list[int] = []
+    train_single = fitting.train_single
+
+    def counted(recipe, result, data, *args, **kwargs) -> None:
+        rows.append(data[0].shape[0])
+        train_single(recipe, result, data, *args, **kwargs)
+
+    monkeypatch.setattr(fitting, "train_single", counted)
+    return rows
+
+
 @pytest.mark.parametrize("form", ["tabm", "tabm-mini"])
-def test_shared_members_train_on_every_row_and_helpers_calibrate_them(monkeypatch, form) -> None:
+def test_shared_members_train_on_every_row_and_helpers_calibrate_them(trained, form) -> None:
     """Under the search's table sizes nnreg trains its default count without a search:
     the members train on every row, for that count, with nothing held out; the conformity
     scores and held-out metrics are those of the two helpers that independent members of
     the same seed train beside them (each leaves out its fold of the calibration rows)."""
     X, y = _table(60)
-    trained: list[int] = []
-    train_single = fitting.train_single
-
-    def counted(recipe, result, data, *args, **kwargs) -> None:
-        trained.append(data[0].shape[0])
-        train_single(recipe, result, data, *args, **kwargs)
-
-    monkeypatch.setattr(fitting, "train_single", counted)
     reg = nnreg.Regressor(**SMALL, n_models=4, ensemble=form).fit(X, y)
     assert trained == [len(y)]
     assert reg.n_iter_ == AUTO_EPOCHS * SHARED_EPOCHS and "epochs_cv_" not in vars(reg)
@@ -77,17 +83,9 @@ def test_helpers_calibrate_shared_members_to_cover_new_rows() -> None:
     ],
 )
 def test_shared_members_hold_out_their_calibration_rows_where_helpers_cannot_serve(
-    monkeypatch, change
+    trained, change
 ) -> None:
     X, y = _table(60)
-    trained: list[int] = []
-    train_single = fitting.train_single
-
-    def counted(recipe, result, data, *args, **kwargs) -> None:
-        trained.append(data[0].shape[0])
-        train_single(recipe, result, data, *args, **kwargs)
-
-    monkeypatch.setattr(fitting, "train_single", counted)
     params = {**SMALL, "n_models": 2, "ensemble": "tabm", **change}
     reg = nnreg.Regressor(**params).fit(X, y)
     held = fitting.MIN_SHARED_CALIBRATION_ROWS
