@@ -130,3 +130,21 @@ def test_a_resumed_fit_trains_the_same_helpers(tmp_path, table_frame: pd.DataFra
     assert resumed.loss_curve_ == full.loss_curve_
     assert resumed.calibrator_.scores == full.calibrator_.scores
     assert resumed.validation_metrics_ == full.validation_metrics_
+
+
+def test_a_stop_while_the_helpers_train_leaves_no_intervals(monkeypatch) -> None:
+    """A stop that lands while the helpers train ends them early; their residuals would
+    be those of half-trained networks, so the fit keeps its members and has no intervals."""
+    X, y = _table(60)
+    recipe = Recipe.from_params(nnreg.Regressor(**SMALL, n_models=2, ensemble="tabm").get_params())
+    stop = threading.Event()
+    run = helpers.EnsembleTrainer.run
+
+    def stopped_at_start(trainer, *args, **kwargs):
+        stop.set()  # as a signal handler would, once the helpers have started
+        return run(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(helpers.EnsembleTrainer, "run", stopped_at_start)
+    result = fitting.fit(recipe, fitting.FitData(X, y.reshape(-1, 1)), stop=stop)
+    assert result.interrupted and len(result.history.train_loss) == AUTO_EPOCHS * SHARED_EPOCHS
+    assert result.calibrator is None and result.held_out is None

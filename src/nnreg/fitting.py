@@ -319,11 +319,12 @@ def _fit_single(
     elif out_of_fold is not None and out_of_fold is not TRIAL:
         result.calibrator, held = cross_conformal(result.y_scaler, data.y, out_of_fold)
         result.held_out = held_out_metrics(result.y_scaler, data.y, held)
-    elif helped and not (hooks.stop is not None and hooks.stop.is_set()):
+    elif helped:
         one = replace(result.model.config, ensemble="none", k=1)  # a member, alone
         helpers = train_after(recipe, one, result.model, whole, group, hooks.stop)
-        X, y = whole[0], whole[1]
-        result.calibrator, result.held_out = helpers.calibrate(X, y, result.y_scaler, data.y)
+        if helpers is not None:  # None: a stop came before they had trained
+            X, y = whole[0], whole[1]
+            result.calibrator, result.held_out = helpers.calibrate(X, y, result.y_scaler, data.y)
     return result
 
 

@@ -118,10 +118,14 @@ def train_after(
     tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     group: distributed.Group | None,
     stop: threading.Event | None,
-) -> Helpers:
+) -> Helpers | None:
     """Helpers of ``config`` trained on ``tensors`` (every row of the table), each without
     its fold of ``validation_fraction`` of the rows (at least 100 or a third), for as many
-    epochs as one network of the recipe trains; data-parallel in a group."""
+    epochs as one network of the recipe trains; data-parallel in a group. None when the
+    ``stop`` event is set before they have trained every epoch: half-trained helpers' wide
+    residuals would describe them, not the members."""
+    if stop is not None and stop.is_set():
+        return None
     X, y, w = tensors
     n = X.shape[0]
     rows, _ = recipe.validation_split(n, min_rows=min(MIN_CALIBRATION_ROWS, n // 3))
@@ -140,4 +144,4 @@ def train_after(
         group.broadcast_(trainer.net.params)
         trainer.sync = distributed.TorchSync(group)
     trainer.run(X, y, weights)  # every epoch, as the members train
-    return helpers
+    return None if stop is not None and stop.is_set() else helpers
