@@ -202,7 +202,7 @@ def test_a_source_that_does_not_compile_leaves_nothing_behind(
 ) -> None:
     broken = tmp_path / "tabm.cpp"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "SOURCES", (broken,))
     assert native.library() is None
     assert list(fresh_cache.iterdir()) == []  # no partial library, no temporary file
 

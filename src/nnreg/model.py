@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import BIN_BUFFERS, EMBEDDINGS, PeriodicEmbedding, PiecewiseLinearEmbedding
-from .engine.kernels import DropoutSampler
+from .engine.kernels import CounterDropout, DropoutSampler
 
 __all__ = [
     "ACTIVATIONS",
@@ -212,12 +212,20 @@ class SeededDropout(nn.Dropout):
     generator before."""
 
     generator: torch.Generator | None = None
+    sampler: type[DropoutSampler] = DropoutSampler
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.generator is None or not self.training or self.p == 0:
             return super().forward(x)
-        sampler = DropoutSampler(self.p, self.generator)
+        sampler = self.sampler(self.p, self.generator)
         return x * sampler.fill_(torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+class CounterSeededDropout(SeededDropout):
+    """:class:`SeededDropout` for shared-weight members (:class:`nnreg.tabm.TabM`), whose
+    masks are :class:`~nnreg.engine.kernels.CounterDropout`'s, as their fast engine's are."""
+
+    sampler = CounterDropout
 
 
 class MLP(nn.Module):

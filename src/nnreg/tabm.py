@@ -32,9 +32,9 @@ from torch import nn
 from .model import (
     ACTIVATIONS,
     MLP,
+    CounterSeededDropout,
     MLPConfig,
     MLPEnsemble,
-    SeededDropout,
     embed_inputs,
     make_embedding,
 )
@@ -83,7 +83,7 @@ class TabM(nn.Module):
         self.head_weight = _uniform((k, last, config.n_outputs), last)
         self.head_bias = _uniform((k, config.n_outputs), last)
         self.act = ACTIVATIONS[config.activation]()
-        self.drop = SeededDropout(config.dropout)
+        self.drop = CounterSeededDropout(config.dropout)
 
     def _first_scaling(self, k: int) -> torch.Tensor:
         """The first layer's ``r``: random signs, or with embeddings a normal draw per

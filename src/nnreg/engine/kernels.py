@@ -98,6 +98,62 @@ class DropoutSampler:
         return mask.mul_(self.factor)
 
 
+class CounterDropout(DropoutSampler):
+    """Inverted-dropout masks that are a function of a key and each unit's index: one 64-bit
+    key is drawn from the generator per mask, and unit ``u`` of the mask has the 16 bits
+    ``16 (u % 4)`` to ``16 (u % 4) + 15`` of SplitMix64's output for the counter ``u // 4``
+    (``csrc/dropout.cpp`` spells it out), kept below the same threshold as
+    :class:`DropoutSampler`'s.
+
+    A compiled pass (:mod:`.native`) makes such a mask where it applies it, in the forward
+    and again in the backward pass, so shared-weight members (:class:`~nnreg.engine.FastTabM`)
+    neither draw their units one by one from the generator (a third of a dropout step's time)
+    nor store, write and read a mask. :meth:`fill_` makes the same mask with PyTorch
+    operations: for the autograd engine, and where nothing is compiled."""
+
+    def __init__(self, p: float, generator: torch.Generator | None) -> None:
+        super().__init__(p, generator)
+        self._counters: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def key(self, device: torch.device | None = None) -> int:
+        """A fresh mask's key, as an unsigned 64-bit number."""
+        drawn = torch.empty(1, dtype=torch.int64, device=device)
+        drawn.random_(-(2**63), None, generator=self.generator)
+        return int(drawn.item()) % 2**64
+
+    def fill_(self, mask: torch.Tensor, key: int | None = None, first: int = 0) -> torch.Tensor:
+        """Overwrite the contiguous ``mask`` with the factors of ``key`` (a fresh one when
+        None), its units numbered from ``first``; returns it."""
+        if key is None:
+            key = self.key(mask.device)
+        n = mask.numel()
+        low, high = first // 4, (first + n - 1) // 4
+        counters = self._counters.get((low, high, mask.device))
+        if counters is None:  # (w + 1) * golden ratio, kept per size: the step's masks reuse it
+            counters = torch.arange(low + 1, high + 2, dtype=torch.int64, device=mask.device)
+            counters = self._counters[(low, high, mask.device)] = counters.mul_(_signed(_GOLDEN))
+        z = counters + _signed(key)  # int64 arithmetic wraps around as uint64's does
+        shifted = torch.empty_like(z)
+        for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 0)):
+            # z ^= z >> shift, a logical shift (PyTorch's >> keeps the sign); z *= factor
+            torch.bitwise_right_shift(z, shift, out=shifted)
+            z.bitwise_xor_(shifted.bitwise_and_((1 << (64 - shift)) - 1))
+            if factor:
+                z.mul_(_signed(factor))
+        start = first - 4 * low
+        bits = z.view(torch.int16)[start : start + n]  # little-endian: unit u % 4 = 0 is low
+        torch.lt(bits, self.threshold, out=mask.view(-1))
+        return mask.mul_(self.factor)
+
+
+_GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
+
+
+def _signed(value: int) -> int:
+    """An unsigned 64-bit number as the int64 with the same bits."""
+    return value - 2**64 if value >= 2**63 else value
+
+
 def layer_shapes(widths: list[int]) -> list[tuple[int, int]]:
     """``(out, in + 1)`` of each layer's packed ``[weight | bias]`` matrix."""
     return [(b, a + 1) for a, b in pairwise(widths)]

@@ -35,8 +35,6 @@ all-reduces one gradient.
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -47,7 +45,7 @@ from .embedded import PiecewiseInput
 from .kernels import (
     ACTIVATION_KERNELS,
     LOSS_KERNELS,
-    DropoutSampler,
+    CounterDropout,
     loss_and_gradient_,
     loss_scales,
     named_views,
@@ -70,10 +68,18 @@ class _Buffers:
         self.x0 = self.X0  # the current batch's first-layer input (X0, or the batch itself)
         unfolded_r = [net.has_r[i] and not net.folded[i] for i in layers]
         self.U = [new(k, batch, sizes[i]) if unfolded_r[i] else None for i in layers]
-        self.Z = [new(k, batch, sizes[i + 1]) for i in layers]
-        self.H = [new(k, batch, sizes[i + 1]) for i in layers]
-        self.mask = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else []
-        self.A = [new(k, batch, sizes[i + 1]) for i in layers] if dropout else self.H
+
+        def outputs() -> list[torch.Tensor]:
+            return [new(k, batch, sizes[i + 1]) for i in layers]
+
+        # Z: pre-activations; H = act(Z); A: after dropout (H itself without). A fused pass
+        # (net.fused) writes A from Z, its mask made from each layer's key, and keeps neither.
+        self.dropout, self.fused = dropout, dropout and net.fused
+        self.keys = [0 for _ in layers]
+        self.Z = outputs()
+        self.A = outputs()
+        self.H = outputs() if dropout and not self.fused else self.A
+        self.mask = outputs() if dropout and not self.fused else []
         # dLoss/dA, then dZ; the last one first holds the one-output head's products
         self.dA = [new(k, batch, sizes[i + 1]) for i in layers]
         self.dX = new(k, batch, sizes[0])
@@ -83,7 +89,7 @@ class _Buffers:
         self.mean = new(batch, net.n_out)
         if net.embedding is not None:  # the bin encoding and the embedding
             self.code, self.E = net.embedding.new_code(batch, like)
-        self.native: _NativeStep | None = None  # the compiled step's buffers and arguments
+        self.native: native.NativeStep | None = None  # the compiled step's buffers and arguments
 
 
 class SharedBatch(NamedTuple):
@@ -95,7 +101,7 @@ class SharedBatch(NamedTuple):
     grad_scale: torch.Tensor  # d(loss)/d(elementwise loss), 0-d or (batch, 1)
     factor: float  # the returned loss times this is the batch's mean loss
     buf: _Buffers
-    native: _NativeStep | None = None  # set when the compiled step runs on this batch
+    native: native.NativeStep | None = None  # set when the compiled step runs on this batch
 
 
 class FastTabM:
@@ -142,10 +148,22 @@ class FastTabM:
             else PiecewiseInput(net.embedding, _prefixed(self.view), _prefixed(self.grad))
         )
         self.dropout = dropout
-        self.sampler = DropoutSampler(dropout, generator)
+        self.sampler = CounterDropout(dropout, generator)
         self._act, self._act_backward = ACTIVATION_KERNELS[activation]
         self.loss, self._kernel = loss, LOSS_KERNELS[loss]
         self._buffers: dict[int, _Buffers] = {}
+        self._use_compiled(activation, dropout, loss)
+
+    def _use_compiled(self, activation: str, dropout: float, loss: str) -> None:
+        """The compiled code this network can use (:mod:`.native`): the whole step where it
+        covers the network, and passes of the PyTorch step (``csrc/shared.cpp``): the
+        adapters' folding, and (``fused``) the activation and dropout in one pass each way."""
+        cpu, dtype = self.params.device.type == "cpu", self.params.dtype
+        self.passes = native.passes(dtype) if cpu else None
+        number = native.DROPOUT_ACTIVATIONS.get(activation, -1)
+        self.fused = dropout > 0 and number >= 0 and self.passes is not None
+        # a pass's arguments after the key: the units' first index, the mask, the activation
+        self._fused_args = (0, self.sampler.threshold, self.sampler.factor, number)
         covered = native.covers(
             self.folded,
             self.sizes,
@@ -156,7 +174,7 @@ class FastTabM:
             self.embedding,
             self.params,
         )
-        self.native = native.kernels(self.params.dtype) if covered else None
+        self.native = native.kernels(dtype) if covered else None
         if self.native is not None:
             self.one_thread_max_work = native.ONE_THREAD_MAX_WORK
 
@@ -179,7 +197,7 @@ class FastTabM:
         if key not in self._buffers:
             buf = self._buffers[key] = _Buffers(self, batch, train and self.dropout > 0)
             if self.native is not None:
-                buf.native = _NativeStep(self, batch)
+                buf.native = native.NativeStep(self, batch)
         return self._buffers[key]
 
     def prepare(
@@ -271,18 +289,28 @@ class FastTabM:
             if self.folded[i]:
                 M = self._fold(i)
                 h3 = h.expand(self.k, -1, -1)  # the first layer's input is shared
-                torch.baddbmm(bias, h3, M.transpose(1, 2), out=buf.Z[i])
+                if buf.fused:  # the fused pass adds the bias
+                    torch.bmm(h3, M.transpose(1, 2), out=buf.Z[i])
+                else:
+                    torch.baddbmm(bias, h3, M.transpose(1, 2), out=buf.Z[i])
             else:
                 U = buf.U[i]
                 if U is not None:
                     torch.mul(h, v[f"r.{i}"].unsqueeze(1), out=U)
                     h = U  # the first layer always has r: h is (k, ...) from here
                 torch.mm(h.view(-1, a), v[f"weights.{i}"].t(), out=buf.Z[i].view(-1, b))
-                buf.Z[i].add_(bias)
-            self._act(buf.Z[i], buf.H[i])
-            if buf.mask:  # inverted dropout, drawn as SeededDropout draws it
-                self.sampler.fill_(buf.mask[i])
-                torch.mul(buf.H[i], buf.mask[i], out=buf.A[i])
+                if not buf.fused:
+                    buf.Z[i].add_(bias)
+            if buf.dropout:  # inverted dropout, drawn as the autograd TabM draws it
+                buf.keys[i] = self.sampler.key()
+                if buf.fused:  # Z is without the bias here
+                    self._fused(i, buf.Z[i], buf.A[i], buf.keys[i])
+                else:
+                    self._act(buf.Z[i], buf.H[i])
+                    self.sampler.fill_(buf.mask[i], buf.keys[i])
+                    torch.mul(buf.H[i], buf.mask[i], out=buf.A[i])
+            else:
+                self._act(buf.Z[i], buf.H[i])
             h = buf.A[i]
         head_bias = v["head_bias"].unsqueeze(1)
         if self.n_out == 1:  # a dot per row and member: (k, batch, width) * (k, 1, width)
@@ -290,6 +318,23 @@ class FastTabM:
             torch.sum(products, dim=2, keepdim=True, out=buf.out).add_(head_bias)
         else:
             torch.baddbmm(head_bias, h, v["head_weight"], out=buf.out)
+
+    def _fused(
+        self, i: int, Z: torch.Tensor, other: torch.Tensor, key: int, backward: bool = False
+    ) -> None:
+        """Layer ``i``'s compiled activation-and-dropout pass (``csrc/shared.cpp``) from its
+        pre-activations without the bias, ``Z``: forward into A (``other``), or backward on
+        dLoss/dA (``other``) in place, writing the bias's gradient."""
+        assert self.passes is not None
+        bias, shape, mask = self.view[f"biases.{i}"], Z.shape, (key, *self._fused_args)
+        per_member = (bias.data_ptr(), int(bias.dim() == 2))
+        if backward:
+            dbias = self.grad[f"biases.{i}"].data_ptr()
+            gradients = (other.data_ptr(), Z.data_ptr(), *per_member, dbias)
+            self.passes.dropout_backward(_threads(), *shape, *gradients, *mask)
+        else:
+            values = (Z.data_ptr(), *per_member, other.data_ptr())
+            self.passes.dropout_forward(_threads(), *shape, *values, *mask)
 
     def _row_head(self, head: torch.Tensor) -> torch.Tensor:
         """A one-output head's (k, width, 1) weight or gradient as (k, 1, width), a view: it
@@ -302,11 +347,14 @@ class FastTabM:
         v, g = self.view, self.grad
         a, b = self.sizes[i], self.sizes[i + 1]
         dz = buf.dA[i]
-        if buf.mask:
-            dz.mul_(buf.mask[i])
-        self._act_backward(dz, buf.Z[i], buf.H[i])
-        bias_grad = g[f"biases.{i}"]
-        torch.sum(dz, dim=1 if bias_grad.dim() == 2 else (0, 1), out=bias_grad)
+        if buf.fused:  # the bias's gradient too
+            self._fused(i, buf.Z[i], dz, buf.keys[i], backward=True)
+        else:
+            if buf.mask:
+                dz.mul_(buf.mask[i])
+            self._act_backward(dz, buf.Z[i], buf.H[i])
+            bias_grad = g[f"biases.{i}"]
+            torch.sum(dz, dim=1 if bias_grad.dim() == 2 else (0, 1), out=bias_grad)
         if self.folded[i]:
             self._folded_backward(i, buf, dz)
             return
@@ -327,6 +375,11 @@ class FastTabM:
         """Layer ``i``'s per-member weights ``M = (s r^T) * W``, (k, out, in)."""
         v, rs, m = self.view, self._rs[i], self._m[i]
         assert rs is not None and m is not None
+        if self.passes is not None:
+            k, (b, a) = self.k, v[f"weights.{i}"].shape
+            weights, r, s = (v[f"{name}.{i}"].data_ptr() for name in ("weights", "r", "s"))
+            self.passes.fold(_threads(), k, b, a, weights, r, s, m.data_ptr())
+            return m
         torch.mul(v[f"s.{i}"].unsqueeze(2), v[f"r.{i}"].unsqueeze(1), out=rs)
         return torch.mul(rs, v[f"weights.{i}"], out=m)
 
@@ -338,12 +391,24 @@ class FastTabM:
         assert rs is not None and m is not None and dm is not None and t is not None
         inputs = buf.x0.expand(self.k, -1, -1) if i == 0 else buf.A[i - 1]
         torch.bmm(dz.transpose(1, 2), inputs, out=dm)
+        if self.passes is not None:
+            k, (b, a) = self.k, v[f"weights.{i}"].shape
+            parameters = (v[f"{name}.{i}"].data_ptr() for name in ("weights", "r", "s"))
+            grads = (g[f"{name}.{i}"].data_ptr() for name in ("weights", "r", "s"))
+            self.passes.unfold(_threads(), k, b, a, *parameters, dm.data_ptr(), *grads)
+        else:
+            self._unfold(i, dm)
+        if i > 0 or self.embedding is not None:
+            torch.bmm(dz, m, out=buf.dX if i == 0 else buf.dA[i - 1])
+
+    def _unfold(self, i: int, dm: torch.Tensor) -> None:
+        """W's, r's and s's gradients from layer ``i``'s dM, with PyTorch operations."""
+        v, g, rs, t = self.view, self.grad, self._rs[i], self._t[i]
+        assert rs is not None and t is not None
         torch.sum(torch.mul(dm, rs, out=t), dim=0, out=g[f"weights.{i}"])
         torch.mul(dm, v[f"weights.{i}"], out=t)  # T = dM * W
         torch.bmm(v[f"s.{i}"].unsqueeze(1), t, out=g[f"r.{i}"].unsqueeze(1))
         torch.bmm(t, v[f"r.{i}"].unsqueeze(2), out=g[f"s.{i}"].unsqueeze(2))
-        if i > 0 or self.embedding is not None:
-            torch.bmm(dz, m, out=buf.dX if i == 0 else buf.dA[i - 1])
 
     def _embedding_backward(self, batch: SharedBatch, buf: _Buffers) -> None:
         assert self.embedding is not None
@@ -353,79 +418,9 @@ class FastTabM:
         self.embedding.backward(batch.X, buf.code, dE)
 
 
-class _NativeStep:
-    """The compiled step's buffers and arguments for one batch size (``csrc/tabm.cpp``): the
-    batch transposed and padded to whole 32-byte vectors, each member's activations, and
-    pointers to the parameters' and gradients' views. Every pointer is fixed for the fit, so
-    the arguments are made once; :meth:`load` copies each batch in."""
-
-    def __init__(self, net: FastTabM, rows: int) -> None:
-        like, sizes, k = net.params, net.sizes, net.k
-        lanes = 32 // like.element_size()
-        padded = -(-rows // lanes) * lanes
-        self.x = like.new_zeros(sizes[0], padded)  # padded rows stay zero
-        self.y = like.new_zeros(rows)
-        self.w = like.new_zeros(rows)  # a weighted batch's normalised row weights
-        self.H = [like.new_zeros(k, w, padded) for w in sizes[1:]]
-        self.threads = max(1, torch.get_num_threads())  # each thread has its own scratch
-        self.D = like.new_zeros(self.threads, padded)
-        self.G = [like.new_zeros(self.threads, max(sizes), padded) for _ in range(2)]
-        self.losses = like.new_zeros(k)
-        self.P = like.new_zeros(k, padded)  # each member's predictions (evaluation)
-        layers = len(sizes) - 1
-        v, g = net.view, net.grad
-        expected = {f"{p}.{i}" for p in ("weights", "biases", "r", "s") for i in range(layers)}
-        if set(v) != expected | {"head_weight", "head_bias"}:
-            raise ValueError(f"the compiled step does not cover parameters {sorted(v)}")
-        self._keep: list[object] = []
-
-        def pointers(tensors: Sequence[torch.Tensor | None]) -> ctypes.Array[ctypes.c_void_p]:
-            array = (ctypes.c_void_p * len(tensors))(*[_address(t) for t in tensors])
-            self._keep.append(array)
-            return array
-
-        def each(views: dict[str, torch.Tensor], name: str) -> ctypes.Array[ctypes.c_void_p]:
-            return pointers([views[f"{name}.{i}"] for i in range(layers)])
-
-        self._keep.append(sizes_array := (ctypes.c_int * len(sizes))(*sizes))
-        batch = (k, padded, rows, layers, sizes_array, _address(self.x), _address(self.y))
-        parameters = (
-            *(each(v, "weights"), each(v, "biases"), each(v, "r"), each(v, "s")),
-            *(_address(v["head_weight"]), _address(v["head_bias"])),
-        )
-        step = (
-            *parameters,
-            *(each(g, "weights"), each(g, "biases"), each(g, "r"), each(g, "s")),
-            *(_address(g["head_weight"]), _address(g["head_bias"])),
-            *(pointers(net._m), pointers(net._dm), pointers(self.H)),
-            *(_address(self.D), _address(self.G[0]), _address(self.G[1])),
-            _address(self.losses),
-        )
-        # d(loss)/d(residual) = slope * scale * residual (times the row's weight): without
-        # weights the loss is a sum that FastTabM's factor 1 / (k * rows) makes a mean; the
-        # weights are normalised (loss_scales) so that their loss is the mean itself.
-        slope, w = net._kernel.slope, _address(self.w)
-        self.args = (*batch, None, slope / (k * rows), *step)
-        self.weighted_args = (*batch, w, slope, *step)
-        predictions = (*parameters, pointers(net._m), pointers(self.H), _address(self.P))
-        self.forward = (*batch, None, *predictions)
-        self.weighted_forward = (*batch, w, *predictions)
-
-    def call(self, function: Any, args: tuple[Any, ...]) -> float:
-        """``function`` (a compiled one) on ``args``, on as many threads as PyTorch's setting
-        allows now, but no more than this batch size's scratch was made for."""
-        return float(function(min(torch.get_num_threads(), self.threads), *args))
-
-    def load(self, X: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor | None) -> None:
-        self.x[:, : X.shape[0]].copy_(X.t())
-        self.y.copy_(Y.reshape(-1))
-        if weights is not None:
-            self.w.copy_(weights.reshape(-1))
-
-
-def _address(t: torch.Tensor | None) -> int:
-    assert t is not None and t.is_contiguous()
-    return t.data_ptr()
+def _threads() -> int:
+    """The threads a compiled pass may use: PyTorch's setting now."""
+    return max(1, torch.get_num_threads())
 
 
 def _prefixed(

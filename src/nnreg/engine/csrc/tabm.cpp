@@ -18,6 +18,8 @@
 // then, over members: dW = sum_m dM * s r^T, dr = sum_j dM * W * s, ds = sum_i dM * W * r.
 #include <cstring>
 
+#include "adapters.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #else
@@ -25,6 +27,9 @@ static int omp_get_thread_num() { return 0; }  // built without OpenMP: one thre
 #endif
 
 namespace {
+
+using nnreg::fold;
+using nnreg::unfold;
 
 template <typename T>
 struct Vec {
@@ -175,42 +180,6 @@ __attribute__((noinline)) void gram(int o, int a, int n, const T* A, const T* B,
     }
 }
 
-// M = (s r^T) * W: one member's adapters folded into its (o, a) weights.
-template <typename T>
-void fold(int o, int a, const T* __restrict__ W, const T* __restrict__ r,
-          const T* __restrict__ s, T* __restrict__ M) {
-  for (int j = 0; j < o; ++j)
-    for (int i = 0; i < a; ++i) M[j * a + i] = s[j] * r[i] * W[j * a + i];
-}
-
-// From the members' dM: dW = sum_m dM[m] * s[m] r[m]^T, dr[m] = (dM[m] * W)^T s[m],
-// ds[m] = (dM[m] * W) r[m].
-template <typename T>
-void unfold(int k, int o, int a, const T* __restrict__ W, const T* __restrict__ r,
-            const T* __restrict__ s, const T* __restrict__ dM, T* __restrict__ dW,
-            T* __restrict__ dr, T* __restrict__ ds) {
-  std::memset(dW, 0, sizeof(T) * o * a);
-  std::memset(dr, 0, sizeof(T) * k * a);
-  for (int m = 0; m < k; ++m) {
-    const T* __restrict__ rm = r + m * a;
-    T* __restrict__ drm = dr + m * a;
-    for (int j = 0; j < o; ++j) {
-      const T sj = s[m * o + j];
-      const T* __restrict__ g = dM + (m * o + j) * a;
-      const T* __restrict__ w = W + j * a;
-      T* __restrict__ dw = dW + j * a;
-      T ds_j = 0;
-      for (int i = 0; i < a; ++i) {
-        const T gw = g[i] * w[i];
-        dw[i] += g[i] * sj * rm[i];
-        drm[i] += gw * sj;
-        ds_j += gw * rm[i];
-      }
-      ds[m * o + j] = ds_j;
-    }
-  }
-}
-
 // Member m's prediction for each row, into out (n): its adapters folded into M, its layers'
 // outputs (after ReLU) into H.
 template <typename T>
@@ -290,7 +259,7 @@ T step(int threads, int k, int n, int rows, int layers, const int* sizes, const 
                           dhb, M, dM, H, D + at * n, G1 + at * width * n, G2 + at * width * n);
   }
   for (int l = 0; l < layers; ++l)
-    unfold<T>(k, sizes[l + 1], sizes[l], W[l], r[l], s[l], dM[l], dW[l], dr[l], ds[l]);
+    unfold<T>(threads, k, sizes[l + 1], sizes[l], W[l], r[l], s[l], dM[l], dW[l], dr[l], ds[l]);
   T loss = 0;
   for (int m = 0; m < k; ++m) loss += losses[m];
   return loss;
