@@ -141,11 +141,11 @@ def test_gradients_are_the_same_bits_on_one_and_two_threads() -> None:
 
 def test_covers_only_what_it_computes() -> None:
     like = torch.zeros(1)
-    covered = ([True, True], [3, 256, 8], "relu", 0.0, "squared_error", 1, None, like)
+    covered = ([True, True], [3, 64, 8], "relu", 0.0, "squared_error", 1, None, like)
     assert native.covers(*covered)
     for i, other in [
         (0, [True, False]),  # a "tabm-mini" layer
-        (1, [3, 512, 8]),  # wider than the compiled step is faster at
+        (1, [3, 128, 8]),  # wider than the compiled step is faster at
         (2, "silu"),
         (3, 0.1),
         (4, "huber"),

@@ -60,11 +60,12 @@ _COMPILE_TIMEOUT_S = 300
 # PyTorch's products (device.ONE_THREAD_MAX_WORK). At 32 x 100 x 20**2 (1.3M, the seed
 # network) a step took 166 us on one thread and 100 us on two.
 ONE_THREAD_MAX_WORK = 2**17
-# The widest layer the compiled step takes. Against the PyTorch step, 32 members on 256 rows
-# (benchmarks/results/native.md): 1.6-1.8x as fast at width 32, 1.5-1.6x at 64, 1.1-1.2x at
-# 256 and 0.93-0.94x at 512, where a member's weights no longer stay in the cache from one
-# block of rows to the next.
-MAX_WIDTH = 256
+# The widest layer the compiled step takes. Against the PyTorch step (whose adapters fold in
+# compiled passes too), 32 members on 256 rows on an Intel Xeon (benchmarks/results/native.md):
+# 1.9x as fast at width 32, 1.2-1.3x at 64, 0.8x at 128 and 0.55-0.68x at 256 to 512, where
+# its products (written out here) fall behind PyTorch's. (Against the PyTorch step before
+# its compiled passes, on an AMD EPYC, it had been 1.1-1.4x as fast up to width 256.)
+MAX_WIDTH = 64
 
 
 def covers(
