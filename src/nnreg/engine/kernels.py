@@ -102,7 +102,7 @@ class CounterDropout(DropoutSampler):
     """Inverted-dropout masks that are a function of a key and each unit's index: one 64-bit
     key is drawn from the generator per mask, and unit ``u`` of the mask has the 16 bits
     ``16 (u % 4)`` to ``16 (u % 4) + 15`` of SplitMix64's output for the counter ``u // 4``
-    (``csrc/dropout.cpp`` spells it out), kept below the same threshold as
+    (``csrc/shared.cpp`` spells it out), kept below the same threshold as
     :class:`DropoutSampler`'s.
 
     A compiled pass (:mod:`.native`) makes such a mask where it applies it, in the forward
@@ -115,24 +115,28 @@ class CounterDropout(DropoutSampler):
         super().__init__(p, generator)
         self._counters: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
-    def key(self, device: torch.device | None = None) -> int:
+    def key(self) -> int:
         """A fresh mask's key, as an unsigned 64-bit number."""
+        return int(self._draw().item()) % 2**64
+
+    def _draw(self) -> torch.Tensor:
+        """A fresh key as a one-element int64 tensor on the generator's device."""
+        device = None if self.generator is None else self.generator.device
         drawn = torch.empty(1, dtype=torch.int64, device=device)
-        drawn.random_(-(2**63), None, generator=self.generator)
-        return int(drawn.item()) % 2**64
+        return drawn.random_(-(2**63), None, generator=self.generator)
 
     def fill_(self, mask: torch.Tensor, key: int | None = None, first: int = 0) -> torch.Tensor:
-        """Overwrite the contiguous ``mask`` with the factors of ``key`` (a fresh one when
-        None), its units numbered from ``first``; returns it."""
-        if key is None:
-            key = self.key(mask.device)
+        """Overwrite the contiguous ``mask`` with the factors of ``key`` (a fresh one, left
+        on the generator's device, when None), its units numbered from ``first``; returns
+        it."""
+        offset = self._draw().to(mask.device) if key is None else _signed(key)
         n = mask.numel()
         low, high = first // 4, (first + n - 1) // 4
         counters = self._counters.get((low, high, mask.device))
         if counters is None:  # (w + 1) * golden ratio, kept per size: the step's masks reuse it
             counters = torch.arange(low + 1, high + 2, dtype=torch.int64, device=mask.device)
             counters = self._counters[(low, high, mask.device)] = counters.mul_(_signed(_GOLDEN))
-        z = counters + _signed(key)  # int64 arithmetic wraps around as uint64's does
+        z = counters + offset  # int64 arithmetic wraps around as uint64's does
         shifted = torch.empty_like(z)
         for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 0)):
             # z ^= z >> shift, a logical shift (PyTorch's >> keeps the sign); z *= factor

@@ -26,6 +26,11 @@ r``. Piecewise-linear embeddings (:class:`nnreg.embeddings.PiecewiseLinearEmbedd
 linear in their parameters once a batch's bin encoding is known, so it is computed once per
 batch and their gradients are three reductions.
 
+Dropout masks are :class:`~nnreg.engine.kernels.CounterDropout`'s: a key per layer and step.
+Where :mod:`.native` has compiled ``csrc/shared.cpp``, the bias, activation (ReLU, SiLU) and
+mask are one pass each way, the mask made where it is applied, and folding M and its
+gradients back are compiled passes too; else PyTorch's operations compute the same.
+
 The members' loss is the mean of their losses (each member's prediction against the same
 targets); the validation loss is that of their mean prediction, as in the autograd engine.
 Every parameter lives in one flat buffer, in the module's parameter order, so that
