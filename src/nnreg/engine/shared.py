@@ -391,9 +391,8 @@ class FastTabM:
     def _folded_backward(self, i: int, buf: _Buffers, dz: torch.Tensor) -> None:
         """A folded layer's gradients from ``dz`` (k, batch, out): ``dM = dz^T @ H``, then
         W's, r's and s's from dM on (k, out, in) blocks; dLoss/d(input) = ``dz @ M``."""
-        v, g = self.view, self.grad
-        rs, m, dm, t = self._rs[i], self._m[i], self._dm[i], self._t[i]
-        assert rs is not None and m is not None and dm is not None and t is not None
+        v, g, m, dm = self.view, self.grad, self._m[i], self._dm[i]
+        assert m is not None and dm is not None
         inputs = buf.x0.expand(self.k, -1, -1) if i == 0 else buf.A[i - 1]
         torch.bmm(dz.transpose(1, 2), inputs, out=dm)
         if self.passes is not None:
