@@ -119,6 +119,15 @@ class CounterDropout(DropoutSampler):
         """A fresh mask's key, as an unsigned 64-bit number."""
         return int(self._draw().item()) % 2**64
 
+    def keys(self, n: int) -> list[int]:
+        """The keys that ``n`` calls of :meth:`key` give: on the CPU's generator, drawn in
+        one call (its draws are made one after another)."""
+        device = None if self.generator is None else self.generator.device
+        if device is not None and device.type != "cpu":
+            return [self.key() for _ in range(n)]
+        drawn = torch.empty(n, dtype=torch.int64).random_(-(2**63), None, generator=self.generator)
+        return [value % 2**64 for value in drawn.tolist()]
+
     def _draw(self) -> torch.Tensor:
         """A fresh key as a one-element int64 tensor on the generator's device."""
         device = None if self.generator is None else self.generator.device

@@ -48,7 +48,14 @@ SYMBOLS = (
     [f"nnreg_tabm_{f}_{t}" for f in ("step", "mean_loss") for t in DTYPE_NAMES]
     + [
         f"nnreg_{f}_{t}"
-        for f in ("dropout_forward", "dropout_backward", "fold", "unfold")
+        for f in (
+            "dropout_forward",
+            "dropout_backward",
+            "head_forward",
+            "head_backward",
+            "fold",
+            "unfold",
+        )
         for t in DTYPE_NAMES
     ]
     + ["nnreg_dropout_draws"]
@@ -145,18 +152,25 @@ class Passes(NamedTuple):
 
     On a layer's ``(k, rows, width)`` block, with a bias per member (``(k, width)``,
     ``per_member`` 1) or shared (``(width,)``, 0), ``dropout_forward(threads, k, rows,
-    width, Z, bias, per_member, A, *mask)`` writes ``A = act(Z + bias) * mask``, and
-    ``dropout_backward(threads, k, rows, width, G, Z, bias, per_member, dbias, *mask)``
-    multiplies ``G`` by ``mask * act'(Z + bias)`` in place and writes the bias's gradient.
-    ``mask`` is ``(key, first, threshold, factor, activation)``: the mask is
+    width, Z, bias, per_member, A, *mask)`` writes ``A = act(Z + bias) * mask`` and
+    overwrites Z with ``mask * act'(Z + bias)``; ``dropout_backward(threads, k, rows, width,
+    G, Z, per_member, dbias)`` multiplies ``G`` by that in place and writes the bias's
+    gradient. ``mask`` is ``(key, first, threshold, factor, activation)``: the mask is
     :class:`~nnreg.engine.kernels.CounterDropout`'s for ``key``, its units numbered from
-    ``first``, and the activation's number is in :data:`DROPOUT_ACTIVATIONS`.
+    ``first``, and the activation's number is in :data:`DROPOUT_ACTIVATIONS`. With a
+    one-output head on the layer, ``head_forward(threads, k, rows, width, Z, bias,
+    per_member, head_weight, head_bias, out, *mask)`` writes the head's ``(k, rows)`` output
+    and not A, and ``head_backward(threads, k, rows, width, G, Z, bias, per_member, dbias,
+    head_weight, D, dhead_weight, *mask)`` writes ``G`` from the output's gradient ``D`` and
+    the head weight's gradient too (A made again from Z).
     ``fold(threads, k, out, in, W, r, s, M)`` writes ``M = (s r^T) * W``; ``unfold(threads,
     k, out, in, W, r, s, dM, dW, dr, ds)`` writes the shared weight's and the adapters'
     gradients from dM."""
 
     dropout_forward: Any
     dropout_backward: Any
+    head_forward: Any
+    head_backward: Any
     fold: Any
     unfold: Any
 
@@ -175,7 +189,9 @@ def passes(dtype: torch.dtype) -> Passes | None:
     mask = [ctypes.c_uint64, n, i, scalar, i]  # key, first, threshold, factor, activation
     types = {
         "dropout_forward": [i, n, n, n, p, p, i, p, *mask],
-        "dropout_backward": [i, n, n, n, p, p, p, i, p, *mask],
+        "dropout_backward": [i, n, n, n, p, p, i, p],
+        "head_forward": [i, n, n, n, p, p, i, p, p, p, *mask],
+        "head_backward": [i, n, n, n, p, p, p, i, p, p, p, p, *mask],
         "fold": [i, i, i, i, p, p, p, p],
         "unfold": [i, i, i, i, p, p, p, p, p, p, p],
     }

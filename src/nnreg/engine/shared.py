@@ -28,8 +28,10 @@ batch and their gradients are three reductions.
 
 Dropout masks are :class:`~nnreg.engine.kernels.CounterDropout`'s: a key per layer and step.
 Where :mod:`.native` has compiled ``csrc/shared.cpp``, the bias, activation (ReLU, SiLU) and
-mask are one pass each way, the mask made where it is applied, and folding M and its
-gradients back are compiled passes too; else PyTorch's operations compute the same.
+mask are one pass each way (:mod:`.fused`), the mask made where it is applied: forward leaves
+mask * act' in Z for backward, and a one-output head is computed in the last layer's passes.
+Folding M and its gradients back are compiled passes too; else PyTorch's operations compute
+the same.
 
 The members' loss is the mean of their losses (each member's prediction against the same
 targets); the validation loss is that of their mean prediction, as in the autograd engine.
@@ -45,7 +47,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from . import native
+from . import fused, native
 from .embedded import PiecewiseInput
 from .kernels import (
     ACTIVATION_KERNELS,
@@ -78,15 +80,19 @@ class _Buffers:
             return [new(k, batch, sizes[i + 1]) for i in layers]
 
         # Z: pre-activations; H = act(Z); A: after dropout (H itself without). A fused pass
-        # (net.fused) writes A from Z, its mask made from each layer's key, and keeps neither.
+        # (net.fused) writes A from Z, its mask made from each layer's key, and leaves mask *
+        # act'(Z) in Z for the backward pass (on the last layer with a head, Z itself).
         self.dropout, self.fused = dropout, dropout and net.fused
-        self.keys = [0 for _ in layers]
+        # a one-output head computed in the last layer's fused passes: its A is never written
+        self.head = self.fused and net.n_out == 1
+        self.keys = [0 for _ in layers]  # the step's masks' keys, a layer's each
         self.Z = outputs()
         self.A = outputs()
         self.H = outputs() if dropout and not self.fused else self.A
         self.mask = outputs() if dropout and not self.fused else []
         # dLoss/dA, then dZ; the last one first holds the one-output head's products
         self.dA = [new(k, batch, sizes[i + 1]) for i in layers]
+        self.dAT = [d.transpose(1, 2) for d in self.dA]
         self.dX = new(k, batch, sizes[0])
         self.scratch = [new(k, batch, sizes[i]) if unfolded_r[i] else None for i in layers]
         self.out = new(k, batch, net.n_out)
@@ -95,6 +101,8 @@ class _Buffers:
         if net.embedding is not None:  # the bin encoding and the embedding
             self.code, self.E = net.embedding.new_code(batch, like)
         self.native: native.NativeStep | None = None  # the compiled step's buffers and arguments
+        # the fused passes' calls on these buffers (their arguments worked out once)
+        self.calls = net.calls.buffers(self) if self.fused and net.calls is not None else []
 
 
 class SharedBatch(NamedTuple):
@@ -147,6 +155,7 @@ class FastTabM:
             ]
 
         self._rs, self._m, self._dm, self._t = blocks(), blocks(), blocks(), blocks()
+        self._mT = [None if m is None else m.transpose(1, 2) for m in self._m]
         self.embedding = (
             None
             if net.embedding is None
@@ -167,8 +176,11 @@ class FastTabM:
         self.passes = native.passes(dtype) if cpu else None
         number = native.DROPOUT_ACTIVATIONS.get(activation, -1)
         self.fused = dropout > 0 and number >= 0 and self.passes is not None
-        # a pass's arguments after the key: the units' first index, the mask, the activation
-        self._fused_args = (0, self.sampler.threshold, self.sampler.factor, number)
+        self.calls = (
+            None
+            if self.passes is None
+            else fused.FusedLayers(self, self.passes, self.sampler, number)
+        )
         covered = native.covers(
             self.folded,
             self.sizes,
@@ -239,7 +251,9 @@ class FastTabM:
         torch.sub(buf.out, batch.Y, out=buf.D)
         loss = self._loss(batch, buf.D)
         last = buf.A[-1]
-        if self.n_out == 1:  # elementwise, as in the forward pass
+        if buf.head:  # the last layer's backward pass computes the head's weight gradient
+            pass
+        elif self.n_out == 1:  # elementwise, as in the forward pass
             products = torch.mul(last, buf.D, out=buf.dA[-1])
             torch.sum(products, dim=1, keepdim=True, out=self._row_head(g["head_weight"]))
             torch.mul(buf.D, self._row_head(v["head_weight"]), out=buf.dA[-1])
@@ -285,19 +299,22 @@ class FastTabM:
 
     def _forward(self, batch: SharedBatch, buf: _Buffers) -> None:
         v = self.view
+        if self.calls is not None:
+            self.calls.threads = fused.threads()
+        if buf.dropout:  # inverted dropout, drawn as the autograd TabM draws it: a key a layer
+            buf.keys = self.sampler.keys(len(buf.keys))
         buf.x0 = x0 = self._embed(batch, buf)
         h = x0.unsqueeze(0)  # (1, batch, in): broadcast over the members
         for i in range(len(self.sizes) - 1):
             a, b = self.sizes[i], self.sizes[i + 1]
-            bias = v[f"biases.{i}"]
-            bias = bias.unsqueeze(1) if bias.dim() == 2 else bias
-            if self.folded[i]:
-                M = self._fold(i)
-                h3 = h.expand(self.k, -1, -1)  # the first layer's input is shared
+            MT = self._mT[i]
+            if MT is not None:  # a folded layer
+                self._fold(i)
+                h3 = h.expand(self.k, -1, -1) if i == 0 else h  # the first input is shared
                 if buf.fused:  # the fused pass adds the bias
-                    torch.bmm(h3, M.transpose(1, 2), out=buf.Z[i])
+                    torch.bmm(h3, MT, out=buf.Z[i])
                 else:
-                    torch.baddbmm(bias, h3, M.transpose(1, 2), out=buf.Z[i])
+                    torch.baddbmm(self._bias(i), h3, MT, out=buf.Z[i])
             else:
                 U = buf.U[i]
                 if U is not None:
@@ -305,15 +322,16 @@ class FastTabM:
                     h = U  # the first layer always has r: h is (k, ...) from here
                 torch.mm(h.view(-1, a), v[f"weights.{i}"].t(), out=buf.Z[i].view(-1, b))
                 if not buf.fused:
-                    buf.Z[i].add_(bias)
-            if buf.dropout:  # inverted dropout, drawn as the autograd TabM draws it
-                buf.keys[i] = self.sampler.key()
-                if buf.fused:  # Z is without the bias here
-                    self._fused(i, buf.Z[i], buf.A[i], buf.keys[i])
-                else:
-                    self._act(buf.Z[i], buf.H[i])
-                    self.sampler.fill_(buf.mask[i], buf.keys[i])
-                    torch.mul(buf.H[i], buf.mask[i], out=buf.A[i])
+                    buf.Z[i].add_(self._bias(i))
+            if buf.fused:  # Z is without the bias here; with a head, its output and not A
+                assert self.calls is not None
+                self.calls.forward(i, buf.calls, buf.keys[i])
+                if buf.head and i == len(self.sizes) - 2:
+                    return
+            elif buf.dropout:
+                self._act(buf.Z[i], buf.H[i])
+                self.sampler.fill_(buf.mask[i], buf.keys[i])
+                torch.mul(buf.H[i], buf.mask[i], out=buf.A[i])
             else:
                 self._act(buf.Z[i], buf.H[i])
             h = buf.A[i]
@@ -324,22 +342,10 @@ class FastTabM:
         else:
             torch.baddbmm(head_bias, h, v["head_weight"], out=buf.out)
 
-    def _fused(
-        self, i: int, Z: torch.Tensor, other: torch.Tensor, key: int, backward: bool = False
-    ) -> None:
-        """Layer ``i``'s compiled activation-and-dropout pass (``csrc/shared.cpp``) from its
-        pre-activations without the bias, ``Z``: forward into A (``other``), or backward on
-        dLoss/dA (``other``) in place, writing the bias's gradient."""
-        assert self.passes is not None
-        bias, shape, mask = self.view[f"biases.{i}"], Z.shape, (key, *self._fused_args)
-        per_member = (bias.data_ptr(), int(bias.dim() == 2))
-        if backward:
-            dbias = self.grad[f"biases.{i}"].data_ptr()
-            gradients = (other.data_ptr(), Z.data_ptr(), *per_member, dbias)
-            self.passes.dropout_backward(_threads(), *shape, *gradients, *mask)
-        else:
-            values = (Z.data_ptr(), *per_member, other.data_ptr())
-            self.passes.dropout_forward(_threads(), *shape, *values, *mask)
+    def _bias(self, i: int) -> torch.Tensor:
+        """Layer ``i``'s bias as it broadcasts over a (k, batch, width) block."""
+        bias = self.view[f"biases.{i}"]
+        return bias.unsqueeze(1) if bias.dim() == 2 else bias
 
     def _row_head(self, head: torch.Tensor) -> torch.Tensor:
         """A one-output head's (k, width, 1) weight or gradient as (k, 1, width), a view: it
@@ -352,8 +358,9 @@ class FastTabM:
         v, g = self.view, self.grad
         a, b = self.sizes[i], self.sizes[i + 1]
         dz = buf.dA[i]
-        if buf.fused:  # the bias's gradient too
-            self._fused(i, buf.Z[i], dz, buf.keys[i], backward=True)
+        if buf.fused:  # the bias's gradient too (and the head's, from D, on the last layer)
+            assert self.calls is not None
+            self.calls.backward(i, buf.calls, buf.keys[i])
         else:
             if buf.mask:
                 dz.mul_(buf.mask[i])
@@ -376,30 +383,26 @@ class FastTabM:
             if i > 0 or self.embedding is not None:
                 d_in.mul_(v[f"r.{i}"].unsqueeze(1))
 
-    def _fold(self, i: int) -> torch.Tensor:
-        """Layer ``i``'s per-member weights ``M = (s r^T) * W``, (k, out, in)."""
+    def _fold(self, i: int) -> None:
+        """Layer ``i``'s per-member weights ``M = (s r^T) * W``, (k, out, in), into
+        ``self._m[i]``."""
+        if self.calls is not None:
+            self.calls.fold(i)
+            return
         v, rs, m = self.view, self._rs[i], self._m[i]
         assert rs is not None and m is not None
-        if self.passes is not None:
-            k, (b, a) = self.k, v[f"weights.{i}"].shape
-            weights, r, s = (v[f"{name}.{i}"].data_ptr() for name in ("weights", "r", "s"))
-            self.passes.fold(_threads(), k, b, a, weights, r, s, m.data_ptr())
-            return m
         torch.mul(v[f"s.{i}"].unsqueeze(2), v[f"r.{i}"].unsqueeze(1), out=rs)
-        return torch.mul(rs, v[f"weights.{i}"], out=m)
+        torch.mul(rs, v[f"weights.{i}"], out=m)
 
     def _folded_backward(self, i: int, buf: _Buffers, dz: torch.Tensor) -> None:
         """A folded layer's gradients from ``dz`` (k, batch, out): ``dM = dz^T @ H``, then
         W's, r's and s's from dM on (k, out, in) blocks; dLoss/d(input) = ``dz @ M``."""
-        v, g, m, dm = self.view, self.grad, self._m[i], self._dm[i]
+        m, dm = self._m[i], self._dm[i]
         assert m is not None and dm is not None
         inputs = buf.x0.expand(self.k, -1, -1) if i == 0 else buf.A[i - 1]
-        torch.bmm(dz.transpose(1, 2), inputs, out=dm)
-        if self.passes is not None:
-            k, (b, a) = self.k, v[f"weights.{i}"].shape
-            parameters = (v[f"{name}.{i}"].data_ptr() for name in ("weights", "r", "s"))
-            grads = (g[f"{name}.{i}"].data_ptr() for name in ("weights", "r", "s"))
-            self.passes.unfold(_threads(), k, b, a, *parameters, dm.data_ptr(), *grads)
+        torch.bmm(buf.dAT[i], inputs, out=dm)
+        if self.calls is not None:
+            self.calls.unfold(i)
         else:
             self._unfold(i, dm)
         if i > 0 or self.embedding is not None:
@@ -420,11 +423,6 @@ class FastTabM:
         n, d = self.embedding.n, self.embedding.d
         dE = dx0[:, : n * d].view(-1, n, d).transpose(0, 1)  # (feature, batch, d)
         self.embedding.backward(batch.X, buf.code, dE)
-
-
-def _threads() -> int:
-    """The threads a compiled pass may use: PyTorch's setting now."""
-    return max(1, torch.get_num_threads())
 
 
 def _prefixed(

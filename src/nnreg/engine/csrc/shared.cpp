@@ -1,11 +1,14 @@
 // Passes of nnreg.engine.shared.FastTabM's PyTorch step, compiled (nnreg.engine.native loads
 // them): a "tabm" layer's adapters folded into per-member weights and back (adapters.h), and an
 // activation with inverted dropout in one pass over a layer's (members, rows, width) block,
-// forward and backward.
+// forward and backward. The forward pass leaves mask * act'(pre-activation) where the
+// pre-activations were, so the backward pass is one product. On the last layer a one-output head
+// joins the passes: forward writes the head's output and not the layer's, backward starts from
+// the output's gradient and makes the layer's output (and mask) again.
 //
 // The dropout mask is not drawn unit by unit from a generator: it is a function of one 64-bit
-// key (drawn from the fit's generator per mask) and each unit's index, so the backward pass
-// makes it again where it needs it and no mask is stored, written or read. Unit u's 16 bits
+// key (drawn from the fit's generator per mask) and each unit's index, so a pass makes it where
+// it needs it and no mask is stored, written or read. Unit u's 16 bits
 // are bits 16 (u % 4) to 16 (u % 4) + 15 of SplitMix64's output for the counter u / 4:
 //   word(w) = mix(key + (w + 1) * 0x9E3779B97F4A7C15)
 //   mix(z)  = z ^= z >> 30, z *= 0xBF58476D1CE4E5B9, z ^= z >> 27, z *= 0x94D049BB133111EB,
@@ -22,6 +25,13 @@
 #include <vector>
 
 #include "adapters.h"
+
+// Wide vectors for the activation passes: on processors with 512-bit vectors GCC otherwise
+// prefers 256-bit ones (the adapters' sums below keep them: they run slower in 512).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+#endif
 
 namespace {
 
@@ -89,46 +99,39 @@ struct Layer {
   const T* bias_of(long member) const { return bias + (per_member ? member * width : 0); }
 };
 
-// A row's units: a = act(z + b) * mask.
+// A row's units: a = act(z + b) * mask, and z = mask * act'(z + b) in place (what the backward
+// pass multiplies by) where `derivative`; else z is left as it is.
 template <typename T>
-void row_forward(const Layer<T>& L, const T* __restrict__ z, const T* __restrict__ b,
-                 const int16_t* __restrict__ bits, T* __restrict__ a) {
+void row_forward(const Layer<T>& L, T* __restrict__ z, const T* __restrict__ b,
+                 const int16_t* __restrict__ bits, T* __restrict__ a, bool derivative) {
   const T factor = L.factor;  // locals: not loads the compiler must guard
   const int threshold = L.threshold;
-  if (L.activation == 0) {
+  if (L.activation == 0 && derivative) {
     for (long j = 0; j < L.width; ++j) {
       const T keep = bits[j] < threshold ? factor : T(0);
       const T x = z[j] + b[j];
       a[j] = (x > T(0) ? x : T(0)) * keep;
+      z[j] = x > T(0) ? keep : T(0);
+    }
+  } else if (L.activation == 0) {
+    for (long j = 0; j < L.width; ++j) {
+      const T keep = bits[j] < threshold ? factor : T(0);
+      const T x = z[j] + b[j];
+      a[j] = (x > T(0) ? x : T(0)) * keep;
+    }
+  } else if (derivative) {
+    for (long j = 0; j < L.width; ++j) {
+      const T keep = bits[j] < threshold ? factor : T(0);
+      const T x = z[j] + b[j];
+      const T sigmoid = T(1) / (T(1) + exp_(-x));
+      a[j] = x * sigmoid * keep;
+      z[j] = keep * (sigmoid * (T(1) + x * (T(1) - sigmoid)));
     }
   } else {
     for (long j = 0; j < L.width; ++j) {
       const T keep = bits[j] < threshold ? factor : T(0);
       const T x = z[j] + b[j];
       a[j] = x * (T(1) / (T(1) + exp_(-x))) * keep;
-    }
-  }
-}
-
-// A row's units: g = g * mask * act'(z + b), and db += g.
-template <typename T>
-void row_backward(const Layer<T>& L, const T* __restrict__ z, const T* __restrict__ b,
-                  const int16_t* __restrict__ bits, T* __restrict__ g, T* __restrict__ db) {
-  const T factor = L.factor;
-  const int threshold = L.threshold;
-  if (L.activation == 0) {
-    for (long j = 0; j < L.width; ++j) {
-      const T keep = bits[j] < threshold ? factor : T(0);
-      g[j] = z[j] + b[j] > T(0) ? g[j] * keep : T(0);
-      db[j] += g[j];
-    }
-  } else {
-    for (long j = 0; j < L.width; ++j) {
-      const T keep = bits[j] < threshold ? factor : T(0);
-      const T x = z[j] + b[j];
-      const T sigmoid = T(1) / (T(1) + exp_(-x));
-      g[j] = g[j] * keep * (sigmoid * (T(1) + x * (T(1) - sigmoid)));
-      db[j] += g[j];
     }
   }
 }
@@ -141,32 +144,105 @@ long chunk_rows(const Layer<T>& L) {
   return L.width >= BLOCK ? 1 : BLOCK / L.width;
 }
 
-// A = act(Z + bias) * mask, chunks of rows split between threads.
+// A one-output head on a layer: out = A @ weight[m] + bias[m] per member m ((k, width) and
+// (k,) weights and biases); backward, from D = dLoss/dout, the layer's G = D weight[m]^T and
+// the weight's gradient sum_rows A * D. A itself is never written: the backward pass makes it
+// again from Z (as it makes the mask).
 template <typename T>
-void forward(int threads, const Layer<T>& L, const T* Z, T* A) {
+struct Head {
+  const T* weight = nullptr;  // null: no head, A written out
+  const T* bias = nullptr;
+  T* out = nullptr;      // forward: (k, rows)
+  const T* D = nullptr;  // backward: (k, rows)
+  T* dweight = nullptr;  // backward: (k, width)
+};
+
+// The sum of x[j] * y[j], in sixteen interleaved partial sums (one order, any vector width).
+template <typename T>
+T dot(long n, const T* __restrict__ x, const T* __restrict__ y) {
+  T part[16] = {};
+  long j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int q = 0; q < 16; ++q) part[q] += x[j + q] * y[j + q];
+  for (; j < n; ++j) part[0] += x[j] * y[j];
+  for (int width = 8; width > 0; width /= 2)
+    for (int q = 0; q < width; ++q) part[q] += part[q + width];
+  return part[0];
+}
+
+// A row's units: g = g * d (d = mask * act'), and db += g.
+template <typename T>
+void row_backward(long width, const T* __restrict__ d, T* __restrict__ g, T* __restrict__ db) {
+  for (long j = 0; j < width; ++j) {
+    g[j] *= d[j];
+    db[j] += g[j];
+  }
+}
+
+// A row's units with the head's gradient: a = act(z + b) * mask, g = d * w * mask *
+// act'(z + b), db += g, dw += a * d.
+template <typename T>
+void row_backward_head(const Layer<T>& L, const T* __restrict__ z, const T* __restrict__ b,
+                       const int16_t* __restrict__ bits, const T* __restrict__ w, T d,
+                       T* __restrict__ g, T* __restrict__ db, T* __restrict__ dw) {
+  const T factor = L.factor;
+  const int threshold = L.threshold;
+  if (L.activation == 0) {
+    for (long j = 0; j < L.width; ++j) {
+      const T keep = bits[j] < threshold ? factor : T(0);
+      const T x = z[j] + b[j];
+      g[j] = x > T(0) ? d * w[j] * keep : T(0);
+      db[j] += g[j];
+      dw[j] += (x > T(0) ? x : T(0)) * keep * d;
+    }
+  } else {
+    for (long j = 0; j < L.width; ++j) {
+      const T keep = bits[j] < threshold ? factor : T(0);
+      const T x = z[j] + b[j];
+      const T sigmoid = T(1) / (T(1) + exp_(-x));
+      g[j] = d * w[j] * keep * (sigmoid * (T(1) + x * (T(1) - sigmoid)));
+      db[j] += g[j];
+      dw[j] += x * sigmoid * keep * d;
+    }
+  }
+}
+
+// A = act(Z + bias) * mask, or with a head its output alone; chunks of rows split between
+// threads.
+template <typename T>
+void forward(int threads, const Layer<T>& L, T* Z, T* A, const Head<T>& head) {
   const long total = L.k * L.rows, per = chunk_rows(L), chunks = (total + per - 1) / per;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<int16_t> bits(per * L.width);
     std::vector<uint64_t> words(per * L.width / 4 + 2);
+    std::vector<T> row_values(head.weight ? L.width : 0);
 #pragma omp for schedule(static)
     for (long chunk = 0; chunk < chunks; ++chunk) {
       const long row0 = chunk * per, row1 = row0 + per < total ? row0 + per : total;
       draws(L.key, L.first + row0 * L.width, (row1 - row0) * L.width, words.data(), bits.data());
       for (long row = row0; row < row1; ++row) {
-        const long at = row * L.width;
+        const long at = row * L.width, m = row / L.rows;
         const int16_t* row_bits = bits.data() + (row - row0) * L.width;
-        row_forward(L, Z + at, L.bias_of(row / L.rows), row_bits, A + at);
+        if (!head.weight) {
+          row_forward(L, Z + at, L.bias_of(m), row_bits, A + at, true);
+          continue;
+        }
+        row_forward(L, Z + at, L.bias_of(m), row_bits, row_values.data(), false);
+        head.out[row] = dot(L.width, row_values.data(), head.weight + m * L.width) + head.bias[m];
       }
     }
   }
 }
 
-// G = G * mask * act'(Z + bias) in place (the loss's gradient by the pre-activations), and
-// the bias's gradient: each member's sum over its rows, in row order (members split between
-// threads), then for a shared bias the sum over members in member order.
+// G = G * Z in place, Z holding mask * act'(pre-activation) from the forward pass: the loss's
+// gradient by the pre-activations. Or with a head (Z the pre-activations without the bias, as
+// its forward pass left them): G = D weight^T * mask * act'(Z + bias) and the head weight's
+// gradient, the mask and activation made again. And the bias's gradient. Each member's sums
+// over its rows run in row order (members split between threads), then for a shared bias the
+// sum over members in member order.
 template <typename T>
-void backward(int threads, const Layer<T>& L, T* G, const T* Z, T* db) {
+void backward(int threads, const Layer<T>& L, T* G, const T* Z, T* db, const Head<T>& head) {
   std::vector<T> sums(L.k * L.width);
   const long per = chunk_rows(L);
 #pragma omp parallel num_threads(threads)
@@ -177,13 +253,21 @@ void backward(int threads, const Layer<T>& L, T* G, const T* Z, T* db) {
     for (long m = 0; m < L.k; ++m) {
       T* sum = L.per_member ? db + m * L.width : sums.data() + m * L.width;
       std::memset(sum, 0, sizeof(T) * L.width);
+      T* dw = head.weight ? head.dweight + m * L.width : nullptr;
+      if (!dw) {
+        for (long at = m * L.rows * L.width; at < (m + 1) * L.rows * L.width; at += L.width)
+          row_backward(L.width, Z + at, G + at, sum);
+        continue;
+      }
+      std::memset(dw, 0, sizeof(T) * L.width);
       for (long t0 = 0; t0 < L.rows; t0 += per) {
         const long t1 = t0 + per < L.rows ? t0 + per : L.rows, row0 = m * L.rows + t0;
         draws(L.key, L.first + row0 * L.width, (t1 - t0) * L.width, words.data(), bits.data());
         for (long t = t0; t < t1; ++t) {
           const long at = (m * L.rows + t) * L.width;
           const int16_t* row_bits = bits.data() + (t - t0) * L.width;
-          row_backward(L, Z + at, L.bias_of(m), row_bits, G + at, sum);
+          row_backward_head(L, Z + at, L.bias_of(m), row_bits, head.weight + m * L.width,
+                            head.D[m * L.rows + t], G + at, sum, dw);
         }
       }
     }
@@ -198,19 +282,36 @@ void backward(int threads, const Layer<T>& L, T* G, const T* Z, T* db) {
 
 #define NNREG_DROPOUT(T, suffix)                                                               \
   extern "C" void nnreg_dropout_forward_##suffix(                                              \
-      int threads, long k, long rows, long width, const T* Z, const T* bias, int per_member,   \
-      T* A, uint64_t key, long first, int threshold, T factor, int activation) {               \
+      int threads, long k, long rows, long width, T* Z, const T* bias, int per_member, T* A,   \
+      uint64_t key, long first, int threshold, T factor, int activation) {                     \
     const Layer<T> L{k, rows, width, bias, per_member, key, first, threshold, factor,          \
                      activation};                                                              \
-    forward<T>(threads, L, Z, A);                                                              \
+    forward<T>(threads, L, Z, A, Head<T>{});                                                   \
   }                                                                                            \
-  extern "C" void nnreg_dropout_backward_##suffix(                                             \
-      int threads, long k, long rows, long width, T* G, const T* Z, const T* bias,             \
-      int per_member, T* db, uint64_t key, long first, int threshold, T factor,                \
-      int activation) {                                                                        \
+  extern "C" void nnreg_dropout_backward_##suffix(int threads, long k, long rows, long width,   \
+                                                 T* G, const T* D, int per_member, T* db) {    \
+    const Layer<T> L{k, rows, width, nullptr, per_member, 0, 0, 0, T(0), 0};                   \
+    backward<T>(threads, L, G, D, db, Head<T>{});                                              \
+  }                                                                                            \
+  extern "C" void nnreg_head_forward_##suffix(                                                 \
+      int threads, long k, long rows, long width, const T* Z, const T* bias, int per_member,   \
+      const T* head_weight, const T* head_bias, T* out, uint64_t key, long first,              \
+      int threshold, T factor, int activation) {                                               \
     const Layer<T> L{k, rows, width, bias, per_member, key, first, threshold, factor,          \
                      activation};                                                              \
-    backward<T>(threads, L, G, Z, db);                                                         \
+    Head<T> head;                                                                              \
+    head.weight = head_weight, head.bias = head_bias, head.out = out;                          \
+    forward<T>(threads, L, const_cast<T*>(Z), nullptr, head); /* Z is not written */           \
+  }                                                                                            \
+  extern "C" void nnreg_head_backward_##suffix(                                                \
+      int threads, long k, long rows, long width, T* G, const T* Z, const T* bias,             \
+      int per_member, T* db, const T* head_weight, const T* D, T* dhead, uint64_t key,         \
+      long first, int threshold, T factor, int activation) {                                   \
+    const Layer<T> L{k, rows, width, bias, per_member, key, first, threshold, factor,          \
+                     activation};                                                              \
+    Head<T> head;                                                                              \
+    head.weight = head_weight, head.D = D, head.dweight = dhead;                               \
+    backward<T>(threads, L, G, Z, db, head);                                                   \
   }
 
 #define NNREG_ADAPTERS(T, suffix)                                                           \
@@ -227,6 +328,11 @@ void backward(int threads, const Layer<T>& L, T* G, const T* Z, T* db) {
 
 NNREG_DROPOUT(float, float32)
 NNREG_DROPOUT(double, float64)
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 NNREG_ADAPTERS(float, float32)
 NNREG_ADAPTERS(double, float64)
 
