@@ -34,7 +34,6 @@ class FusedLayers:
         self.threads = 1  # set per step: PyTorch's setting then
         self.mask = (0, sampler.threshold, sampler.factor, activation)  # after a mask's key
         self.k, self.sizes, self.last = net.k, net.sizes, len(net.sizes) - 2
-        self.head = net.n_out == 1
         v, g = net.view, net.grad
         layers, adapters = range(len(net.sizes) - 1), ("weights", "r", "s")
 

@@ -251,13 +251,12 @@ class FastTabM:
         torch.sub(buf.out, batch.Y, out=buf.D)
         loss = self._loss(batch, buf.D)
         last = buf.A[-1]
-        if buf.head:  # the last layer's backward pass computes the head's weight gradient
-            pass
-        elif self.n_out == 1:  # elementwise, as in the forward pass
+        # with buf.head, the last layer's backward pass computes the head weight's gradient
+        if self.n_out == 1 and not buf.head:  # elementwise, as in the forward pass
             products = torch.mul(last, buf.D, out=buf.dA[-1])
             torch.sum(products, dim=1, keepdim=True, out=self._row_head(g["head_weight"]))
             torch.mul(buf.D, self._row_head(v["head_weight"]), out=buf.dA[-1])
-        else:
+        elif self.n_out > 1:
             torch.bmm(last.transpose(1, 2), buf.D, out=g["head_weight"])
             torch.bmm(buf.D, v["head_weight"].transpose(1, 2), out=buf.dA[-1])
         torch.sum(buf.D, dim=1, out=g["head_bias"])
