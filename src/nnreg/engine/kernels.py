@@ -122,16 +122,14 @@ class CounterDropout(DropoutSampler):
     def keys(self, n: int) -> list[int]:
         """The keys that ``n`` calls of :meth:`key` give: on the CPU's generator, drawn in
         one call (its draws are made one after another)."""
-        device = None if self.generator is None else self.generator.device
-        if device is not None and device.type != "cpu":
+        if self.generator is not None and self.generator.device.type != "cpu":
             return [self.key() for _ in range(n)]
-        drawn = torch.empty(n, dtype=torch.int64).random_(-(2**63), None, generator=self.generator)
-        return [value % 2**64 for value in drawn.tolist()]
+        return [value % 2**64 for value in self._draw(n).tolist()]
 
-    def _draw(self) -> torch.Tensor:
-        """A fresh key as a one-element int64 tensor on the generator's device."""
+    def _draw(self, n: int = 1) -> torch.Tensor:
+        """``n`` fresh keys as an int64 tensor on the generator's device."""
         device = None if self.generator is None else self.generator.device
-        drawn = torch.empty(1, dtype=torch.int64, device=device)
+        drawn = torch.empty(n, dtype=torch.int64, device=device)
         return drawn.random_(-(2**63), None, generator=self.generator)
 
     def fill_(self, mask: torch.Tensor, key: int | None = None, first: int = 0) -> torch.Tensor:

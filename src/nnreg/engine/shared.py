@@ -173,13 +173,11 @@ class FastTabM:
         covers the network, and passes of the PyTorch step (``csrc/shared.cpp``): the
         adapters' folding, and (``fused``) the activation and dropout in one pass each way."""
         cpu, dtype = self.params.device.type == "cpu", self.params.dtype
-        self.passes = native.passes(dtype) if cpu else None
+        passes = native.passes(dtype) if cpu else None
         number = native.DROPOUT_ACTIVATIONS.get(activation, -1)
-        self.fused = dropout > 0 and number >= 0 and self.passes is not None
+        self.fused = dropout > 0 and number >= 0 and passes is not None
         self.calls = (
-            None
-            if self.passes is None
-            else fused.FusedLayers(self, self.passes, self.sampler, number)
+            None if passes is None else fused.FusedLayers(self, passes, self.sampler, number)
         )
         covered = native.covers(
             self.folded,

@@ -99,39 +99,27 @@ struct Layer {
   const T* bias_of(long member) const { return bias + (per_member ? member * width : 0); }
 };
 
-// A row's units: a = act(z + b) * mask, and z = mask * act'(z + b) in place (what the backward
-// pass multiplies by) where `derivative`; else z is left as it is.
-template <typename T>
+// A row's units: a = act(z + b) * mask and, with `Derivative`, z = mask * act'(z + b) in place
+// (what the backward pass multiplies by); without, z is left as it is.
+template <bool Derivative, typename T>
 void row_forward(const Layer<T>& L, T* __restrict__ z, const T* __restrict__ b,
-                 const int16_t* __restrict__ bits, T* __restrict__ a, bool derivative) {
+                 const int16_t* __restrict__ bits, T* __restrict__ a) {
   const T factor = L.factor;  // locals: not loads the compiler must guard
   const int threshold = L.threshold;
-  if (L.activation == 0 && derivative) {
+  if (L.activation == 0) {
     for (long j = 0; j < L.width; ++j) {
       const T keep = bits[j] < threshold ? factor : T(0);
       const T x = z[j] + b[j];
       a[j] = (x > T(0) ? x : T(0)) * keep;
-      z[j] = x > T(0) ? keep : T(0);
-    }
-  } else if (L.activation == 0) {
-    for (long j = 0; j < L.width; ++j) {
-      const T keep = bits[j] < threshold ? factor : T(0);
-      const T x = z[j] + b[j];
-      a[j] = (x > T(0) ? x : T(0)) * keep;
-    }
-  } else if (derivative) {
-    for (long j = 0; j < L.width; ++j) {
-      const T keep = bits[j] < threshold ? factor : T(0);
-      const T x = z[j] + b[j];
-      const T sigmoid = T(1) / (T(1) + exp_(-x));
-      a[j] = x * sigmoid * keep;
-      z[j] = keep * (sigmoid * (T(1) + x * (T(1) - sigmoid)));
+      if constexpr (Derivative) z[j] = x > T(0) ? keep : T(0);
     }
   } else {
     for (long j = 0; j < L.width; ++j) {
       const T keep = bits[j] < threshold ? factor : T(0);
       const T x = z[j] + b[j];
-      a[j] = x * (T(1) / (T(1) + exp_(-x))) * keep;
+      const T sigmoid = T(1) / (T(1) + exp_(-x));
+      a[j] = x * sigmoid * keep;
+      if constexpr (Derivative) z[j] = keep * (sigmoid * (T(1) + x * (T(1) - sigmoid)));
     }
   }
 }
@@ -225,10 +213,10 @@ void forward(int threads, const Layer<T>& L, T* Z, T* A, const Head<T>& head) {
         const long at = row * L.width, m = row / L.rows;
         const int16_t* row_bits = bits.data() + (row - row0) * L.width;
         if (!head.weight) {
-          row_forward(L, Z + at, L.bias_of(m), row_bits, A + at, true);
+          row_forward<true>(L, Z + at, L.bias_of(m), row_bits, A + at);
           continue;
         }
-        row_forward(L, Z + at, L.bias_of(m), row_bits, row_values.data(), false);
+        row_forward<false>(L, Z + at, L.bias_of(m), row_bits, row_values.data());
         head.out[row] = dot(L.width, row_values.data(), head.weight + m * L.width) + head.bias[m];
       }
     }
